@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Builds the local control plane's binaries from Go modules, once, into a cache outside the repo.
+#
+#   hack/localcluster/build.sh          # prints the bin directory (builds what is missing)
+#
+# The cache is keyed by every version below; change a version and a fresh directory is built.
+# Binaries: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, helm; plus KWOK's own
+# node stages (kwok-node-stages.yaml), taken from the same kwok module so they match the binary.
+set -euo pipefail
+
+K8S_VERSION=v1.34.4        # kube-apiserver, controller manager, scheduler, kubectl
+ETCD_VERSION=v3.6.16       # the 3.6 line Kubernetes 1.34 supports (>= 3.5.13)
+KWOK_VERSION=v0.8.0
+HELM_VERSION=v3.22.0
+
+KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+CACHE_ROOT=${LONGALIGN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/longalign}
+BIN=$CACHE_ROOT/cluster-bin/$KEY
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ALL=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+
+missing=()
+for b in "${ALL[@]}"; do [ -x "$BIN/$b" ] || missing+=("$b"); done
+[ -s "$BIN/kwok-node-stages.yaml" ] || missing+=(kwok-node-stages)
+if [ ${#missing[@]} -eq 0 ]; then echo "$BIN"; exit 0; fi
+
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+mkdir -p "$BIN"
+log() { echo "[build $(date +%T)] $*" >&2; }
+start=$(date +%s)
+
+build_k8s() {
+  # k8s.io/kubernetes cannot be `go install`ed: its go.mod points the k8s.io/* staging modules at ./staging.
+  # The wrapper module in gomod/k8s replaces each with its published v0.Y.Z tag.
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  local ldf="-s -w" p
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldf+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+    ldf+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  log "kubernetes $K8S_VERSION"
+  (cd "$HERE/gomod/k8s" && go build -p 2 -trimpath -ldflags "$ldf" -o "$BIN/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+}
+
+build_etcd() {
+  # etcd's server module also carries replace directives, hence its own wrapper module.
+  log "etcd $ETCD_VERSION"
+  (cd "$HERE/gomod/etcd" && go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3)
+}
+
+build_go_install() {  # name module@version [ldflags]
+  log "$1 ${2#*@}"
+  GOBIN="$BIN" go install -trimpath -ldflags "-s -w ${3:-}" "$2"
+}
+
+helm_kube_version_flags() {
+  # `helm lint`/`helm template` without a cluster assume this Kubernetes version (default: 1.20).
+  local minor p out=""
+  minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    out+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$minor"
+  done
+  echo "$out"
+}
+
+copy_kwok_node_stages() {
+  # A KWOK config that names any stage drops all default stages, node ones included, so the node
+  # lifecycle (initialize + lease heartbeat) is taken verbatim from the kwok module that built the binary.
+  local dir
+  dir=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  { cat "$dir/kustomize/stage/node/fast/node-initialize.yaml"; echo "---"
+    cat "$dir/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml"; } > "$BIN/kwok-node-stages.yaml"
+}
+
+for b in "${missing[@]}"; do
+  case $b in
+    etcd) build_etcd ;;
+    kube-*|kubectl) [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kubectl" ] && [ -x "$BIN/kube-scheduler" ] \
+                      && [ -x "$BIN/kube-controller-manager" ] || build_k8s ;;
+    kwok) build_go_install kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" \
+            "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" ;;
+    helm) build_go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
+            "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION $(helm_kube_version_flags)" ;;
+    kwok-node-stages) copy_kwok_node_stages ;;
+  esac
+done
+for b in "${ALL[@]}"; do [ -x "$BIN/$b" ] || { echo "build.sh: $b was not built" >&2; exit 1; }; done
+[ -s "$BIN/kwok-node-stages.yaml" ] || { echo "build.sh: kwok node stages missing" >&2; exit 1; }
+log "built ${missing[*]} in $(( $(date +%s) - start )) s into $BIN"
+echo "$BIN"
