@@ -1,19 +1,34 @@
-"""The ``longalign`` command. Each subcommand imports its own stack only when run, so the operator
-image never loads torch and the stage images never load kopf."""
+"""The ``longalign`` command.
+
+Each subcommand lives in its own module, named in ``COMMANDS``, which provides ``add_arguments(parser)`` and
+``run(args) -> int``. Such modules must stay cheap to import (heavy imports go inside ``run``), so that
+``longalign --help`` is fast, the operator image never loads torch, and the stage images never load kopf.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from longalign_operator import __version__
 
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tiny-model": ("longalign_trainer.tiny_model", "build a tiny random Llama with a tokenizer and chat template"),
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``longalign`` and its subcommands."""
-    parser = argparse.ArgumentParser(prog="longalign", description=__doc__)
+    parser = argparse.ArgumentParser(prog="longalign", description="Run the LongAlign recipe.")
     parser.add_argument("--version", action="version", version=f"longalign {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=module.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
     return parser
 
 

@@ -1,0 +1,82 @@
+"""The stage contract: what stages print and leave behind is what the operator can read back."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from longalign_trainer.contract import (
+    MAX_SUMMARY_BYTES,
+    ProgressReporter,
+    encode_summary,
+    last_progress,
+    parse_progress,
+    write_summary,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_lines_carry_rate_eta_and_metrics_and_are_throttled():
+    out, clock = io.StringIO(), Clock()
+    reporter = ProgressReporter("train", total=100, unit="steps", stream=out, bar=None, min_interval_s=5, clock=clock)
+    assert reporter.update(0, loss=2.0) is not None  # the first call always reports
+    clock.now += 1
+    assert reporter.update(10, loss=1.9) is None  # within the interval: silent
+    clock.now += 9
+    line = reporter.update(50, loss=float("nan"), tokens_per_s=1234.5)
+    assert line == {"longalign": "progress", "stage": "train", "done": 50, "total": 100, "unit": "steps",
+                     "rate": 5.0, "eta_s": 10.0, "metrics": {"loss": None, "tokens_per_s": 1234.5}}
+    clock.now += 0.1
+    assert reporter.update(100)["done"] == 100  # the last item is always reported
+    lines = [parse_progress(t) for t in out.getvalue().splitlines()]
+    assert [x["done"] for x in lines] == [0, 50, 100]
+
+
+def test_a_resumed_stage_measures_its_rate_from_where_it_resumed():
+    out, clock = io.StringIO(), Clock()
+    reporter = ProgressReporter("datagen", total=1000, unit="documents", stream=out, bar=None, clock=clock)
+    reporter.update(900)
+    clock.now += 10
+    assert reporter.update(950)["rate"] == 5.0
+
+
+def test_readers_skip_everything_that_is_not_a_progress_line():
+    log = "\n".join([
+        "loading model...",
+        '{"longalign": "progress", "stage": "eval", "done": 1, "total": 3, "unit": "cases", "metrics": {}}',
+        '{"level": "info", "msg": "json but not ours"}',
+        "{not json",
+        '{"longalign": "progress", "stage": "eval", "done": 2, "total": 3, "unit": "cases", "metrics": {}}',
+        "Traceback (most recent call last):",
+    ])
+    assert last_progress(log)["done"] == 2
+    assert parse_progress('{"longalign": "summary"}') is None
+    assert last_progress("no progress at all") is None
+
+
+def test_summary_round_trips_through_the_termination_message_file(tmp_path):
+    summary = {"stage": "train", "final_loss": 1.25, "tokens": 123456, "checkpoint": "/ckpt/final"}
+    path = write_summary(summary, tmp_path / "dev" / "termination-log")
+    assert json.loads(path.read_text()) == summary
+
+
+def test_an_oversized_summary_keeps_its_scalars_and_names_what_it_left_out():
+    summary = {"stage": "eval", "score": 6.38, "per_question": [{"idx": i, "answer": "x" * 40} for i in range(200)],
+               "notes": "short"}
+    text = encode_summary(summary)
+    assert len(text.encode()) <= MAX_SUMMARY_BYTES
+    decoded = json.loads(text)
+    assert decoded == {"stage": "eval", "score": 6.38, "notes": "short", "omitted": ["per_question"]}
+
+
+def test_a_summary_that_cannot_fit_is_an_error_not_a_silent_truncation():
+    with pytest.raises(ValueError, match="exceeds 4096 bytes"):
+        encode_summary({f"metric_{i}": 1.0 for i in range(400)})

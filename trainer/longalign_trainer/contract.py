@@ -1,0 +1,146 @@
+"""The one contract between the operator and the stages: progress lines out, a summary at the end.
+
+A stage (``longalign datagen|train|eval --config FILE``) reports by writing:
+
+* **progress lines** on stdout, one JSON object per line, recognisable by ``"longalign": "progress"``::
+
+      {"longalign": "progress", "stage": "train", "done": 40, "total": 200, "unit": "steps",
+       "rate": 1.9, "eta_s": 84.2, "metrics": {"loss": 1.83, "tokens_per_s": 35100.0}}
+
+  Other output may be interleaved freely; readers skip every line that is not such an object.
+* **a summary** (JSON, at most 4 KiB) at the container's termination-message path, where Kubernetes
+  copies it into the pod status: the operator reads results without any extra permission, and stages need
+  no Kubernetes API rights.
+
+Stdlib only: the operator imports this module too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+MARKER = "longalign"
+DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+TERMINATION_MESSAGE_PATH_ENV = "LONGALIGN_TERMINATION_MESSAGE_PATH"
+MAX_SUMMARY_BYTES = 4096  # Kubernetes truncates termination messages beyond 4096 bytes
+
+
+class ProgressReporter:
+    """Emits a stage's progress lines; draws a human progress bar on stderr when it is a terminal.
+
+    ``update(done, **metrics)`` prints a line at most every ``min_interval_s`` seconds (and always for the
+    last item), with the rate since the start and the ETA derived from it.
+    """
+
+    def __init__(self, stage: str, total: int, unit: str, *, stream: IO[str] | None = None,
+                 bar: IO[str] | None = None, min_interval_s: float = 5.0, clock=time.monotonic) -> None:
+        self.stage, self.total, self.unit = stage, total, unit
+        self.stream = stream or sys.stdout
+        self.bar = bar if bar is not None else (sys.stderr if sys.stderr.isatty() else None)
+        self.min_interval_s = min_interval_s
+        self.clock = clock
+        self.start = clock()
+        self.start_done: int | None = None
+        self.last_emit = -math.inf
+
+    def update(self, done: int, **metrics: float) -> dict | None:
+        """Report that ``done`` of ``total`` items are finished; returns the line emitted, if any."""
+        now = self.clock()
+        if self.start_done is None:  # a resumed stage starts counting its rate from where it resumed
+            self.start_done = done
+        if now - self.last_emit < self.min_interval_s and done < self.total:
+            return None
+        self.last_emit = now
+        elapsed = now - self.start
+        rate = (done - self.start_done) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else None
+        line = {
+            MARKER: "progress", "stage": self.stage, "done": done, "total": self.total, "unit": self.unit,
+            "rate": round(rate, 4), "eta_s": None if eta is None else round(eta, 1),
+            "metrics": {k: _finite(v) for k, v in metrics.items()},
+        }
+        print(json.dumps(line), file=self.stream, flush=True)
+        if self.bar is not None:
+            self.bar.write("\r" + format_bar(line))
+            self.bar.flush()
+        return line
+
+
+def format_bar(line: dict, width: int = 30) -> str:
+    """A one-line human rendering of a progress line.
+
+    >>> format_bar({"stage": "train", "done": 5, "total": 20, "unit": "steps", "eta_s": 30.0,
+    ...             "metrics": {"loss": 1.5}}, width=10)
+    'train [##--------] 5/20 steps  eta 30s  loss=1.5'
+    """
+    total = max(line["total"], 1)
+    filled = int(width * min(line["done"], total) / total)
+    eta = "" if line.get("eta_s") is None else f"  eta {line['eta_s']:.0f}s"
+    metrics = "".join(f"  {k}={v:.4g}" for k, v in line.get("metrics", {}).items() if v is not None)
+    return f"{line['stage']} [{'#' * filled}{'-' * (width - filled)}] {line['done']}/{line['total']} {line['unit']}{eta}{metrics}"
+
+
+def parse_progress(text: str) -> dict | None:
+    """The progress line in ``text`` (one log line), or None when the line is anything else."""
+    text = text.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) and obj.get(MARKER) == "progress" else None
+
+
+def last_progress(log: str) -> dict | None:
+    """The newest progress line in a log, or None when it has none."""
+    for text in reversed(log.splitlines()):
+        if (line := parse_progress(text)) is not None:
+            return line
+    return None
+
+
+def termination_message_path() -> Path:
+    """Where this container's summary goes (``$LONGALIGN_TERMINATION_MESSAGE_PATH`` or Kubernetes' default)."""
+    return Path(os.environ.get(TERMINATION_MESSAGE_PATH_ENV, DEFAULT_TERMINATION_MESSAGE_PATH))
+
+
+def encode_summary(summary: dict[str, Any]) -> str:
+    """The summary as compact JSON of at most 4 KiB.
+
+    Fields are kept whole: when the whole does not fit, the largest non-scalar fields are left out, one by
+    one, and named under ``"omitted"`` (the stage keeps its full results in its output folder).
+    """
+    kept = {k: _finite(v) for k, v in summary.items()}
+    omitted: list[str] = []
+    while True:
+        text = json.dumps({**kept, **({"omitted": omitted} if omitted else {})}, separators=(",", ":"))
+        if len(text.encode()) <= MAX_SUMMARY_BYTES:
+            return text
+        nested = [k for k, v in kept.items() if isinstance(v, (dict, list, str))]
+        if not nested:
+            raise ValueError(f"summary has {len(kept)} scalar fields and still exceeds {MAX_SUMMARY_BYTES} bytes")
+        largest = max(nested, key=lambda k: len(json.dumps(kept[k])))
+        omitted.append(largest)
+        del kept[largest]
+
+
+def write_summary(summary: dict[str, Any], path: Path | None = None) -> Path:
+    """Write the stage's final summary where Kubernetes reads the termination message; return the path."""
+    path = path or termination_message_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(encode_summary(summary))
+    return path
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: such floats become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
