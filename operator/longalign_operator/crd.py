@@ -1,0 +1,133 @@
+"""The LongAlignRun CustomResourceDefinition, generated from the spec and status models.
+
+    python -m longalign_operator.crd > manifests/crd/longalignruns.yaml
+
+A test fails when the committed file differs from what this prints, so the schema cannot drift from the
+models. The conversion turns pydantic's JSON Schema into a Kubernetes structural schema: references inlined,
+optional fields made plain, int-or-string and free-form objects marked, defaults left to the operator (the
+typed model is the one place defaults live), cross-field rules attached as CEL with the field they are about.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import yaml
+
+from longalign_operator.spec import GROUP, KIND, PLURAL, RULES, SHORT_NAMES, VERSION, LongAlignRunSpec
+from longalign_operator.status import LongAlignRunStatus
+
+_KEEP = {"type", "properties", "items", "required", "description", "enum", "minimum", "maximum", "minLength",
+         "maxLength", "pattern", "minItems", "maxItems", "multipleOf"}
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage"},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.eta"},
+    {"name": "Score", "type": "number", "jsonPath": ".status.results.longBenchChatScore",
+     "description": "LongBench-Chat mean score (1-10)"},
+    {"name": "Succeeded", "type": "string", "priority": 1,
+     "jsonPath": '.status.conditions[?(@.type=="Succeeded")].status'},
+    {"name": "Loss", "type": "number", "priority": 1, "jsonPath": ".status.results.finalLoss"},
+    {"name": "Message", "type": "string", "priority": 1, "jsonPath": ".status.message"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """Convert one pydantic JSON Schema node into a Kubernetes structural schema node."""
+    if "$ref" in schema:
+        target = defs[schema["$ref"].rsplit("/", 1)[-1]]
+        return structural({**target, **{k: v for k, v in schema.items() if k != "$ref"}}, defs)
+    if "anyOf" in schema:
+        options = [o for o in schema["anyOf"] if o.get("type") != "null"]
+        rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        if sorted(o.get("type") for o in options) == ["integer", "string"]:
+            return {**_keep(rest), "x-kubernetes-int-or-string": True}
+        if sorted(o.get("type") for o in options) == ["integer", "number"]:
+            return {**_keep(rest), "type": "number"}
+        if len(options) != 1:
+            raise ValueError(f"cannot express union {schema['anyOf']} in a structural schema")
+        return structural({**options[0], **rest}, defs)
+    out = _keep(schema)
+    for bound, flag in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if bound in schema:
+            out[flag] = schema[bound]
+            out[bound] = True
+    if "const" in schema:
+        out["enum"] = [schema["const"]]
+    if out.get("type") == "object":
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        if props:
+            out["properties"] = {k: structural(v, defs) for k, v in props.items()}
+        elif isinstance(extra, dict) and extra:
+            out["additionalProperties"] = structural(extra, defs)
+        else:
+            out["x-kubernetes-preserve-unknown-fields"] = True
+    if out.get("type") == "array":
+        out["items"] = structural(schema["items"], defs)
+    return out
+
+
+def _keep(schema: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in schema.items() if k in _KEEP and k not in ("properties", "items")}
+
+
+def model_schema(model) -> dict[str, Any]:
+    """The structural schema of a pydantic model (camelCase field names)."""
+    schema = model.model_json_schema(by_alias=True, mode="validation")
+    return structural(schema, schema.get("$defs", {}))
+
+
+def spec_schema() -> dict[str, Any]:
+    """The spec's schema, with every cross-field rule attached as CEL naming its field."""
+    schema = model_schema(LongAlignRunSpec)
+    schema["x-kubernetes-validations"] = [
+        {"rule": r.cel, "message": r.message, **({"fieldPath": "." + r.field} if r.field else {})} for r in RULES
+    ]
+    return schema
+
+
+def crd() -> dict[str, Any]:
+    """The CustomResourceDefinition object."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": KIND, "plural": PLURAL, "singular": KIND.lower(), "listKind": f"{KIND}List",
+                      "shortNames": SHORT_NAMES, "categories": ["all", "longalign"]},
+            "versions": [{
+                "name": VERSION, "served": True, "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": PRINTER_COLUMNS,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A LongAlign run: long instruction data generation, packed SFT, evaluation.",
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema(),
+                        "status": model_schema(LongAlignRunStatus),
+                    },
+                }},
+            }],
+        },
+    }
+
+
+def render() -> str:
+    """The CRD as the YAML file shipped in manifests/crd/."""
+    header = "# Generated by `python -m longalign_operator.crd` from the spec and status models. Do not edit.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=120)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

@@ -1,0 +1,296 @@
+"""The LongAlignRun spec: one typed model, validated once, then trusted.
+
+The CRD's OpenAPI schema is generated from these models (``crd.py``), so the apiserver and the operator can
+never disagree about a field. Cross-field rules live in ``RULES``: each is a CEL expression that the apiserver
+enforces at ``kubectl apply`` and the same check in Python that ``validate()`` applies for the local runner;
+a test runs every rule through both.
+
+Field names are camelCase on the wire (as Kubernetes users expect) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+GROUP = "longalign.dev"
+VERSION = "v1alpha1"
+KIND = "LongAlignRun"
+PLURAL = "longalignruns"
+SHORT_NAMES = ["lar"]
+
+Quantity = int | str  # a Kubernetes resource quantity: 8, "500m", "64Gi"
+
+
+class Model(BaseModel):
+    """Base of every spec model: camelCase aliases, unknown fields rejected, documented fields."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              use_attribute_docstrings=True, frozen=True)
+
+
+class SecretKeyRef(Model):
+    name: str = Field(min_length=1)
+    """Name of a Secret in the run's namespace."""
+    key: str = Field(min_length=1)
+    """Key inside the Secret."""
+
+
+class VolumeSource(Model):
+    claim_name: str = Field(min_length=1, max_length=253)
+    """A PersistentVolumeClaim in the run's namespace."""
+    sub_path: str | None = None
+    """Folder inside the claim to use instead of its root."""
+
+
+class PodOptions(Model):
+    """What users set on the pods of a stage; passed through to the pod spec unchanged."""
+
+    resources: dict[str, dict[str, Quantity]] | None = None
+    """Container resources (requests/limits) besides the GPUs the stage asks for itself."""
+    node_selector: dict[str, str] | None = None
+    tolerations: list[dict[str, Any]] | None = None
+    affinity: dict[str, Any] | None = None
+    priority_class_name: str | None = None
+    service_account_name: str | None = None
+    """Account the stage's pods run as; it needs no Kubernetes API rights."""
+    env: list[dict[str, Any]] | None = None
+    """Extra environment variables (Kubernetes EnvVar objects)."""
+
+
+class StageOptions(Model):
+    """Knobs every stage has: on/off, retries, deadlines and its pods."""
+
+    enabled: bool = True
+    backoff_limit: int = Field(default=2, ge=0, le=100)
+    """Retries of the stage after a failure before the run fails."""
+    startup_deadline_seconds: int = Field(default=1800, ge=30)
+    """How long the stage's pods may stay unscheduled or unable to start (e.g. ImagePullBackOff) before
+    the attempt is torn down and counted as failed."""
+    active_deadline_seconds: int | None = Field(default=None, ge=60)
+    """Longest time one attempt may run."""
+    stall_seconds: int = Field(default=1800, ge=60)
+    """A running stage that reports no progress for this long is marked Stalled."""
+    pod: PodOptions = PodOptions()
+
+
+class Teacher(Model):
+    """The model that writes the instruction data, served by vLLM."""
+
+    model_path: str = Field(min_length=1)
+    """Folder of the teacher model on the models volume."""
+    served_name: str = "teacher"
+    replicas: int = Field(default=1, ge=1, le=64)
+    gpus_per_replica: int = Field(default=8, ge=1, le=16)
+    nodes_per_replica: int = Field(default=1, ge=1, le=16)
+    """Nodes one replica spans; above 1 the replica's pods form a Ray cluster for vLLM."""
+    max_model_len: int = Field(default=65536, ge=1024)
+    image: str | None = None
+    """vLLM image; default: the run's image."""
+
+
+class ShortDataMix(Model):
+    path: str = Field(min_length=1)
+    """JSONL of short general chat data on the data volume."""
+    ratio: float = Field(gt=0, le=10)
+    """Short samples per long sample."""
+
+
+class DataGeneration(StageOptions):
+    teacher: Teacher | None = None
+    documents_path: str = "/documents"
+    """Folder of long documents (.txt, .md, .jsonl, .parquet) on the documents volume."""
+    task_types: list[Literal["general", "summary", "reasoning", "extraction", "comparison", "code"]] = Field(
+        default=["general", "summary", "reasoning", "extraction"], min_length=1)
+    samples_per_document: int = Field(default=1, ge=1, le=20)
+    min_document_tokens: int = Field(default=8192, ge=1)
+    max_document_tokens: int = Field(default=65536, ge=1)
+    short_data: ShortDataMix | None = None
+
+
+class DeepSpeed(Model):
+    zero_stage: Literal[1, 2, 3] = 3
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    """Only with ZeRO stage 3."""
+
+
+class Optimizer(Model):
+    learning_rate: float = Field(default=2e-5, gt=0, le=1)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+
+
+class Training(StageOptions):
+    dataset_path: str | None = None
+    """Bring your own LongAlign JSONL (on the data volume) instead of generating it."""
+    nodes: int = Field(default=1, ge=1, le=512)
+    gpus_per_node: int = Field(default=8, ge=1, le=16)
+    deepspeed: DeepSpeed = DeepSpeed()
+    max_tokens_per_pack: int = Field(default=65536, ge=128, multiple_of=128)
+    batching: Literal["packing", "sorted", "naive"] = "packing"
+    """packing: sequences packed up to maxTokensPerPack; sorted: batches of similar length; naive: padded."""
+    loss_weighting: bool = True
+    """LongAlign's loss weighting: every sequence counts equally, however it was packed."""
+    global_batch_size: int = Field(default=8, ge=1)
+    """Sequences per optimiser step."""
+    epochs: int = Field(default=2, ge=1, le=100)
+    optimizer: Optimizer = Optimizer()
+    gradient_checkpointing: bool = True
+    checkpoint_every_steps: int = Field(default=100, ge=1)
+
+
+class JudgeOptions(Model):
+    endpoint: str = Field(pattern=r"^https?://")
+    """OpenAI-compatible base URL of the judge, e.g. https://api.openai.com/v1."""
+    model: str = Field(min_length=1)
+    api_key_secret_ref: SecretKeyRef | None = None
+    """Secret holding the judge's API key; never put the key itself in the spec."""
+
+
+class LongBenchChat(Model):
+    path: str = Field(min_length=1)
+    """Benchmark JSONL on the data volume (idx, prompt, query, answer)."""
+    few_shot_path: str | None = None
+
+
+class Needle(Model):
+    context_lengths: list[int] = Field(default=[1000, 8000, 16000, 32000, 60000], min_length=1)
+    depths_percent: list[int] = Field(default=[10, 30, 50, 70, 90], min_length=1)
+
+
+class Evaluation(StageOptions):
+    checkpoint_path: str | None = None
+    """Evaluate this existing checkpoint (on the checkpoints volume) instead of the one training produces."""
+    gpus: int = Field(default=1, ge=1, le=16)
+    long_bench_chat: LongBenchChat | None = None
+    needle: Needle | None = None
+    judge: JudgeOptions | None = None
+
+
+class Storage(Model):
+    models: VolumeSource
+    """Holds the base model (and the teacher)."""
+    data: VolumeSource
+    """Generated and provided datasets, benchmarks."""
+    checkpoints: VolumeSource
+    results: VolumeSource | None = None
+    """Evaluation results; default: the checkpoints volume."""
+    documents: VolumeSource | None = None
+    """Long documents for data generation; default: the data volume."""
+
+
+class LongAlignRunSpec(Model):
+    """A LongAlign run: generate long instruction data, train on it, evaluate the result."""
+
+    base_model_path: str = Field(min_length=1)
+    """Folder of the model to align, on the models volume."""
+    image: str = Field(min_length=1)
+    """The trainer image that runs every stage."""
+    image_pull_secrets: list[str] | None = None
+    storage: Storage
+    data_generation: DataGeneration = DataGeneration(enabled=False)
+    training: Training = Training()
+    evaluation: Evaluation = Evaluation(enabled=False)
+    suspend: bool = False
+    """Stop the active stage's pods (releasing their GPUs); set back to false to continue from the last checkpoint."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """Delete the finished run (and everything it made) this long after it succeeded or failed."""
+
+
+def _has(path: str) -> str:
+    """CEL that is true when every step of ``path`` (dotted, below spec) is set."""
+    parts = path.split(".")
+    return " && ".join("has(self." + ".".join(parts[: i + 1]) + ")" for i in range(len(parts)))
+
+
+def _stage_on(stage: str, default_present: bool) -> str:
+    """CEL for 'this stage is enabled', applying the model's defaults to absent fields."""
+    enabled = f"(!has(self.{stage}.enabled) || self.{stage}.enabled)"
+    return f"(!has(self.{stage}) || {enabled})" if default_present else f"(has(self.{stage}) && {enabled})"
+
+
+DATAGEN_ON = _stage_on("dataGeneration", default_present=False)
+TRAINING_ON = _stage_on("training", default_present=True)
+EVALUATION_ON = _stage_on("evaluation", default_present=False)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field rule: enforced by the apiserver through ``cel`` and by ``validate()`` through ``check``."""
+
+    field: str
+    """camelCase path, below spec, of the field the message is about ("" for the spec itself)."""
+    cel: str
+    message: str
+    check: Callable[[LongAlignRunSpec], bool]
+
+
+RULES: list[Rule] = [
+    Rule("", f"{DATAGEN_ON} || {TRAINING_ON} || {EVALUATION_ON}",
+         "at least one of dataGeneration, training and evaluation must be enabled",
+         lambda s: s.data_generation.enabled or s.training.enabled or s.evaluation.enabled),
+    Rule("dataGeneration.teacher", f"!{DATAGEN_ON} || {_has('dataGeneration.teacher')}",
+         "required when dataGeneration is enabled: the model (on the models volume) that writes the data",
+         lambda s: not s.data_generation.enabled or s.data_generation.teacher is not None),
+    Rule("dataGeneration.maxDocumentTokens",
+         f"!({_has('dataGeneration.minDocumentTokens')}) || !({_has('dataGeneration.maxDocumentTokens')})"
+         " || self.dataGeneration.minDocumentTokens <= self.dataGeneration.maxDocumentTokens",
+         "must be at least minDocumentTokens",
+         lambda s: s.data_generation.min_document_tokens <= s.data_generation.max_document_tokens),
+    Rule("training.datasetPath", f"!{TRAINING_ON} || {DATAGEN_ON} || ({_has('training.datasetPath')})",
+         "required when training is enabled and dataGeneration is not: bring a LongAlign JSONL on the data "
+         "volume, or enable dataGeneration",
+         lambda s: not s.training.enabled or s.data_generation.enabled or s.training.dataset_path is not None),
+    Rule("training.deepspeed.offloadParams",
+         f"!({_has('training.deepspeed.offloadParams')}) || !self.training.deepspeed.offloadParams"
+         " || (has(self.training.deepspeed.zeroStage) && self.training.deepspeed.zeroStage == 3)"
+         " || !has(self.training.deepspeed.zeroStage)",
+         "needs zeroStage 3 (only ZeRO-3 partitions parameters)",
+         lambda s: not s.training.deepspeed.offload_params or s.training.deepspeed.zero_stage == 3),
+    Rule("evaluation.checkpointPath",
+         f"!{EVALUATION_ON} || {TRAINING_ON} || ({_has('evaluation.checkpointPath')})",
+         "required when evaluation is enabled and training is not: the checkpoint to evaluate",
+         lambda s: not s.evaluation.enabled or s.training.enabled or s.evaluation.checkpoint_path is not None),
+    Rule("evaluation", f"!{EVALUATION_ON} || has(self.evaluation.longBenchChat) || has(self.evaluation.needle)",
+         "needs a benchmark when enabled: set longBenchChat and/or needle",
+         lambda s: not s.evaluation.enabled or s.evaluation.long_bench_chat is not None
+         or s.evaluation.needle is not None),
+    Rule("evaluation.judge",
+         f"!{EVALUATION_ON} || !has(self.evaluation.longBenchChat)"
+         " || (has(self.evaluation.judge) && has(self.evaluation.judge.apiKeySecretRef))",
+         "longBenchChat needs a judge with apiKeySecretRef (the judge's API key comes from a Secret)",
+         lambda s: not s.evaluation.enabled or s.evaluation.long_bench_chat is None
+         or (s.evaluation.judge is not None and s.evaluation.judge.api_key_secret_ref is not None)),
+]
+
+
+class SpecError(ValueError):
+    """An invalid spec; ``problems`` lists (field path, message) pairs, each naming the field to fix."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
+
+
+def parse(spec: dict[str, Any]) -> LongAlignRunSpec:
+    """Validate a spec (camelCase dict, as in the resource) and return the typed model, or raise SpecError."""
+    try:
+        model = LongAlignRunSpec.model_validate(spec)
+    except ValidationError as e:
+        raise SpecError([(_path(err["loc"]), err["msg"]) for err in e.errors()]) from None
+    problems = [(".".join(["spec", rule.field]).rstrip("."), rule.message) for rule in RULES if not rule.check(model)]
+    if problems:
+        raise SpecError(problems)
+    return model
+
+
+def _path(loc: tuple) -> str:
+    """A pydantic error location as the resource's field path, e.g. spec.training.nodes or spec.x[2]."""
+    out = "spec"
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out

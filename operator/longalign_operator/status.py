@@ -1,0 +1,83 @@
+"""The LongAlignRun status: what the operator reports, as typed models.
+
+The CRD's status schema is generated from these models, so every field the operator writes is declared
+(the apiserver silently prunes undeclared ones). The operator builds its status through them too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from longalign_operator.spec import Model
+
+Phase = Literal["Pending", "GeneratingData", "Training", "Evaluating", "Succeeded", "Failed", "Suspended"]
+StageState = Literal["Pending", "Queued", "Starting", "Running", "Stalled", "Succeeded", "Failed", "Skipped",
+                     "Suspended"]
+STAGES = ("dataGeneration", "training", "evaluation")
+
+
+class Condition(Model):
+    """A Kubernetes-style condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class StageStatus(Model):
+    """One stage of the run."""
+
+    state: StageState = "Pending"
+    attempts: int = 0
+    """Attempts started so far (the first try counts)."""
+    reason: str | None = None
+    """Why the stage is in this state, e.g. Unschedulable, ImagePullBackOff, BackoffLimitExceeded."""
+    message: str | None = None
+    start_time: str | None = None
+    end_time: str | None = None
+    progress_percent: float | None = None
+    eta_seconds: float | None = None
+    last_progress_time: str | None = None
+    metrics: dict[str, float | None] | None = None
+    """The stage's latest reported metrics (loss, tokens/s, samples, ...)."""
+    summary: dict[str, Any] | None = None
+    """The stage's final summary, as it wrote it to its termination message."""
+
+
+class Stages(Model):
+    data_generation: StageStatus | None = None
+    training: StageStatus | None = None
+    evaluation: StageStatus | None = None
+
+
+class Results(Model):
+    """The run's headline numbers, filled in as stages finish."""
+
+    samples_generated: int | None = None
+    final_loss: float | None = None
+    tokens_per_second: float | None = None
+    mfu: float | None = None
+    long_bench_chat_score: float | None = None
+    needle_accuracy: float | None = None
+    checkpoint_path: str | None = None
+    last_checkpoint_step: int | None = None
+    last_checkpoint_time: str | None = None
+
+
+class LongAlignRunStatus(Model):
+    phase: Phase = "Pending"
+    current_stage: str | None = None
+    progress: str | None = None
+    """Progress of the current stage, e.g. "45%"."""
+    eta: str | None = None
+    """Estimated time left in the current stage, e.g. "1h20m"."""
+    message: str | None = None
+    observed_generation: int | None = None
+    stages: Stages = Stages()
+    conditions: list[Condition] = Field(default_factory=list)
+    results: Results = Results()

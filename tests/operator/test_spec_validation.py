@@ -1,0 +1,139 @@
+"""Impossible specs are refused, naming the field to fix: by the apiserver at `kubectl apply` (schema + CEL),
+and identically by the operator's own model (what `longalign run` uses without a cluster)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from longalign_operator import crd
+from longalign_operator.spec import SpecError, parse
+
+REPO = Path(__file__).resolve().parents[2]
+
+VALID = {
+    "image": "ghcr.io/example/longalign-trainer:0.1.0",
+    "baseModelPath": "/models/llama-8b",
+    "storage": {"models": {"claimName": "models"}, "data": {"claimName": "data"},
+                "checkpoints": {"claimName": "checkpoints"}},
+    "training": {"datasetPath": "/data/longalign-10k.jsonl"},
+}
+TEACHER = {"modelPath": "/models/teacher-70b"}
+JUDGE = {"endpoint": "https://api.openai.com/v1", "model": "gpt-4o",
+         "apiKeySecretRef": {"name": "judge", "key": "api-key"}}
+
+
+def spec_with(**changes) -> dict:
+    """VALID with top-level keys replaced (None deletes the key)."""
+    spec = copy.deepcopy(VALID)
+    for key, value in changes.items():
+        if value is None:
+            spec.pop(key, None)
+        else:
+            spec[key] = value
+    return spec
+
+
+# (case id, spec, field path the error must name)
+BAD_SPECS = [
+    ("no-image", spec_with(image=None), "spec.image"),
+    ("no-storage-for-checkpoints", spec_with(storage={"models": {"claimName": "m"}, "data": {"claimName": "d"}}),
+     "spec.storage.checkpoints"),
+    ("empty-claim-name", spec_with(storage={**VALID["storage"], "data": {"claimName": ""}}),
+     "spec.storage.data.claimName"),
+    ("zero-nodes", spec_with(training={**VALID["training"], "nodes": 0}), "spec.training.nodes"),
+    ("zero-gpus-per-node", spec_with(training={**VALID["training"], "gpusPerNode": 0}), "spec.training.gpusPerNode"),
+    ("unknown-zero-stage", spec_with(training={**VALID["training"], "deepspeed": {"zeroStage": 4}}),
+     "spec.training.deepspeed.zeroStage"),
+    ("pack-not-multiple-of-128", spec_with(training={**VALID["training"], "maxTokensPerPack": 65000}),
+     "spec.training.maxTokensPerPack"),
+    ("unknown-batching", spec_with(training={**VALID["training"], "batching": "bucketed"}),
+     "spec.training.batching"),
+    ("negative-learning-rate", spec_with(training={**VALID["training"], "optimizer": {"learningRate": -1e-5}}),
+     "spec.training.optimizer.learningRate"),
+    ("offload-params-without-zero3",
+     spec_with(training={**VALID["training"], "deepspeed": {"zeroStage": 2, "offloadParams": True}}),
+     "spec.training.deepspeed.offloadParams"),
+    ("training-without-data", spec_with(training={"nodes": 2}), "spec.training.datasetPath"),
+    ("nothing-enabled", spec_with(training={"enabled": False}), "spec"),
+    ("datagen-without-teacher", spec_with(dataGeneration={"enabled": True}), "spec.dataGeneration.teacher"),
+    ("teacher-without-gpus", spec_with(dataGeneration={"teacher": {**TEACHER, "gpusPerReplica": 0}}),
+     "spec.dataGeneration.teacher.gpusPerReplica"),
+    ("unknown-task-type", spec_with(dataGeneration={"teacher": TEACHER, "taskTypes": ["poetry"]}),
+     "spec.dataGeneration.taskTypes[0]"),
+    ("document-range-inverted",
+     spec_with(dataGeneration={"teacher": TEACHER, "minDocumentTokens": 64000, "maxDocumentTokens": 8000}),
+     "spec.dataGeneration.maxDocumentTokens"),
+    ("eval-without-benchmark", spec_with(evaluation={"judge": JUDGE}), "spec.evaluation"),
+    ("longbench-without-judge-secret",
+     spec_with(evaluation={"longBenchChat": {"path": "/data/lbc.jsonl"},
+                           "judge": {"endpoint": "https://judge.example/v1", "model": "judge"}}),
+     "spec.evaluation.judge"),
+    ("judge-endpoint-not-a-url",
+     spec_with(evaluation={"longBenchChat": {"path": "/data/lbc.jsonl"}, "judge": {**JUDGE, "endpoint": "judge:8000"}}),
+     "spec.evaluation.judge.endpoint"),
+    ("eval-only-without-checkpoint", spec_with(training={"enabled": False}, evaluation={"needle": {}}),
+     "spec.evaluation.checkpointPath"),
+    ("negative-backoff", spec_with(training={**VALID["training"], "backoffLimit": -1}), "spec.training.backoffLimit"),
+    ("negative-ttl", spec_with(ttlSecondsAfterFinished=-5), "spec.ttlSecondsAfterFinished"),
+    ("unknown-field", spec_with(training={**VALID["training"], "learningRate": 1e-5}), "spec.training.learningRate"),
+]
+
+GOOD_SPECS = [
+    ("byo-dataset-training-only", VALID),
+    ("full-pipeline", spec_with(dataGeneration={"teacher": {**TEACHER, "replicas": 2}},
+                                evaluation={"longBenchChat": {"path": "/data/lbc.jsonl"}, "needle": {},
+                                            "judge": JUDGE})),
+    ("evaluate-existing-checkpoint",
+     spec_with(training={"enabled": False}, evaluation={"checkpointPath": "/ckpt/final", "needle": {}})),
+    ("zero3-offload", spec_with(training={**VALID["training"], "deepspeed": {"offloadParams": True}})),
+]
+
+
+def lar(name: str, spec: dict) -> dict:
+    return {"apiVersion": "longalign.dev/v1alpha1", "kind": "LongAlignRun", "metadata": {"name": name}, "spec": spec}
+
+
+@pytest.mark.parametrize("case, spec, field", BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
+def test_the_model_refuses_a_bad_spec_naming_the_field(case, spec, field):
+    with pytest.raises(SpecError) as e:
+        parse(spec)
+    assert field in [path for path, _ in e.value.problems], e.value.problems
+
+
+@pytest.mark.parametrize("case, spec", GOOD_SPECS, ids=[c[0] for c in GOOD_SPECS])
+def test_the_model_accepts_good_specs(case, spec):
+    parse(spec)
+
+
+def test_the_shipped_crd_is_generated_from_the_models():
+    shipped = (REPO / "manifests" / "crd" / "longalignruns.yaml").read_text()
+    assert shipped == crd.render(), "regenerate: python -m longalign_operator.crd > manifests/crd/longalignruns.yaml"
+
+
+@pytest.fixture(scope="module")
+def crd_installed(cluster):
+    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "manifests" / "crd" / "longalignruns.yaml"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/longalignruns.longalign.dev")
+    return cluster
+
+
+@pytest.mark.cluster
+def test_kubectl_apply_refuses_every_bad_spec_naming_the_field(crd_installed, namespace):
+    for case, spec, field in BAD_SPECS:
+        out = crd_installed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(lar(case, spec)),
+                                    check=False)
+        assert out.returncode != 0, f"{case}: accepted by the apiserver"
+        # kubectl names the field either "spec.x.y: Invalid value" or 'unknown field "spec.x.y"'.
+        assert f"{field}:" in out.stderr or f'"{field}"' in out.stderr, f"{case}: {out.stderr}"
+
+
+@pytest.mark.cluster
+def test_kubectl_apply_accepts_good_specs_and_get_shows_the_columns(crd_installed, namespace):
+    for case, spec in GOOD_SPECS:
+        crd_installed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(lar(case, spec)))
+    table = crd_installed.kubectl("get", "lar", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "PHASE", "STAGE", "PROGRESS", "ETA", "SCORE", "AGE"]
+    assert sorted(line.split()[0] for line in table[1:]) == sorted(c for c, _ in GOOD_SPECS)
