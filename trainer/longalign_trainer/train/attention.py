@@ -1,0 +1,165 @@
+"""Attention for packs: every packed sequence attends causally to itself only, whatever kernel runs it.
+
+Registered with transformers' ``AttentionInterface`` under ``longalign_packed`` (load the model with
+``attn_implementation="longalign_packed"``, then call it with ``Pack.as_model_inputs()``). transformers builds
+no mask for an implementation it has no mask function for, so the boundaries reach us only as the
+``cu_seq_lens_q/k`` keyword arguments that Llama-style models pass through to attention. Kernels, in the
+order ``auto`` tries them:
+
+* ``flash_attn``: ``flash_attn_varlen_func`` (the kernel LongAlign itself used), when importable, on a GPU;
+* ``torch_varlen``: PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention inside), on a GPU;
+* ``flex``: FlexAttention with a document mask, on a GPU (when varlen is missing or refuses the inputs);
+* ``sdpa_block_diagonal``: the exact reference, SDPA with an explicit block-diagonal causal mask (memory
+  quadratic in the pack length: for CPU runs and tests).
+
+Without ``cu_seq_lens_q`` (plain inference) every backend is ordinary causal attention.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from functools import lru_cache
+
+NAME = "longalign_packed"
+BACKENDS = ("flash_attn", "torch_varlen", "flex", "sdpa_block_diagonal")
+_chosen: dict[str, str] = {"backend": "sdpa_block_diagonal"}
+
+
+def available_backends(device_type: str) -> list[str]:
+    """The backends usable on ``device_type`` ("cuda" or "cpu"), fastest first."""
+    found = []
+    if device_type == "cuda":
+        if importlib.util.find_spec("flash_attn") is not None:
+            found.append("flash_attn")
+        if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
+            found.append("torch_varlen")
+        found.append("flex")
+    found.append("sdpa_block_diagonal")
+    return found
+
+
+def register(backend: str = "auto", device_type: str = "cpu") -> str:
+    """Register ``longalign_packed`` with transformers using ``backend`` (or the best one); return its name."""
+    from transformers import AttentionInterface
+
+    usable = available_backends(device_type)
+    chosen = usable[0] if backend == "auto" else backend
+    if chosen not in usable:
+        raise ValueError(f"attention_backend: {chosen!r} is not usable on {device_type} (usable: {usable})")
+    _chosen["backend"] = chosen
+    AttentionInterface.register(NAME, packed_attention_forward)
+    return chosen
+
+
+def chosen_backend() -> str:
+    """The backend ``longalign_packed`` currently runs."""
+    return _chosen["backend"]
+
+
+def packed_attention_forward(module, query, key, value, attention_mask=None, dropout: float = 0.0,
+                             scaling: float | None = None, cu_seq_lens_q=None, max_length_q=None, **kwargs):
+    """transformers' attention signature: q ``[1, Hq, T, D]``, k/v ``[1, Hkv, T, D]`` → ``([1, T, Hq, D], None)``."""
+    import torch
+
+    if cu_seq_lens_q is None:  # not a pack: ordinary causal attention over the whole row
+        cu_seq_lens_q = torch.tensor([0, query.shape[2]], dtype=torch.int32, device=query.device)
+        max_length_q = query.shape[2]
+    if query.shape[0] != 1:
+        raise ValueError(f"{NAME} takes one pack per forward (batch 1), got batch {query.shape[0]}")
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    backend = _chosen["backend"]
+    if backend == "sdpa_block_diagonal":
+        out = _sdpa_block_diagonal(query, key, value, cu_seq_lens_q, scaling)
+    elif backend == "flex":
+        out = _flex(query, key, value, cu_seq_lens_q, scaling)
+    else:  # varlen kernels take [T, H, D]
+        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+        cu = cu_seq_lens_q.to(torch.int32)
+        if backend == "flash_attn":
+            from flash_attn import flash_attn_varlen_func
+
+            out = flash_attn_varlen_func(q, k, v, cu, cu, max_length_q, max_length_q, dropout_p=dropout,
+                                         softmax_scale=scaling, causal=True)
+        else:
+            out = _torch_varlen(q, k, v, cu, int(max_length_q), scaling)
+        return out[None], None
+    return out.transpose(1, 2).contiguous(), None
+
+
+def block_diagonal_causal_mask(cu_seqlens, total: int):
+    """Boolean ``[T, T]`` mask: True where query i may attend to key j (same sequence, j ≤ i).
+
+    >>> import torch
+    >>> block_diagonal_causal_mask(torch.tensor([0, 2, 3]), 3).int().tolist()
+    [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    """
+    import torch
+
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    seq = torch.repeat_interleave(torch.arange(len(lengths), device=cu_seqlens.device), lengths, output_size=total)
+    pos = torch.arange(total, device=cu_seqlens.device)
+    return (seq[:, None] == seq[None, :]) & (pos[None, :] <= pos[:, None])
+
+
+def _repeat_kv(query, key, value):
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    return key, value
+
+
+def _sdpa_block_diagonal(query, key, value, cu_seqlens, scaling):
+    import torch
+
+    key, value = _repeat_kv(query, key, value)
+    mask = block_diagonal_causal_mask(cu_seqlens, query.shape[2])
+    return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+
+
+@lru_cache(maxsize=1)
+def _compiled_flex():
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True)
+
+
+_block_mask_cache: list = [None, None]  # [cu_seqlens tensor, BlockMask]: all layers of a forward share one
+
+
+def _flex(query, key, value, cu_seqlens, scaling):
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if _block_mask_cache[0] is not cu_seqlens:
+        total = query.shape[2]
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        doc = torch.repeat_interleave(torch.arange(len(lengths), device=query.device), lengths, output_size=total)
+
+        def document_causal(b, h, q_idx, kv_idx):
+            return (doc[q_idx] == doc[kv_idx]) & (kv_idx <= q_idx)
+
+        _block_mask_cache[:] = [cu_seqlens, create_block_mask(document_causal, None, None, total, total,
+                                                              device=query.device)]
+    return _compiled_flex()(query, key, value, block_mask=_block_mask_cache[1], scale=scaling,
+                            enable_gqa=query.shape[1] != key.shape[1])
+
+
+def _torch_varlen(q, k, v, cu, max_len: int, scaling: float):
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    kwargs = {"scale": scaling}
+    if "window_size" in params:  # torch ≥ 2.12: causal is the window (-1, 0)
+        kwargs["window_size"] = (-1, 0)
+    else:  # torch 2.11
+        kwargs["is_causal" if "is_causal" in params else "causal"] = True
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kwargs)

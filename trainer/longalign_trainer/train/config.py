@@ -1,0 +1,137 @@
+"""The training stage's settings: one typed model, loaded from the YAML/JSON file the operator renders.
+
+Every field is documented here, because this is where a user looks. Validation errors name the field
+(``max_tokens_per_pack: must be a multiple of 128``), so a bad run fails before it asks for GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class DataFile(BaseModel):
+    """One LongAlign-format JSONL file and its share of the training mixture."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path = Field(description="JSONL file, one {\"messages\": [...]} object per line")
+    ratio: float = Field(1.0, gt=0, description=(
+        "share of this file in the mixture, relative to the other files' ratios. The mixture is the largest set "
+        "with these proportions that repeats no record; a file with more records than its share gets a seeded "
+        "random subset"))
+
+
+class TrainConfig(BaseModel):
+    """Settings of one training run (``longalign train --config FILE``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # What to train, on what, where to write.
+    model_path: Path = Field(description="local Hugging Face model folder (weights, tokenizer, chat template)")
+    data: list[DataFile] = Field(min_length=1, description="training files and their mixture ratios")
+    output_dir: Path = Field(description="where the final export (safetensors + tokenizer) is written")
+    checkpoint_dir: Path | None = Field(None, description="where checkpoints go; default OUTPUT_DIR/checkpoints")
+
+    # Sequences, packing and batching.
+    max_tokens_per_pack: int = Field(65536, ge=128, description=(
+        "tokens per pack (and the longest sequence kept); a multiple of 128"))
+    strategy: Literal["naive", "packing", "sorted"] = Field("packing", description=(
+        "naive: one sequence per micro-step in random order; packing: sequences bin-packed into packs; "
+        "sorted: batches of similar-length sequences, batch order shuffled per epoch"))
+    loss_weighting: bool = Field(True, description=(
+        "LongAlign's loss weighting: every sequence counts equally (mean over sequences of each one's mean "
+        "token loss). Off: each micro-batch's plain token mean, averaged over micro-batches (paper Eq. 3)"))
+    overlong: Literal["drop", "truncate"] = Field("drop", description=(
+        "what to do with a sequence longer than max_tokens_per_pack: drop it, or cut it from the right"))
+    micro_batch_size: int = Field(1, ge=1, description=(
+        "sequences per micro-step for naive and sorted batching (ignored by packing, which fills packs)"))
+    global_batch_size: int = Field(96, ge=1, description="sequences per optimizer step, over all ranks")
+    epochs: int = Field(2, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (default: all epochs)")
+    seed: int = 42
+
+    # Optimisation.
+    learning_rate: float = Field(2e-5, gt=0)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of all steps spent warming up linearly")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="the schedule decays to learning_rate × this")
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping; 0 turns it off")
+
+    # Distribution and memory.
+    zero_stage: Literal[1, 2, 3] = 3
+    offload_optimizer: bool = Field(False, description="ZeRO-Offload: keep optimizer states in CPU memory")
+    offload_params: bool = Field(False, description="keep parameters in CPU memory (ZeRO-3 only)")
+    bf16: bool | None = Field(None, description="bf16 training; default: on with a GPU, off (fp32) on CPU")
+    gradient_checkpointing: bool = True
+    attention_backend: Literal["auto", "flash_attn", "torch_varlen", "flex", "sdpa_block_diagonal"] = Field(
+        "auto", description="kernel for packed attention; auto picks the fastest available (see attention.py)")
+    peak_tflops_per_device: float | None = Field(None, gt=0, description=(
+        "for MFU; default 989 (H100/H200 dense bf16) on GPUs, none on CPU"))
+
+    # Checkpoints, resume, reporting.
+    checkpoint_every_steps: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept; older ones are deleted")
+    resume: bool = Field(True, description="continue from the newest complete checkpoint in checkpoint_dir")
+    progress_interval_s: float = Field(10.0, ge=0, description="at most one progress line per this many seconds")
+    termination_message_path: Path | None = Field(None, description=(
+        "where the final summary goes; default $LONGALIGN_TERMINATION_MESSAGE_PATH or /dev/termination-log"))
+
+    @field_validator("max_tokens_per_pack")
+    @classmethod
+    def _multiple_of_128(cls, value: int) -> int:
+        if value % 128:
+            raise ValueError(f"must be a multiple of 128, got {value}")
+        return value
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError(f"both betas must be in [0, 1), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params: needs zero_stage 3")
+        return self
+
+    @property
+    def checkpoints(self) -> Path:
+        """The checkpoint folder actually used."""
+        return self.checkpoint_dir or self.output_dir / "checkpoints"
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a ``TrainConfig`` from a YAML or JSON file; raises ``ValueError`` with field-named messages.
+
+    >>> import tempfile, os
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+    ...     _ = f.write("model_path: m\\ndata: [{path: a.jsonl}]\\noutput_dir: out\\nmax_tokens_per_pack: 1000\\n")
+    >>> try:
+    ...     load_config(f.name)
+    ... except ValueError as e:
+    ...     print(e)
+    invalid training config: max_tokens_per_pack: Value error, must be a multiple of 128, got 1000
+    >>> os.unlink(f.name)
+    """
+    import yaml
+
+    text = Path(path).read_text()
+    raw = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    try:
+        return TrainConfig.model_validate(raw or {})
+    except ValidationError as exc:
+        raise ValueError("invalid training config: " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def _describe(error: dict) -> str:
+    """``field.sub: message`` for one pydantic error."""
+    where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    return f"{where}: {error['msg']}"

@@ -1,0 +1,148 @@
+r"""Packing: many sequences in one row of tokens, each attending only to itself.
+
+Long-context SFT data mixes a few 64k-token documents with many short chats. Padding every micro-batch to
+its longest sequence wastes most of the compute; packing fills fixed-capacity rows instead. This module is
+pure: ``plan_packs`` decides which sequences share a pack (best-fit decreasing over an array of lengths),
+``build_pack`` lays out the tensors. Three sequences A (3 tokens), B (2), C (3) in one pack::
+
+    tokens         a0 a1 a2 b0 b1 c0 c1 c2
+    position_ids    0  1  2  0  1  0  1  2      restart per sequence (RoPE sees each alone)
+    seq_index       0  0  0  1  1  2  2  2      which sequence a token belongs to
+    cu_seqlens     [0,       3,    5,       8]  boundaries, what varlen kernels take
+    targets        a1 a2  ·  b1  ·  c1 c2  ·    next token inside the same sequence (· = -100, no loss)
+
+    block-diagonal causal mask (row = query, column = key, # = may attend)
+          a0 a1 a2 b0 b1 c0 c1 c2
+      a0   #
+      a1   #  #
+      a2   #  #  #
+      b0            #
+      b1            #  #
+      c0                  #
+      c1                  #  #
+      c2                  #  #  #
+
+Targets are shifted inside each sequence before concatenation, so no token ever learns to predict the first
+token of the next sequence.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+IGNORE_INDEX = -100
+
+
+def plan_packs(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Group sequence indices into packs of at most ``capacity`` tokens, by best-fit decreasing.
+
+    Sequences are placed longest first, each into the pack whose free space fits it most tightly (a new pack
+    when none fits). Deterministic: ties go to the earlier index, and packs are returned in creation order.
+
+    >>> plan_packs([5, 3, 8, 2, 6], capacity=10)
+    [[2, 3], [4, 1], [0]]
+    >>> plan_packs([], capacity=10)
+    []
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    packs: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (free tokens, pack number), kept sorted for bisection
+    for i in order:
+        length = lengths[i]
+        if length > capacity or length <= 0:
+            raise ValueError(f"sequence {i} has {length} tokens; a pack holds 1..{capacity}")
+        at = bisect.bisect_left(free, (length, -1))
+        if at == len(free):
+            packs.append([i])
+            bisect.insort(free, (capacity - length, len(packs) - 1))
+        else:
+            room, pack = free.pop(at)
+            packs[pack].append(i)
+            bisect.insort(free, (room - length, pack))
+    return packs
+
+
+def packing_efficiency(lengths: Sequence[int], packs: Sequence[Sequence[int]], capacity: int) -> float:
+    """Real tokens over the capacity of the packs used (1.0 = no room wasted).
+
+    >>> packing_efficiency([5, 3, 8, 2, 6], [[2, 3], [4, 1], [0]], 10)
+    0.8
+    """
+    if not packs:
+        return 0.0
+    return sum(lengths[i] for pack in packs for i in pack) / (capacity * len(packs))
+
+
+@dataclass
+class Pack:
+    """The tensors of one pack (1-D, length = real tokens; batch dimension added by ``as_model_inputs``)."""
+
+    input_ids: "torch.Tensor"  # noqa: F821  (torch is imported lazily)
+    targets: "torch.Tensor"  # next-token targets, IGNORE_INDEX where no loss is taken
+    position_ids: "torch.Tensor"
+    seq_index: "torch.Tensor"  # per token: index of its sequence within the pack
+    cu_seqlens: "torch.Tensor"  # int32, [0, e1, ..., total]
+    max_seqlen: int
+
+    @property
+    def num_tokens(self) -> int:
+        """Real tokens in the pack."""
+        return int(self.input_ids.numel())
+
+    @property
+    def num_sequences(self) -> int:
+        """Sequences in the pack."""
+        return int(self.cu_seqlens.numel()) - 1
+
+    def seq_lengths(self) -> list[int]:
+        """Length of each sequence, in pack order."""
+        return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
+
+    def to(self, device) -> Pack:
+        """This pack with all tensors on ``device``."""
+        return Pack(self.input_ids.to(device), self.targets.to(device), self.position_ids.to(device),
+                    self.seq_index.to(device), self.cu_seqlens.to(device), self.max_seqlen)
+
+    def as_model_inputs(self) -> dict:
+        """Keyword arguments for a Hugging Face causal LM running the ``longalign_packed`` attention.
+
+        ``use_cache=False`` matters: with a cache, transformers ignores restarting ``position_ids`` as
+        sequence boundaries (our kernels use ``cu_seq_lens_*`` anyway; the flag keeps the other paths honest).
+        """
+        return {
+            "input_ids": self.input_ids[None], "position_ids": self.position_ids[None], "use_cache": False,
+            "cu_seq_lens_q": self.cu_seqlens, "cu_seq_lens_k": self.cu_seqlens,
+            "max_length_q": self.max_seqlen, "max_length_k": self.max_seqlen,
+        }
+
+
+def build_pack(sequences: Sequence[tuple[Sequence[int], Sequence[int]]]) -> Pack:
+    """Concatenate ``(input_ids, labels)`` pairs into a ``Pack``; labels are unshifted (-100 = no loss).
+
+    >>> p = build_pack([([1, 2, 3], [-100, 2, 3]), ([4, 5], [-100, 5])])
+    >>> p.input_ids.tolist(), p.targets.tolist(), p.position_ids.tolist()
+    ([1, 2, 3, 4, 5], [2, 3, -100, 5, -100], [0, 1, 2, 0, 1])
+    >>> p.seq_index.tolist(), p.cu_seqlens.tolist(), p.max_seqlen
+    ([0, 0, 0, 1, 1], [0, 3, 5], 3)
+    """
+    import torch
+
+    if not sequences:
+        raise ValueError("a pack needs at least one sequence")
+    ids, targets, positions, seq_index, bounds = [], [], [], [], [0]
+    for n, (input_ids, labels) in enumerate(sequences):
+        if len(input_ids) != len(labels) or not input_ids:
+            raise ValueError(f"sequence {n}: {len(input_ids)} input ids, {len(labels)} labels")
+        ids.extend(input_ids)
+        targets.extend(labels[1:])
+        targets.append(IGNORE_INDEX)
+        positions.extend(range(len(input_ids)))
+        seq_index.extend([n] * len(input_ids))
+        bounds.append(bounds[-1] + len(input_ids))
+    return Pack(
+        input_ids=torch.tensor(ids, dtype=torch.long), targets=torch.tensor(targets, dtype=torch.long),
+        position_ids=torch.tensor(positions, dtype=torch.long), seq_index=torch.tensor(seq_index, dtype=torch.long),
+        cu_seqlens=torch.tensor(bounds, dtype=torch.int32), max_seqlen=max(len(s) for s, _ in sequences),
+    )
