@@ -1,0 +1,103 @@
+"""LongAlign loss weighting equals the per-sequence mean however sequences are packed, on 1 or 2 ranks."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from longalign_trainer.train.loss import count_step, per_token_loss, weighted_loss
+from longalign_trainer.train.packing import IGNORE_INDEX, build_pack
+
+VOCAB = 50
+
+
+def make_sequences(seed: int, lengths=(3, 40, 7, 18, 2, 25, 9, 12)):
+    """(input_ids, labels) with a prompt of no loss and answers of very different lengths."""
+    g = torch.Generator().manual_seed(seed)
+    seqs = []
+    for n in lengths:
+        ids = torch.randint(0, VOCAB, (n,), generator=g).tolist()
+        prompt = max(1, n // 3)
+        seqs.append((ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
+    return seqs
+
+
+def fixed_logits(pack, seed: int):
+    """Deterministic logits for a pack, a function of each token's (sequence content, position)."""
+    g = torch.Generator().manual_seed(seed)
+    table = torch.randn(VOCAB, 64, VOCAB, generator=g)
+    return table[pack.input_ids, pack.position_ids]
+
+
+def reference(seqs, seed: int, weighting: bool, layout) -> float:
+    """Direct definitions: Eq. 2 (mean over sequences of their mean token loss), or Eq. 3 (mean of pack means)."""
+    if weighting:
+        means = []
+        for s in seqs:
+            pack = build_pack([s])
+            tl = per_token_loss(fixed_logits(pack, seed), pack.targets)
+            means.append(tl.sum() / (pack.targets != IGNORE_INDEX).sum())
+        return float(torch.stack(means).mean())
+    pack_means = []
+    for micro in (mb for rank in layout for mb in rank):
+        pack = build_pack([seqs[i] for i in micro])
+        tl = per_token_loss(fixed_logits(pack, seed), pack.targets)
+        pack_means.append(tl.sum() / (pack.targets != IGNORE_INDEX).sum())
+    return float(torch.stack(pack_means).mean())
+
+
+def rank_loss(seqs, seed, weighting, micro_batches, world_size) -> float:
+    """What one rank backpropagates over its micro-batches (the recipe's arithmetic)."""
+    packs = [build_pack([seqs[i] for i in mb]) for mb in micro_batches]
+    counts = count_step([(p.targets, p.seq_index) for p in packs])
+    total = 0.0
+    for p in packs:
+        total += float(weighted_loss(per_token_loss(fixed_logits(p, seed), p.targets), p.targets, p.seq_index,
+                                     counts, world_size, weighting))
+    return total
+
+
+LAYOUT = [[[0, 1, 2], [3]], [[4, 5, 6, 7]]]  # rank 0: two packs; rank 1: one pack
+
+
+@pytest.mark.parametrize("weighting", [True, False])
+def test_one_rank_any_packing_gives_the_reference(weighting):
+    seqs = make_sequences(0)
+    layout = [[mb for rank in LAYOUT for mb in rank]]
+    assert rank_loss(seqs, 0, weighting, layout[0], 1) == pytest.approx(reference(seqs, 0, weighting, layout),
+                                                                        rel=1e-6)
+
+
+def test_weighting_on_differs_from_plain_packing():
+    seqs = make_sequences(0)
+    layout = [[mb for rank in LAYOUT for mb in rank]]
+    assert abs(reference(seqs, 0, True, layout) - reference(seqs, 0, False, layout)) > 1e-3
+
+
+def _worker(rank: int, port: int, weighting: bool, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        seqs = make_sequences(0)
+        local = torch.tensor(rank_loss(seqs, 0, weighting, LAYOUT[rank], world_size=2), dtype=torch.float64)
+        dist.all_reduce(local)  # DeepSpeed averages gradients over ranks: the step loss is the mean
+        out[rank] = float(local) / 2
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("weighting", [True, False])
+def test_two_real_ranks_give_the_reference(weighting):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_worker, args=(port, weighting, out), nprocs=2, join=True)
+    expected = reference(make_sequences(0), 0, weighting, LAYOUT)
+    assert out[0] == pytest.approx(expected, rel=1e-6)
+    assert out[1] == out[0]

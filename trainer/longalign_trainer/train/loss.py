@@ -1,0 +1,73 @@
+r"""LongAlign's loss weighting: with packing, every sequence still counts equally.
+
+Plain packing averages token losses over a whole pack, so long answers and sparse packs weigh more than in
+ordinary batching (paper Eq. 3). LongAlign weights each token of sequence i by 1/N_i (N_i = its target tokens)
+and scales the pack by K/M (K packs, M sequences in the global batch, Eq. 4). Generalised to several
+micro-batches per rank, with data-parallel gradients *averaged* over the W ranks (as DeepSpeed does):
+
+    micro-batch loss  = Σ_t CE_t · W / (N_{seq(t)} · M)          (weighting on)
+                      = Σ_t CE_t / T_mb · W / K                   (weighting off: T_mb = its target tokens)
+    step loss         = (1/W) Σ_ranks Σ_micro-batches loss        = (1/M) Σ_i L_i / N_i    (Eq. 2)
+
+M and K are all-reduced over the ranks, so no rank needs to know the others' data. With one sequence per
+micro-batch (naive and sorted batching), on and off give the same result, as the paper notes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from longalign_trainer.train.packing import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    """Counts over the whole global batch (all ranks, all micro-batches) of one optimizer step."""
+
+    sequences: int  # M: sequences with at least one target token
+    micro_batches: int  # K: micro-batches with at least one target token
+    target_tokens: int
+
+
+def count_step(micro_batches, group=None) -> StepCounts:
+    """``StepCounts`` of the global batch; ``micro_batches`` are this rank's ``(targets, seq_index)`` pairs.
+
+    Sums over the data-parallel ranks when ``torch.distributed`` is initialised (one small all-reduce).
+    """
+    import torch
+    import torch.distributed as dist
+
+    local = torch.zeros(3, dtype=torch.float64)
+    for targets, seq_index in micro_batches:
+        valid = targets != IGNORE_INDEX
+        if valid.any():
+            local[0] += seq_index[valid].unique().numel()
+            local[1] += 1
+            local[2] += valid.sum()
+    if dist.is_available() and dist.is_initialized():
+        device = "cuda" if dist.get_backend(group) == "nccl" else "cpu"
+        local = local.to(device)
+        dist.all_reduce(local, group=group)
+    m, k, t = (int(x) for x in local.cpu().tolist())
+    return StepCounts(sequences=m, micro_batches=k, target_tokens=t)
+
+
+def per_token_loss(logits, targets):
+    """Cross-entropy per position in fp32, 0 where the target is ignored; ``logits [T, V]``, ``targets [T]``."""
+    import torch
+
+    return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
+
+
+def weighted_loss(token_loss, targets, seq_index, counts: StepCounts, world_size: int, weighting: bool = True):
+    """This micro-batch's share of the step loss (see the module docstring); backpropagate it unscaled."""
+    import torch
+
+    valid = targets != IGNORE_INDEX
+    if not valid.any() or counts.sequences == 0:
+        return (token_loss * 0.0).sum()  # keeps the graph (ZeRO-3 hooks) without contributing
+    if weighting:
+        n = torch.bincount(seq_index[valid], minlength=int(seq_index.max()) + 1).to(token_loss.dtype)
+        weights = torch.where(valid, 1.0 / n.clamp(min=1)[seq_index], 0.0)
+        return (token_loss * weights).sum() * (world_size / counts.sequences)
+    return (token_loss * valid).sum() / valid.sum() * (world_size / counts.micro_batches)
