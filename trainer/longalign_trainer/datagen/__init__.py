@@ -1,0 +1,15 @@
+"""Data generation: Self-Instruct long-instruction data from long documents, with a teacher served by vLLM.
+
+The stage behind ``longalign datagen --config FILE``, in small modules, in the order data flows:
+
+* ``config``    the typed settings (``DatagenConfig``), loaded from YAML/JSON;
+* ``documents`` read, tag, measure with the teacher's tokenizer, split or skip long documents;
+* ``tasks``     the pure Self-Instruct steps: prompts, JSON schema, parsing, deduplication, answer filters;
+* ``engine``    the teacher client: bounded concurrency, retries, failover, context-overflow detection;
+* ``store``     shards and manifest, written atomically: the basis of resuming without loss or duplicates;
+* ``mix``       the short-chat mix and the length histogram;
+* ``generate``  the pipeline that ties them together, with progress lines and the final summary;
+* ``cli``       the command line.
+
+Prompt texts per task type live in ``prompts/<type>.txt`` (``{n}`` is the number of tasks asked for).
+"""

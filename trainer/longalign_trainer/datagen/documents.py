@@ -1,0 +1,161 @@
+"""Long documents: read from a folder, tagged with a source, measured with the teacher's tokenizer, filtered.
+
+Every file under ``documents_dir`` is read: ``.txt``/``.md`` as one document each, ``.jsonl`` and ``.parquet``
+as one document per record (its ``text_field``). A document's id is stable across runs (the relative path,
+plus ``:N`` for the N-th record, plus ``#pK`` for the K-th part of a split), because resuming depends on it.
+
+Documents shorter than ``min_tokens`` are skipped; longer than ``max_tokens`` are split into parts at
+paragraph (else sentence, else token) boundaries, or skipped, by setting. Every skip is counted with its reason.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    source: str
+    text: str
+    n_tokens: int
+
+
+@dataclass
+class Corpus:
+    documents: list[Document] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)  # reason → count
+    files: int = 0
+
+
+def source_of(rel_path: str, sources: dict[str, str], record_source: str | None = None) -> str:
+    """The source tag of a document: a matching glob from the config, else the record's own, else the top folder.
+
+    >>> source_of("books/moby.txt", {})
+    'books'
+    >>> source_of("moby.txt", {})
+    'default'
+    >>> source_of("dump/a.jsonl", {"dump/*.jsonl": "web"}, record_source="arxiv")
+    'web'
+    >>> source_of("dump/a.jsonl", {}, record_source="arxiv")
+    'arxiv'
+    """
+    for pattern, name in sources.items():
+        if fnmatch.fnmatch(rel_path, pattern):
+            return name
+    if record_source:
+        return str(record_source)
+    parts = Path(rel_path).parts
+    return parts[0] if len(parts) > 1 else "default"
+
+
+def iter_raw(documents_dir: Path, text_field: str, counts: Counter) -> Iterator[tuple[str, str, str | None]]:
+    """(id, text, record source) of every document in the folder, in a stable order."""
+    for path in sorted(p for p in documents_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(documents_dir).as_posix()
+        suffix = path.suffix.lower()
+        if suffix not in SUFFIXES:
+            counts["unsupported_file"] += 1
+            continue
+        if suffix in (".txt", ".md"):
+            yield rel, path.read_text(errors="replace"), None
+        elif suffix == ".jsonl":
+            with open(path, errors="replace") as f:
+                for i, line in enumerate(f):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        counts["bad_record"] += 1
+                        continue
+                    yield from _record(rel, i, record, text_field, counts)
+        else:
+            import pyarrow.parquet as pq
+
+            for i, record in enumerate(pq.read_table(path).to_pylist()):
+                yield from _record(rel, i, record, text_field, counts)
+
+
+def _record(rel: str, i: int, record, text_field: str, counts: Counter):
+    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+        counts["bad_record"] += 1
+        return
+    yield f"{rel}:{record.get('id', i)}", record[text_field], record.get("source")
+
+
+def split_points(text: str, offsets: list[tuple[int, int]], max_tokens: int) -> list[int]:
+    """Character positions at which to cut ``text`` so that each part has at most ``max_tokens`` tokens.
+
+    A cut goes to the last paragraph break in the window's final quarter, else the last sentence end there,
+    else the token boundary itself. ``offsets`` are the tokens' (start, end) character spans.
+
+    >>> text = "aaaa bbbb.\\n\\ncccc dddd. eeee"
+    >>> offs = [(0, 4), (4, 9), (9, 10), (10, 12), (12, 16), (16, 21), (21, 22), (22, 27)]
+    >>> [text[a:b] for a, b in zip([0] + split_points(text, offs, 5), split_points(text, offs, 5) + [len(text)])]
+    ['aaaa bbbb.\\n\\n', 'cccc dddd. eeee']
+    """
+    cuts, start_tok = [], 0
+    while len(offsets) - start_tok > max_tokens:
+        end_tok = start_tok + max_tokens  # the part is tokens [start_tok, end_tok)
+        lo_char = offsets[start_tok + (3 * max_tokens) // 4][0]
+        hi_char = offsets[end_tok][0]
+        window = text[lo_char:hi_char]
+        cut = None
+        for sep in ("\n\n", ". ", "\n"):
+            k = window.rfind(sep)
+            if k >= 0:
+                cut = lo_char + k + len(sep)
+                break
+        if cut is None:
+            cut = hi_char
+        # the first token that starts at or after the cut begins the next part
+        next_tok = next(t for t in range(start_tok + 1, end_tok + 1) if offsets[t][0] >= cut)
+        cuts.append(offsets[next_tok][0])
+        start_tok = next_tok
+    return cuts
+
+
+def load_corpus(cfg, tokenizer) -> Corpus:
+    """Read, measure, split and filter the documents of ``cfg`` (a ``DatagenConfig``)."""
+    corpus = Corpus()
+    counts = corpus.skipped
+    if not cfg.documents_dir.is_dir():
+        raise FileNotFoundError(f"documents_dir {cfg.documents_dir} is not a folder")
+    corpus.files = sum(1 for p in cfg.documents_dir.rglob("*") if p.is_file())
+    for doc_id, text, record_source in iter_raw(cfg.documents_dir, cfg.text_field, counts):
+        source = source_of(doc_id.split(":")[0], cfg.sources, record_source)
+        text = text.strip()
+        if not text:
+            counts["empty"] += 1
+            continue
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        n = len(enc["input_ids"])
+        if n > cfg.max_tokens:
+            if cfg.over_length == "skip":
+                counts["too_long"] += 1
+                continue
+            cuts = split_points(text, enc["offset_mapping"], cfg.max_tokens)
+            bounds = list(zip([0] + cuts, cuts + [len(text)]))
+            for k, (a, b) in enumerate(bounds):
+                part = text[a:b]
+                m = len(tokenizer(part, add_special_tokens=False)["input_ids"])
+                if m < cfg.min_tokens:
+                    counts["split_part_too_short"] += 1
+                elif m > cfg.max_tokens:  # re-tokenising a cut text can differ by a token or two
+                    counts["split_part_too_long"] += 1
+                else:
+                    corpus.documents.append(Document(f"{doc_id}#p{k}", source, part, m))
+            continue
+        if n < cfg.min_tokens:
+            counts["too_short"] += 1
+            continue
+        corpus.documents.append(Document(doc_id, source, text, n))
+    return corpus

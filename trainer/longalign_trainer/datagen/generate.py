@@ -1,0 +1,262 @@
+"""The data generation pipeline: documents in, LongAlign JSONL out, resumable, with progress and a summary.
+
+    corpus ──► pending documents (not in the manifest) ──► N workers, one document each at a time:
+                 propose tasks (JSON schema) ─► dedup, keep k ─► answer each (whole document in context)
+           ──► store (shards + manifest) ──► at the end: data.jsonl (+ short mix), histogram.json, summary
+
+A document that fails for lack of a server (retries exhausted) is not recorded: the run ends with exit code 1
+and a rerun does it again. A document that can never work (too long for the server's context, no parseable
+tasks, every answer filtered) is recorded as done with its reasons counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from longalign_trainer.contract import ProgressReporter, write_summary
+from longalign_trainer.datagen import tasks
+from longalign_trainer.datagen.config import DatagenConfig
+from longalign_trainer.datagen.documents import Document, load_corpus
+from longalign_trainer.datagen.engine import ContextOverflow, FatalRequestError, RequestFailed, Teacher
+from longalign_trainer.datagen.mix import histogram, sample_short
+from longalign_trainer.datagen.store import ShardStore, write_atomic
+
+PROPOSAL_ATTEMPTS = 2
+
+
+@dataclass
+class DocOutcome:
+    samples: list[dict] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+
+class Generator:
+    """Generates samples for documents with one ``Teacher``; pure of I/O other than the teacher's requests."""
+
+    def __init__(self, cfg: DatagenConfig, teacher: Teacher, tokenizer, context_len: int) -> None:
+        self.cfg, self.teacher, self.context_len = cfg, teacher, context_len
+        self.templates = {t: cfg.prompt_path(t).read_text() for t in cfg.task_types}
+        # tokens the chat template and instructions add around the document, measured once per task type
+        self.overhead = {t: _prompt_tokens(tokenizer, tasks.user_turn("", tasks.propose_prompt(s, cfg.questions_asked)))
+                         for t, s in self.templates.items()}
+        self.answer_overhead = _prompt_tokens(tokenizer, tasks.user_turn("", "x" * cfg.question_max_chars))
+        self.margin = 16  # a document and its neighbouring text may tokenise a few tokens differently
+
+    def _room(self, doc: Document, overhead: int) -> int:
+        return self.context_len - (doc.n_tokens + overhead + self.margin)
+
+    async def process(self, doc: Document) -> DocOutcome:
+        """All requests about one document, back to back on one server (vLLM then reuses the cached document)."""
+        cfg, out = self.cfg, DocOutcome()
+        endpoint = self.teacher.assign()
+        try:
+            types = tasks.rng_for(cfg.seed, doc.id, "types").sample(cfg.task_types, cfg.types_per_document)
+            seen: list[str] = []
+            for task_type in types:
+                room = self._room(doc, self.overhead[task_type])
+                if room < cfg.teacher.min_answer_room:
+                    out.skipped["exceeds_server_context"] += 1
+                    continue
+                questions, endpoint = await self._propose(doc, task_type, min(room, cfg.teacher.question_max_tokens),
+                                                          endpoint, out)
+                fresh = tasks.dedup(seen + questions, cfg.dedup_similarity)[len(seen):]  # seen is deduplicated
+                if len(questions) > len(fresh):
+                    out.skipped["duplicate_task"] += len(questions) - len(fresh)
+                seen += fresh
+                rng = tasks.rng_for(cfg.seed, doc.id, f"keep:{task_type}")
+                kept = rng.sample(fresh, min(cfg.questions_kept, len(fresh)))
+                results = await asyncio.gather(*(self._answer(doc, task_type, q, endpoint) for q in kept),
+                                               return_exceptions=True)
+                for r in results:
+                    if isinstance(r, BaseException):
+                        raise r
+                    if isinstance(r, str):
+                        out.skipped[r] += 1
+                    else:
+                        out.samples.append(r)
+        except ContextOverflow:
+            out.skipped["exceeds_server_context"] += 1
+        finally:
+            self.teacher.release(endpoint % len(self.teacher.clients))
+        return out
+
+    async def _propose(self, doc: Document, task_type: str, max_tokens: int, endpoint: int,
+                       out: DocOutcome) -> tuple[list[str], int]:
+        cfg = self.cfg
+        messages = [{"role": "user", "content": tasks.user_turn(
+            doc.text, tasks.propose_prompt(self.templates[task_type], cfg.questions_asked))}]
+        schema = tasks.questions_schema(cfg.questions_asked, cfg.question_max_chars)
+        for attempt in range(PROPOSAL_ATTEMPTS):
+            seed = tasks.rng_for(cfg.seed, doc.id, f"propose:{task_type}:{attempt}").randrange(2 ** 31)
+            c = await self.teacher.complete(messages, max_tokens=max_tokens, endpoint=endpoint, seed=seed,
+                                            extra_body={"structured_outputs": {"json": schema}})
+            endpoint = c.endpoint
+            questions = tasks.parse_questions(c.text)
+            if questions:
+                return questions, endpoint
+        out.skipped["unparseable_tasks"] += 1
+        return [], endpoint
+
+    async def _answer(self, doc: Document, task_type: str, question: str, endpoint: int) -> dict | str:
+        """A sample, or the reason there is none."""
+        cfg = self.cfg
+        room = self._room(doc, self.answer_overhead)
+        if room < cfg.teacher.min_answer_room:
+            return "exceeds_server_context"
+        user = tasks.user_turn(doc.text, question)
+        seed = tasks.rng_for(cfg.seed, doc.id, f"answer:{question}").randrange(2 ** 31)
+        try:
+            c = await self.teacher.complete([{"role": "user", "content": user}], endpoint=endpoint, seed=seed,
+                                            max_tokens=min(room, cfg.teacher.answer_max_tokens))
+        except ContextOverflow:
+            return "exceeds_server_context"
+        problem = tasks.answer_problem(c.text, c.finish_reason, cfg.min_answer_chars, cfg.keep_truncated_answers)
+        if problem:
+            return problem
+        return {
+            "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": c.text.strip()}],
+            "length": c.prompt_tokens + c.completion_tokens,
+            "meta": {"doc_id": doc.id, "source": doc.source, "task_type": task_type, "task": question,
+                     "teacher_model": cfg.teacher.model, "doc_tokens": doc.n_tokens,
+                     "finish_reason": c.finish_reason},
+        }
+
+
+def _prompt_tokens(tokenizer, user_content: str) -> int:
+    messages = [{"role": "user", "content": user_content}]
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        return len(ids)
+    return len(tokenizer(user_content)["input_ids"]) + 8
+
+
+def load_tokenizer(cfg: DatagenConfig):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(cfg.teacher.tokenizer or cfg.teacher.model)
+
+
+async def run_async(cfg: DatagenConfig, *, summary_path: Path | None = None) -> dict:
+    """Run (or resume) data generation; returns the summary it also writes at the termination-message path."""
+    t0 = time.monotonic()
+    tokenizer = load_tokenizer(cfg)
+    corpus = load_corpus(cfg, tokenizer)
+    store = ShardStore(cfg.output_dir, cfg.fingerprint(), cfg.shard_max_samples,
+                       meta={"teacher_model": cfg.teacher.model},
+                       flush_interval_s=cfg.flush_interval_s).open()
+    done_before = store.done_documents()
+    pending = [d for d in corpus.documents if d.id not in done_before]
+    teacher = Teacher(cfg.teacher, cfg.engine)
+    progress = ProgressReporter("datagen", len(corpus.documents), "documents")
+    failed: Counter = Counter()
+    state = {"done": len(corpus.documents) - len(pending), "samples": sum(done_before.values()),
+             "consecutive_failures": 0, "stop": None}
+    status = "complete"
+    progress.update(state["done"], samples=state["samples"])  # a resumed run's rate counts from here
+    try:
+        context_len = await teacher.max_model_len()
+        gen = Generator(cfg, teacher, tokenizer, context_len)
+        queue: asyncio.Queue[Document] = asyncio.Queue()
+        for d in pending:
+            queue.put_nowait(d)
+
+        async def worker() -> None:
+            while state["stop"] is None:
+                try:
+                    doc = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                try:
+                    outcome = await gen.process(doc)
+                except RequestFailed as e:
+                    failed["documents"] += 1
+                    state["consecutive_failures"] += 1
+                    state["last_error"] = str(e)
+                    if state["consecutive_failures"] >= cfg.engine.max_consecutive_failures:
+                        state["stop"] = f"{state['consecutive_failures']} documents in a row failed: {e}"
+                    continue
+                state["consecutive_failures"] = 0
+                store.add(doc.id, outcome.samples, outcome.skipped)
+                state["done"] += 1
+                state["samples"] += len(outcome.samples)
+                _report(progress, state, teacher, t0)
+
+        async with asyncio.TaskGroup() as group:  # a fatal error in one worker cancels the others
+            for _ in range(min(cfg.engine.concurrency, max(len(pending), 1))):
+                group.create_task(worker())
+    except* (FatalRequestError, RequestFailed) as eg:  # RequestFailed here: /v1/models never answered
+        state["stop"] = f"{type(eg.exceptions[0]).__name__}: {eg.exceptions[0]}"
+    finally:
+        store.flush()  # documents finished before a failure are kept
+        await teacher.close()
+
+    if state["stop"] or failed:
+        status = "incomplete"
+    summary = {"stage": "datagen", "status": status, "teacher_model": cfg.teacher.model,
+               "documents_total": len(corpus.documents), "documents_done": state["done"],
+               "documents_resumed": len(done_before), "documents_failed": failed["documents"],
+               "documents_skipped": dict(corpus.skipped), "samples_skipped": dict(store.skips()),
+               "samples": state["samples"]}
+    if state["stop"]:
+        summary["error"] = state["stop"][:500]
+    elif failed:
+        summary["error"] = f"{failed['documents']} documents failed (rerun to retry them): {state.get('last_error', '')}"[:500]
+    if status == "complete":
+        summary.update(_finish(cfg, store, tokenizer))
+    elapsed = time.monotonic() - t0
+    summary.update({"elapsed_s": round(elapsed, 1), "requests": teacher.stats["requests"],
+                    "retries": teacher.stats["retries"],
+                    "completion_tokens": teacher.stats["completion_tokens"],
+                    "tokens_per_s": round(teacher.stats["completion_tokens"] / elapsed, 1) if elapsed else None,
+                    "manifest": str(cfg.output_dir / "manifest.json")})
+    write_atomic(cfg.output_dir / "summary.json", json.dumps(summary, indent=1).encode())
+    write_summary(summary, summary_path)
+    return summary
+
+
+def _report(progress: ProgressReporter, state: dict, teacher: Teacher, t0: float) -> None:
+    elapsed = max(time.monotonic() - t0, 1e-9)
+    progress.update(state["done"], samples=state["samples"],
+                    tokens_per_s=teacher.stats["completion_tokens"] / elapsed,
+                    requests_per_s=teacher.stats["requests"] / elapsed)
+
+
+def _finish(cfg: DatagenConfig, store: ShardStore, tokenizer) -> dict:
+    """All documents are done: write ``data.jsonl`` (generated, then short samples) and ``histogram.json``."""
+    lengths, n_long = [], 0
+    out_path = cfg.output_dir / "data.jsonl"
+    tmp = out_path.with_name(".data.jsonl.tmp")
+    short_counts: Counter = Counter()
+    with open(tmp, "w") as out:
+        for shard in store.shard_paths():
+            with open(shard) as f:
+                for line in f:
+                    out.write(line)
+                    lengths.append(json.loads(line)["length"])
+                    n_long += 1
+        n_short = 0
+        if cfg.short_data_path is not None and cfg.short_ratio > 0:
+            short, short_counts = sample_short(cfg.short_data_path, n_long, cfg.short_ratio, cfg.seed)
+            for rec in short:
+                ids = tokenizer.apply_chat_template(rec["messages"], tokenize=True)
+                rec["length"] = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+                lengths.append(rec["length"])
+                out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n_short = len(short)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, out_path)
+    hist = histogram(lengths)
+    write_atomic(cfg.output_dir / "histogram.json", json.dumps(
+        {"long": histogram(lengths[:n_long]), "all": hist}, indent=1).encode())
+    result = {"data": str(out_path), "long_samples": n_long, "short_samples": n_short, "length_histogram": hist}
+    if short_counts:
+        result["short_skipped"] = dict(short_counts)
+    return result
