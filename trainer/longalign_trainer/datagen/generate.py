@@ -213,6 +213,8 @@ async def run_async(cfg: DatagenConfig, *, summary_path: Path | None = None) -> 
     elapsed = time.monotonic() - t0
     summary.update({"elapsed_s": round(elapsed, 1), "requests": teacher.stats["requests"],
                     "retries": teacher.stats["retries"],
+                    "request_errors": {k: v for k, v in sorted(teacher.stats.items())
+                                       if k not in ("requests", "retries", "prompt_tokens", "completion_tokens")},
                     "completion_tokens": teacher.stats["completion_tokens"],
                     "tokens_per_s": round(teacher.stats["completion_tokens"] / elapsed, 1) if elapsed else None,
                     "manifest": str(cfg.output_dir / "manifest.json")})
