@@ -1,0 +1,199 @@
+"""The training stage end to end: 2 real processes (torchrun, gloo, DeepSpeed ZeRO) on the tiny model.
+
+One uninterrupted run is the reference: its loss falls, both ranks agree, and its export loads in
+transformers and has learned. A second run is killed mid-way and resumed; it must continue the very same
+loss trajectory. Other strategies and ZeRO stages run a few steps each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainer_datasets import make_dataset
+
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(config: Path) -> list[str]:
+    """2 processes on this machine, as the training pod runs them."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+            str(free_port()), "-m", "longalign_operator.cli", "train", "--config", str(config)]
+
+
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (torchrun starts its workers in sessions of their own)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+STEPS = 12  # 2 epochs × 6 steps of 16 sequences
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> list[dict]:
+    d = tmp_path_factory.mktemp("data")
+    return [{"path": str(make_dataset(d / "long.jsonl", 32, seed=1, long_share=0.5)), "ratio": 1},
+            {"path": str(make_dataset(d / "short.jsonl", 64, seed=2, long_share=0.0)), "ratio": 2}]
+
+
+def write_config(out: Path, tiny_model: Path, data: list[dict], **overrides) -> Path:
+    cfg = {"model_path": str(tiny_model), "data": data, "output_dir": str(out), "max_tokens_per_pack": 512,
+           "strategy": "packing", "global_batch_size": 16, "epochs": 2, "learning_rate": 2e-3,
+           "warmup_ratio": 0.1, "zero_stage": 3, "checkpoint_every_steps": 4, "progress_interval_s": 0,
+           "termination_message_path": str(out / "summary.json"), **overrides}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def train(config: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    done = subprocess.run(torchrun(config), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def step_losses(out: Path, rank: int) -> dict[int, float]:
+    """Loss per step from a rank's log (a resumed run appends; the newest entry of a step wins)."""
+    lines = (out / f"train-log-rank{rank}.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+def progress_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith('{"longalign": "progress"')]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model, data):
+    """One uninterrupted 2-rank ZeRO-3 packing run with loss weighting."""
+    out = tmp_path_factory.mktemp("reference")
+    done = train(write_config(out, tiny_model, data))
+    return out, done
+
+
+def test_loss_falls_and_both_ranks_agree(reference):
+    out, done = reference
+    losses = step_losses(out, 0)
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert step_losses(out, 1) == losses  # the all-reduced step loss is the same on both ranks
+    assert sum(list(losses.values())[-3:]) / 3 < 0.7 * losses[1]
+    ranks = [[json.loads(line) for line in (out / f"train-log-rank{r}.jsonl").read_text().splitlines()]
+             for r in (0, 1)]
+    for a, b in zip(*ranks):  # each rank ran its own share of the step, and the shares add up to the step
+        assert a["local_loss"] != b["local_loss"]
+        assert (a["local_loss"] + b["local_loss"]) / 2 == pytest.approx(a["loss"], rel=1e-9)
+        assert a["sequences"] == 16 and a["micro_batches"] >= 2
+
+
+def test_progress_lines_and_summary_follow_the_stage_contract(reference):
+    out, done = reference
+    lines = progress_lines(done.stdout)
+    assert [line["done"] for line in lines] == list(range(1, STEPS + 1))
+    assert {"loss", "tokens_per_s", "mfu"} <= set(lines[-1]["metrics"]) and lines[-1]["total"] == STEPS
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] and summary["steps"] == STEPS and summary["world_size"] == 2
+    assert summary["final_loss"] == step_losses(out, 0)[STEPS]
+    assert summary["attention_backend"] == "sdpa_block_diagonal"
+    assert summary["data"]["per_file"] == {d: n for d, n in zip(summary["data"]["per_file"], (32, 64))}
+    assert 0.5 < summary["packing_efficiency"] <= 1 and summary["tokens_seen"] > 0
+    assert Path(summary["checkpoint"]).name == f"step-{STEPS:08d}"
+    assert (out / "checkpoints" / "latest").read_text() == f"step-{STEPS:08d}"
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+
+
+def test_export_loads_in_transformers_and_has_learned(reference, tiny_model, data):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = reference
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    assert tok.chat_template == AutoTokenizer.from_pretrained(tiny_model).chat_template
+    trained = AutoModelForCausalLM.from_pretrained(out / "model")
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert trained.config._attn_implementation == "sdpa"
+    record = json.loads(Path(data[1]["path"]).read_text().splitlines()[0])
+    enc = tok.apply_chat_template(record["messages"], tokenize=True, return_dict=True,
+                                  return_assistant_tokens_mask=True, return_tensors="pt")
+    labels = torch.where(enc["assistant_masks"].bool(), enc["input_ids"], -100)
+    with torch.no_grad():
+        after = trained(input_ids=enc["input_ids"], labels=labels).loss
+        before = initial(input_ids=enc["input_ids"], labels=labels).loss
+    assert after < 0.7 * before
+
+
+def test_killed_run_resumes_on_the_same_loss_trajectory(reference, tmp_path, tiny_model, data):
+    ref_out, _ = reference
+    out = tmp_path / "resumed"
+    config = write_config(out, tiny_model, data)
+    proc = subprocess.Popen(torchrun(config), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in proc.stdout:  # once step 5 is done, kill both ranks and the agent, as a pod deletion would
+            if line.startswith('{"longalign"') and json.loads(line)["done"] >= 5:
+                break
+    finally:
+        for pid in [*children(proc.pid), proc.pid]:
+            os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    interrupted = step_losses(out, 0)
+    assert 5 <= max(interrupted) < STEPS and not (out / "summary.json").exists()
+    resumed_from = int((out / "checkpoints" / "latest").read_text().removeprefix("step-"))
+    assert resumed_from in (4, 8)
+    train(config)
+    expected = step_losses(ref_out, 0)
+    resumed = step_losses(out, 0)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    for step in range(resumed_from + 1, STEPS + 1):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_loss"] == pytest.approx(expected[STEPS], rel=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"strategy": "sorted", "zero_stage": 2, "micro_batch_size": 2, "loss_weighting": False},
+    {"strategy": "naive", "zero_stage": 1, "gradient_checkpointing": False},
+], ids=["sorted-zero2", "naive-zero1"])
+def test_other_strategies_and_zero_stages_train(tmp_path, tiny_model, data, overrides):
+    out = tmp_path / "run"
+    train(write_config(out, tiny_model, data, epochs=1, max_steps=3, **overrides))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] and summary["steps"] == 3 and summary["strategy"] == overrides["strategy"]
+    assert summary["packing_efficiency"] is None
+    losses = step_losses(out, 0)
+    assert losses[3] < losses[1]
+    rank0 = [json.loads(x) for x in (out / "train-log-rank0.jsonl").read_text().splitlines()]
+    per_rank_micro = 16 // overrides.get("micro_batch_size", 1) // 2
+    assert all(r["micro_batches"] == 2 * per_rank_micro for r in rank0)
+
+
+def test_a_bad_config_is_refused_by_field_name(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"model_path": "m", "data": [{"path": "a.jsonl", "ratio": 0}],
+                                      "output_dir": str(tmp_path), "zero_stage": 4}))
+    done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
+                          capture_output=True, text=True, env={**os.environ,
+                                                              "LONGALIGN_TERMINATION_MESSAGE_PATH": str(tmp_path / "t")})
+    assert done.returncode == 2
+    assert "data.0.ratio: Input should be greater than 0" in done.stderr
+    assert "zero_stage: Input should be 1, 2 or 3" in done.stderr
+    assert json.loads((tmp_path / "t").read_text())["ok"] is False

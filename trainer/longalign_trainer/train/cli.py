@@ -1,0 +1,47 @@
+"""``longalign train --config FILE``: the training stage (run it under ``torchrun`` for several processes).
+
+    torchrun --nproc_per_node 8 -m longalign_operator.cli train --config train.yaml
+    longalign train --config train.yaml          # one local process (CPU or one GPU)
+
+Progress lines go to stdout (rank 0); the summary to the termination-message path. On failure the summary
+says ``"ok": false`` with the error, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    """Arguments of ``longalign train``."""
+    parser.add_argument("--config", required=True, help="training config (YAML or JSON), see train/config.py")
+
+
+def run(args) -> int:
+    """Validate the config, run the recipe, write the summary."""
+    import os
+    import sys
+
+    from longalign_trainer.contract import write_summary
+    from longalign_trainer.train.config import load_config
+
+    try:
+        cfg = load_config(args.config)
+    except (ValueError, OSError) as exc:
+        print(exc, file=sys.stderr)
+        write_summary({"stage": "train", "ok": False, "error": str(exc)[:2000]}, _summary_path(None))
+        return 2
+    from longalign_trainer.train.recipe import Recipe
+
+    try:
+        Recipe(cfg).run()
+    except Exception as exc:
+        if os.environ.get("RANK", "0") == "0":
+            write_summary({"stage": "train", "ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]},
+                          _summary_path(cfg.termination_message_path))
+        raise
+    return 0
+
+
+def _summary_path(path):
+    from longalign_trainer.contract import termination_message_path
+
+    return path or termination_message_path()

@@ -1,0 +1,334 @@
+"""The training recipe: setup / train / save_checkpoint / export / cleanup, one straight-line loop.
+
+Every rank of a ``torchrun`` group (or a single local process) runs this. Each optimizer step:
+
+1. the sampler hands this rank its micro-batches of the step (the same global plan on every rank);
+2. the step's counts (sequences M, micro-batches K) are all-reduced, so loss weighting needs no global view;
+3. every micro-batch is one pack through ``longalign_packed`` attention; its weighted loss is backpropagated
+   unscaled (DeepSpeed runs with caller-owned gradient accumulation: ``step()`` is the boundary);
+4. ``engine.step()`` clips, updates and advances the schedule; rank 0 reports progress.
+
+Checkpoints (DeepSpeed state + sampler position + RNG) go to a temporary folder that is renamed when
+complete, so a kill at any moment leaves the last complete checkpoint intact; ``latest`` names it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import time
+import warnings
+from pathlib import Path
+
+from longalign_trainer.contract import ProgressReporter, write_summary
+from longalign_trainer.train import attention
+from longalign_trainer.train.batching import StepSampler
+from longalign_trainer.train.config import TrainConfig
+from longalign_trainer.train.data import load_examples
+from longalign_trainer.train.loss import count_step, per_token_loss, weighted_loss
+from longalign_trainer.train.packing import IGNORE_INDEX, Pack, build_pack
+
+H100_DENSE_BF16_TFLOPS = 989.0
+STATE_TAG = "state"  # DeepSpeed's sub-folder inside one checkpoint
+
+
+def training_flops(non_embedding_params: int, layers: int, hidden: int, seq_lengths) -> float:
+    """FLOPs of one forward+backward: 6·N·tokens + 6·layers·hidden·Σ s_i² (causal attention per sequence).
+
+    >>> training_flops(10, 2, 4, [3, 1])
+    720.0
+    """
+    tokens = sum(seq_lengths)
+    return 6.0 * non_embedding_params * tokens + 6.0 * layers * hidden * sum(s * s for s in seq_lengths)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate at ``step`` (0-based): linear warmup, then the schedule.
+
+    >>> [round(lr_factor(s, 10, 2, "cosine", 0.0), 3) for s in (0, 1, 2, 6, 9)]
+    [0.5, 1.0, 1.0, 0.5, 0.03]
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    return min_ratio + (1 - min_ratio) * shape
+
+
+class Recipe:
+    """One training run; ``run()`` is setup → train → export → cleanup."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.losses: list[float] = []
+        self.tokens_seen = 0
+        self.ckpt_root = cfg.checkpoints
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        """Process group, data, model, DeepSpeed engine; then resume from the newest checkpoint if asked."""
+        import deepspeed
+        import torch
+        import torch.distributed as dist
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        cfg = self.cfg
+        _default_single_process_env()
+        # DeepSpeed 0.19 calls collectives that torch 2.13 deprecates, twice per layer and step: keep logs readable.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+        self.cuda = torch.cuda.is_available()
+        deepspeed.init_distributed(dist_backend="nccl" if self.cuda else "gloo")
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if self.cuda else torch.device("cpu")
+        if self.cuda:
+            torch.cuda.set_device(self.device)
+        self.bf16 = self.cuda if cfg.bf16 is None else cfg.bf16
+        self.backend = attention.register(cfg.attention_backend, self.device.type)
+        torch.manual_seed(cfg.seed)
+
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
+        self.examples, self.data_report = load_examples(
+            [(f.path, f.ratio) for f in cfg.data], self.tokenizer, cfg.max_tokens_per_pack, cfg.overlong, cfg.seed)
+        self.sampler = StepSampler(
+            [len(e) for e in self.examples], strategy=cfg.strategy, global_batch_size=cfg.global_batch_size,
+            capacity=cfg.max_tokens_per_pack, micro_batch_size=cfg.micro_batch_size, world_size=self.world,
+            rank=self.rank, seed=cfg.seed, epochs=cfg.epochs, max_steps=cfg.max_steps)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+        ds_config = self.deepspeed_config()
+        if cfg.zero_stage == 3:  # partition the weights while loading, instead of a full copy per rank
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds_config = HfDeepSpeedConfig(ds_config)  # must stay alive through from_pretrained
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.model_path, attn_implementation=attention.NAME,
+            dtype=torch.bfloat16 if self.bf16 else torch.float32)
+        model.config.use_cache = False
+        self.model_shape = _model_shape(model)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
+        no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        total, warmup = self.sampler.total_steps, math.ceil(cfg.warmup_ratio * self.sampler.total_steps)
+        schedule = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
+            opt, lambda s: lr_factor(s, total, warmup, cfg.lr_schedule, cfg.min_lr_ratio))
+        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config,
+                                                    lr_scheduler=schedule)
+        if cfg.resume:
+            self.resume()
+
+    def deepspeed_config(self) -> dict:
+        """The DeepSpeed config from our settings (one micro-batch = one pack; we own accumulation)."""
+        cfg = self.cfg
+        zero: dict = {"stage": cfg.zero_stage, "stage3_gather_16bit_weights_on_model_save": True}
+        if cfg.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": self.cuda}
+        if cfg.offload_params:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": self.cuda}
+        return {
+            "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+            "train_batch_size": self.world, "managed_gradient_accumulation": False,
+            "gradient_clipping": cfg.max_grad_norm, "bf16": {"enabled": self.bf16},
+            "zero_optimization": zero, "zero_force_ds_cpu_optimizer": False,
+            "optimizer": {"type": "AdamW", "params": {
+                "lr": cfg.learning_rate, "betas": list(cfg.adam_betas), "weight_decay": cfg.weight_decay,
+                "torch_adam": True}},
+            "steps_per_print": 1 << 30, "wall_clock_breakdown": False,
+        }
+
+    # ---------------------------------------------------------------- train
+    def make_pack(self, micro_batch) -> Pack:
+        """The pack of a micro-batch; an empty one (a rank with less work this step) is a one-token filler."""
+        if not micro_batch:
+            return build_pack([([self.pad_id], [IGNORE_INDEX])])
+        return build_pack([(self.examples[i].input_ids, self.examples[i].labels) for i in micro_batch])
+
+    def train(self) -> None:
+        """The loop: for every step, forward/backward each micro-batch, then one optimizer step."""
+        import torch
+        import torch.distributed as dist
+
+        cfg, engine = self.cfg, self.engine
+        engine.train()
+        reporter = ProgressReporter("train", self.sampler.total_steps, "steps",
+                                    min_interval_s=cfg.progress_interval_s) if self.rank == 0 else None
+        self.start = time.monotonic()
+        peak = cfg.peak_tflops_per_device or (H100_DENSE_BF16_TFLOPS if self.cuda else None)
+        for plan in self.sampler:
+            t0 = time.monotonic()
+            packs = [self.make_pack(mb) for mb in self.sampler.my_micro_batches(plan)]
+            counts = count_step([(p.targets, p.seq_index) for p in packs])
+            local = torch.zeros((), dtype=torch.float64)
+            for pack in packs:
+                pack = pack.to(self.device)
+                logits = engine(**pack.as_model_inputs()).logits[0]
+                loss = weighted_loss(per_token_loss(logits, pack.targets), pack.targets, pack.seq_index, counts,
+                                     self.world, cfg.loss_weighting)
+                engine.backward(loss, scale_wrt_gas=False)
+                local += loss.detach().double().cpu()
+            engine.step()
+            step_loss = local.clone().to(self.device)
+            dist.all_reduce(step_loss)
+            step_loss = float(step_loss) / self.world
+            self.losses.append(step_loss)
+            lengths = [len(self.examples[i]) for rank in plan.per_rank for mb in rank for i in mb]
+            self.tokens_seen += sum(lengths)
+            elapsed = time.monotonic() - t0
+            mfu = None
+            if peak:
+                flops = training_flops(self.model_shape["non_embedding_params"], self.model_shape["layers"],
+                                       self.model_shape["hidden"], lengths)
+                mfu = flops / elapsed / (peak * 1e12 * self.world)
+            self._log_step(plan.step, step_loss, float(local), counts)
+            if reporter:
+                reporter.update(self.sampler.position, loss=step_loss, tokens_per_s=sum(lengths) / elapsed,
+                                mfu=mfu, lr=engine.get_lr()[0])
+            if self.sampler.position % cfg.checkpoint_every_steps == 0 and self.sampler.position < self.sampler.total_steps:
+                self.save_checkpoint()
+        self.save_checkpoint()
+
+    def _log_step(self, step: int, loss: float, local: float, counts) -> None:
+        """Append this rank's view of the step to OUTPUT_DIR/train-log-rank{R}.jsonl."""
+        record = {"step": step + 1, "loss": loss, "local_loss": local, "sequences": counts.sequences,
+                  "micro_batches": counts.micro_batches, "target_tokens": counts.target_tokens}
+        self.cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.cfg.output_dir / f"train-log-rank{self.rank}.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path:
+        """Write a complete checkpoint under a temporary name, then rename it and point ``latest`` at it."""
+        import torch
+        import torch.distributed as dist
+
+        name = f"step-{self.sampler.position:08d}"
+        final, tmp = self.ckpt_root / name, self.ckpt_root / f".tmp-{name}"
+        if final.exists():  # already saved at this position (e.g. the last periodic one)
+            return final
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        self.engine.save_checkpoint(str(tmp), tag=STATE_TAG, save_latest=False)
+        torch.save({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.cuda else None},
+                   tmp / f"rng-rank{self.rank}.pt")
+        dist.barrier()
+        if self.rank == 0:
+            (tmp / "trainer_state.json").write_text(json.dumps({
+                "sampler": self.sampler.state_dict(), "losses": self.losses, "tokens_seen": self.tokens_seen}))
+            os.replace(tmp, final)
+            _atomic_write(self.ckpt_root / "latest", name)
+            for old in sorted(self.ckpt_root.glob("step-*"))[:-self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+        self.last_checkpoint = final
+        return final
+
+    def resume(self) -> bool:
+        """Load the checkpoint named by ``latest``, if any: weights, optimizer, schedule, position, RNG."""
+        import torch
+
+        latest = self.ckpt_root / "latest"
+        if not latest.exists():
+            return False
+        path = self.ckpt_root / latest.read_text().strip()
+        self.engine.load_checkpoint(str(path), tag=STATE_TAG)
+        state = json.loads((path / "trainer_state.json").read_text())
+        self.sampler.load_state_dict(state["sampler"])
+        self.losses, self.tokens_seen = state["losses"], state["tokens_seen"]
+        rng = torch.load(path / f"rng-rank{self.rank}.pt", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        if self.cuda and rng["cuda"] is not None:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.last_checkpoint = path
+        return True
+
+    # ---------------------------------------------------------------- export
+    def export(self) -> Path:
+        """Hugging Face folder (safetensors, config, tokenizer with chat template) at OUTPUT_DIR/model."""
+        import torch.distributed as dist
+
+        out, tmp = self.cfg.output_dir / "model", self.cfg.output_dir / ".tmp-model"
+        if self.cfg.zero_stage == 3:
+            state = self.engine._zero3_consolidated_16bit_state_dict()  # collective; full dict on rank 0
+        else:
+            state = self.engine.module.state_dict()
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            module = self.engine.module
+            module.config._attn_implementation = "sdpa"  # our kernel is a training concern
+            module.config.use_cache = True
+            module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+        dist.barrier()
+        return out
+
+    # ---------------------------------------------------------------- the whole run
+    def summary(self, wall_s: float, export: Path | None) -> dict:
+        """The stage summary (≤ 4 KiB) the operator reads from the termination message."""
+        return {
+            "stage": "train", "ok": True, "steps": self.sampler.position, "total_steps": self.sampler.total_steps,
+            "final_loss": self.losses[-1] if self.losses else None, "first_loss": self.losses[0] if self.losses else None,
+            "tokens_seen": self.tokens_seen, "packing_efficiency": self.sampler.packing_efficiency(),
+            "wall_s": round(wall_s, 1), "strategy": self.cfg.strategy, "loss_weighting": self.cfg.loss_weighting,
+            "attention_backend": self.backend, "world_size": self.world, "zero_stage": self.cfg.zero_stage,
+            "checkpoint": str(getattr(self, "last_checkpoint", "")), "export": str(export) if export else None,
+            "data": self.data_report.summary(),
+        }
+
+    def cleanup(self) -> None:
+        """Leave the process group."""
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def run(self) -> dict:
+        """setup → train → export → summary (rank 0 writes it) → cleanup."""
+        t0 = time.monotonic()
+        try:
+            self.setup()
+            self.train()
+            export = self.export()
+            summary = self.summary(time.monotonic() - t0, export)
+            if self.rank == 0:
+                write_summary(summary, self.cfg.termination_message_path)
+            return summary
+        finally:
+            self.cleanup()
+
+
+def _model_shape(model) -> dict:
+    """Sizes for the FLOP count: parameters besides the input embedding (the LM head counted), layers, hidden."""
+    def numel(p):  # under ZeRO-3 a partitioned parameter keeps its full size in ds_numel
+        return getattr(p, "ds_numel", p.numel())
+
+    embed = numel(model.get_input_embeddings().weight)
+    total = sum(numel(p) for p in model.parameters())
+    cfg = model.config
+    return {"non_embedding_params": total - embed, "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Replace ``path``'s content in one rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _default_single_process_env() -> None:
+    """Outside ``torchrun``, behave as a group of one."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
