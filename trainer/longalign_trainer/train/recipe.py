@@ -49,7 +49,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
     """Multiplier of the peak learning rate at ``step`` (0-based): linear warmup, then the schedule.
 
     >>> [round(lr_factor(s, 10, 2, "cosine", 0.0), 3) for s in (0, 1, 2, 6, 9)]
-    [0.5, 1.0, 1.0, 0.5, 0.03]
+    [0.5, 1.0, 1.0, 0.5, 0.038]
     """
     if step < warmup:
         return (step + 1) / warmup
