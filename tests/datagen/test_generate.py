@@ -85,6 +85,8 @@ def test_generates_longalign_samples_with_provenance_progress_summary_and_short_
     answer_skips = sum(v for k, v in summary["samples_skipped"].items() if k != "duplicate_task")
     assert len(generated) + answer_skips <= 2 * len(expected)
 
+    assert summary["samples_by_source"] == dict(Counter(r["meta"]["source"] for r in generated))
+    assert set(summary["samples_by_source"]) <= {"books", "web", "papers"}
     per_doc = Counter(r["meta"]["doc_id"] for r in generated)
     assert set(per_doc) <= set(expected) and max(per_doc.values()) <= 2
     for r in generated:
@@ -160,6 +162,36 @@ def test_killed_at_any_moment_and_restarted_it_loses_and_duplicates_nothing(tmp_
     assert Counter(r["meta"]["doc_id"] for r in records) == Counter(
         {d: n for s in json.loads((out / "manifest.json").read_text())["shards"]
          for d, n in s["documents"].items() if n})
+
+
+def test_sigterm_commits_finished_documents_at_once_and_the_rerun_completes(tmp_path, vllm_server, tiny_model_dir):
+    expected = make_documents(tmp_path / "docs", n_txt=6, start=20)
+    # nothing would be committed before the end without the SIGTERM handler: no size or time trigger
+    cfg = base_config(tmp_path, tmp_path / "docs", [vllm_server.base_url], tiny_model_dir,
+                      shard_max_samples=1000, flush_interval_s=3600, engine={"concurrency": 1})
+    config = write_config(tmp_path / "datagen.json", cfg)
+    proc = run_cli(config, tmp_path / "summary-1")
+    done = 0
+    for line in proc.stdout:  # progress lines tell how many documents are finished
+        progress = parse_progress(line)
+        if progress and progress["done"] >= 2:
+            done = progress["done"]
+            break
+    assert done >= 2, proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr[-2000:]
+    summary = json.loads((tmp_path / "summary-1").read_text())
+    assert summary["status"] == "incomplete" and "SIGTERM" in summary["error"]
+    committed = manifest_documents(tmp_path / "out")
+    assert len(committed) == summary["documents_done"] >= done
+
+    proc = run_cli(config, tmp_path / "summary-2")
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert json.loads((tmp_path / "summary-2").read_text())["documents_resumed"] == len(committed)
+    final = manifest_documents(tmp_path / "out")
+    assert set(final) == set(expected) and set(final.values()) == {1}
 
 
 def test_retries_rate_limits_server_errors_and_timeouts(tmp_path, vllm_server, tiny_model_dir, fault_proxy):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,12 +41,11 @@ class Generator:
     """Generates samples for documents with one ``Teacher``; pure of I/O other than the teacher's requests."""
 
     def __init__(self, cfg: DatagenConfig, teacher: Teacher, tokenizer, context_len: int) -> None:
-        self.cfg, self.teacher, self.context_len = cfg, teacher, context_len
+        self.cfg, self.teacher, self.tokenizer, self.context_len = cfg, teacher, tokenizer, context_len
         self.templates = {t: cfg.prompt_path(t).read_text() for t in cfg.task_types}
         # tokens the chat template and instructions add around the document, measured once per task type
         self.overhead = {t: _prompt_tokens(tokenizer, tasks.user_turn("", tasks.propose_prompt(s, cfg.questions_asked)))
                          for t, s in self.templates.items()}
-        self.answer_overhead = _prompt_tokens(tokenizer, tasks.user_turn("", "x" * cfg.question_max_chars))
         self.margin = 16  # a document and its neighbouring text may tokenise a few tokens differently
 
     def _room(self, doc: Document, overhead: int) -> int:
@@ -54,7 +54,7 @@ class Generator:
     async def process(self, doc: Document) -> DocOutcome:
         """All requests about one document, back to back on one server (vLLM then reuses the cached document)."""
         cfg, out = self.cfg, DocOutcome()
-        endpoint = self.teacher.assign()
+        endpoint = assigned = self.teacher.assign()
         try:
             types = tasks.rng_for(cfg.seed, doc.id, "types").sample(cfg.task_types, cfg.types_per_document)
             seen: list[str] = []
@@ -83,7 +83,7 @@ class Generator:
         except ContextOverflow:
             out.skipped["exceeds_server_context"] += 1
         finally:
-            self.teacher.release(endpoint % len(self.teacher.clients))
+            self.teacher.release(assigned)
         return out
 
     async def _propose(self, doc: Document, task_type: str, max_tokens: int, endpoint: int,
@@ -106,7 +106,7 @@ class Generator:
     async def _answer(self, doc: Document, task_type: str, question: str, endpoint: int) -> dict | str:
         """A sample, or the reason there is none."""
         cfg = self.cfg
-        room = self._room(doc, self.answer_overhead)
+        room = self._room(doc, _prompt_tokens(self.tokenizer, tasks.user_turn("", question)))
         if room < cfg.teacher.min_answer_room:
             return "exceeds_server_context"
         user = tasks.user_turn(doc.text, question)
@@ -160,41 +160,15 @@ async def run_async(cfg: DatagenConfig, *, summary_path: Path | None = None) -> 
              "consecutive_failures": 0, "stop": None}
     status = "complete"
     progress.update(state["done"], samples=state["samples"])  # a resumed run's rate counts from here
+    stop_on_sigterm = _on_sigterm(state)
     try:
-        context_len = await teacher.max_model_len()
-        gen = Generator(cfg, teacher, tokenizer, context_len)
-        queue: asyncio.Queue[Document] = asyncio.Queue()
-        for d in pending:
-            queue.put_nowait(d)
-
-        async def worker() -> None:
-            while state["stop"] is None:
-                try:
-                    doc = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                try:
-                    outcome = await gen.process(doc)
-                except RequestFailed as e:
-                    failed["documents"] += 1
-                    state["consecutive_failures"] += 1
-                    state["last_error"] = str(e)
-                    if state["consecutive_failures"] >= cfg.engine.max_consecutive_failures:
-                        state["stop"] = f"{state['consecutive_failures']} documents in a row failed: {e}"
-                    continue
-                state["consecutive_failures"] = 0
-                store.add(doc.id, outcome.samples, outcome.skipped)
-                state["done"] += 1
-                state["samples"] += len(outcome.samples)
-                _report(progress, state, teacher, t0)
-
-        async with asyncio.TaskGroup() as group:  # a fatal error in one worker cancels the others
-            for _ in range(min(cfg.engine.concurrency, max(len(pending), 1))):
-                group.create_task(worker())
-    except* (FatalRequestError, RequestFailed) as eg:  # RequestFailed here: /v1/models never answered
-        state["stop"] = f"{type(eg.exceptions[0]).__name__}: {eg.exceptions[0]}"
+        await _work(cfg, teacher, tokenizer, store, pending, state, failed, progress, t0)
+    except asyncio.CancelledError:
+        if not state["stop"]:  # cancelled by someone else than our SIGTERM handler
+            raise
     finally:
-        store.flush()  # documents finished before a failure are kept
+        store.flush()  # documents finished before a failure or SIGTERM are kept
+        stop_on_sigterm()
         await teacher.close()
 
     if state["stop"] or failed:
@@ -223,6 +197,61 @@ async def run_async(cfg: DatagenConfig, *, summary_path: Path | None = None) -> 
     return summary
 
 
+async def _work(cfg: DatagenConfig, teacher: Teacher, tokenizer, store: ShardStore, pending: list[Document],
+                state: dict, failed: Counter, progress: ProgressReporter, t0: float) -> None:
+    """Process the pending documents with ``engine.concurrency`` workers, committing each finished one."""
+    try:
+        gen = Generator(cfg, teacher, tokenizer, await teacher.max_model_len())
+        queue: asyncio.Queue[Document] = asyncio.Queue()
+        for d in pending:
+            queue.put_nowait(d)
+
+        async def worker() -> None:
+            while state["stop"] is None:
+                try:
+                    doc = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                try:
+                    outcome = await gen.process(doc)
+                except RequestFailed as e:  # not recorded: a rerun does this document again
+                    failed["documents"] += 1
+                    state["consecutive_failures"] += 1
+                    state["last_error"] = str(e)
+                    if state["consecutive_failures"] >= cfg.engine.max_consecutive_failures:
+                        state["stop"] = f"{state['consecutive_failures']} documents in a row failed: {e}"
+                    continue
+                state["consecutive_failures"] = 0
+                store.add(doc.id, outcome.samples, outcome.skipped)
+                state["done"] += 1
+                state["samples"] += len(outcome.samples)
+                _report(progress, state, teacher, t0)
+
+        async with asyncio.TaskGroup() as group:  # a fatal error in one worker cancels the others
+            for _ in range(min(cfg.engine.concurrency, max(len(pending), 1))):
+                group.create_task(worker())
+    except* (FatalRequestError, RequestFailed) as eg:  # RequestFailed here: /v1/models never answered
+        state["stop"] = f"{type(eg.exceptions[0]).__name__}: {eg.exceptions[0]}"
+
+
+def _on_sigterm(state: dict):
+    """On SIGTERM (Kubernetes stopping the pod), stop at once, commit finished documents and write the summary.
+
+    Returns the function that removes the handler again.
+    """
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+
+    def terminate() -> None:
+        state["stop"] = "terminated by SIGTERM; finished documents are kept, run again to resume"
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+        return lambda: None
+    return lambda: loop.remove_signal_handler(signal.SIGTERM)
+
+
 def _report(progress: ProgressReporter, state: dict, teacher: Teacher, t0: float) -> None:
     elapsed = max(time.monotonic() - t0, 1e-9)
     progress.update(state["done"], samples=state["samples"],
@@ -232,7 +261,7 @@ def _report(progress: ProgressReporter, state: dict, teacher: Teacher, t0: float
 
 def _finish(cfg: DatagenConfig, store: ShardStore, tokenizer) -> dict:
     """All documents are done: write ``data.jsonl`` (generated, then short samples) and ``histogram.json``."""
-    lengths, n_long = [], 0
+    lengths, n_long, by_source, by_type = [], 0, Counter(), Counter()
     out_path = cfg.output_dir / "data.jsonl"
     tmp = out_path.with_name(".data.jsonl.tmp")
     short_counts: Counter = Counter()
@@ -241,7 +270,10 @@ def _finish(cfg: DatagenConfig, store: ShardStore, tokenizer) -> dict:
             with open(shard) as f:
                 for line in f:
                     out.write(line)
-                    lengths.append(json.loads(line)["length"])
+                    record = json.loads(line)
+                    lengths.append(record["length"])
+                    by_source[record["meta"]["source"]] += 1
+                    by_type[record["meta"]["task_type"]] += 1
                     n_long += 1
         n_short = 0
         if cfg.short_data_path is not None and cfg.short_ratio > 0:
@@ -258,7 +290,8 @@ def _finish(cfg: DatagenConfig, store: ShardStore, tokenizer) -> dict:
     hist = histogram(lengths)
     write_atomic(cfg.output_dir / "histogram.json", json.dumps(
         {"long": histogram(lengths[:n_long]), "all": hist}, indent=1).encode())
-    result = {"data": str(out_path), "long_samples": n_long, "short_samples": n_short, "length_histogram": hist}
+    result = {"data": str(out_path), "long_samples": n_long, "short_samples": n_short,
+              "samples_by_source": dict(by_source), "samples_by_task_type": dict(by_type), "length_histogram": hist}
     if short_counts:
         result["short_skipped"] = dict(short_counts)
     return result
