@@ -72,6 +72,14 @@ def test_invalid_config_names_each_field_and_the_command_exits_2(tmp_path):
     assert done.returncode == 2
     assert "teacher.temperatur" in done.stderr
 
+    # valid, but the teacher's tokenizer is not where it says: the command names the field, before any request
+    ok = {k: v for k, v in bad.items() if k not in ("task_types", "min_tokens", "max_tokens")}
+    ok["teacher"] = {"base_urls": ["http://t/v1"], "model": "m", "tokenizer": str(tmp_path / "missing")}
+    path.write_text(yaml.safe_dump(ok))
+    done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "datagen", "--config", str(path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "teacher.tokenizer: cannot load" in done.stderr, done.stderr[-2000:]
+
     fixed = {**bad, "teacher": {"base_urls": ["http://t/v1"], "model": "m"}}
     path.write_text(yaml.safe_dump(fixed))
     with pytest.raises(ConfigError, match=r"min_tokens \(10\) is larger than max_tokens \(5\)"):

@@ -29,12 +29,8 @@ def run(args) -> int:
 
     try:
         cfg = load_config(args.config)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
-    try:
         summary = asyncio.run(run_async(cfg, summary_path=Path(args.summary_path) if args.summary_path else None))
-    except (ResumeMismatch, FileNotFoundError) as e:
+    except (ConfigError, ResumeMismatch, FileNotFoundError) as e:
         print(f"datagen: {e}", file=sys.stderr)
         return 2
     if summary["status"] != "complete":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from longalign_trainer.contract import ProgressReporter, write_summary
 from longalign_trainer.datagen import tasks
-from longalign_trainer.datagen.config import DatagenConfig
+from longalign_trainer.datagen.config import ConfigError, DatagenConfig
 from longalign_trainer.datagen.documents import Document, load_corpus
 from longalign_trainer.datagen.engine import ContextOverflow, FatalRequestError, RequestFailed, Teacher
 from longalign_trainer.datagen.mix import histogram, sample_short
@@ -138,9 +138,15 @@ def _prompt_tokens(tokenizer, user_content: str) -> int:
 
 
 def load_tokenizer(cfg: DatagenConfig):
+    """The teacher's tokenizer (documents are measured with it); ``ConfigError`` when it cannot be loaded."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(cfg.teacher.tokenizer or cfg.teacher.model)
+    where = cfg.teacher.tokenizer or cfg.teacher.model
+    try:
+        return AutoTokenizer.from_pretrained(where)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"teacher.tokenizer: cannot load the teacher's tokenizer from {where!r} ({e}); "
+                          "set it to a local folder holding the teacher's tokenizer files") from None
 
 
 async def run_async(cfg: DatagenConfig, *, summary_path: Path | None = None) -> dict:
