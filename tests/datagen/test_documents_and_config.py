@@ -30,7 +30,8 @@ def test_corpus_reads_all_formats_tags_sources_splits_and_counts_skips(tmp_path,
         f.write("not json\n")
         f.write(json.dumps({"body": "no text field"}) + "\n")
         f.write(json.dumps({"text": "too short to keep"}) + "\n")
-    pq.write_table(pa.table({"text": [docs[3]], "id": ["paper-7"]}), root / "dump" / "papers.parquet")
+    pq.write_table(pa.table({"text": [docs[3], docs[0]], "id": ["paper-7", "paper-7"]}),
+                   root / "dump" / "papers.parquet")  # a repeated id is skipped: resuming relies on ids
     (root / "long.txt").write_text(docs[4])  # more than max_tokens, less than twice: split in two
     (root / "notes.pdf").write_bytes(b"%PDF")
     cfg = parse_config(base_config(tmp_path, root, ["http://x/v1"], tiny_model_dir,
@@ -40,7 +41,7 @@ def test_corpus_reads_all_formats_tags_sources_splits_and_counts_skips(tmp_path,
     assert {i: d.source for i, d in by_id.items()} == {
         "books/a.txt": "books", "books/b.md": "books", "dump/web.jsonl:0": "web",
         "dump/papers.parquet:paper-7": "papers", "long.txt#p0": "default", "long.txt#p1": "default"}
-    assert dict(corpus.skipped) == {"bad_record": 2, "too_short": 1, "unsupported_file": 1}
+    assert dict(corpus.skipped) == {"bad_record": 2, "too_short": 1, "unsupported_file": 1, "duplicate_id": 1}
     for d in corpus.documents:
         assert d.n_tokens == len(tok(d.text, add_special_tokens=False)["input_ids"])
         assert 200 <= d.n_tokens <= 1000

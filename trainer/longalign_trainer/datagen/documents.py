@@ -56,8 +56,8 @@ def source_of(rel_path: str, sources: dict[str, str], record_source: str | None 
     return parts[0] if len(parts) > 1 else "default"
 
 
-def iter_raw(documents_dir: Path, text_field: str, counts: Counter) -> Iterator[tuple[str, str, str | None]]:
-    """(id, text, record source) of every document in the folder, in a stable order."""
+def iter_raw(documents_dir: Path, text_field: str, counts: Counter) -> Iterator[tuple[str, str, str, str | None]]:
+    """(file's relative path, document id, text, record's source) of every document in the folder, in order."""
     for path in sorted(p for p in documents_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(documents_dir).as_posix()
         suffix = path.suffix.lower()
@@ -65,7 +65,7 @@ def iter_raw(documents_dir: Path, text_field: str, counts: Counter) -> Iterator[
             counts["unsupported_file"] += 1
             continue
         if suffix in (".txt", ".md"):
-            yield rel, path.read_text(errors="replace"), None
+            yield rel, rel, path.read_text(errors="replace"), None
         elif suffix == ".jsonl":
             with open(path, errors="replace") as f:
                 for i, line in enumerate(f):
@@ -88,7 +88,7 @@ def _record(rel: str, i: int, record, text_field: str, counts: Counter):
     if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
         counts["bad_record"] += 1
         return
-    yield f"{rel}:{record.get('id', i)}", record[text_field], record.get("source")
+    yield rel, f"{rel}:{record.get('id', i)}", record[text_field], record.get("source")
 
 
 def split_points(text: str, offsets: list[tuple[int, int]], max_tokens: int) -> list[int]:
@@ -123,28 +123,50 @@ def split_points(text: str, offsets: list[tuple[int, int]], max_tokens: int) -> 
     return cuts
 
 
-def load_corpus(cfg, tokenizer) -> Corpus:
-    """Read, measure, split and filter the documents of ``cfg`` (a ``DatagenConfig``)."""
+def load_corpus(cfg, tokenizer, batch_size: int = 32) -> Corpus:
+    """Read, measure, split and filter the documents of ``cfg`` (a ``DatagenConfig``).
+
+    Documents are measured in batches: a fast tokenizer then spreads the work over all cores.
+    """
     corpus = Corpus()
-    counts = corpus.skipped
     if not cfg.documents_dir.is_dir():
         raise FileNotFoundError(f"documents_dir {cfg.documents_dir} is not a folder")
     corpus.files = sum(1 for p in cfg.documents_dir.rglob("*") if p.is_file())
-    for doc_id, text, record_source in iter_raw(cfg.documents_dir, cfg.text_field, counts):
-        source = source_of(doc_id.split(":")[0], cfg.sources, record_source)
+    batch: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+    for rel, doc_id, text, record_source in iter_raw(cfg.documents_dir, cfg.text_field, corpus.skipped):
         text = text.strip()
         if not text:
-            counts["empty"] += 1
+            corpus.skipped["empty"] += 1
             continue
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        n = len(enc["input_ids"])
-        if n > cfg.max_tokens:
-            if cfg.over_length == "skip":
-                counts["too_long"] += 1
-                continue
-            cuts = split_points(text, enc["offset_mapping"], cfg.max_tokens)
-            bounds = list(zip([0] + cuts, cuts + [len(text)]))
-            for k, (a, b) in enumerate(bounds):
+        if doc_id in seen:  # ids must be unique: resuming tells finished documents by their id
+            corpus.skipped["duplicate_id"] += 1
+            continue
+        seen.add(doc_id)
+        batch.append((doc_id, source_of(rel, cfg.sources, record_source), text))
+        if len(batch) >= batch_size:
+            _measure(batch, cfg, tokenizer, corpus)
+            batch = []
+    _measure(batch, cfg, tokenizer, corpus)
+    return corpus
+
+
+def _measure(batch: list[tuple[str, str, str]], cfg, tokenizer, corpus: Corpus) -> None:
+    if not batch:
+        return
+    counts = corpus.skipped
+    lengths = [len(ids) for ids in tokenizer([t for _, _, t in batch], add_special_tokens=False)["input_ids"]]
+    for (doc_id, source, text), n in zip(batch, lengths):
+        if n < cfg.min_tokens:
+            counts["too_short"] += 1
+        elif n <= cfg.max_tokens:
+            corpus.documents.append(Document(doc_id, source, text, n))
+        elif cfg.over_length == "skip":
+            counts["too_long"] += 1
+        else:
+            offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            cuts = split_points(text, offsets, cfg.max_tokens)
+            for k, (a, b) in enumerate(zip([0] + cuts, cuts + [len(text)])):
                 part = text[a:b]
                 m = len(tokenizer(part, add_special_tokens=False)["input_ids"])
                 if m < cfg.min_tokens:
@@ -153,9 +175,3 @@ def load_corpus(cfg, tokenizer) -> Corpus:
                     counts["split_part_too_long"] += 1
                 else:
                     corpus.documents.append(Document(f"{doc_id}#p{k}", source, part, m))
-            continue
-        if n < cfg.min_tokens:
-            counts["too_short"] += 1
-            continue
-        corpus.documents.append(Document(doc_id, source, text, n))
-    return corpus
