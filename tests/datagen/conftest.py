@@ -72,7 +72,7 @@ def base_config(tmp_path: Path, documents_dir: Path, base_urls: list[str], tiny_
         "documents_dir": str(documents_dir),
         "min_tokens": 200, "max_tokens": 1500,
         "teacher": {"base_urls": base_urls, "model": "tiny", "tokenizer": str(tiny_model_dir),
-                    "question_max_tokens": 700, "answer_max_tokens": 48, "temperature": 1.0},
+                    "question_max_tokens": 1200, "answer_max_tokens": 48, "temperature": 1.0},
         "question_max_chars": 60,
         "keep_truncated_answers": True,  # a random model rarely ends on its own
         "engine": {"concurrency": 4, "request_timeout_s": 30, "max_retries": 3, "backoff_initial_s": 0.1,

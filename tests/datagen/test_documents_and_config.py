@@ -88,6 +88,8 @@ def test_invalid_config_names_each_field_and_the_command_exits_2(tmp_path):
     path.write_text(yaml.safe_dump({**fixed, "max_tokens": 50}))
     with pytest.raises(ConfigError, match=r"no prompt file poetry.txt"):
         load_config(path)
+    with pytest.raises(ConfigError, match=r"'comparison' is asked of pairs of documents only"):
+        parse_config({**fixed, "max_tokens": 50, "task_types": ["general", "comparison"]})
 
 
 def test_shipped_example_config_and_prompts_are_valid(tmp_path):

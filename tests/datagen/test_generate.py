@@ -65,7 +65,7 @@ def test_generates_longalign_samples_with_provenance_progress_summary_and_short_
     empty = {"messages": [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": ""}]}
     short.write_text("".join(json.dumps(c) + "\n" for c in [*chats, empty]) + "{not json\n")
     cfg = base_config(tmp_path, tmp_path / "docs", [vllm_server.base_url], tiny_model_dir,
-                      questions_kept=2, short_data_path=str(short), short_ratio=0.5)
+                      questions_kept=2, short_data_path=str(short), short_ratio=0.5, comparison_pairs=1)
     summary_path = tmp_path / "termination-log"
     proc = run_cli(write_config(tmp_path / "datagen.json", cfg), summary_path)
     stdout, stderr = proc.communicate(timeout=240)
@@ -74,6 +74,12 @@ def test_generates_longalign_samples_with_provenance_progress_summary_and_short_
     summary = json.loads(summary_path.read_text())
     assert len(summary_path.read_bytes()) <= 4096
     assert summary["status"] == "complete"
+    # one extra item: two books side by side, asked comparison tasks
+    pair = [d for d in manifest_documents(tmp_path / "out") if d.startswith("compare:")]
+    assert len(pair) == 1
+    first, second = pair[0].removeprefix("compare:").split("|")
+    assert expected[first][0] == expected[second][0] == "books"
+    expected[pair[0]] = ("books", f"Document 1:\n{expected[first][1]}\n\nDocument 2:\n{expected[second][1]}")
     assert (summary["documents_total"], summary["documents_done"]) == (len(expected), len(expected))
     assert summary["documents_skipped"] == {"too_short": 1}
     records = read_jsonl(tmp_path / "out" / "data.jsonl")
@@ -87,6 +93,7 @@ def test_generates_longalign_samples_with_provenance_progress_summary_and_short_
 
     assert summary["samples_by_source"] == dict(Counter(r["meta"]["source"] for r in generated))
     assert set(summary["samples_by_source"]) <= {"books", "web", "papers"}
+    assert summary["samples_by_task_type"].get("comparison", 0) == per_doc_count(generated, pair[0]) >= 1
     per_doc = Counter(r["meta"]["doc_id"] for r in generated)
     assert set(per_doc) <= set(expected) and max(per_doc.values()) <= 2
     for r in generated:
@@ -96,7 +103,8 @@ def test_generates_longalign_samples_with_provenance_progress_summary_and_short_
         assert user == {"role": "user", "content": text + "\n\n" + meta["task"]}
         assert assistant["role"] == "assistant" and len(assistant["content"]) >= 20
         assert (meta["source"], meta["teacher_model"]) == (source, "tiny")
-        assert meta["task_type"] in ("general", "summary", "reasoning", "extraction")
+        assert meta["task_type"] == "comparison" if meta["doc_id"] in pair else meta["task_type"] in (
+            "general", "summary", "reasoning", "extraction")
         assert r["length"] > meta["doc_tokens"]
     tasks_of = {}
     for r in generated:
@@ -114,6 +122,10 @@ def test_generates_longalign_samples_with_provenance_progress_summary_and_short_
     lines = [p for p in map(parse_progress, stdout.splitlines()) if p]
     assert lines[-1]["done"] == lines[-1]["total"] == len(expected)
     assert lines[-1]["metrics"]["samples"] == len(generated) and lines[-1]["metrics"]["tokens_per_s"] > 0
+
+
+def per_doc_count(records: list[dict], doc_id: str) -> int:
+    return sum(r["meta"]["doc_id"] == doc_id for r in records)
 
 
 def test_killed_at_any_moment_and_restarted_it_loses_and_duplicates_nothing(tmp_path, vllm_server, tiny_model_dir):

@@ -74,6 +74,8 @@ class DatagenConfig(_Model):
     task_types: list[str] = Field(default_factory=lambda: list(PAPER_TASK_TYPES), min_length=1,
                                   description="prompt file names (without .txt) in prompts_dir or the package")
     prompts_dir: Path | None = Field(None, description="folder with your own <type>.txt prompts (override ours)")
+    comparison_pairs: int = Field(0, ge=0, description="extra multi-document items: pairs of documents of one "
+                                  "source that fit max_tokens together, asked `comparison` tasks")
     types_per_document: int = Field(1, ge=1, description="task types drawn at random for each document")
     questions_asked: int = Field(5, ge=1, le=20)
     questions_kept: int = Field(1, ge=1, description="per task type; kept at random after deduplication")
@@ -101,12 +103,18 @@ class DatagenConfig(_Model):
             raise ValueError(f"types_per_document ({self.types_per_document}) exceeds the {len(self.task_types)} task types")
         if self.short_ratio > 0 and self.short_data_path is None:
             raise ValueError("short_ratio > 0 needs short_data_path")
-        for name in self.task_types:
+        if "comparison" in self.task_types:
+            raise ValueError("task_types: 'comparison' is asked of pairs of documents only; use comparison_pairs")
+        for name in self.all_task_types():
             if self.prompt_path(name) is None:
                 raise ValueError(f"task_types: no prompt file {name}.txt in "
                                  f"{self.prompts_dir or '-'} or {PROMPTS_DIR} "
                                  f"(shipped: {', '.join(shipped_task_types())})")
         return self
+
+    def all_task_types(self) -> list[str]:
+        """The task types in use, the multi-document one included when pairs are asked for."""
+        return self.task_types + (["comparison"] if self.comparison_pairs and "comparison" not in self.task_types else [])
 
     def prompt_path(self, task_type: str) -> Path | None:
         """The prompt file of a task type: the user's folder first, then the package's."""
@@ -127,7 +135,7 @@ class DatagenConfig(_Model):
         generation["teacher"].pop("api_key_env")
         from longalign_trainer.datagen import tasks
 
-        generation["prompts"] = {t: self.prompt_path(t).read_text() for t in self.task_types}
+        generation["prompts"] = {t: self.prompt_path(t).read_text() for t in self.all_task_types()}
         generation["prompt_frame"] = [tasks.PROPOSE_FORMAT, tasks.SEPARATOR]
         return hashlib.sha256(json.dumps(generation, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -26,6 +26,7 @@ class Document:
     source: str
     text: str
     n_tokens: int
+    task_types: tuple[str, ...] = ()  # when set, only these (a pair of documents gets "comparison")
 
 
 @dataclass
@@ -175,3 +176,47 @@ def _measure(batch: list[tuple[str, str, str]], cfg, tokenizer, corpus: Corpus) 
                     counts["split_part_too_long"] += 1
                 else:
                     corpus.documents.append(Document(f"{doc_id}#p{k}", source, part, m))
+
+
+COMPARISON = "comparison"
+
+
+def pair_text(a: str, b: str) -> str:
+    """Two documents side by side in one user turn.
+
+    >>> pair_text("A.", "B.")
+    'Document 1:\\nA.\\n\\nDocument 2:\\nB.'
+    """
+    return f"Document 1:\n{a}\n\nDocument 2:\n{b}"
+
+
+def make_pairs(documents: list[Document], n: int, max_tokens: int, seed: int, tokenizer) -> list[Document]:
+    """Up to ``n`` multi-document items: two documents of the same source that fit ``max_tokens`` together.
+
+    Deterministic for a corpus and seed (a resumed run builds the same pairs); each document is in at most one pair.
+    """
+    import random
+
+    by_source: dict[str, list[Document]] = {}
+    for d in documents:
+        if not d.task_types:
+            by_source.setdefault(d.source, []).append(d)
+    rng = random.Random(seed)
+    pairs: list[Document] = []
+    for source in sorted(by_source):
+        docs = sorted(by_source[source], key=lambda d: d.id)
+        rng.shuffle(docs)
+        used: set[str] = set()
+        for i, a in enumerate(docs):
+            for b in docs[i + 1:]:
+                if len(pairs) >= n:
+                    return pairs
+                if a.id in used or b.id in used or a.n_tokens + b.n_tokens + 16 > max_tokens:
+                    continue
+                text = pair_text(a.text, b.text)
+                m = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+                if m <= max_tokens:
+                    pairs.append(Document(f"compare:{a.id}|{b.id}", source, text, m, (COMPARISON,)))
+                    used.update((a.id, b.id))
+                    break
+    return pairs

@@ -23,7 +23,7 @@ from pathlib import Path
 from longalign_trainer.contract import ProgressReporter, write_summary
 from longalign_trainer.datagen import tasks
 from longalign_trainer.datagen.config import ConfigError, DatagenConfig
-from longalign_trainer.datagen.documents import Document, load_corpus
+from longalign_trainer.datagen.documents import Document, load_corpus, make_pairs
 from longalign_trainer.datagen.engine import ContextOverflow, FatalRequestError, RequestFailed, Teacher
 from longalign_trainer.datagen.mix import histogram, sample_short
 from longalign_trainer.datagen.store import ShardStore, write_atomic
@@ -42,7 +42,7 @@ class Generator:
 
     def __init__(self, cfg: DatagenConfig, teacher: Teacher, tokenizer, context_len: int) -> None:
         self.cfg, self.teacher, self.tokenizer, self.context_len = cfg, teacher, tokenizer, context_len
-        self.templates = {t: cfg.prompt_path(t).read_text() for t in cfg.task_types}
+        self.templates = {t: cfg.prompt_path(t).read_text() for t in cfg.all_task_types()}
         # tokens the chat template and instructions add around the document, measured once per task type
         self.overhead = {t: _prompt_tokens(tokenizer, tasks.user_turn("", tasks.propose_prompt(s, cfg.questions_asked)))
                          for t, s in self.templates.items()}
@@ -56,7 +56,8 @@ class Generator:
         cfg, out = self.cfg, DocOutcome()
         endpoint = assigned = self.teacher.assign()
         try:
-            types = tasks.rng_for(cfg.seed, doc.id, "types").sample(cfg.task_types, cfg.types_per_document)
+            types = list(doc.task_types) or tasks.rng_for(cfg.seed, doc.id, "types").sample(
+                cfg.task_types, cfg.types_per_document)
             seen: list[str] = []
             for task_type in types:
                 room = self._room(doc, self.overhead[task_type])
@@ -154,6 +155,8 @@ async def run_async(cfg: DatagenConfig, *, summary_path: Path | None = None) -> 
     t0 = time.monotonic()
     tokenizer = load_tokenizer(cfg)
     corpus = load_corpus(cfg, tokenizer)
+    if cfg.comparison_pairs:
+        corpus.documents += make_pairs(corpus.documents, cfg.comparison_pairs, cfg.max_tokens, cfg.seed, tokenizer)
     store = ShardStore(cfg.output_dir, cfg.fingerprint(), cfg.shard_max_samples,
                        meta={"teacher_model": cfg.teacher.model},
                        flush_interval_s=cfg.flush_interval_s).open()
