@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +61,56 @@ def test_a_model_vllm_cannot_load_fails_early_with_the_server_log_and_leaves_no_
     assert len(message.splitlines()) > 3  # the server's own last log lines explain why
     with pytest.raises(ProcessLookupError):  # the whole process group is gone
         os.killpg(server.process.pid, 0)
+
+
+FAKE = Path(__file__).with_name("fake_vllm.py")
+
+
+def fake_python(tmp_path: Path) -> str:
+    """An interpreter path that runs the fake server with whatever arguments VLLMServer passes."""
+    script = tmp_path / "python"
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} \"$@\"\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def engine_pid(log: Path) -> int:
+    return int(re.search(r"engine pid (\d+)", log.read_text()).group(1))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead, it only waits to be reaped
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+
+
+def test_stop_ends_the_server_and_its_children(tmp_path):
+    server = VLLMServer(tmp_path, served_name="m", log_path=tmp_path / "log", python=fake_python(tmp_path))
+    with server:
+        assert server.model_card()["max_model_len"] == 4096
+        engine = engine_pid(tmp_path / "log")
+        assert alive(engine)
+    assert not alive(server.process.pid) and not alive(engine)
+
+
+def test_a_killed_parent_takes_its_server_along(tmp_path):
+    parent = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+from longalign_trainer.vllm_server import VLLMServer
+s = VLLMServer({str(tmp_path)!r}, served_name="m", log_path={str(tmp_path / "log")!r}, python={fake_python(tmp_path)!r})
+s.start()
+print(s.process.pid, flush=True)
+time.sleep(3600)
+"""], stdout=subprocess.PIPE, text=True)
+    server_pid = int(parent.stdout.readline())
+    engine = engine_pid(tmp_path / "log")
+    assert alive(server_pid) and alive(engine)
+    parent.kill()  # SIGKILL: no cleanup code of the parent runs
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while (alive(server_pid) or alive(engine)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(server_pid) and not alive(engine)

@@ -10,7 +10,9 @@ distribution) as a child process in its own process group, with its log in a fil
 * stops it cleanly: SIGTERM to the whole process group (vLLM's engine core and workers included), then
   SIGKILL after a grace period;
 * asks the kernel to send SIGTERM to the server when the process that started it dies (``PR_SET_PDEATHSIG``),
-  so a killed test run or stage leaves no server behind.
+  so a killed test run or stage leaves no server behind; vLLM then stops its engine core itself. The signal is
+  tied to the *thread* that started the server: start it from the main thread (or one that outlives the server),
+  not from a short-lived worker thread.
 
     with VLLMServer("/models/teacher", served_name="teacher", max_model_len=65536) as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="none")
