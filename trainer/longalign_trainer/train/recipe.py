@@ -158,7 +158,7 @@ class Recipe:
         engine.train()
         reporter = ProgressReporter("train", self.sampler.total_steps, "steps",
                                     min_interval_s=cfg.progress_interval_s) if self.rank == 0 else None
-        self.start = time.monotonic()
+        self.start, self.run_tokens = time.monotonic(), 0
         peak = cfg.peak_tflops_per_device or (H100_DENSE_BF16_TFLOPS if self.cuda else None)
         for plan in self.sampler:
             t0 = time.monotonic()
@@ -179,6 +179,7 @@ class Recipe:
             self.losses.append(step_loss)
             lengths = [len(self.examples[i]) for rank in plan.per_rank for mb in rank for i in mb]
             self.tokens_seen += sum(lengths)
+            self.run_tokens += sum(lengths)  # this process's steps only (tokens_seen includes resumed ones)
             elapsed = time.monotonic() - t0
             mfu = None
             if peak:
@@ -191,6 +192,7 @@ class Recipe:
                                 mfu=mfu, lr=engine.get_lr()[0])
             if self.sampler.position % cfg.checkpoint_every_steps == 0 and self.sampler.position < self.sampler.total_steps:
                 self.save_checkpoint()
+        self.train_s = time.monotonic() - self.start
         self.save_checkpoint()
 
     def _log_step(self, step: int, loss: float, local: float, counts) -> None:
@@ -278,7 +280,9 @@ class Recipe:
             "stage": "train", "ok": True, "steps": self.sampler.position, "total_steps": self.sampler.total_steps,
             "final_loss": self.losses[-1] if self.losses else None, "first_loss": self.losses[0] if self.losses else None,
             "tokens_seen": self.tokens_seen, "packing_efficiency": self.sampler.packing_efficiency(),
-            "wall_s": round(wall_s, 1), "strategy": self.cfg.strategy, "loss_weighting": self.cfg.loss_weighting,
+            "wall_s": round(wall_s, 1),
+            "tokens_per_s": round(self.run_tokens / self.train_s, 1) if getattr(self, "train_s", 0) else None,
+            "strategy": self.cfg.strategy, "loss_weighting": self.cfg.loss_weighting,
             "attention_backend": self.backend, "world_size": self.world, "zero_stage": self.cfg.zero_stage,
             "checkpoint": str(getattr(self, "last_checkpoint", "")), "export": str(export) if export else None,
             "data": self.data_report.summary(),
