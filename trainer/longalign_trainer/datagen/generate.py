@@ -38,7 +38,7 @@ class DocOutcome:
 
 
 class Generator:
-    """Generates samples for documents with one ``Teacher``; pure of I/O other than the teacher's requests."""
+    """Turns one document into samples (or counted reasons for none) with the teacher's requests."""
 
     def __init__(self, cfg: DatagenConfig, teacher: Teacher, tokenizer, context_len: int) -> None:
         self.cfg, self.teacher, self.tokenizer, self.context_len = cfg, teacher, tokenizer, context_len
@@ -130,12 +130,16 @@ class Generator:
 
 
 def _prompt_tokens(tokenizer, user_content: str) -> int:
-    messages = [{"role": "user", "content": user_content}]
+    """Tokens of a one-turn chat prompt, as the server will count them."""
+    return _chat_tokens(tokenizer, [{"role": "user", "content": user_content}], add_generation_prompt=True)
+
+
+def _chat_tokens(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> int:
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        return len(ids)
-    return len(tokenizer(user_content)["input_ids"]) + 8
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+        return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    # no chat template: the text alone, plus a few tokens per turn for the server's default framing
+    return sum(len(tokenizer(m["content"])["input_ids"]) + 8 for m in messages)
 
 
 def load_tokenizer(cfg: DatagenConfig):
@@ -288,8 +292,7 @@ def _finish(cfg: DatagenConfig, store: ShardStore, tokenizer) -> dict:
         if cfg.short_data_path is not None and cfg.short_ratio > 0:
             short, short_counts = sample_short(cfg.short_data_path, n_long, cfg.short_ratio, cfg.seed)
             for rec in short:
-                ids = tokenizer.apply_chat_template(rec["messages"], tokenize=True)
-                rec["length"] = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+                rec["length"] = _chat_tokens(tokenizer, rec["messages"])
                 lengths.append(rec["length"])
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")
             n_short = len(short)
