@@ -198,3 +198,22 @@ def test_a_bad_config_is_refused_by_field_name(tmp_path):
     assert "data.0.ratio: Input should be greater than 0" in done.stderr
     assert "zero_stage: Input should be 1, 2 or 3" in done.stderr
     assert json.loads((tmp_path / "t").read_text())["ok"] is False
+
+
+def test_weighted_loss_trajectory_does_not_depend_on_packing_or_rank_count(reference, tmp_path, tiny_model, data):
+    """LongAlign's point: with loss weighting, the objective is the same however sequences are packed.
+
+    One local process (no torchrun) with packs twice as large must follow the 2-rank run's losses.
+    """
+    ref_out, _ = reference
+    out = tmp_path / "one-process"
+    config = write_config(out, tiny_model, data, max_tokens_per_pack=1024)
+    done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
+                          capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    logs = [[json.loads(x) for x in (o / "train-log-rank0.jsonl").read_text().splitlines()] for o in (ref_out, out)]
+    differently_packed = sum(a["micro_batches"] != b["micro_batches"] for a, b in zip(*logs))
+    assert differently_packed >= STEPS // 2
+    for a, b in zip(*logs):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
+    assert json.loads((out / "summary.json").read_text())["world_size"] == 1
