@@ -211,7 +211,8 @@ class Recipe:
 
         name = f"step-{self.sampler.position:08d}"
         final, tmp = self.ckpt_root / name, self.ckpt_root / f".tmp-{name}"
-        if final.exists():  # already saved at this position (e.g. the last periodic one)
+        if final.exists():  # already saved at this position (a finished run started again)
+            self.last_checkpoint = final
             return final
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
