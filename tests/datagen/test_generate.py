@@ -277,3 +277,14 @@ def test_unknown_model_name_stops_the_run_at_once_with_the_served_names(tmp_path
     assert summary["status"] == "incomplete"
     assert "does not serve 'no-such-model'" in summary["error"] and "tiny" in summary["error"]
     assert summary["requests"] == 0 and summary["documents_done"] == 0
+
+
+def test_openai_response_format_constrains_proposals_as_well(tmp_path, vllm_server, tiny_model_dir):
+    # the OpenAI API's json_schema response_format, for teachers that are not vLLM; a random model
+    # writes parseable tasks only when the server enforces the schema
+    expected = make_documents(tmp_path / "docs", n_txt=1, start=100)
+    raw = base_config(tmp_path, tmp_path / "docs", [vllm_server.base_url], tiny_model_dir,
+                      teacher={"json_output": "response_format"})
+    summary = asyncio.run(run_async(parse_config(raw), summary_path=tmp_path / "s"))
+    assert summary["status"] == "complete" and summary["documents_done"] == len(expected)
+    assert summary["samples"] >= len(expected) - 1

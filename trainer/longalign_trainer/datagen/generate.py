@@ -96,7 +96,7 @@ class Generator:
         for attempt in range(PROPOSAL_ATTEMPTS):
             seed = tasks.rng_for(cfg.seed, doc.id, f"propose:{task_type}:{attempt}").randrange(2 ** 31)
             c = await self.teacher.complete(messages, max_tokens=max_tokens, endpoint=endpoint, seed=seed,
-                                            extra_body={"structured_outputs": {"json": schema}})
+                                            **tasks.constrained_output(cfg.teacher.json_output, schema))
             endpoint = c.endpoint
             questions = tasks.parse_questions(c.text)
             if questions:

@@ -54,12 +54,35 @@ def questions_schema(n: int, max_chars: int) -> dict:
     }
 
 
+def constrained_output(mode: str, schema: dict) -> dict:
+    """Request arguments that make the server follow ``schema``.
+
+    ``structured_outputs`` is vLLM's own field (vLLM >= 0.11); ``response_format`` is the OpenAI API's
+    ``json_schema`` format, which vLLM and other OpenAI-compatible servers accept; ``none`` sends no constraint
+    (the proposal is then parsed as JSON or as a numbered list).
+
+    >>> sorted(constrained_output("response_format", {})["response_format"])
+    ['json_schema', 'type']
+    """
+    if mode == "structured_outputs":
+        return {"extra_body": {"structured_outputs": {"json": schema}}}
+    if mode == "response_format":
+        return {"response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "tasks", "schema": schema, "strict": True}}}
+    return {}
+
+
+_NUMBERED = re.compile(r"^\s*(?:\d{1,2}\s*[:.)]|[-*])\s+(.+)$", re.MULTILINE)
+
+
 def parse_questions(text: str) -> list[str]:
-    """The tasks in a proposal; [] when it is not the JSON asked for.
+    """The tasks in a proposal: the JSON asked for, else a numbered list; [] when neither.
 
     Control characters are removed and whitespace collapsed (weak models pad JSON with them).
 
     >>> parse_questions('{ "questions" : ["Who wrote\\x17 it?  ", " Why  now? "] }')
+    ['Who wrote it?', 'Why now?']
+    >>> parse_questions('Here they are:\\n1: Who wrote it?\\n2. Why now?')
     ['Who wrote it?', 'Why now?']
     >>> parse_questions('{"questions": ["cut off')
     []
@@ -67,10 +90,10 @@ def parse_questions(text: str) -> list[str]:
     try:
         obj = json.loads(text, strict=False)
     except ValueError:
-        return []
+        obj = None
     items = obj.get("questions") if isinstance(obj, dict) else None
     if not isinstance(items, list):
-        return []
+        items = [] if text.lstrip().startswith("{") else _NUMBERED.findall(text)
     out = []
     for q in items:
         if isinstance(q, str):
