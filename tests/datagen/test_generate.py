@@ -114,7 +114,7 @@ def test_generates_longalign_samples_with_provenance_progress_summary_and_short_
     # the short mix: round(0.5 x generated) valid chats, the empty answer and the broken line left out
     assert len(mixed) == summary["short_samples"] == round(0.5 * len(generated))
     assert all(r["messages"][-1]["content"] for r in mixed)
-    assert summary["short_skipped"] == {"short_invalid_or_empty_answer": 1, "short_bad_json": 1}
+    assert summary["short_skipped"] == {"short_invalid_or_empty_turn": 1, "short_bad_json": 1}
     histogram = json.loads((tmp_path / "out" / "histogram.json").read_text())
     assert sum(histogram["all"].values()) == len(records) and histogram["all"] == summary["length_histogram"]
     assert sum(histogram["long"].values()) == len(generated)

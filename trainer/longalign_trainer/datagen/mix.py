@@ -14,11 +14,13 @@ from pathlib import Path
 
 
 def valid_chat(record) -> bool:
-    """A ``messages`` conversation with a user turn and only non-empty assistant turns.
+    """A ``messages`` conversation with user and assistant turns, none of them empty (as the trainer requires).
 
     >>> valid_chat({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]})
     True
     >>> valid_chat({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": " "}]})
+    False
+    >>> valid_chat({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "Hello!"}]})
     False
     """
     msgs = record.get("messages") if isinstance(record, dict) else None
@@ -27,8 +29,8 @@ def valid_chat(record) -> bool:
     roles = [m.get("role") if isinstance(m, dict) else None for m in msgs]
     if "user" not in roles or "assistant" not in roles:
         return False
-    return all(isinstance(m.get("content"), str) and (m["role"] != "assistant" or m["content"].strip())
-               for m in msgs)
+    return all(m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+               and m["content"].strip() for m in msgs)
 
 
 def sample_short(path: Path, n_long: int, ratio: float, seed: int) -> tuple[list[dict], Counter]:
@@ -45,7 +47,7 @@ def sample_short(path: Path, n_long: int, ratio: float, seed: int) -> tuple[list
                 counts["short_bad_json"] += 1
                 continue
             if not valid_chat(record):
-                counts["short_invalid_or_empty_answer"] += 1
+                counts["short_invalid_or_empty_turn"] += 1
                 continue
             records.append({"messages": record["messages"], "meta": {"source": "short", "origin": f"{path.name}:{i}"}})
     want = round(ratio * n_long)
