@@ -101,10 +101,9 @@ class Recipe:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
         ds_config = self.deepspeed_config()
-        if cfg.zero_stage == 3:  # partition the weights while loading, instead of a full copy per rank
-            from transformers.integrations import HfDeepSpeedConfig
-
-            self._hf_ds_config = HfDeepSpeedConfig(ds_config)  # must stay alive through from_pretrained
+        # Every rank loads the whole model into CPU memory; deepspeed.initialize then partitions it (ZeRO-3).
+        # (transformers' HfDeepSpeedConfig would partition while loading, but needs accelerate, whose import
+        # of DeepSpeed prints to stdout on CPU machines.)
         model = AutoModelForCausalLM.from_pretrained(
             cfg.model_path, attn_implementation=attention.NAME,
             dtype=torch.bfloat16 if self.bf16 else torch.float32)
