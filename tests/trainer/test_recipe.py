@@ -217,3 +217,34 @@ def test_weighted_loss_trajectory_does_not_depend_on_packing_or_rank_count(refer
     for a, b in zip(*logs):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
     assert json.loads((out / "summary.json").read_text())["world_size"] == 1
+
+
+def test_sigterm_checkpoints_the_current_step_and_the_run_resumes(reference, tmp_path, tiny_model, data):
+    """A deleted or preempted pod gets SIGTERM: the ranks stop together after a checkpoint, not at the last one."""
+    ref_out, _ = reference
+    out = tmp_path / "preempted"
+    config = write_config(out, tiny_model, data, checkpoint_every_steps=100)
+    proc = subprocess.Popen(torchrun(config), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in proc.stdout:
+            if line.startswith('{"longalign"') and json.loads(line)["done"] >= 3:
+                proc.send_signal(signal.SIGTERM)  # to the torchrun agent, which forwards it to both ranks
+                break
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            for pid in [*children(proc.pid), proc.pid]:
+                os.kill(pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preempted"] and not summary["ok"]
+    stopped_at = summary["steps"]
+    assert 3 <= stopped_at < STEPS
+    assert (out / "checkpoints" / "latest").read_text() == f"step-{stopped_at:08d}"  # no periodic one was due
+    train(config)
+    expected, resumed = step_losses(ref_out, 0), step_losses(out, 0)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    for step in range(stopped_at + 1, STEPS + 1):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
+    assert json.loads((out / "summary.json").read_text())["ok"]

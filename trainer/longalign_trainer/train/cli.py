@@ -4,7 +4,8 @@
     longalign train --config train.yaml          # one local process (CPU or one GPU)
 
 Progress lines go to stdout (rank 0); the summary to the termination-message path. On failure the summary
-says ``"ok": false`` with the error, and the exit status is 1.
+says ``"ok": false`` with the error, and the exit status is 1. On SIGTERM the run checkpoints after the
+current step and exits with 143, its summary saying ``"preempted": true``; started again, it resumes.
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ def run(args) -> int:
     from longalign_trainer.train.recipe import Recipe
 
     try:
-        Recipe(cfg).run()
+        summary = Recipe(cfg).run()
     except Exception as exc:
         if os.environ.get("RANK", "0") == "0":
             write_summary({"stage": "train", "ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]},
                           _summary_path(cfg.termination_message_path))
         raise
-    return 0
+    return 143 if summary.get("preempted") else 0  # 128 + SIGTERM: stopped on request, resumable
 
 
 def _summary_path(path):

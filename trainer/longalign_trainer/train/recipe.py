@@ -9,7 +9,9 @@ Every rank of a ``torchrun`` group (or a single local process) runs this. Each o
 4. ``engine.step()`` clips, updates and advances the schedule; rank 0 reports progress.
 
 Checkpoints (DeepSpeed state + sampler position + RNG) go to a temporary folder that is renamed when
-complete, so a kill at any moment leaves the last complete checkpoint intact; ``latest`` names it.
+complete, so a kill at any moment leaves the last complete checkpoint intact; ``latest`` names it. SIGTERM
+(a pod being deleted or preempted; torchrun forwards it to every rank) ends the run gracefully: the ranks
+agree on it through the step's loss all-reduce, save a checkpoint after the current step and stop.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -60,11 +64,16 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: floa
     return min_ratio + (1 - min_ratio) * shape
 
 
+class Preempted(Exception):
+    """SIGTERM arrived: the run stopped after checkpointing the step it was in."""
+
+
 class Recipe:
     """One training run; ``run()`` is setup → train → export → cleanup."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
+        self.stop_requested = False
         self.losses: list[float] = []
         self.tokens_seen = 0
         self.ckpt_root = cfg.checkpoints
@@ -78,6 +87,8 @@ class Recipe:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         cfg = self.cfg
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
         _default_single_process_env()
         # DeepSpeed 0.19 calls collectives that torch 2.13 deprecates, twice per layer and step: keep logs readable.
         warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
@@ -172,9 +183,11 @@ class Recipe:
                 engine.backward(loss, scale_wrt_gas=False)
                 local += loss.detach().double().cpu()
             engine.step()
-            step_loss = local.clone().to(self.device)
-            dist.all_reduce(step_loss)
-            step_loss = float(step_loss) / self.world
+            # One all-reduce gives the step loss and whether any rank was asked to stop.
+            reduced = torch.stack([local.clone(), torch.tensor(float(self.stop_requested), dtype=torch.float64)])
+            reduced = reduced.to(self.device)
+            dist.all_reduce(reduced)
+            step_loss, stop = float(reduced[0]) / self.world, bool(reduced[1] > 0)
             self.losses.append(step_loss)
             lengths = [len(self.examples[i]) for rank in plan.per_rank for mb in rank for i in mb]
             self.tokens_seen += sum(lengths)
@@ -189,10 +202,17 @@ class Recipe:
             if reporter:
                 reporter.update(self.sampler.position, loss=step_loss, tokens_per_s=sum(lengths) / elapsed,
                                 mfu=mfu, lr=engine.get_lr()[0])
+            if stop and self.sampler.position < self.sampler.total_steps:
+                self.save_checkpoint()
+                raise Preempted(f"stopped by SIGTERM after step {self.sampler.position}")
             if self.sampler.position % cfg.checkpoint_every_steps == 0 and self.sampler.position < self.sampler.total_steps:
                 self.save_checkpoint()
         self.train_s = time.monotonic() - self.start
         self.save_checkpoint()
+
+    def _on_sigterm(self, signum, frame) -> None:
+        """Ask the loop to checkpoint and stop at the end of the current step."""
+        self.stop_requested = True
 
     def _log_step(self, step: int, loss: float, local: float, counts) -> None:
         """Append this rank's view of the step to OUTPUT_DIR/train-log-rank{R}.jsonl."""
@@ -303,6 +323,12 @@ class Recipe:
             self.train()
             export = self.export()
             summary = self.summary(time.monotonic() - t0, export)
+            if self.rank == 0:
+                write_summary(summary, self.cfg.termination_message_path)
+            return summary
+        except Preempted as stopped:
+            summary = {**self.summary(time.monotonic() - t0, None), "ok": False, "preempted": True,
+                       "error": str(stopped)}
             if self.rank == 0:
                 write_summary(summary, self.cfg.termination_message_path)
             return summary
