@@ -88,7 +88,7 @@ def test_invalid_config_names_each_field_and_the_command_exits_2(tmp_path):
     path.write_text(yaml.safe_dump({**fixed, "max_tokens": 50}))
     with pytest.raises(ConfigError, match=r"no prompt file poetry.txt"):
         load_config(path)
-    with pytest.raises(ConfigError, match=r"'comparison' is asked of pairs of documents only"):
+    with pytest.raises(ConfigError, match=r"'comparison' is asked of pairs of documents only; use comparison_ratio"):
         parse_config({**fixed, "max_tokens": 50, "task_types": ["general", "comparison"]})
 
 
@@ -114,3 +114,29 @@ def test_shipped_example_config_and_prompts_are_valid(tmp_path):
     faster = ours.model_copy(update={"engine": ours.engine.model_copy(update={"concurrency": 512})})
     faster.teacher = ours.teacher.model_copy(update={"base_urls": ["http://other:8000/v1"]})
     assert faster.fingerprint() == ours.fingerprint()
+
+
+def test_the_operators_stage_config_envelope_is_read_as_datagen_settings(tmp_path, monkeypatch):
+    # the shape operator/longalign_operator/builders.py:stage_config renders for dataGeneration
+    envelope = {"stage": "dataGeneration", "run": "r1", "attempt": 0, "baseModelPath": "/models/base",
+                "outputDir": "/checkpoints/r1", "resultsDir": "/results/r1", "dataDir": str(tmp_path / "data"),
+                "terminationMessagePath": "/dev/termination-log",
+                "dataGeneration": {"teacher": {"modelPath": "/models/teacher", "servedName": "teacher",
+                                               "replicas": 2, "gpusPerReplica": 8, "nodesPerReplica": 1,
+                                               "maxModelLen": 65536},
+                                   "documentsPath": "/documents", "taskTypes": ["general", "summary", "comparison"],
+                                   "samplesPerDocument": 2, "minDocumentTokens": 4096, "maxDocumentTokens": 32768,
+                                   "shortData": {"path": "/data/sharegpt.jsonl", "ratio": 1.5}}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(envelope))
+    with pytest.raises(ConfigError, match=r"teacher.base_urls"):  # the URL comes from the environment
+        load_config(path)
+    monkeypatch.setenv("LONGALIGN_TEACHER_URL", "http://r1-teacher.ns.svc:8000/v1")
+    cfg = load_config(path)
+    assert cfg.teacher.base_urls == ["http://r1-teacher.ns.svc:8000/v1"]
+    assert (cfg.teacher.model, cfg.teacher.tokenizer, cfg.teacher.max_model_len) == ("teacher", "/models/teacher", 65536)
+    assert str(cfg.documents_dir) == "/documents" and cfg.output_dir == tmp_path / "data"
+    assert (cfg.task_types, cfg.comparison_ratio, cfg.questions_kept) == (["general", "summary"], 0.5, 2)
+    assert (cfg.min_tokens, cfg.max_tokens) == (4096, 32768)
+    assert (str(cfg.short_data_path), cfg.short_ratio) == ("/data/sharegpt.jsonl", 1.5)
+    assert cfg.engine.concurrency == 64  # enough requests in flight for both replicas

@@ -65,7 +65,7 @@ def test_generates_longalign_samples_with_provenance_progress_summary_and_short_
     empty = {"messages": [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": ""}]}
     short.write_text("".join(json.dumps(c) + "\n" for c in [*chats, empty]) + "{not json\n")
     cfg = base_config(tmp_path, tmp_path / "docs", [vllm_server.base_url], tiny_model_dir,
-                      questions_kept=2, short_data_path=str(short), short_ratio=0.5, comparison_pairs=1)
+                      questions_kept=2, short_data_path=str(short), short_ratio=0.5, comparison_ratio=0.17)  # 1 pair
     summary_path = tmp_path / "termination-log"
     proc = run_cli(write_config(tmp_path / "datagen.json", cfg), summary_path)
     stdout, stderr = proc.communicate(timeout=240)

@@ -3,6 +3,7 @@
 The stage behind ``longalign datagen --config FILE``, in small modules, in the order data flows:
 
 * ``config``    the typed settings (``DatagenConfig``), loaded from YAML/JSON;
+* ``stage_config`` the operator's stage-config envelope mapped onto those settings;
 * ``documents`` read, tag, measure with the teacher's tokenizer, split or skip long documents;
 * ``tasks``     the pure Self-Instruct steps: prompts, JSON schema, parsing, deduplication, answer filters;
 * ``engine``    the teacher client: bounded concurrency, retries, failover, context-overflow detection;

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -77,8 +78,9 @@ class DatagenConfig(_Model):
     task_types: list[str] = Field(default_factory=lambda: list(PAPER_TASK_TYPES), min_length=1,
                                   description="prompt file names (without .txt) in prompts_dir or the package")
     prompts_dir: Path | None = Field(None, description="folder with your own <type>.txt prompts (override ours)")
-    comparison_pairs: int = Field(0, ge=0, description="extra multi-document items: pairs of documents of one "
-                                  "source that fit max_tokens together, asked `comparison` tasks")
+    comparison_ratio: float = Field(0.0, ge=0.0, le=0.5, description="extra multi-document items per document: "
+                                    "pairs of documents of one source that fit max_tokens together, asked "
+                                    "`comparison` tasks (each document in at most one pair)")
     types_per_document: int = Field(1, ge=1, description="task types drawn at random for each document")
     questions_asked: int = Field(5, ge=1, le=20)
     questions_kept: int = Field(1, ge=1, description="per task type; kept at random after deduplication")
@@ -107,7 +109,7 @@ class DatagenConfig(_Model):
         if self.short_ratio > 0 and self.short_data_path is None:
             raise ValueError("short_ratio > 0 needs short_data_path")
         if "comparison" in self.task_types:
-            raise ValueError("task_types: 'comparison' is asked of pairs of documents only; use comparison_pairs")
+            raise ValueError("task_types: 'comparison' is asked of pairs of documents only; use comparison_ratio")
         for name in self.all_task_types():
             if self.prompt_path(name) is None:
                 raise ValueError(f"task_types: no prompt file {name}.txt in "
@@ -117,7 +119,7 @@ class DatagenConfig(_Model):
 
     def all_task_types(self) -> list[str]:
         """The task types in use, the multi-document one included when pairs are asked for."""
-        return self.task_types + (["comparison"] if self.comparison_pairs and "comparison" not in self.task_types else [])
+        return self.task_types + (["comparison"] if self.comparison_ratio else [])
 
     def prompt_path(self, task_type: str) -> Path | None:
         """The prompt file of a task type: the user's folder first, then the package's."""
@@ -163,6 +165,10 @@ def load_config(path: str | Path) -> DatagenConfig:
         raise ConfigError(f"{path}: cannot read config: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    from longalign_trainer.datagen import stage_config
+
+    if stage_config.is_envelope(raw):  # the operator's stage-config file
+        return parse_config(stage_config.to_datagen(raw, os.environ), source=f"{path} (the operator's envelope)")
     return parse_config(raw, source=str(path))
 
 

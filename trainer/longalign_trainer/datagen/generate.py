@@ -159,8 +159,9 @@ async def run_async(cfg: DatagenConfig, *, summary_path: Path | None = None) -> 
     t0 = time.monotonic()
     tokenizer = load_tokenizer(cfg)
     corpus = load_corpus(cfg, tokenizer)
-    if cfg.comparison_pairs:
-        corpus.documents += make_pairs(corpus.documents, cfg.comparison_pairs, cfg.max_tokens, cfg.seed, tokenizer)
+    if cfg.comparison_ratio:
+        corpus.documents += make_pairs(corpus.documents, round(cfg.comparison_ratio * len(corpus.documents)),
+                                       cfg.max_tokens, cfg.seed, tokenizer)
     store = ShardStore(cfg.output_dir, cfg.fingerprint(), cfg.shard_max_samples,
                        meta={"teacher_model": cfg.teacher.model},
                        flush_interval_s=cfg.flush_interval_s).open()
