@@ -119,6 +119,13 @@ def test_generates_longalign_samples_with_provenance_progress_summary_and_short_
     assert sum(histogram["all"].values()) == len(records) and histogram["all"] == summary["length_histogram"]
     assert sum(histogram["long"].values()) == len(generated)
 
+    # the training stage's own reader takes every record as a conversation
+    from longalign_trainer.train.data import DataReport, read_conversations
+
+    report = DataReport()
+    assert len(list(read_conversations(tmp_path / "out" / "data.jsonl", report))) == len(records)
+    assert not report.dropped
+
     lines = [p for p in map(parse_progress, stdout.splitlines()) if p]
     assert lines[-1]["done"] == lines[-1]["total"] == len(expected)
     assert lines[-1]["metrics"]["samples"] == len(generated) and lines[-1]["metrics"]["tokens_per_s"] > 0
