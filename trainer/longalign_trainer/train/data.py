@@ -23,10 +23,13 @@ MAX_NAMED = 20  # bad records named individually in the report; the rest are onl
 
 @dataclass(frozen=True)
 class Example:
-    """One tokenized conversation: ``labels`` equal ``input_ids`` on assistant tokens, -100 elsewhere."""
+    """One tokenized conversation: ``labels`` equal ``input_ids`` on assistant tokens, -100 elsewhere.
 
-    input_ids: list[int]
-    labels: list[int]
+    int32 arrays, not lists: 10k conversations of 20k tokens are 1.6 GB per rank this way, ~15 GB as lists.
+    """
+
+    input_ids: "np.ndarray"  # noqa: F821
+    labels: "np.ndarray"  # noqa: F821
     source: str  # file:line
 
     def __len__(self) -> int:
@@ -118,8 +121,11 @@ def tokenize(tokenizer, messages: list[dict], source: str, max_tokens: int, over
     if not any(mask[1:]):
         report.drop(source, "no assistant tokens" + (" after truncation" if len(mask) == max_tokens else ""))
         return None
-    labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
-    return Example(ids, labels, source)
+    import numpy as np
+
+    input_ids = np.asarray(ids, dtype=np.int32)
+    labels = np.where(np.asarray(mask, dtype=bool), input_ids, IGNORE_INDEX).astype(np.int32)
+    return Example(input_ids, labels, source)
 
 
 def mixture_counts(available: Sequence[int], ratios: Sequence[float]) -> list[int]:

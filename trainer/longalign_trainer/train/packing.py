@@ -119,7 +119,7 @@ class Pack:
 
 
 def build_pack(sequences: Sequence[tuple[Sequence[int], Sequence[int]]]) -> Pack:
-    """Concatenate ``(input_ids, labels)`` pairs into a ``Pack``; labels are unshifted (-100 = no loss).
+    """Concatenate ``(input_ids, labels)`` pairs (lists or arrays) into a ``Pack``; labels unshifted, -100 = no loss.
 
     >>> p = build_pack([([1, 2, 3], [-100, 2, 3]), ([4, 5], [-100, 5])])
     >>> p.input_ids.tolist(), p.targets.tolist(), p.position_ids.tolist()
@@ -127,22 +127,24 @@ def build_pack(sequences: Sequence[tuple[Sequence[int], Sequence[int]]]) -> Pack
     >>> p.seq_index.tolist(), p.cu_seqlens.tolist(), p.max_seqlen
     ([0, 0, 0, 1, 1], [0, 3, 5], 3)
     """
+    import numpy as np
     import torch
 
     if not sequences:
         raise ValueError("a pack needs at least one sequence")
-    ids, targets, positions, seq_index, bounds = [], [], [], [], [0]
-    for n, (input_ids, labels) in enumerate(sequences):
-        if len(input_ids) != len(labels) or not input_ids:
-            raise ValueError(f"sequence {n}: {len(input_ids)} input ids, {len(labels)} labels")
-        ids.extend(input_ids)
-        targets.extend(labels[1:])
-        targets.append(IGNORE_INDEX)
-        positions.extend(range(len(input_ids)))
-        seq_index.extend([n] * len(input_ids))
-        bounds.append(bounds[-1] + len(input_ids))
+    ids = [np.asarray(i, dtype=np.int64) for i, _ in sequences]
+    labels = [np.asarray(lab, dtype=np.int64) for _, lab in sequences]
+    lengths = np.array([len(i) for i in ids], dtype=np.int64)
+    for n, (i, lab) in enumerate(zip(ids, labels)):
+        if len(i) != len(lab) or not len(i):
+            raise ValueError(f"sequence {n}: {len(i)} input ids, {len(lab)} labels")
+    ignore = np.array([IGNORE_INDEX], dtype=np.int64)
+    targets = np.concatenate([np.concatenate([lab[1:], ignore]) for lab in labels])
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     return Pack(
-        input_ids=torch.tensor(ids, dtype=torch.long), targets=torch.tensor(targets, dtype=torch.long),
-        position_ids=torch.tensor(positions, dtype=torch.long), seq_index=torch.tensor(seq_index, dtype=torch.long),
-        cu_seqlens=torch.tensor(bounds, dtype=torch.int32), max_seqlen=max(len(s) for s, _ in sequences),
+        input_ids=torch.from_numpy(np.concatenate(ids)), targets=torch.from_numpy(targets),
+        position_ids=torch.from_numpy(np.arange(int(lengths.sum())) - starts),
+        seq_index=torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths)),
+        cu_seqlens=torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)),
+        max_seqlen=int(lengths.max()),
     )
