@@ -174,18 +174,18 @@ class Recipe:
             t0 = time.monotonic()
             packs = [self.make_pack(mb) for mb in self.sampler.my_micro_batches(plan)]
             counts = count_step([(p.targets, p.seq_index) for p in packs])
-            local = torch.zeros((), dtype=torch.float64)
+            local = torch.zeros((), dtype=torch.float64, device=self.device)
             for pack in packs:
                 pack = pack.to(self.device)
                 logits = engine(**pack.as_model_inputs()).logits[0]
                 loss = weighted_loss(per_token_loss(logits, pack.targets), pack.targets, pack.seq_index, counts,
                                      self.world, cfg.loss_weighting)
                 engine.backward(loss, scale_wrt_gas=False)
-                local += loss.detach().double().cpu()
+                local += loss.detach().double()
             engine.step()
             # One all-reduce gives the step loss and whether any rank was asked to stop.
-            reduced = torch.stack([local.clone(), torch.tensor(float(self.stop_requested), dtype=torch.float64)])
-            reduced = reduced.to(self.device)
+            flag = torch.tensor(float(self.stop_requested), dtype=torch.float64, device=self.device)
+            reduced = torch.stack([local, flag])
             dist.all_reduce(reduced)
             step_loss, stop = float(reduced[0]) / self.world, bool(reduced[1] > 0)
             self.losses.append(step_loss)
