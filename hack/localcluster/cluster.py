@@ -197,6 +197,15 @@ class LocalCluster:
         """Run helm against this cluster, with helm's own state kept inside the cluster's data dir."""
         return self._tool("helm", args, check, input)
 
+    def kubeconfig_for(self, service_account: str, namespace: str) -> Path:
+        """A kubeconfig that authenticates as a ServiceAccount (a real token), to test with only its RBAC."""
+        token = self.kubectl("create", "token", service_account, "-n", namespace, "--duration=24h").stdout.strip()
+        path = self.dir / f"{namespace}-{service_account}.kubeconfig"
+        config = json.loads(self.kubeconfig.read_text())
+        config["users"] = [{"name": "admin", "user": {"token": token}}]
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
     def create(self, namespace: str, *objects: dict) -> None:
         """Create objects (as dicts) in a namespace."""
         self.kubectl("create", "-n", namespace, "-f", "-",

@@ -59,6 +59,10 @@ class PodOptions(Model):
     """Account the stage's pods run as; it needs no Kubernetes API rights."""
     env: list[dict[str, Any]] | None = None
     """Extra environment variables (Kubernetes EnvVar objects)."""
+    labels: dict[str, str] | None = None
+    """Extra labels on the stage's pods."""
+    annotations: dict[str, str] | None = None
+    """Extra annotations on the stage's pods."""
 
 
 class StageOptions(Model):

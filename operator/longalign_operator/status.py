@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
-from longalign_operator.spec import Model
+from longalign_operator.spec import Model as SpecModel
+
+
+class Model(SpecModel):
+    """Status models are built up step by step by the planner, so unlike the spec they are mutable."""
+
+    model_config = ConfigDict(frozen=False, validate_assignment=True)
 
 Phase = Literal["Pending", "GeneratingData", "Training", "Evaluating", "Succeeded", "Failed", "Suspended"]
 StageState = Literal["Pending", "Queued", "Starting", "Running", "Stalled", "Succeeded", "Failed", "Skipped",
@@ -35,6 +41,8 @@ class StageStatus(Model):
     state: StageState = "Pending"
     attempts: int = 0
     """Attempts started so far (the first try counts)."""
+    failures: int = 0
+    """Attempts that failed; the stage fails for good once they exceed its backoffLimit."""
     reason: str | None = None
     """Why the stage is in this state, e.g. Unschedulable, ImagePullBackOff, BackoffLimitExceeded."""
     message: str | None = None
@@ -78,6 +86,8 @@ class LongAlignRunStatus(Model):
     """Estimated time left in the current stage, e.g. "1h20m"."""
     message: str | None = None
     observed_generation: int | None = None
-    stages: Stages = Stages()
+    completion_time: str | None = None
+    """When the run reached Succeeded or Failed (the TTL counts from here)."""
+    stages: Stages = Field(default_factory=Stages)
     conditions: list[Condition] = Field(default_factory=list)
-    results: Results = Results()
+    results: Results = Field(default_factory=Results)

@@ -1,0 +1,280 @@
+"""Pure builders: the Kubernetes objects of each stage, as plain dicts, from the typed spec.
+
+No I/O and no Kubernetes client here, so every object can be table-tested. Names are deterministic
+(``<run>-<stage>-<attempt>``), so a restarted operator finds what it made instead of making it twice; owner
+references to the run let Kubernetes delete everything with it.
+
+Inside every stage container the run's volumes are mounted at fixed places, and the spec's paths refer to them:
+``/models``, ``/data``, ``/checkpoints``, ``/results``, ``/documents``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from longalign_operator.spec import GROUP, KIND, VERSION, LongAlignRunSpec, PodOptions, StageOptions, VolumeSource
+
+LABEL_RUN = f"{GROUP}/run"
+LABEL_STAGE = f"{GROUP}/stage"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+CONFIG_DIR = "/etc/longalign"
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+MASTER_PORT = 29500
+VLLM_PORT = 8000
+# Set by the operator on training pods; a user env var of the same name would break the rendezvous.
+RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NNODES", "NODE_RANK", "RANK", "LOCAL_RANK",
+                  "LOCAL_WORLD_SIZE")
+MOUNTS = {"models": "/models", "data": "/data", "checkpoints": "/checkpoints", "results": "/results",
+          "documents": "/documents"}
+
+STAGE_SHORT = {"dataGeneration": "datagen", "training": "train", "evaluation": "eval"}
+STAGE_COMMAND = {"dataGeneration": "datagen", "training": "train", "evaluation": "eval"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """The identity of a LongAlignRun that its children point back to."""
+
+    name: str
+    namespace: str
+    uid: str
+    labels: dict[str, str]
+    spec: LongAlignRunSpec
+
+    def owner(self) -> dict[str, Any]:
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": self.name, "uid": self.uid,
+                "controller": True, "blockOwnerDeletion": True}
+
+
+def attempt_name(run: str, stage: str, attempt: int) -> str:
+    """Name of one attempt of a stage: ``<run>-train-2``.
+
+    >>> attempt_name("llama-64k", "training", 2)
+    'llama-64k-train-2'
+    """
+    return f"{run}-{STAGE_SHORT[stage]}-{attempt}"
+
+
+def teacher_name(run: str) -> str:
+    """Name of the teacher servers' Deployment and Service."""
+    return f"{run}-teacher"
+
+
+def _labels(run: Run, stage: str, attempt: int | None = None) -> dict[str, str]:
+    labels = {LABEL_RUN: run.name, LABEL_STAGE: stage, "app.kubernetes.io/managed-by": "longalign-operator"}
+    if attempt is not None:
+        labels[LABEL_ATTEMPT] = str(attempt)
+    if KUEUE_QUEUE in run.labels:
+        labels[KUEUE_QUEUE] = run.labels[KUEUE_QUEUE]
+    return labels
+
+
+def _meta(run: Run, name: str, stage: str, attempt: int | None = None) -> dict[str, Any]:
+    return {"name": name, "namespace": run.namespace, "labels": _labels(run, stage, attempt),
+            "ownerReferences": [run.owner()]}
+
+
+def _volumes(spec: LongAlignRunSpec, config_map: str | None) -> tuple[list[dict], list[dict]]:
+    """The run's volumes and their mounts; plus the stage config's ConfigMap and /dev/shm when given."""
+    storage = spec.storage
+    sources: dict[str, VolumeSource] = {
+        "models": storage.models, "data": storage.data, "checkpoints": storage.checkpoints,
+        "results": storage.results or storage.checkpoints, "documents": storage.documents or storage.data,
+    }
+    volumes, mounts = [], []
+    claims: dict[str, str] = {}
+    for role, src in sources.items():
+        volume = claims.setdefault(src.claim_name, f"vol-{len(claims)}")
+        if not any(v["name"] == volume for v in volumes):
+            volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": src.claim_name}})
+        mount = {"name": volume, "mountPath": MOUNTS[role]}
+        if src.sub_path:
+            mount["subPath"] = src.sub_path
+        mounts.append(mount)
+    if config_map:
+        volumes.append({"name": "config", "configMap": {"name": config_map}})
+        mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
+    # NCCL and vLLM need far more shared memory than a container's default 64 MiB.
+    volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    return volumes, mounts
+
+
+def _resources(options: PodOptions, gpus: int) -> dict[str, Any]:
+    """The user's requests/limits (quantities as strings, as the API wants them) plus the stage's GPUs."""
+    resources = {kind: {name: str(q) for name, q in amounts.items()} for kind, amounts in
+                 (options.resources or {}).items()}
+    if gpus:
+        resources.setdefault("limits", {})["nvidia.com/gpu"] = str(gpus)
+    return resources
+
+
+def pod_template(run: Run, stage: str, attempt: int, options: StageOptions, *, command: list[str],
+                 env: list[dict], gpus: int, config_map: str, extra: dict | None = None) -> dict[str, Any]:
+    """The pod template of a stage's pods: the run's image, volumes, config, GPUs and the user's pod options."""
+    spec = run.spec
+    pod = options.pod
+    volumes, mounts = _volumes(spec, config_map)
+    container = {
+        "name": STAGE_SHORT[stage], "image": spec.image, "command": command,
+        "env": [*env, *(pod.env or [])], "volumeMounts": mounts, "resources": _resources(pod, gpus),
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH, "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    template_meta = {"labels": {**(pod.labels or {}), **_labels(run, stage, attempt)}}
+    if pod.annotations:
+        template_meta["annotations"] = dict(pod.annotations)
+    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": volumes,
+                                **(extra or {})}
+    for key, value in (("nodeSelector", pod.node_selector), ("tolerations", pod.tolerations),
+                       ("affinity", pod.affinity), ("priorityClassName", pod.priority_class_name),
+                       ("serviceAccountName", pod.service_account_name)):
+        if value:
+            pod_spec[key] = value
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in spec.image_pull_secrets]
+    return {"metadata": template_meta, "spec": pod_spec}
+
+
+def stage_config(run: Run, stage: str, attempt: int) -> dict[str, Any]:
+    """The stage-config file the stage command reads (``longalign <stage> --config``)."""
+    spec = run.spec
+    section = {"dataGeneration": spec.data_generation, "training": spec.training,
+               "evaluation": spec.evaluation}[stage]
+    body = section.model_dump(mode="json", by_alias=True, exclude={"pod", "enabled", "backoff_limit",
+                              "startup_deadline_seconds", "active_deadline_seconds", "stall_seconds"},
+                              exclude_none=True)
+    return {"stage": stage, "run": run.name, "attempt": attempt, "baseModelPath": spec.base_model_path,
+            "outputDir": f"{MOUNTS['checkpoints']}/{run.name}", "resultsDir": f"{MOUNTS['results']}/{run.name}",
+            "dataDir": f"{MOUNTS['data']}/{run.name}", "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+            stage: body}
+
+
+def config_map(run: Run, stage: str, attempt: int) -> dict[str, Any]:
+    """The ConfigMap holding one attempt's stage config."""
+    name = attempt_name(run.name, stage, attempt)
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(run, name, stage, attempt),
+            "data": {"config.json": json.dumps(stage_config(run, stage, attempt), indent=2, sort_keys=True)}}
+
+
+def _job(run: Run, stage: str, attempt: int, options: StageOptions, template: dict, **spec: Any) -> dict:
+    name = attempt_name(run.name, stage, attempt)
+    job_spec = {"backoffLimit": 0, "template": template, **spec}
+    if options.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = options.active_deadline_seconds
+    if KUEUE_QUEUE in run.labels:
+        job_spec["suspend"] = True  # Kueue admits the Job by unsuspending it
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(run, name, stage, attempt), "spec": job_spec}
+
+
+def stage_command(stage: str) -> list[str]:
+    return ["longalign", STAGE_COMMAND[stage], "--config", f"{CONFIG_DIR}/config.json"]
+
+
+def single_pod_job(run: Run, stage: str, attempt: int, gpus: int, env: list[dict] | None = None) -> dict:
+    """The Job of a one-pod stage (data generation, evaluation)."""
+    options = getattr(run.spec, {"dataGeneration": "data_generation", "evaluation": "evaluation"}[stage])
+    name = attempt_name(run.name, stage, attempt)
+    template = pod_template(run, stage, attempt, options, command=stage_command(stage), env=env or [],
+                            gpus=gpus, config_map=name)
+    return _job(run, stage, attempt, options, template)
+
+
+def training_service(run: Run) -> dict[str, Any]:
+    """Headless Service giving training pods stable DNS names (``<job>-<index>.<service>``)."""
+    name = f"{run.name}-train"
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(run, name, "training"),
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                     "selector": {LABEL_RUN: run.name, LABEL_STAGE: "training"},
+                     "ports": [{"name": "rendezvous", "port": MASTER_PORT}]}}
+
+
+def training_job(run: Run, attempt: int) -> dict[str, Any]:
+    """The training pod group: an Indexed Job of ``nodes`` pods, all-or-nothing (any failure fails the group)."""
+    t = run.spec.training
+    name = attempt_name(run.name, "training", attempt)
+    service = f"{run.name}-train"
+    env = [
+        {"name": "MASTER_ADDR", "value": f"{name}-0.{service}"},
+        {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
+        {"name": "NNODES", "value": str(t.nodes)},
+        {"name": "LOCAL_WORLD_SIZE", "value": str(t.gpus_per_node)},
+        {"name": "WORLD_SIZE", "value": str(t.nodes * t.gpus_per_node)},
+        {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+    ]
+    # torchrun waits for every node at the rendezvous, so workers started before the master keep waiting
+    # (up to the join timeout) instead of crashing.
+    command = ["torchrun", f"--nnodes={t.nodes}", f"--nproc-per-node={t.gpus_per_node}",
+               "--node-rank=$(NODE_RANK)", "--rdzv-backend=c10d", "--rdzv-endpoint=$(MASTER_ADDR):$(MASTER_PORT)",
+               f"--rdzv-id={name}", "--rdzv-conf=join_timeout=1800", "--no-python", *stage_command("training")]
+    template = pod_template(run, "training", attempt, t, command=command, env=env, gpus=t.gpus_per_node,
+                            config_map=name, extra={"subdomain": service})
+    return _job(run, "training", attempt, t, template, completionMode="Indexed", completions=t.nodes,
+                parallelism=t.nodes)
+
+
+def teacher_objects(run: Run) -> list[dict[str, Any]]:
+    """The teacher's vLLM servers (a Deployment of ``replicas`` pods) and the Service the generator calls."""
+    dg = run.spec.data_generation
+    teacher = dg.teacher
+    name = teacher_name(run.name)
+    selector = {LABEL_RUN: run.name, LABEL_STAGE: "teacher"}
+    command = ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", teacher.model_path,
+               "--served-model-name", teacher.served_name, "--max-model-len", str(teacher.max_model_len),
+               "--tensor-parallel-size", str(teacher.gpus_per_replica), "--port", str(VLLM_PORT),
+               "--enable-prefix-caching"]
+    volumes, mounts = _volumes(run.spec, None)
+    container = {
+        "name": "vllm", "image": teacher.image or run.spec.image, "command": command,
+        "env": list(dg.pod.env or []), "volumeMounts": mounts,
+        "resources": _resources(dg.pod, teacher.gpus_per_replica),
+        "ports": [{"name": "http", "containerPort": VLLM_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": VLLM_PORT}, "periodSeconds": 10},
+    }
+    pod_spec: dict[str, Any] = {"containers": [container], "volumes": volumes}
+    for key, value in (("nodeSelector", dg.pod.node_selector), ("tolerations", dg.pod.tolerations),
+                       ("affinity", dg.pod.affinity), ("priorityClassName", dg.pod.priority_class_name)):
+        if value:
+            pod_spec[key] = value
+    meta = _meta(run, name, "teacher")
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+        "spec": {"replicas": teacher.replicas, "selector": {"matchLabels": selector},
+                 "template": {"metadata": {"labels": {**(dg.pod.labels or {}), **meta["labels"]}},
+                              "spec": pod_spec}},
+    }
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": _meta(run, name, "teacher"),
+               "spec": {"selector": selector, "ports": [{"name": "http", "port": VLLM_PORT}]}}
+    return [deployment, service]
+
+
+def teacher_url(run: Run) -> str:
+    """The OpenAI-compatible base URL of the teacher servers, inside the cluster."""
+    return f"http://{teacher_name(run.name)}.{run.namespace}.svc:{VLLM_PORT}/v1"
+
+
+def judge_env(run: Run) -> list[dict]:
+    """The judge's API key, from the Secret the spec names (never from the spec itself)."""
+    judge = run.spec.evaluation.judge
+    if judge is None or judge.api_key_secret_ref is None:
+        return []
+    ref = judge.api_key_secret_ref
+    return [{"name": "LONGALIGN_JUDGE_API_KEY",
+             "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+
+
+def stage_objects(run: Run, stage: str, attempt: int) -> list[dict[str, Any]]:
+    """Everything one attempt of a stage needs, in creation order."""
+    objects = [config_map(run, stage, attempt)]
+    if stage == "dataGeneration":
+        objects += teacher_objects(run)
+        objects.append(single_pod_job(run, stage, attempt, gpus=0,
+                                      env=[{"name": "LONGALIGN_TEACHER_URL", "value": teacher_url(run)}]))
+    elif stage == "training":
+        objects += [training_service(run), training_job(run, attempt)]
+    else:
+        objects.append(single_pod_job(run, stage, attempt, gpus=run.spec.evaluation.gpus, env=judge_env(run)))
+    return objects

@@ -1,0 +1,147 @@
+"""The one place that talks to the Kubernetes API: observe a run's children, create and delete them.
+
+Creating is idempotent (an object that already exists is left as it is: names are deterministic), deleting
+tolerates objects already gone and always cascades (a Job's pods go with it), so a retried or restarted
+reconcile converges without duplicates.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from longalign_operator.builders import LABEL_RUN, Run
+from longalign_operator.plan import JobView, Observed, PodView
+from longalign_operator.spec import GROUP, PLURAL, VERSION, LongAlignRunSpec
+
+WAITING_REASONS_OK = {"ContainerCreating", "PodInitializing"}
+
+
+class Gateway:
+    """Kubernetes I/O for one operator process (a thin layer over the official client)."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        if api_client is None:
+            config.load_config()  # in a pod: its ServiceAccount; elsewhere: KUBECONFIG
+            api_client = client.ApiClient()
+        self.api = api_client
+        self.core = client.CoreV1Api(self.api)
+        self.batch = client.BatchV1Api(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+
+    # ---------------------------------------------------------------------------------------------- read
+    def observe(self, body: dict[str, Any], spec: LongAlignRunSpec) -> Observed:
+        """A snapshot of the run, its Jobs and their pods, and the volume claims the spec names but that do not
+        exist. (Secrets are not read: the operator has no right to; a missing one shows as the pod's
+        CreateContainerConfigError.)"""
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        run = Run(name=name, namespace=ns, uid=meta["uid"], labels=dict(meta.get("labels") or {}), spec=spec)
+        selector = f"{LABEL_RUN}={name}"
+        pods_by_job: dict[str, list[PodView]] = {}
+        for pod in self.core.list_namespaced_pod(ns, label_selector=selector).items:
+            job = (pod.metadata.labels or {}).get("batch.kubernetes.io/job-name")
+            if job:
+                pods_by_job.setdefault(job, []).append(pod_view(pod))
+        jobs = {j.metadata.name: job_view(j, pods_by_job.get(j.metadata.name, []))
+                for j in self.batch.list_namespaced_job(ns, label_selector=selector).items}
+        created = meta["creationTimestamp"]
+        return Observed(
+            run=run, status=dict(body.get("status") or {}), generation=meta.get("generation", 0),
+            now=datetime.now(timezone.utc),
+            created=created if isinstance(created, datetime) else datetime.fromisoformat(created.replace("Z", "+00:00")),
+            jobs=jobs, missing=tuple(self._missing(ns, spec)),
+        )
+
+    def _missing(self, ns: str, spec: LongAlignRunSpec):
+        """Describe each PersistentVolumeClaim the spec names that does not exist."""
+        storage = spec.storage
+        claims = {"spec.storage.models": storage.models, "spec.storage.data": storage.data,
+                  "spec.storage.checkpoints": storage.checkpoints, "spec.storage.results": storage.results,
+                  "spec.storage.documents": storage.documents}
+        for field, source in claims.items():
+            if source is not None and not self._exists(self.core.read_namespaced_persistent_volume_claim,
+                                                      source.claim_name, ns):
+                yield f"PersistentVolumeClaim {source.claim_name!r} ({field}.claimName)"
+
+    @staticmethod
+    def _exists(read, name: str, ns: str) -> bool:
+        try:
+            read(name, ns)
+            return True
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+
+    # --------------------------------------------------------------------------------------------- write
+    def create(self, obj: dict[str, Any]) -> bool:
+        """Create an object; False when it already existed (left untouched)."""
+        ns = obj["metadata"]["namespace"]
+        create = {
+            "ConfigMap": self.core.create_namespaced_config_map, "Service": self.core.create_namespaced_service,
+            "Job": self.batch.create_namespaced_job, "Deployment": self.apps.create_namespaced_deployment,
+        }[obj["kind"]]
+        try:
+            create(ns, obj)
+            return True
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+
+    def delete(self, kind: str, name: str, ns: str) -> bool:
+        """Delete an object and its dependents in the background; False when it was already gone."""
+        delete = {
+            "ConfigMap": self.core.delete_namespaced_config_map, "Service": self.core.delete_namespaced_service,
+            "Job": self.batch.delete_namespaced_job, "Deployment": self.apps.delete_namespaced_deployment,
+        }[kind]
+        try:
+            delete(name, ns, propagation_policy="Background")
+            return True
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+
+    def delete_run(self, name: str, ns: str) -> None:
+        """Delete the run itself (its children follow through their owner references)."""
+        try:
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name,
+                                                        propagation_policy="Background")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+def job_view(job, pods: list[PodView]) -> JobView:
+    """Reduce a Job to what the planner needs."""
+    state, reason, message = "Active", None, None
+    for c in job.status.conditions or []:
+        if c.status == "True" and c.type in ("Complete", "Failed"):
+            state, reason, message = c.type, c.reason, c.message
+    if state == "Active" and job.spec.suspend:
+        state = "Suspended"
+    return JobView(name=job.metadata.name, state=state, reason=reason, message=message,
+                   pods=tuple(sorted(pods, key=lambda p: p.name)))
+
+
+def pod_view(pod) -> PodView:
+    """Reduce a pod to its phase, why it is not running, and how its container ended."""
+    reason = message = termination = exit_code = None
+    for c in pod.status.conditions or []:
+        if c.type == "PodScheduled" and c.status == "False":
+            reason, message = c.reason, c.message
+    for cs in pod.status.container_statuses or []:
+        waiting, terminated = cs.state.waiting, cs.state.terminated
+        if waiting and waiting.reason and waiting.reason not in WAITING_REASONS_OK:
+            reason, message = waiting.reason, waiting.message
+        if terminated:
+            termination, exit_code = terminated.message, terminated.exit_code
+    return PodView(name=pod.metadata.name, phase=pod.status.phase or "Pending", reason=reason, message=message,
+                   termination_message=termination, exit_code=exit_code)
+

@@ -1,0 +1,81 @@
+"""Kopf handlers: thin wrappers that run one reconcile step per run, level-based, on a timer.
+
+    longalign operator                       # all namespaces
+    longalign operator --namespace team-a    # one namespace (repeatable)
+
+Each tick observes the run and its children, asks the pure planner what to do, does it through the gateway,
+and patches the status only when it really changed. Children are found by label, never remembered, so a
+restarted operator carries on where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from longalign_operator.gateway import Gateway
+from longalign_operator.plan import plan
+from longalign_operator.spec import GROUP, PLURAL, VERSION, SpecError, parse
+
+INTERVAL = float(os.environ.get("LONGALIGN_RECONCILE_INTERVAL", "5"))
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Operator settings: our own annotation prefix, watch timeouts, Events only for warnings and ours."""
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.WARNING
+    settings.scanning.disabled = True  # no need to list CRDs and namespaces (and no RBAC for it)
+    # A watch that silently stops delivering events is a known Kopf failure: bound every watch request.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    memo.gateway = Gateway()
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=INTERVAL, backoff=max(INTERVAL, 5))
+def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """One level-based reconcile step of a LongAlignRun."""
+    gateway: Gateway = memo.gateway
+    meta = body["metadata"]
+    try:
+        spec = parse(dict(body["spec"]))
+    except SpecError as e:
+        _invalid(body, patch, e)
+        return
+    observed = gateway.observe(_plain(body), spec)
+    result = plan(observed)
+    for kind, name in result.delete:
+        gateway.delete(kind, name, meta["namespace"])
+    for obj in result.create:
+        gateway.create(obj)
+    for type_, reason, message in result.events:
+        kopf.event(body, type=type_, reason=reason, message=message)
+    new_status = result.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if new_status != _plain(body).get("status"):
+        patch.status.update(new_status)
+    if result.delete_run:
+        gateway.delete_run(meta["name"], meta["namespace"])
+
+
+def _invalid(body: kopf.Body, patch: kopf.Patch, error: SpecError) -> None:
+    if (body.get("status") or {}).get("phase") != "Failed":
+        kopf.event(body, type="Warning", reason="InvalidSpec", message=str(error))
+    patch.status.update({"phase": "Failed", "message": f"invalid spec: {error}"})
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    """Kopf's read-only body views as plain dicts."""
+    return {"metadata": dict(body["metadata"]), "status": _to_dict(body.get("status") or {})}
+
+
+def _to_dict(value: Any) -> Any:
+    if hasattr(value, "items"):
+        return {k: _to_dict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_dict(v) for v in value]
+    return value

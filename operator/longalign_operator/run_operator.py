@@ -1,0 +1,31 @@
+"""Run the operator: watch LongAlignRuns and drive each to a finished, evaluated model.
+
+    longalign operator                                   # every namespace
+    longalign operator --namespace team-a --namespace b  # only these
+    longalign operator --liveness http://0.0.0.0:8080/healthz
+
+Credentials come from the pod's ServiceAccount in a cluster, or from KUBECONFIG outside one.
+"""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    """Arguments of ``longalign operator``."""
+    parser.add_argument("--namespace", "-n", action="append", default=[],
+                        help="watch only this namespace (repeatable; globs allowed); default: all namespaces")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log debug detail")
+    parser.add_argument("--liveness", metavar="URL", default=None,
+                        help="serve a liveness endpoint here, e.g. http://0.0.0.0:8080/healthz")
+
+
+def run(args) -> int:
+    """``longalign operator``: run the Kopf operator in this process until it is stopped."""
+    import kopf
+
+    import longalign_operator.handlers  # noqa: F401 - registers the handlers
+
+    kopf.configure(verbose=args.verbose)
+    kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=args.namespace,
+             liveness_endpoint=args.liveness)
+    return 0

@@ -1,0 +1,46 @@
+"""Helpers for tests that apply LongAlignRuns and wait on their status."""
+
+from __future__ import annotations
+
+import json
+
+from localcluster import LocalCluster, wait_for
+
+
+def apply_run(cluster: LocalCluster, namespace: str, name: str, spec: dict, labels: dict | None = None) -> None:
+    run = {"apiVersion": "longalign.dev/v1alpha1", "kind": "LongAlignRun",
+           "metadata": {"name": name, "labels": labels or {}}, "spec": spec}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(run))
+
+
+def run_status(cluster: LocalCluster, namespace: str, name: str) -> dict:
+    return cluster.get("lar", name, "-n", namespace).get("status") or {}
+
+
+def wait_phase(cluster: LocalCluster, namespace: str, name: str, phase: str, timeout: float = 90) -> dict:
+    """Wait until the run reaches ``phase``; return its status. Fails early on an unexpected final phase."""
+    def reached():
+        status = run_status(cluster, namespace, name)
+        if status.get("phase") in ("Succeeded", "Failed") and status["phase"] != phase:
+            raise AssertionError(f"run {name} ended {status['phase']}, not {phase}: {status.get('message')}")
+        return status if status.get("phase") == phase else None
+
+    try:
+        return wait_for(reached, timeout, f"run {name} to reach {phase}", interval=0.5)
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}; last status: {json.dumps(run_status(cluster, namespace, name))}") from None
+
+
+def create_claims(cluster: LocalCluster, namespace: str, names=("models", "data", "checkpoints")) -> None:
+    """Claims bound to hostPath volumes, as a storage provisioner would leave them, so pods can schedule."""
+    for name in names:
+        pv = f"{namespace}-{name}"[:63]
+        cluster.kubectl("create", "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                     "persistentVolumeReclaimPolicy": "Delete", "hostPath": {"path": f"/tmp/{pv}"},
+                     "claimRef": {"namespace": namespace, "name": name}}}))
+        cluster.create(namespace, {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                     "resources": {"requests": {"storage": "1Gi"}}}})

@@ -1,0 +1,172 @@
+"""The operator drives runs on the real control plane; KWOK plays the pods, and each pod's termination message
+carries the summary a real stage would write."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from localcluster import LocalCluster, wait_for
+
+from runs import apply_run, create_claims, run_status, wait_phase
+
+pytestmark = pytest.mark.cluster
+
+SUMMARY = "sim.longalign.dev/termination-message"
+OUTCOME = "sim.longalign.dev/outcome"
+DURATION = "sim.longalign.dev/run-duration"
+BASE = {
+    "image": "ghcr.io/example/longalign-trainer:0.1.0",
+    "baseModelPath": "/models/llama-8b",
+    "storage": {"models": {"claimName": "models"}, "data": {"claimName": "data"},
+                "checkpoints": {"claimName": "checkpoints"}},
+}
+TRAIN_SUMMARY = {"final_loss": 1.23, "tokens_per_s": 35100.0, "checkpoint_path": "/checkpoints/r/final", "step": 40}
+
+
+def training(**pod) -> dict:
+    return {"datasetPath": "/data/longalign-10k.jsonl", "nodes": 2, "gpusPerNode": 8,
+            "pod": {"annotations": {SUMMARY: json.dumps(TRAIN_SUMMARY), **pod.pop("annotations", {})}, **pod}}
+
+
+def jobs(cluster: LocalCluster, ns: str, stage: str) -> list[dict]:
+    return cluster.get("jobs", "-n", ns, "-l", f"longalign.dev/stage={stage}")["items"]
+
+
+def events(cluster: LocalCluster, ns: str, name: str) -> list[str]:
+    items = cluster.get("events", "-n", ns, "--field-selector", f"involvedObject.name={name}")["items"]
+    return [e["reason"] for e in items]
+
+
+def test_a_run_goes_through_every_stage_to_succeeded(cluster, operator, volumes):
+    ns = volumes
+    spec = {
+        **BASE,
+        "dataGeneration": {"teacher": {"modelPath": "/models/teacher-70b", "replicas": 2, "gpusPerReplica": 8},
+                           "pod": {"annotations": {SUMMARY: '{"samples": 120}', DURATION: "2s"}}},
+        "training": training(annotations={DURATION: "2s"}),
+        "evaluation": {"needle": {}, "longBenchChat": {"path": "/data/longbench-chat.jsonl"},
+                       "judge": {"endpoint": "https://judge.example/v1", "model": "judge",
+                                 "apiKeySecretRef": {"name": "judge", "key": "api-key"}},
+                       "pod": {"annotations": {SUMMARY: '{"longbench_chat_score": 6.4, "needle_accuracy": 0.9}'}}},
+    }
+    apply_run(cluster, ns, "full", spec)
+
+    # While data is generated, the teacher servers run on GPU nodes behind a Service.
+    wait_phase(cluster, ns, "full", "GeneratingData")
+    deployment = wait_for(lambda: cluster.get("deployments", "-n", ns)["items"], 30, "the teacher Deployment")[0]
+    assert deployment["spec"]["replicas"] == 2
+    assert cluster.get("service", "full-teacher", "-n", ns)["spec"]["ports"][0]["port"] == 8000
+
+    status = wait_phase(cluster, ns, "full", "Succeeded", timeout=120)
+    assert status["results"] == {"samplesGenerated": 120, "finalLoss": 1.23, "tokensPerSecond": 35100.0,
+                                 "checkpointPath": "/checkpoints/r/final", "lastCheckpointStep": 40,
+                                 "longBenchChatScore": 6.4, "needleAccuracy": 0.9}
+    for stage in ("dataGeneration", "training", "evaluation"):
+        assert status["stages"][stage]["state"] == "Succeeded"
+        assert status["stages"][stage]["attempts"] == 1
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "True"
+
+    # The teacher servers were removed once generation ended.
+    wait_for(lambda: not cluster.get("deployments", "-n", ns)["items"], 30, "the teacher to be removed")
+
+    # Training ran as one group of 2 pods x 8 GPUs with the rendezvous wiring torchrun needs.
+    [job] = jobs(cluster, ns, "training")
+    assert (job["spec"]["completionMode"], job["spec"]["completions"]) == ("Indexed", 2)
+    pods = cluster.get("pods", "-n", ns, "-l", "job-name=full-train-1")["items"]
+    assert len({p["spec"]["nodeName"] for p in pods}) == 2
+    assert all(p["spec"]["nodeName"].startswith("gpu-node-") for p in pods)
+    env = {e["name"]: e.get("value") for e in pods[0]["spec"]["containers"][0]["env"]}
+    assert env["MASTER_ADDR"] == "full-train-1-0.full-train" and env["WORLD_SIZE"] == "16"
+
+    table = cluster.kubectl("get", "lar", "full", "-n", ns).stdout.splitlines()
+    assert table[1].split()[1:2] == ["Succeeded"] and "6.4" in table[1]
+    assert {"StageStarted", "StageSucceeded", "Succeeded"} <= set(events(cluster, ns, "full"))
+
+
+def test_a_failing_stage_is_retried_up_to_its_backoff_limit_then_the_run_fails_with_the_reason(
+        cluster, operator, volumes):
+    ns = volumes
+    spec = {**BASE, "training": {**training(labels={OUTCOME: "fail"},
+                                            annotations={"sim.longalign.dev/exit-code": "7",
+                                                         SUMMARY: "torch.OutOfMemoryError: CUDA out of memory"}),
+                                 "backoffLimit": 1}}
+    apply_run(cluster, ns, "oom", spec)
+    status = wait_phase(cluster, ns, "oom", "Failed", timeout=120)
+    stage = status["stages"]["training"]
+    assert (stage["state"], stage["attempts"], stage["failures"]) == ("Failed", 2, 2)
+    assert "code 7" in status["message"] and "CUDA out of memory" in status["message"]
+    assert sorted(j["metadata"]["name"] for j in jobs(cluster, ns, "training")) == ["oom-train-1", "oom-train-2"]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Failed"] == "True"
+    assert {"StageRetrying", "StageFailed"} <= set(events(cluster, ns, "oom"))
+
+
+def test_a_missing_volume_claim_holds_the_run_until_it_appears(cluster, operator, namespace):
+    apply_run(cluster, namespace, "waiting", {**BASE, "training": training()})
+    status = wait_for(lambda: run_status(cluster, namespace, "waiting").get("message"), 30, "a status message")
+    assert "PersistentVolumeClaim 'models' (spec.storage.models.claimName)" in status
+    assert run_status(cluster, namespace, "waiting")["phase"] == "Pending"
+    assert not jobs(cluster, namespace, "training")
+    create_claims(cluster, namespace)
+    wait_phase(cluster, namespace, "waiting", "Succeeded")
+
+
+def test_a_gang_that_cannot_fit_holds_no_gpus_past_its_startup_deadline(cluster, operator, volumes):
+    ns = volumes
+    # Pods that do fit would train for a long while, holding their GPUs.
+    spec = {**BASE, "training": {**training(annotations={DURATION: "600s"}), "nodes": 9,
+                                 "startupDeadlineSeconds": 30, "backoffLimit": 0}}
+    apply_run(cluster, ns, "too-big", spec)
+    wait_for(lambda: run_status(cluster, ns, "too-big").get("stages", {}).get("training", {}).get("reason")
+             == "Unschedulable", 60, "the training stage to report Unschedulable")
+    assert run_status(cluster, ns, "too-big")["stages"]["training"]["state"] == "Queued"
+    status = wait_phase(cluster, ns, "too-big", "Failed", timeout=90)
+    assert status["stages"]["training"]["reason"] == "StartupDeadlineExceeded"
+    wait_for(lambda: not cluster.get("pods", "-n", ns, "-l", "longalign.dev/run=too-big")["items"], 60,
+             "every pod of the gang (and the GPUs they held) to be released")
+
+
+def test_suspend_releases_the_pods_and_resume_starts_a_new_attempt(cluster, operator, volumes):
+    ns = volumes
+    apply_run(cluster, ns, "pausable", {**BASE, "training": training(labels={OUTCOME: "hang"})})
+    wait_for(lambda: run_status(cluster, ns, "pausable").get("stages", {}).get("training", {}).get("state")
+             == "Running", 60, "training to run")
+    cluster.kubectl("patch", "lar", "pausable", "-n", ns, "--type=merge", "-p", '{"spec": {"suspend": true}}')
+    status = wait_phase(cluster, ns, "pausable", "Suspended")
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Suspended"] == "True"
+    wait_for(lambda: not cluster.get("pods", "-n", ns, "-l", "longalign.dev/run=pausable")["items"], 60,
+             "the training pods to be deleted")
+    cluster.kubectl("patch", "lar", "pausable", "-n", ns, "--type=merge", "-p", '{"spec": {"suspend": false}}')
+    try:
+        wait_for(lambda: run_status(cluster, ns, "pausable")["stages"]["training"].get("attempts") == 2
+                 and run_status(cluster, ns, "pausable")["stages"]["training"]["state"] == "Running", 60,
+                 "a second attempt to run")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}: {run_status(cluster, ns, 'pausable')}") from None
+    assert run_status(cluster, ns, "pausable")["stages"]["training"]["failures"] == 0
+
+
+def test_a_restarted_operator_continues_without_duplicates(cluster, operator, volumes):
+    ns = volumes
+    apply_run(cluster, ns, "steady", {**BASE, "training": training(annotations={DURATION: "10s"})})
+    wait_for(lambda: run_status(cluster, ns, "steady").get("stages", {}).get("training", {}).get("state")
+             == "Running", 60, "training to run")
+    operator.kill()
+    try:
+        operator.start()
+        status = wait_phase(cluster, ns, "steady", "Succeeded", timeout=120)
+    finally:
+        if operator.proc.poll() is not None:
+            operator.start()
+    assert status["stages"]["training"]["attempts"] == 1
+    assert [j["metadata"]["name"] for j in jobs(cluster, ns, "training")] == ["steady-train-1"]
+    assert len(cluster.get("pods", "-n", ns, "-l", "job-name=steady-train-1")["items"]) == 2
+
+
+def test_a_finished_run_is_deleted_with_its_children_after_its_ttl(cluster, operator, volumes):
+    ns = volumes
+    apply_run(cluster, ns, "short-lived", {**BASE, "training": training(), "ttlSecondsAfterFinished": 2})
+    wait_for(lambda: cluster.kubectl("get", "lar", "short-lived", "-n", ns, check=False).returncode != 0, 90,
+             "the run to be deleted after its TTL")
+    wait_for(lambda: not cluster.get("jobs,configmaps,services", "-n", ns, "-l", "longalign.dev/run=short-lived")
+             ["items"], 90, "its children to be garbage-collected")
