@@ -59,7 +59,7 @@ def attempt_name(run: str, stage: str, attempt: int) -> str:
 
 
 def teacher_name(run: str) -> str:
-    """Name of the teacher servers' Deployment and Service."""
+    """Name of the teacher servers' StatefulSet and headless Service."""
     return f"{run}-teacher"
 
 
@@ -217,7 +217,8 @@ def training_job(run: Run, attempt: int) -> dict[str, Any]:
 
 
 def teacher_objects(run: Run) -> list[dict[str, Any]]:
-    """The teacher's vLLM servers (a Deployment of ``replicas`` pods) and the Service the generator calls."""
+    """The teacher's vLLM servers (a StatefulSet of ``replicas`` pods, one stable name each) and their
+    headless Service."""
     dg = run.spec.data_generation
     teacher = dg.teacher
     name = teacher_name(run.name)
@@ -240,20 +241,34 @@ def teacher_objects(run: Run) -> list[dict[str, Any]]:
         if value:
             pod_spec[key] = value
     meta = _meta(run, name, "teacher")
-    deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
-        "spec": {"replicas": teacher.replicas, "selector": {"matchLabels": selector},
+    servers = {
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta,
+        "spec": {"replicas": teacher.replicas, "serviceName": name, "podManagementPolicy": "Parallel",
+                 "selector": {"matchLabels": selector},
                  "template": {"metadata": {"labels": {**(dg.pod.labels or {}), **meta["labels"]}},
                               "spec": pod_spec}},
     }
     service = {"apiVersion": "v1", "kind": "Service", "metadata": _meta(run, name, "teacher"),
-               "spec": {"selector": selector, "ports": [{"name": "http", "port": VLLM_PORT}]}}
-    return [deployment, service]
+               "spec": {"clusterIP": "None", "selector": selector, "ports": [{"name": "http", "port": VLLM_PORT}]}}
+    return [servers, service]
 
 
-def teacher_url(run: Run) -> str:
-    """The OpenAI-compatible base URL of the teacher servers, inside the cluster."""
-    return f"http://{teacher_name(run.name)}.{run.namespace}.svc:{VLLM_PORT}/v1"
+def teacher_urls(run: Run) -> str:
+    """The OpenAI-compatible base URL of each teacher replica, comma-separated.
+
+    The generator sends all requests about one document to one replica, so that replica's prefix cache
+    reuses the document; a load-balanced Service would scatter them.
+
+    >>> from longalign_operator.spec import parse
+    >>> spec = parse({"image": "i", "baseModelPath": "/m", "dataGeneration": {"teacher": {"modelPath": "/t",
+    ...     "replicas": 2}}, "storage": {"models": {"claimName": "m"}, "data": {"claimName": "d"},
+    ...     "checkpoints": {"claimName": "c"}}})
+    >>> teacher_urls(Run("r", "ns", "uid", {}, spec))
+    'http://r-teacher-0.r-teacher.ns.svc:8000/v1,http://r-teacher-1.r-teacher.ns.svc:8000/v1'
+    """
+    name = teacher_name(run.name)
+    return ",".join(f"http://{name}-{i}.{name}.{run.namespace}.svc:{VLLM_PORT}/v1"
+                    for i in range(run.spec.data_generation.teacher.replicas))
 
 
 def judge_env(run: Run) -> list[dict]:
@@ -272,7 +287,7 @@ def stage_objects(run: Run, stage: str, attempt: int) -> list[dict[str, Any]]:
     if stage == "dataGeneration":
         objects += teacher_objects(run)
         objects.append(single_pod_job(run, stage, attempt, gpus=0,
-                                      env=[{"name": "LONGALIGN_TEACHER_URL", "value": teacher_url(run)}]))
+                                      env=[{"name": "LONGALIGN_TEACHER_URL", "value": teacher_urls(run)}]))
     elif stage == "training":
         objects += [training_service(run), training_job(run, attempt)]
     else:

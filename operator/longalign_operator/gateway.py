@@ -84,7 +84,7 @@ class Gateway:
         ns = obj["metadata"]["namespace"]
         create = {
             "ConfigMap": self.core.create_namespaced_config_map, "Service": self.core.create_namespaced_service,
-            "Job": self.batch.create_namespaced_job, "Deployment": self.apps.create_namespaced_deployment,
+            "Job": self.batch.create_namespaced_job, "StatefulSet": self.apps.create_namespaced_stateful_set,
         }[obj["kind"]]
         try:
             create(ns, obj)
@@ -98,7 +98,7 @@ class Gateway:
         """Delete an object and its dependents in the background; False when it was already gone."""
         delete = {
             "ConfigMap": self.core.delete_namespaced_config_map, "Service": self.core.delete_namespaced_service,
-            "Job": self.batch.delete_namespaced_job, "Deployment": self.apps.delete_namespaced_deployment,
+            "Job": self.batch.delete_namespaced_job, "StatefulSet": self.apps.delete_namespaced_stateful_set,
         }[kind]
         try:
             delete(name, ns, propagation_policy="Background")

@@ -176,7 +176,7 @@ def _succeed(obs: Observed, p: Plan, stage: str, st: StageStatus, job: JobView) 
         _record_results(p.status, stage, summary)
     if stage == "dataGeneration":
         name = builders.teacher_name(obs.run.name)
-        p.delete += [("Deployment", name), ("Service", name)]
+        p.delete += [("StatefulSet", name), ("Service", name)]
     p.events.append(("Normal", "StageSucceeded", f"{stage}: succeeded on attempt {st.attempts}"))
 
 

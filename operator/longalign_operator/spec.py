@@ -89,8 +89,6 @@ class Teacher(Model):
     served_name: str = "teacher"
     replicas: int = Field(default=1, ge=1, le=64)
     gpus_per_replica: int = Field(default=8, ge=1, le=16)
-    nodes_per_replica: int = Field(default=1, ge=1, le=16)
-    """Nodes one replica spans; above 1 the replica's pods form a Ray cluster for vLLM."""
     max_model_len: int = Field(default=65536, ge=1024)
     image: str | None = None
     """vLLM image; default: the run's image."""

@@ -54,9 +54,14 @@ def test_a_run_goes_through_every_stage_to_succeeded(cluster, operator, volumes)
 
     # While data is generated, the teacher servers run on GPU nodes behind a Service.
     wait_phase(cluster, ns, "full", "GeneratingData")
-    deployment = wait_for(lambda: cluster.get("deployments", "-n", ns)["items"], 30, "the teacher Deployment")[0]
-    assert deployment["spec"]["replicas"] == 2
+    servers = wait_for(lambda: cluster.get("statefulsets", "-n", ns)["items"], 30, "the teacher servers")[0]
+    assert servers["spec"]["replicas"] == 2
     assert cluster.get("service", "full-teacher", "-n", ns)["spec"]["ports"][0]["port"] == 8000
+    [generator] = wait_for(lambda: cluster.get("pods", "-n", ns, "-l", "job-name=full-datagen-1")["items"], 30,
+                           "the generator pod")
+    env = {e["name"]: e.get("value") for e in generator["spec"]["containers"][0]["env"]}
+    assert env["LONGALIGN_TEACHER_URL"].split(",") == [
+        f"http://full-teacher-{i}.full-teacher.{ns}.svc:8000/v1" for i in range(2)]
 
     status = wait_phase(cluster, ns, "full", "Succeeded", timeout=120)
     assert status["results"] == {"samplesGenerated": 120, "finalLoss": 1.23, "tokensPerSecond": 35100.0,
@@ -68,7 +73,8 @@ def test_a_run_goes_through_every_stage_to_succeeded(cluster, operator, volumes)
     assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "True"
 
     # The teacher servers were removed once generation ended.
-    wait_for(lambda: not cluster.get("deployments", "-n", ns)["items"], 30, "the teacher to be removed")
+    wait_for(lambda: not cluster.get("statefulsets,pods", "-n", ns, "-l", "longalign.dev/stage=teacher")["items"],
+             60, "the teacher servers to be removed")
 
     # Training ran as one group of 2 pods x 8 GPUs with the rendezvous wiring torchrun needs.
     [job] = jobs(cluster, ns, "training")

@@ -1,0 +1,137 @@
+"""The planner and builders are pure: their decisions and objects are checked here without a cluster."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from longalign_operator import builders
+from longalign_operator.builders import Run
+from longalign_operator.plan import JobView, Observed, PodView, plan
+from longalign_operator.spec import parse
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+STORAGE = {"models": {"claimName": "models"}, "data": {"claimName": "data", "subPath": "team-a"},
+           "checkpoints": {"claimName": "ckpt"}}
+
+
+def make_run(labels=None, **spec) -> Run:
+    body = {"image": "trainer:1", "baseModelPath": "/models/m", "storage": STORAGE,
+            "training": {"datasetPath": "/data/d.jsonl"}, **spec}
+    return Run(name="r", namespace="ns", uid="u-1", labels=labels or {}, spec=parse(body))
+
+
+def observe(run: Run, status=None, jobs=(), now=T0, missing=()) -> Observed:
+    return Observed(run=run, status=status or {}, generation=1, now=now, created=T0,
+                    jobs={j.name: j for j in jobs}, missing=tuple(missing))
+
+
+def advance(run: Run, status: dict, jobs=(), now=T0):
+    p = plan(observe(run, status, jobs, now))
+    return p, p.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def test_training_group_is_an_indexed_job_with_rendezvous_env_and_the_users_pod_options():
+    run = make_run(labels={"kueue.x-k8s.io/queue-name": "gpus"}, imagePullSecrets=["regcred"], training={
+        "datasetPath": "/data/d.jsonl", "nodes": 4, "gpusPerNode": 8, "activeDeadlineSeconds": 3600,
+        "pod": {"nodeSelector": {"nvidia.com/gpu.product": "H100"}, "priorityClassName": "high",
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                "resources": {"requests": {"memory": "800Gi", "cpu": 96}},
+                "env": [{"name": "NCCL_DEBUG", "value": "WARN"}], "labels": {"team": "a"},
+                "annotations": {"note": "x"}}})
+    job = builders.training_job(run, 3)
+    assert job["metadata"]["name"] == "r-train-3"
+    assert job["metadata"]["ownerReferences"][0] == {
+        "apiVersion": "longalign.dev/v1alpha1", "kind": "LongAlignRun", "name": "r", "uid": "u-1",
+        "controller": True, "blockOwnerDeletion": True}
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["backoffLimit"]) == (
+        "Indexed", 4, 4, 0)
+    assert spec["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
+    assert spec["activeDeadlineSeconds"] == 3600
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == "r-train" and pod["restartPolicy"] == "Never"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"} and pod["priorityClassName"] == "high"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    [c] = pod["containers"]
+    assert c["resources"] == {"requests": {"memory": "800Gi", "cpu": "96"}, "limits": {"nvidia.com/gpu": "8"}}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+    assert env["MASTER_ADDR"] == "r-train-3-0.r-train" and env["WORLD_SIZE"] == "32"
+    assert env["NODE_RANK"] == {"fieldRef": {
+        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    assert env["NCCL_DEBUG"] == "WARN"
+    assert c["command"][:2] == ["torchrun", "--nnodes=4"] and c["command"][-3:] == [
+        "train", "--config", "/etc/longalign/config.json"]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/data"]["subPath"] == "team-a" and "/dev/shm" in mounts and "/checkpoints" in mounts
+    assert spec["template"]["metadata"]["labels"]["team"] == "a"
+    assert spec["template"]["metadata"]["annotations"] == {"note": "x"}
+
+
+def test_a_new_run_starts_its_first_enabled_stage_and_records_the_attempt():
+    p, status = advance(make_run(), {})
+    assert status["phase"] == "Training" and status["stages"]["training"]["attempts"] == 1
+    assert [(o["kind"], o["metadata"]["name"]) for o in p.create] == [
+        ("ConfigMap", "r-train-1"), ("Service", "r-train"), ("Job", "r-train-1")]
+    # The same snapshot gives the same decisions: a restarted operator creates nothing new.
+    again, _ = advance(make_run(), {})
+    assert again.create == p.create
+
+
+def test_a_completed_stage_records_its_summary_and_the_next_stage_starts_in_the_same_pass():
+    run = make_run(evaluation={"needle": {}})
+    _, status = advance(run, {})
+    done = JobView("r-train-1", "Complete", pods=(PodView(
+        "r-train-1-0", "Succeeded", termination_message='{"final_loss": 1.5, "checkpoint_path": "/c/final"}'),))
+    p, status = advance(run, status, [done])
+    assert status["stages"]["training"]["state"] == "Succeeded"
+    assert status["results"] == {"finalLoss": 1.5, "checkpointPath": "/c/final"}
+    assert status["phase"] == "Evaluating" and [o["metadata"]["name"] for o in p.create] == ["r-eval-1", "r-eval-1"]
+
+
+def test_failures_are_retried_up_to_the_backoff_limit_then_the_run_fails_naming_the_reason():
+    run = make_run(training={"datasetPath": "/d", "backoffLimit": 1})
+    _, status = advance(run, {})
+    failed = PodView("r-train-1-0", "Failed", termination_message="NCCL timeout", exit_code=1)
+    p, status = advance(run, status, [JobView("r-train-1", "Failed", "BackoffLimitExceeded", pods=(failed,))])
+    assert status["stages"]["training"]["attempts"] == 2 and status["phase"] == "Training"
+    assert ("Warning", "StageRetrying") == p.events[0][:2]
+    failed2 = PodView("r-train-2-1", "Failed", termination_message="NCCL timeout", exit_code=1)
+    p, status = advance(run, status, [JobView("r-train-2", "Failed", "BackoffLimitExceeded", pods=(failed2,))])
+    assert status["phase"] == "Failed" and not p.create
+    assert "exited with code 1" in status["message"] and "NCCL timeout" in status["message"]
+
+
+def test_pods_that_cannot_start_are_reported_then_torn_down_at_the_startup_deadline():
+    run = make_run(training={"datasetPath": "/d", "startupDeadlineSeconds": 600, "backoffLimit": 0})
+    _, status = advance(run, {})
+    stuck = JobView("r-train-1", "Active", pods=(
+        PodView("r-train-1-0", "Running"),
+        PodView("r-train-1-1", "Pending", "ImagePullBackOff", 'Back-off pulling image "trainer:1"')))
+    _, status = advance(run, status, [stuck], now=T0 + timedelta(seconds=60))
+    assert (status["stages"]["training"]["state"], status["stages"]["training"]["reason"]) == (
+        "Starting", "ImagePullBackOff")
+    p, status = advance(run, status, [stuck], now=T0 + timedelta(seconds=601))
+    assert ("Job", "r-train-1") in p.delete
+    assert status["phase"] == "Failed" and status["stages"]["training"]["reason"] == "StartupDeadlineExceeded"
+
+
+def test_suspend_deletes_the_active_attempt_and_resume_starts_a_new_one_without_counting_a_failure():
+    run = make_run()
+    _, status = advance(run, {})
+    running = JobView("r-train-1", "Active", pods=(PodView("r-train-1-0", "Running"),))
+    suspended = make_run(suspend=True)
+    p, status = advance(suspended, status, [running])
+    assert p.delete == [("Job", "r-train-1")] and status["phase"] == "Suspended"
+    p, status = advance(run, status, [])
+    assert status["stages"]["training"]["attempts"] == 2 and status["stages"]["training"]["failures"] == 0
+    assert ("Normal", "Resumed") == p.events[0][:2]
+
+
+def test_missing_claims_hold_the_run_and_ttl_deletes_a_finished_one():
+    missing = ["PersistentVolumeClaim 'ckpt' (spec.storage.checkpoints.claimName)"]
+    held = plan(observe(make_run(), missing=missing))
+    assert held.status.phase == "Pending" and "'ckpt'" in held.status.message and not held.create
+    finished = {"phase": "Succeeded", "completionTime": "2026-11-23T12:00:00Z"}
+    run = make_run(ttlSecondsAfterFinished=60)
+    assert not plan(observe(run, finished, now=T0 + timedelta(seconds=59))).delete_run
+    assert plan(observe(run, finished, now=T0 + timedelta(seconds=60))).delete_run
