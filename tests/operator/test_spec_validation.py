@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from longalign_operator import crd
 from longalign_operator.spec import SpecError, parse
 
@@ -137,3 +138,11 @@ def test_kubectl_apply_accepts_good_specs_and_get_shows_the_columns(crd_installe
     table = crd_installed.kubectl("get", "lar", "-n", namespace).stdout.splitlines()
     assert table[0].split() == ["NAME", "PHASE", "STAGE", "PROGRESS", "ETA", "SCORE", "AGE"]
     assert sorted(line.split()[0] for line in table[1:]) == sorted(c for c, _ in GOOD_SPECS)
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("example", sorted((REPO / "manifests" / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_example_is_accepted_by_the_apiserver(crd_installed, namespace, example):
+    out = crd_installed.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(example))
+    assert "created (server dry run)" in out.stdout
+    parse(yaml.safe_load(example.read_text())["spec"])
