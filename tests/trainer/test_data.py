@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -54,3 +55,33 @@ def test_files_are_mixed_by_ratio_without_repeats(tmp_path, tokenizer):
     assert len({e.source for e in examples}) == 60
     again, _ = load_examples([(a, 1.0), (b, 2.0)], tokenizer, 4096, "drop", seed=0)
     assert [e.source for e in again] == [e.source for e in examples]
+
+
+def test_ranks_sharing_the_tokenizing_get_what_one_process_gets(tmp_path, tokenizer):
+    """Each of 3 ranks tokenizes every 3rd line; after the gather every rank holds the one-process result."""
+    a = make_dataset(tmp_path / "long.jsonl", 21, seed=1)
+    b = write_jsonl(tmp_path / "bad.jsonl", ["{oops", *[GOOD] * 5, {"messages": []}, "[]"])
+    files = [(a, 1.0), (b, 1.0)]
+    alone, alone_report = load_examples(files, tokenizer, 4096, "drop", seed=3)
+
+    world, slots, barrier = 3, [None] * 3, threading.Barrier(3)
+    results = [None] * world
+
+    def rank(r):
+        def all_gather(obj):  # what torch.distributed.all_gather_object does across processes
+            slots[r] = obj
+            barrier.wait()
+            return list(slots)
+
+        results[r] = load_examples(files, tokenizer, 4096, "drop", seed=3, rank=r, world_size=world,
+                                   all_gather=all_gather)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for examples, report in results:
+        assert [e.source for e in examples] == [e.source for e in alone]
+        assert all((x.input_ids == y.input_ids).all() and (x.labels == y.labels).all() for x, y in zip(examples, alone))
+        assert report.summary() == alone_report.summary() and report.named == alone_report.named

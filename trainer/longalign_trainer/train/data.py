@@ -4,6 +4,7 @@ A multi-hour job must neither crash on one bad line nor hide it: every record th
 counted by reason and the first ones are named by ``file:line``. Records are tokenized with the model's own
 chat template; its ``{% generation %}`` blocks mark the assistant's tokens, the only ones with labels.
 Several files are mixed by ratio (long documents + short general chat), deterministically from the seed.
+Ranks share the tokenizing (each takes every W-th line) and gather the results, so W ranks start W× sooner.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class Example:
     input_ids: "np.ndarray"  # noqa: F821
     labels: "np.ndarray"  # noqa: F821
     source: str  # file:line
+    line: int = 0
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -52,6 +54,16 @@ class DataReport:
         self.dropped[reason] += 1
         if len(self.named) < MAX_NAMED:
             self.named.append(f"{source}: {reason}")
+
+    def merge(self, others: Sequence[DataReport]) -> None:
+        """Add the counts of other ranks' reports; keep the first named records in file and line order."""
+        named = list(self.named)
+        for other in others:
+            self.records += other.records
+            self.truncated += other.truncated
+            self.dropped.update(other.dropped)
+            named.extend(other.named)
+        self.named = sorted(named, key=_line_of)[:MAX_NAMED]
 
     def summary(self) -> dict:
         """A JSON-able digest for progress lines and the stage summary."""
@@ -86,11 +98,20 @@ def check_messages(record: object) -> str | None:
     return None
 
 
-def read_conversations(path: Path, report: DataReport) -> Iterator[tuple[str, list[dict]]]:
-    """Yield ``(file:line, messages)`` for every usable line of a JSONL file; count the others in ``report``."""
+def _line_of(named: str) -> int:
+    """The line number in ``"path:line: reason"``."""
+    return int(named.split(": ", 1)[0].rsplit(":", 1)[1])
+
+
+def read_conversations(path: Path, report: DataReport, rank: int = 0,
+                       world_size: int = 1) -> Iterator[tuple[str, list[dict]]]:
+    """Yield ``(file:line, messages)`` for every usable line of a JSONL file; count the others in ``report``.
+
+    With ``world_size`` > 1, only this rank's lines (every W-th, from line ``rank + 1``) are read.
+    """
     with open(path, encoding="utf-8") as lines:
         for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
+            if (lineno - 1) % world_size != rank or not line.strip():
                 continue
             report.records += 1
             source = f"{path}:{lineno}"
@@ -106,7 +127,7 @@ def read_conversations(path: Path, report: DataReport) -> Iterator[tuple[str, li
 
 
 def tokenize(tokenizer, messages: list[dict], source: str, max_tokens: int, overlong: str,
-             report: DataReport) -> Example | None:
+             report: DataReport, line: int = 0) -> Example | None:
     """Tokenize one conversation with the chat template; None (and counted) when it cannot be trained on."""
     enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
                                         return_assistant_tokens_mask=True)
@@ -125,7 +146,7 @@ def tokenize(tokenizer, messages: list[dict], source: str, max_tokens: int, over
 
     input_ids = np.asarray(ids, dtype=np.int32)
     labels = np.where(np.asarray(mask, dtype=bool), input_ids, IGNORE_INDEX).astype(np.int32)
-    return Example(input_ids, labels, source)
+    return Example(input_ids, labels, source, line)
 
 
 def mixture_counts(available: Sequence[int], ratios: Sequence[float]) -> list[int]:
@@ -145,16 +166,30 @@ def mixture_counts(available: Sequence[int], ratios: Sequence[float]) -> list[in
 
 
 def load_examples(files: Sequence[tuple[Path, float]], tokenizer, max_tokens: int, overlong: str,
-                  seed: int) -> tuple[list[Example], DataReport]:
-    """Read, validate, tokenize and mix the training files; every record is accounted for in the report."""
+                  seed: int, rank: int = 0, world_size: int = 1,
+                  all_gather: Callable[[object], list] | None = None) -> tuple[list[Example], DataReport]:
+    """Read, validate, tokenize and mix the training files; every record is accounted for in the report.
+
+    With several ranks, each tokenizes its share and ``all_gather`` (an object all-gather over the ranks)
+    brings every rank the same examples, in file and line order, so the mixture is the same everywhere.
+    """
     report = DataReport()
     per_file: list[list[Example]] = []
     for path, _ in files:
         examples = []
-        for source, messages in read_conversations(Path(path), report):
-            if (example := tokenize(tokenizer, messages, source, max_tokens, overlong, report)) is not None:
-                examples.append(example)
+        for source, messages in read_conversations(Path(path), report, rank, world_size):
+            line = int(source.rsplit(":", 1)[1])
+            if (ex := tokenize(tokenizer, messages, source, max_tokens, overlong, report, line)) is not None:
+                examples.append(ex)
         per_file.append(examples)
+    if world_size > 1:
+        if all_gather is None:
+            raise ValueError("load_examples: several ranks need all_gather")
+        gathered = all_gather((per_file, report))
+        per_file = [sorted((ex for shard, _ in gathered for ex in shard[f]), key=lambda ex: ex.line)
+                    for f in range(len(files))]
+        report = DataReport()
+        report.merge([r for _, r in gathered])
     counts = mixture_counts([len(e) for e in per_file], [r for _, r in files])
     rng = random.Random(seed)
     mixed: list[Example] = []

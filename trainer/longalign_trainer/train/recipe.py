@@ -103,8 +103,16 @@ class Recipe:
         torch.manual_seed(cfg.seed)
 
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
+        objects_group = dist.new_group(backend="gloo")  # examples travel as pickled objects, on the CPU
+
+        def all_gather(obj):
+            out = [None] * self.world
+            dist.all_gather_object(out, obj, group=objects_group)
+            return out
+
         self.examples, self.data_report = load_examples(
-            [(f.path, f.ratio) for f in cfg.data], self.tokenizer, cfg.max_tokens_per_pack, cfg.overlong, cfg.seed)
+            [(f.path, f.ratio) for f in cfg.data], self.tokenizer, cfg.max_tokens_per_pack, cfg.overlong, cfg.seed,
+            self.rank, self.world, all_gather)
         self.sampler = StepSampler(
             [len(e) for e in self.examples], strategy=cfg.strategy, global_batch_size=cfg.global_batch_size,
             capacity=cfg.max_tokens_per_pack, micro_batch_size=cfg.micro_batch_size, world_size=self.world,
