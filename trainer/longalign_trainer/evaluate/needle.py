@@ -105,13 +105,11 @@ def make_haystack(tokenizer, filler: str, n_tokens: int) -> Haystack:
 def insert_needle(hay: Haystack, needle: str, depth_percent: float) -> tuple[str, float]:
     """The haystack with ``needle`` at the sentence boundary nearest to ``depth_percent``; and the actual depth (%).
 
-    0% and 100% put it before the first or after the last token.
+    The start of the text counts as a boundary; its end does not (the haystack is cut to length mid-sentence),
+    so 100% means after the last whole sentence.
     """
     target = hay.n_tokens * depth_percent / 100
-    candidates = [0, *hay.boundaries, hay.n_tokens] if depth_percent in (0, 100) else hay.boundaries
-    if not candidates:
-        raise ConfigError("needle: the haystack is too short to hold a sentence boundary")
-    k = min(candidates, key=lambda b: abs(b - target))
+    k = min([0, *hay.boundaries], key=lambda b: abs(b - target))
     cut = hay.offsets[k - 1][1] if k > 0 else 0
     head, tail = hay.text[:cut].rstrip(), hay.text[cut:].lstrip()
     text = " ".join(p for p in (head, needle.strip(), tail) if p)
@@ -180,7 +178,7 @@ def plot_heatmap(result: dict, path: Path, title: str) -> Path:
     cmap = matplotlib.colormaps["RdYlGn"].copy()
     cmap.set_bad("#cccccc")
     im = ax.imshow(np.ma.masked_invalid(acc), cmap=cmap, vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(lengths)), [f"{n // 1000}k" if n >= 1000 else str(n) for n in lengths])
+    ax.set_xticks(range(len(lengths)), [f"{n / 1000:g}k" if n >= 1000 else str(n) for n in lengths])
     ax.set_yticks(range(len(depths)), [f"{d:g}%" for d in depths])
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("needle depth")
