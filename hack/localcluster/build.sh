@@ -5,7 +5,7 @@
 #
 # The cache is keyed by every version below; change a version and a fresh directory is built.
 # Binaries: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, helm; plus KWOK's own
-# node stages (kwok-node-stages.yaml), taken from the same kwok module so they match the binary.
+# node stages (kwok-node-stages.yaml) and Logs CRD (kwok-logs-crd.yaml), taken from the same kwok module.
 set -euo pipefail
 
 K8S_VERSION=v1.34.4        # kube-apiserver, controller manager, scheduler, kubectl
@@ -22,6 +22,7 @@ ALL=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok hel
 missing=()
 for b in "${ALL[@]}"; do [ -x "$BIN/$b" ] || missing+=("$b"); done
 [ -s "$BIN/kwok-node-stages.yaml" ] || missing+=(kwok-node-stages)
+[ -s "$BIN/kwok-logs-crd.yaml" ] || missing+=(kwok-logs-crd)
 if [ ${#missing[@]} -eq 0 ]; then echo "$BIN"; exit 0; fi
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
@@ -74,6 +75,13 @@ copy_kwok_node_stages() {
     cat "$dir/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml"; } > "$BIN/kwok-node-stages.yaml"
 }
 
+copy_kwok_logs_crd() {
+  # KWOK serves a simulated container log from a file named in a Logs object (its CRD, from the same module).
+  local dir
+  dir=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  cp "$dir/kustomize/crd/bases/kwok.x-k8s.io_logs.yaml" "$BIN/kwok-logs-crd.yaml"
+}
+
 for b in "${missing[@]}"; do
   case $b in
     etcd) build_etcd ;;
@@ -84,9 +92,11 @@ for b in "${missing[@]}"; do
     helm) build_go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
             "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION $(helm_kube_version_flags)" ;;
     kwok-node-stages) copy_kwok_node_stages ;;
+    kwok-logs-crd) copy_kwok_logs_crd ;;
   esac
 done
 for b in "${ALL[@]}"; do [ -x "$BIN/$b" ] || { echo "build.sh: $b was not built" >&2; exit 1; }; done
 [ -s "$BIN/kwok-node-stages.yaml" ] || { echo "build.sh: kwok node stages missing" >&2; exit 1; }
+[ -s "$BIN/kwok-logs-crd.yaml" ] || { echo "build.sh: kwok Logs CRD missing" >&2; exit 1; }
 log "built ${missing[*]} in $(( $(date +%s) - start )) s into $BIN"
 echo "$BIN"

@@ -24,6 +24,7 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -206,6 +207,20 @@ class LocalCluster:
         path.write_text(json.dumps(config, indent=2))
         return path
 
+    def set_log(self, namespace: str, pod: str, lines: list[str], container: str | None = None) -> None:
+        """Make ``kubectl logs`` of a simulated pod print ``lines``, stamped now (call again to replace them).
+
+        KWOK serves the log from a file in the CRI log format that a Logs object names.
+        """
+        path = self.dir / "pod-logs" / namespace / f"{pod}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+        path.write_text("".join(f"{stamp} stdout F {line}\n" for line in lines))
+        log = {"logsFile": str(path), **({"containers": [container]} if container else {})}
+        self.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps({
+            "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Logs", "metadata": {"name": pod},
+            "spec": {"logs": [log]}}))
+
     def create(self, namespace: str, *objects: dict) -> None:
         """Create objects (as dicts) in a namespace."""
         self.kubectl("create", "-n", namespace, "-f", "-",
@@ -298,9 +313,17 @@ class LocalCluster:
             (self.bin / "kwok-node-stages.yaml").read_text(),
             (HERE / "pod-stages.yaml").read_text(),
         ]))
+        # KWOK also plays the kubelet's API (container logs from files named in Logs objects), on loopback.
+        self.kubectl("apply", "--server-side", "-f", str(self.bin / "kwok-logs-crd.yaml"))
+        wait_for(lambda: self.kubectl("get", "logs.kwok.x-k8s.io", "-A", check=False).returncode == 0, 30,
+                 "the KWOK Logs CRD")
+        kubelet_port = _free_port()
         self._spawn("kwok", kc, f"--config={config}", "--manage-all-nodes=false",
                     "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake", f"--cidr={POD_CIDR}",
-                    "--node-ip=10.250.0.1")
+                    "--node-ip=127.0.0.1",  # nodes must never point the apiserver off this machine
+                    f"--node-port={kubelet_port}", f"--server-address=127.0.0.1:{kubelet_port}",
+                    f"--tls-cert-file={self.dir / 'apiserver.crt'}",
+                    f"--tls-private-key-file={self.dir / 'apiserver.key'}", "--enable-crds=Logs")
 
     def _create_nodes(self) -> None:
         items = [self._node(shape, i) for shape, i in self.nodes]
@@ -371,4 +394,5 @@ options:
   nodeLeaseParallelism: 4
   podsOnNodeSyncParallelism: 4
   nodeLeaseDurationSeconds: 40
+  enableDebuggingHandlers: true  # container logs (kubectl logs) for simulated pods
 """

@@ -7,6 +7,7 @@ reconcile converges without duplicates.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,6 +17,9 @@ from kubernetes.client.exceptions import ApiException
 from longalign_operator.builders import LABEL_RUN, Run
 from longalign_operator.plan import JobView, Observed, PodView
 from longalign_operator.spec import GROUP, PLURAL, VERSION, LongAlignRunSpec
+from longalign_trainer.contract import parse_progress
+
+LOG_TAIL_LINES = 200
 
 WAITING_REASONS_OK = {"ContainerCreating", "PodInitializing"}
 
@@ -47,8 +51,12 @@ class Gateway:
             job = (pod.metadata.labels or {}).get("batch.kubernetes.io/job-name")
             if job:
                 pods_by_job.setdefault(job, []).append(pod_view(pod))
-        jobs = {j.metadata.name: job_view(j, pods_by_job.get(j.metadata.name, []))
-                for j in self.batch.list_namespaced_job(ns, label_selector=selector).items}
+        jobs = {}
+        for j in self.batch.list_namespaced_job(ns, label_selector=selector).items:
+            view = job_view(j, pods_by_job.get(j.metadata.name, []))
+            if view.state == "Active":
+                view = self._with_progress(view, ns)
+            jobs[view.name] = view
         created = meta["creationTimestamp"]
         return Observed(
             run=run, status=dict(body.get("status") or {}), generation=meta.get("generation", 0),
@@ -56,6 +64,21 @@ class Gateway:
             created=created if isinstance(created, datetime) else datetime.fromisoformat(created.replace("Z", "+00:00")),
             jobs=jobs, missing=tuple(self._missing(ns, spec)),
         )
+
+    def _with_progress(self, job: JobView, ns: str) -> JobView:
+        """The job with the newest progress line of its lead pod (rank 0 of a group), read from its log."""
+        lead = next((p for p in job.pods if p.phase == "Running"), None)
+        if lead is None:
+            return job
+        try:
+            log = self.core.read_namespaced_pod_log(lead.name, ns, tail_lines=LOG_TAIL_LINES, timestamps=True)
+        except ApiException:
+            return job  # no log yet (or the node cannot serve it): progress stays as it was
+        for text in reversed(log.splitlines()):
+            stamp, _, rest = text.partition(" ")
+            if (line := parse_progress(rest)) is not None:
+                return replace(job, progress=line, progress_time=stamp[:19] + "Z")
+        return job
 
     def _missing(self, ns: str, spec: LongAlignRunSpec):
         """Describe each PersistentVolumeClaim the spec names that does not exist."""

@@ -53,6 +53,10 @@ class JobView:
     reason: str | None = None
     message: str | None = None
     pods: tuple[PodView, ...] = ()
+    progress: dict[str, Any] | None = None
+    """The newest progress line its lead pod printed (the stage contract), if any."""
+    progress_time: str | None = None
+    """When that line was printed."""
 
 
 @dataclass(frozen=True)
@@ -218,11 +222,44 @@ def _observe_active(obs: Observed, p: Plan, stage: str, options, st: StageStatus
             detail = f"not all pods running after {int(waited)} s ({reason}: {message})"
             _fail_attempt(obs, p, stage, options, st, "StartupDeadlineExceeded", detail, delete=job.name)
             return
+    if state == "Running":
+        _record_progress(p, st, job)
+        quiet_since = job.progress_time or st.start_time
+        quiet = (obs.now - _parse(quiet_since)).total_seconds() if quiet_since else 0
+        if quiet > options.stall_seconds:
+            state, reason, message = "Stalled", "NoProgress", f"no progress reported for {int(quiet)} s"
     if (st.state, st.reason) != (state, reason):
-        p.events.append(("Warning" if reason in START_FAILURES or reason == "Unschedulable" else "Normal",
-                         f"Stage{state}", f"{stage}: {message or state}"))
+        warning = reason in START_FAILURES or reason in ("Unschedulable", "NoProgress")
+        p.events.append(("Warning" if warning else "Normal", f"Stage{state}", f"{stage}: {message or state}"))
     st.state, st.reason, st.message = state, reason, message
     p.status.message = f"{stage}: {message or state.lower()}"
+
+
+def _record_progress(p: Plan, st: StageStatus, job: JobView) -> None:
+    """Copy the stage's latest progress line into the stage status and the run's headline columns."""
+    line = job.progress
+    if not line or not line.get("total"):
+        return
+    st.progress_percent = round(100.0 * line["done"] / line["total"], 1)
+    st.eta_seconds = line.get("eta_s")
+    st.metrics = {k: v for k, v in (line.get("metrics") or {}).items() if isinstance(v, (int, float)) or v is None}
+    st.last_progress_time = job.progress_time
+    p.status.progress = f"{st.progress_percent:.0f}%"
+    p.status.eta = None if st.eta_seconds is None else format_duration(st.eta_seconds)
+
+
+def format_duration(seconds: float) -> str:
+    """A short human duration for the ETA column.
+
+    >>> [format_duration(s) for s in (30, 75, 4800, 90061)]
+    ['30s', '1m15s', '1h20m', '25h1m']
+    """
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60}s"
+    return f"{s // 3600}h{s % 3600 // 60}m"
 
 
 def _suspend(obs: Observed, p: Plan) -> None:

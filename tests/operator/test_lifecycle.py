@@ -176,3 +176,22 @@ def test_a_finished_run_is_deleted_with_its_children_after_its_ttl(cluster, oper
              "the run to be deleted after its TTL")
     wait_for(lambda: not cluster.get("jobs,configmaps,services", "-n", ns, "-l", "longalign.dev/run=short-lived")
              ["items"], 90, "its children to be garbage-collected")
+
+
+def test_live_progress_from_the_lead_pods_log_reaches_the_status_and_the_columns(cluster, operator, volumes):
+    ns = volumes
+    apply_run(cluster, ns, "watched", {**BASE, "training": training(labels={OUTCOME: "hang"})})
+    [lead] = wait_for(lambda: cluster.get("pods", "-n", ns, "-l",
+                                          "job-name=watched-train-1,batch.kubernetes.io/job-completion-index=0")
+                      ["items"], 60, "the lead training pod")
+    wait_for(lambda: cluster.get("pod", lead["metadata"]["name"], "-n", ns)["status"].get("phase") == "Running",
+             60, "the lead pod to run")
+    line = {"longalign": "progress", "stage": "train", "done": 45, "total": 100, "unit": "steps", "rate": 0.05,
+            "eta_s": 4800.0, "metrics": {"loss": 1.83, "tokens_per_s": 35100.0, "mfu": 0.46}}
+    cluster.set_log(ns, lead["metadata"]["name"], ["[rank0] loading model", json.dumps(line), "step 45 done"])
+    status = wait_for(lambda: (s := run_status(cluster, ns, "watched")).get("progress") == "45%" and s, 60,
+                      "the progress to reach the status")
+    assert status["eta"] == "1h20m"
+    assert status["stages"]["training"]["metrics"] == {"loss": 1.83, "tokens_per_s": 35100.0, "mfu": 0.46}
+    row = cluster.kubectl("get", "lar", "watched", "-n", ns).stdout.splitlines()[1].split()
+    assert row[1:5] == ["Training", "training", "45%", "1h20m"]

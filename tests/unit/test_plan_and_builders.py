@@ -135,3 +135,19 @@ def test_missing_claims_hold_the_run_and_ttl_deletes_a_finished_one():
     run = make_run(ttlSecondsAfterFinished=60)
     assert not plan(observe(run, finished, now=T0 + timedelta(seconds=59))).delete_run
     assert plan(observe(run, finished, now=T0 + timedelta(seconds=60))).delete_run
+
+
+def test_progress_lines_reach_the_status_and_silence_marks_the_stage_stalled():
+    run = make_run(training={"datasetPath": "/d", "stallSeconds": 600})
+    _, status = advance(run, {})
+    line = {"longalign": "progress", "stage": "train", "done": 45, "total": 100, "unit": "steps", "rate": 0.1,
+            "eta_s": 550.0, "metrics": {"loss": 1.7, "tokens_per_s": 35000.0}}
+    running = JobView("r-train-1", "Active", pods=(PodView("r-train-1-0", "Running"),), progress=line,
+                      progress_time="2026-11-23T12:05:00Z")
+    _, status = advance(run, status, [running], now=T0 + timedelta(minutes=6))
+    st = status["stages"]["training"]
+    assert (status["progress"], status["eta"], st["state"]) == ("45%", "9m10s", "Running")
+    assert st["metrics"] == {"loss": 1.7, "tokens_per_s": 35000.0}
+    p, status = advance(run, status, [running], now=T0 + timedelta(minutes=15, seconds=1))
+    assert (status["stages"]["training"]["state"], status["stages"]["training"]["reason"]) == ("Stalled", "NoProgress")
+    assert ("Warning", "StageStalled") == p.events[0][:2]
