@@ -146,10 +146,15 @@ def stage_config(run: Run, stage: str, attempt: int) -> dict[str, Any]:
     body = section.model_dump(mode="json", by_alias=True, exclude={"pod", "enabled", "backoff_limit",
                               "startup_deadline_seconds", "active_deadline_seconds", "stall_seconds"},
                               exclude_none=True)
+    output_dir, data_dir = f"{MOUNTS['checkpoints']}/{run.name}", f"{MOUNTS['data']}/{run.name}"
+    # Stages hand over through the volumes: generation writes DATA/data.jsonl, training exports OUTPUT/model.
+    if stage == "training" and "datasetPath" not in body:
+        body["datasetPath"] = f"{data_dir}/data.jsonl"
+    if stage == "evaluation" and "checkpointPath" not in body:
+        body["checkpointPath"] = f"{output_dir}/model"
     return {"stage": stage, "run": run.name, "attempt": attempt, "baseModelPath": spec.base_model_path,
-            "outputDir": f"{MOUNTS['checkpoints']}/{run.name}", "resultsDir": f"{MOUNTS['results']}/{run.name}",
-            "dataDir": f"{MOUNTS['data']}/{run.name}", "terminationMessagePath": TERMINATION_MESSAGE_PATH,
-            stage: body}
+            "outputDir": output_dir, "resultsDir": f"{MOUNTS['results']}/{run.name}", "dataDir": data_dir,
+            "terminationMessagePath": TERMINATION_MESSAGE_PATH, stage: body}
 
 
 def config_map(run: Run, stage: str, attempt: int) -> dict[str, Any]:

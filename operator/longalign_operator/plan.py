@@ -303,7 +303,7 @@ def _record_results(status: LongAlignRunStatus, stage: str, summary: dict[str, A
     pick = {
         "dataGeneration": {"samples_generated": "samples"},
         "training": {"final_loss": "final_loss", "tokens_per_second": "tokens_per_s", "mfu": "mfu",
-                     "checkpoint_path": "checkpoint_path", "last_checkpoint_step": "step"},
+                     "checkpoint_path": "export", "last_checkpoint_step": "steps"},
         "evaluation": {"long_bench_chat_score": "longbench_chat_score", "needle_accuracy": "needle_accuracy"},
     }[stage]
     for attr, key in pick.items():

@@ -21,7 +21,8 @@ BASE = {
     "storage": {"models": {"claimName": "models"}, "data": {"claimName": "data"},
                 "checkpoints": {"claimName": "checkpoints"}},
 }
-TRAIN_SUMMARY = {"final_loss": 1.23, "tokens_per_s": 35100.0, "checkpoint_path": "/checkpoints/r/final", "step": 40}
+TRAIN_SUMMARY = {"stage": "train", "ok": True, "final_loss": 1.23, "tokens_per_s": 35100.0,
+                 "export": "/checkpoints/r/model", "steps": 40}
 
 
 def training(**pod) -> dict:
@@ -65,7 +66,7 @@ def test_a_run_goes_through_every_stage_to_succeeded(cluster, operator, volumes)
 
     status = wait_phase(cluster, ns, "full", "Succeeded", timeout=120)
     assert status["results"] == {"samplesGenerated": 120, "finalLoss": 1.23, "tokensPerSecond": 35100.0,
-                                 "checkpointPath": "/checkpoints/r/final", "lastCheckpointStep": 40,
+                                 "checkpointPath": "/checkpoints/r/model", "lastCheckpointStep": 40,
                                  "longBenchChatScore": 6.4, "needleAccuracy": 0.9}
     for stage in ("dataGeneration", "training", "evaluation"):
         assert status["stages"][stage]["state"] == "Succeeded"

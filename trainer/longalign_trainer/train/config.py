@@ -123,8 +123,12 @@ def load_config(path: str | Path) -> TrainConfig:
     """
     import yaml
 
+    from longalign_trainer.train import stage_config
+
     text = Path(path).read_text()
     raw = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    if isinstance(raw, dict) and stage_config.is_envelope(raw):  # the operator's stage-config file
+        raw = stage_config.to_train(raw)
     try:
         return TrainConfig.model_validate(raw or {})
     except ValidationError as exc:
