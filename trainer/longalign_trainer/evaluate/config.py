@@ -64,6 +64,7 @@ class JudgeConfig(_Model):
                           "after that the answer is recorded as unscored")
     repeats: int = Field(1, ge=1, le=5, description="independent scores per answer (few-shot order reshuffled), "
                          "averaged; the paper scores twice")
+    request_timeout_s: float | None = Field(None, gt=0, description="per request; unset: engine.request_timeout_s")
     constrain: Literal["regex", "none"] = Field("none", description="`regex`: vLLM structured outputs force the "
                                                  "reply into the `[[N]]` rating format (vLLM judges only)")
 

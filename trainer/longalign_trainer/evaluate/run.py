@@ -109,7 +109,9 @@ async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: Progress
             lbc = cfg.longbench_chat
             cases = longbench.load_benchmark(lbc.path, lbc.few_shot_path, lbc.limit)
             j = cfg.judge
-            judge_client = Teacher(Endpoint([j.base_url], j.model, j.api_key_env, j.temperature), cfg.engine)
+            engine = cfg.engine if j.request_timeout_s is None else cfg.engine.model_copy(
+                update={"request_timeout_s": j.request_timeout_s})
+            judge_client = Teacher(Endpoint([j.base_url], j.model, j.api_key_env, j.temperature), engine)
             judge = Judge(j, judge_client, cfg.seed)
             results["longbench_chat"] = await longbench.evaluate(cases, model, judge, tokenizer, context,
                                                                  cfg.model.max_tokens, on_done)

@@ -1,0 +1,178 @@
+"""The evaluation stage against the session's real vLLM CPU server (tiny random model) as model and judge.
+
+The judge is the same server with other prompts and decoding: constrained by vLLM's structured outputs to the
+``[[N]]`` rating format (scores always parse), or unconstrained with 2 tokens (never a valid rating: retries,
+then unscored). ``FaultProxy`` in front of it records what the judge was sent and injects HTTP errors and
+timeouts. A checkpoint exported by the trainer's own code is served by the stage's own vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from evalkit import SECRET, benchmark_with_long_case, eval_config, write
+
+from longalign_trainer.contract import parse_progress
+from longalign_trainer.evaluate.config import parse_config
+from longalign_trainer.evaluate.run import run
+
+CLI = [sys.executable, "-m", "longalign_operator.cli", "eval", "--config"]
+
+
+def run_cli(config: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, str(config)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "LONGALIGN_JUDGE_API_KEY": SECRET})
+
+
+def test_longbench_chat_and_needle_end_to_end(tmp_path, vllm_server, tiny_model_dir, fault_proxy):
+    """A full small run through ``longalign eval``: every answer scored twice and averaged, the long case
+    middle-truncated, the judge given the short question (never the document), the key only in its header."""
+    judge_proxy = fault_proxy()
+    bench, shots = benchmark_with_long_case(tmp_path)
+    cfg = eval_config(tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url,
+                      judge={"repeats": 2}, longbench_chat={"path": str(bench), "few_shot_path": str(shots)},
+                      needle={"context_lengths": [500, 2000], "depths_percent": [10, 50, 90], "max_tokens": 12})
+    done = run_cli(write(tmp_path / "eval.json", cfg))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    summary = json.loads((tmp_path / "termination-log").read_text())
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    lbc = results["longbench_chat"]
+    rows = lbc["per_question"]
+    assert [r["idx"] for r in rows] == [1, 2, 3, 4]
+    assert (lbc["cases"], lbc["scored"], lbc["unscored"], lbc["truncated"]) == (4, 4, 0, 1)
+    assert [r["truncated"] for r in rows] == [False, False, False, True]
+    assert rows[3]["prompt_tokens"] + 24 <= 4096  # the long case was cut to fit the server's context
+    for r in rows:
+        assert r["prediction"] is not None and len(r["judge_scores"]) == 2 and r["judge_queries"] == 2
+        assert all(1 <= s <= 10 and s == int(s) for s in r["judge_scores"])
+        assert r["score"] == sum(r["judge_scores"]) / 2
+    mean = sum(r["score"] for r in rows) / 4
+    assert summary["longbench_chat_score"] == pytest.approx(mean, abs=1e-3) and 1 <= mean <= 10
+    assert summary["status"] == "complete" and summary["longbench_chat"]["truncated"] == 1
+
+    # what the judge saw: temperature 0, the short question, reference, 3 examples; never the document
+    sent = judge_proxy.requests
+    assert len(sent) == 8
+    cases = [json.loads(line) for line in bench.read_text().splitlines()]
+    by_query = {}
+    for req in sent:
+        body = req["body"]
+        assert body["temperature"] == 0 and "seed" not in body
+        prompt = body["messages"][-1]["content"]
+        assert "DOCUMENT START" not in prompt
+        case = next(c for c in cases if f"[Question]\n{c['query']}\n" in prompt)
+        assert case["answer"] in prompt and prompt.count("Rating: [[") == 3
+        by_query.setdefault(case["idx"], []).append(prompt)
+        assert req["authorization"] == f"Bearer {SECRET}"
+    assert sorted(by_query) == [1, 2, 3, 4] and all(len(p) == 2 for p in by_query.values())
+    assert any(p[0] != p[1] for p in by_query.values())  # the examples were reshuffled for the second score
+
+    # needle: every cell asked and graded by exact match (a random model never names the key fact)
+    nd = results["needle"]
+    assert (nd["cells"], nd["graded"], nd["skipped"], nd["errors"]) == (6, 6, 0, 0)
+    assert summary["needle_accuracy"] == 0.0
+    for c in nd["grid"]:
+        assert abs(c["actual_depth_percent"] - c["depth_percent"]) <= 15
+        assert c["prompt_tokens"] == c["context_length"]
+    png = tmp_path / "out" / "needle_heatmap.png"
+    assert summary["plots"] == [str(png)] and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    progress = [p for p in map(parse_progress, done.stdout.splitlines()) if p]
+    assert progress and progress[-1]["done"] == progress[-1]["total"] == 10 and progress[-1]["stage"] == "eval"
+    for text in (done.stdout, done.stderr, (tmp_path / "out" / "results.json").read_text(),
+                 (tmp_path / "termination-log").read_text()):
+        assert SECRET not in text
+    assert len((tmp_path / "termination-log").read_bytes()) <= 4096
+
+
+def test_a_judge_without_valid_ratings_leaves_answers_unscored(tmp_path, vllm_server, tiny_model_dir, fault_proxy):
+    """Unconstrained and cut at 2 tokens, the judge never writes [[N]]: each answer is asked ``attempts``
+    times, then recorded as unscored. No score is made up, and the mean is None, not 0."""
+    judge_proxy = fault_proxy()
+    cfg = parse_config(eval_config(tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url,
+                                   judge={"constrain": "none", "max_tokens": 2, "attempts": 2},
+                                   longbench_chat={"limit": 2}))
+    summary = run(cfg)
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["longbench_chat"]["per_question"]
+    assert len(rows) == 2 and len(judge_proxy.requests) == 4
+    for r in rows:
+        assert r["score"] is None and r["unscored_reason"] == "no_valid_score"
+        assert r["judge_queries"] == 2 and len(r["judge_replies"]) == 2 and r["prediction"] is not None
+    assert summary["longbench_chat_score"] is None
+    assert summary["longbench_chat"] == {"cases": 2, "scored": 0, "unscored": 2, "truncated": 0,
+                                         "judge_unavailable": 0}
+
+
+@pytest.mark.parametrize("fault,expect", [
+    (lambda n: 503, "http_503"),
+    (lambda n: ("delay", 3.0), "timeouts"),
+])
+def test_a_failing_judge_is_retried_then_unscored_and_the_run_incomplete(tmp_path, vllm_server, tiny_model_dir,
+                                                                         fault_proxy, fault, expect):
+    judge_proxy = fault_proxy(fault)
+    cfg = parse_config(eval_config(tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url,
+                                   judge={"request_timeout_s": 1.0}, longbench_chat={"limit": 2},
+                                   engine={"max_retries": 1}))
+    t0 = time.monotonic()
+    summary = run(cfg)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert summary["status"] == "incomplete" and "rerun" in summary["error"]
+    assert summary["longbench_chat_score"] is None and summary["longbench_chat"]["judge_unavailable"] == 2
+    for r in results["longbench_chat"]["per_question"]:
+        assert r["score"] is None and r["unscored_reason"].startswith("judge_unavailable")
+    assert results["requests"]["judge"][expect] == 4  # 2 answers x (1 try + 1 retry)
+    assert len(judge_proxy.requests) == 4
+    assert time.monotonic() - t0 < 60
+
+
+def test_a_rejected_judge_key_stops_the_run_at_once(tmp_path, vllm_server, tiny_model_dir, fault_proxy):
+    judge_proxy = fault_proxy(lambda n: 401)
+    cfg = eval_config(tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url,
+                      needle={"context_lengths": [300], "depths_percent": [50]})
+    done = run_cli(write(tmp_path / "eval.json", cfg))
+    assert done.returncode == 1, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "termination-log").read_text())
+    assert summary["status"] == "incomplete" and "HTTP 401" in summary["error"]
+    assert len(judge_proxy.requests) <= 3  # one per answer in flight at most: a 4xx is never retried
+    assert SECRET not in done.stderr + done.stdout + json.dumps(summary)
+
+
+def test_a_checkpoint_vllm_cannot_use_fails_early_with_the_reason(tmp_path, vllm_server):
+    """No weights: refused before vLLM starts (exit 3, the summary names what is missing)."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    cfg = eval_config(tmp_path, ckpt, None, vllm_server.base_url)
+    t0 = time.monotonic()
+    done = run_cli(write(tmp_path / "eval.json", cfg))
+    assert done.returncode == 3 and "weights" in done.stderr
+    summary = json.loads((tmp_path / "termination-log").read_text())
+    assert summary["status"] == "failed" and "weights" in summary["error"]
+    assert time.monotonic() - t0 < 30
+
+
+def test_a_checkpoint_exported_by_the_trainer_is_served_and_evaluated(tmp_path, vllm_server, tiny_model_dir):
+    """The trainer's own export (a few steps on the tiny model) is started in vLLM by the stage itself, answers,
+    is judged by the session's server, and leaves no server process behind."""
+    from trainer_export import train_and_export
+
+    export = train_and_export(tiny_model_dir, tmp_path / "train")
+    cfg = eval_config(tmp_path, export, None, vllm_server.base_url,
+                      model={"served_name": "trained", "max_model_len": 2048}, longbench_chat={"limit": 1},
+                      needle={"context_lengths": [400], "depths_percent": [50], "max_tokens": 8})
+    done = run_cli(write(tmp_path / "eval.json", cfg), timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "termination-log").read_text())
+    assert summary["status"] == "complete" and summary["server_context"] == 2048
+    assert summary["longbench_chat"]["scored"] == 1 and summary["needle"]["graded"] == 1
+    log = (tmp_path / "out" / "vllm-server.log").read_text()
+    assert str(export) in log
+    leftovers = subprocess.run(["pgrep", "-f", str(export)], capture_output=True, text=True).stdout.split()
+    assert leftovers == []
