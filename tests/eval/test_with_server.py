@@ -176,3 +176,21 @@ def test_a_checkpoint_exported_by_the_trainer_is_served_and_evaluated(tmp_path, 
     assert str(export) in log
     leftovers = subprocess.run(["pgrep", "-f", str(export)], capture_output=True, text=True).stdout.split()
     assert leftovers == []
+
+
+def test_a_checkpoint_vllm_loads_but_cannot_run_fails_early_with_vllms_reason(tmp_path, vllm_server):
+    """head_dim 16: vLLM's CPU backend starts, then dies on the first request. The stage's smoke request
+    finds out before any benchmark work and reports vLLM's root cause (exit 3, not "incomplete: rerun")."""
+    from longalign_trainer.tiny_model import build_tiny_model
+
+    ckpt = build_tiny_model(tmp_path / "hd16", hidden_size=64, heads=4, kv_heads=2, intermediate_size=128)
+    cfg = eval_config(tmp_path, ckpt, None, vllm_server.base_url, model={"max_model_len": 1024})
+    done = run_cli(write(tmp_path / "eval.json", cfg), timeout=400)
+    assert done.returncode == 3, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "termination-log").read_text())
+    assert summary["status"] == "failed"
+    assert summary["error"].startswith("vLLM loaded the checkpoint but cannot run it: RuntimeError: Unsupported "
+                                       "CPU attention configuration: head_dim=16"), summary["error"][:500]
+    assert not (tmp_path / "out" / "results.json").exists()
+    leftovers = subprocess.run(["pgrep", "-f", str(ckpt)], capture_output=True, text=True).stdout.split()
+    assert leftovers == []

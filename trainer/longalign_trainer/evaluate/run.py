@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,28 @@ def check_checkpoint(path: Path) -> None:
         raise CheckpointError(f"model.path: {path} lacks {', '.join(missing)}")
 
 
+_EXCEPTION = re.compile(r"\b([A-Za-z_.]*(?:Error|Exception)): (.+)$")
+
+
+def root_cause(log_path: Path) -> str:
+    """The first exception a vLLM log reports at ERROR level (its root cause), or '' when there is none.
+
+    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "log"
+    >>> _ = p.write_text("WARNING x OSError: ulimit\\n(Worker) ERROR [x.py:1] Traceback\\n"
+    ...                  "(Worker) ERROR [x.py:1] RuntimeError: Unsupported head_dim=16\\n(API) ERROR y EngineDeadError: dead\\n")
+    >>> root_cause(p)
+    'RuntimeError: Unsupported head_dim=16'
+    """
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        if " ERROR " in line and (m := _EXCEPTION.search(line)):
+            return f"{m.group(1)}: {m.group(2)}"[:500]
+    return ""
+
+
 def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
@@ -79,14 +102,36 @@ def served(cfg: EvalConfig):
     server = VLLMServer(cfg.model.path, served_name=cfg.model.served_name, max_model_len=cfg.model.max_model_len,
                         extra_args=args, log_path=cfg.output_dir / "vllm-server.log",
                         startup_timeout_s=cfg.model.startup_timeout_s)
+    if server.log_path.exists():  # the log of an earlier attempt: keep it aside, read only this one
+        server.log_path.replace(server.log_path.with_suffix(".log.prev"))
     try:
         server.start()
     except VLLMServerError as e:
-        raise CheckpointError(f"vLLM cannot serve the checkpoint {cfg.model.path}: {e}") from None
+        raise CheckpointError(f"vLLM cannot serve the checkpoint {cfg.model.path}: "
+                              f"{root_cause(server.log_path)}\n{e}") from None
     try:
+        smoke_test(server.base_url, cfg.model.served_name, server.log_path)
         yield server.base_url
     finally:
         server.stop()
+
+
+def smoke_test(base_url: str, model: str, log_path: Path, timeout_s: float = 300.0) -> None:
+    """One 1-token answer: vLLM may load a checkpoint and only fail when it first runs it (e.g. an attention
+    configuration its CPU backend does not support). That is a checkpoint problem, not a reason to retry."""
+    import openai
+
+    from longalign_trainer.vllm_server import tail
+
+    client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=timeout_s)
+    try:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hello."}], max_tokens=1)
+    except openai.OpenAIError as e:
+        time.sleep(1.0)  # let the server write its traceback
+        raise CheckpointError(f"vLLM loaded the checkpoint but cannot run it: {root_cause(log_path)} "
+                              f"({type(e).__name__}: {e}); last lines of {log_path}:\n{tail(log_path, 25)}") from None
+    finally:
+        client.close()
 
 
 async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: ProgressReporter) -> dict:
@@ -163,7 +208,7 @@ def run(cfg: EvalConfig) -> dict:
         with served(cfg) as base_url:
             results = asyncio.run(evaluate(cfg, base_url, tokenizer, progress))
     except CheckpointError as e:
-        summary.update(status="failed", error=str(e)[-1500:], elapsed_s=round(time.monotonic() - t0, 1))
+        summary.update(status="failed", error=str(e)[:1500], elapsed_s=round(time.monotonic() - t0, 1))
         _write(cfg, summary, None)
         raise
     results["config"] = cfg.model_dump(mode="json")  # names the key's env var, never the key
