@@ -1,7 +1,7 @@
 """Command line of the local control plane.
 
-    python -m localcluster demo   # start, install the project's CRDs, show the GPU nodes, stop
-    python -m localcluster up     # start and keep running until Ctrl-C; prints how to point kubectl at it
+    python -m localcluster demo   # start, show the GPU nodes, install the operator, take a run to the end, stop
+    python -m localcluster up     # start, install the CRD and RBAC, keep running until Ctrl-C (prints how to use it)
 """
 
 from __future__ import annotations
@@ -13,25 +13,38 @@ import tempfile
 import time
 from pathlib import Path
 
-from localcluster.cluster import LocalCluster, bin_dir
+from localcluster.cluster import LocalCluster, bin_dir, wait_for
+from localcluster.operator_process import install_manifests, install_operator
 
 REPO = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO / "manifests" / "crd"
+EXAMPLE = REPO / "manifests" / "examples" / "tiny-run.yaml"
 NODE_COLUMNS = ("custom-columns=NAME:.metadata.name,READY:.status.conditions[?(@.type=='Ready')].status,"
                 "GPUS:.status.allocatable.nvidia\\.com/gpu,PRODUCT:.metadata.labels.nvidia\\.com/gpu\\.product,"
                 "CPU:.status.allocatable.cpu,MEMORY:.status.allocatable.memory,"
                 "ZONE:.metadata.labels.topology\\.kubernetes\\.io/zone")
 
 
-def install_crds(cluster: LocalCluster) -> list[str]:
-    """Apply every CRD the project ships and wait until each is Established; return their names."""
-    files = sorted(CRD_DIR.glob("*.yaml")) if CRD_DIR.is_dir() else []
-    names = []
-    for f in files:
-        name = cluster.kubectl("apply", "--server-side", "-f", str(f), "-o", "name").stdout.strip()
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", name)
-        names.append(name)
-    return names
+def demo_run(cluster: LocalCluster) -> None:
+    """Install the operator (as its ServiceAccount) and take the tiny example run to its end, showing it."""
+    operator = install_operator(cluster)
+    try:
+        print(f"\noperator running (log: {operator.log}); kubectl apply -f {EXAMPLE.relative_to(REPO)}")
+        cluster.create_bound_claims("default")
+        cluster.kubectl("apply", "-n", "default", "-f", str(EXAMPLE))
+        seen = []
+
+        def finished() -> bool:
+            row = cluster.kubectl("get", "lar", "tiny", "-n", "default", "--no-headers").stdout.strip()
+            if row and (not seen or row.split()[1:3] != seen[-1].split()[1:3]):
+                seen.append(row)
+                print("  " + row, flush=True)
+            return len(row.split()) > 1 and row.split()[1] in ("Succeeded", "Failed")
+
+        wait_for(finished, 180, "the tiny run to finish", interval=0.5)
+        print(cluster.kubectl("get", "lar", "-n", "default", "-o", "wide").stdout, end="")
+        print(cluster.kubectl("get", "jobs", "-n", "default", "-l", "longalign.dev/run=tiny").stdout, end="")
+    finally:
+        operator.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,11 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     with LocalCluster(binaries, args.data_dir, gpu_nodes=args.gpu_nodes, cpu_nodes=args.cpu_nodes) as cluster:
         print(f"control plane ready in {time.monotonic() - t0:.1f} s; kubeconfig: {cluster.kubeconfig}")
-        crds = install_crds(cluster)
-        print("installed: " + (", ".join(crds) if crds else f"no CRDs yet under {CRD_DIR.relative_to(REPO)}/"))
         print(cluster.kubectl("get", "nodes", "-o", NODE_COLUMNS).stdout, end="")
-        if args.command == "up":
-            print(f"\nexport KUBECONFIG={cluster.kubeconfig} PATH={binaries}:$PATH\n"
+        if args.command == "demo":
+            demo_run(cluster)
+        else:
+            install_manifests(cluster)
+            print(f"installed manifests/crd and manifests/rbac\n\nexport KUBECONFIG={cluster.kubeconfig} "
+                  f"PATH={binaries}:$PATH\nthen: longalign operator\n"
                   "running until Ctrl-C (logs in the same folder)", flush=True)
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
             try:

@@ -221,6 +221,21 @@ class LocalCluster:
             "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Logs", "metadata": {"name": pod},
             "spec": {"logs": [log]}}))
 
+    def create_bound_claims(self, namespace: str, names: tuple[str, ...] = ("models", "data", "checkpoints")) -> None:
+        """PersistentVolumeClaims bound to hostPath volumes, as a storage provisioner would leave them (the
+        scheduler does not place pods whose claims are unbound)."""
+        for name in names:
+            pv = f"{namespace}-{name}"[:63]
+            self.kubectl("create", "-f", "-", input=json.dumps({
+                "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                         "persistentVolumeReclaimPolicy": "Delete", "hostPath": {"path": f"/tmp/{pv}"},
+                         "claimRef": {"namespace": namespace, "name": name}}}))
+            self.create(namespace, {
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+                "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                         "resources": {"requests": {"storage": "1Gi"}}}})
+
     def create(self, namespace: str, *objects: dict) -> None:
         """Create objects (as dicts) in a namespace."""
         self.kubectl("create", "-n", namespace, "-f", "-",

@@ -20,6 +20,7 @@ from longalign_operator.spec import GROUP, PLURAL, VERSION, LongAlignRunSpec
 from longalign_trainer.contract import parse_progress
 
 LOG_TAIL_LINES = 200
+TIMEOUT_S = 30  # no API call may block a reconcile for longer (the client's default is to wait forever)
 
 WAITING_REASONS_OK = {"ContainerCreating", "PodInitializing"}
 
@@ -47,12 +48,12 @@ class Gateway:
         run = Run(name=name, namespace=ns, uid=meta["uid"], labels=dict(meta.get("labels") or {}), spec=spec)
         selector = f"{LABEL_RUN}={name}"
         pods_by_job: dict[str, list[PodView]] = {}
-        for pod in self.core.list_namespaced_pod(ns, label_selector=selector).items:
+        for pod in self.core.list_namespaced_pod(ns, label_selector=selector, _request_timeout=TIMEOUT_S).items:
             job = (pod.metadata.labels or {}).get("batch.kubernetes.io/job-name")
             if job:
                 pods_by_job.setdefault(job, []).append(pod_view(pod))
         jobs = {}
-        for j in self.batch.list_namespaced_job(ns, label_selector=selector).items:
+        for j in self.batch.list_namespaced_job(ns, label_selector=selector, _request_timeout=TIMEOUT_S).items:
             view = job_view(j, pods_by_job.get(j.metadata.name, []))
             if view.state == "Active":
                 view = self._with_progress(view, ns)
@@ -71,7 +72,8 @@ class Gateway:
         if lead is None:
             return job
         try:
-            log = self.core.read_namespaced_pod_log(lead.name, ns, tail_lines=LOG_TAIL_LINES, timestamps=True)
+            log = self.core.read_namespaced_pod_log(lead.name, ns, tail_lines=LOG_TAIL_LINES, timestamps=True,
+                                                    _request_timeout=TIMEOUT_S)
         except ApiException:
             return job  # no log yet (or the node cannot serve it): progress stays as it was
         for text in reversed(log.splitlines()):
@@ -94,7 +96,7 @@ class Gateway:
     @staticmethod
     def _exists(read, name: str, ns: str) -> bool:
         try:
-            read(name, ns)
+            read(name, ns, _request_timeout=TIMEOUT_S)
             return True
         except ApiException as e:
             if e.status == 404:
@@ -110,7 +112,7 @@ class Gateway:
             "Job": self.batch.create_namespaced_job, "StatefulSet": self.apps.create_namespaced_stateful_set,
         }[obj["kind"]]
         try:
-            create(ns, obj)
+            create(ns, obj, _request_timeout=TIMEOUT_S)
             return True
         except ApiException as e:
             if e.status == 409:
@@ -124,7 +126,7 @@ class Gateway:
             "Job": self.batch.delete_namespaced_job, "StatefulSet": self.apps.delete_namespaced_stateful_set,
         }[kind]
         try:
-            delete(name, ns, propagation_policy="Background")
+            delete(name, ns, propagation_policy="Background", _request_timeout=TIMEOUT_S)
             return True
         except ApiException as e:
             if e.status == 404:
@@ -135,7 +137,7 @@ class Gateway:
         """Delete the run itself (its children follow through their owner references)."""
         try:
             self.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name,
-                                                        propagation_policy="Background")
+                                                        propagation_policy="Background", _request_timeout=TIMEOUT_S)
         except ApiException as e:
             if e.status != 404:
                 raise

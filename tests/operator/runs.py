@@ -29,18 +29,3 @@ def wait_phase(cluster: LocalCluster, namespace: str, name: str, phase: str, tim
         return wait_for(reached, timeout, f"run {name} to reach {phase}", interval=0.5)
     except TimeoutError as e:
         raise TimeoutError(f"{e}; last status: {json.dumps(run_status(cluster, namespace, name))}") from None
-
-
-def create_claims(cluster: LocalCluster, namespace: str, names=("models", "data", "checkpoints")) -> None:
-    """Claims bound to hostPath volumes, as a storage provisioner would leave them, so pods can schedule."""
-    for name in names:
-        pv = f"{namespace}-{name}"[:63]
-        cluster.kubectl("create", "-f", "-", input=json.dumps({
-            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                     "persistentVolumeReclaimPolicy": "Delete", "hostPath": {"path": f"/tmp/{pv}"},
-                     "claimRef": {"namespace": namespace, "name": name}}}))
-        cluster.create(namespace, {
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
-            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
-                     "resources": {"requests": {"storage": "1Gi"}}}})

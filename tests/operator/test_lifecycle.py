@@ -8,7 +8,7 @@ import json
 import pytest
 from localcluster import LocalCluster, wait_for
 
-from runs import apply_run, create_claims, run_status, wait_phase
+from runs import apply_run, run_status, wait_phase
 
 pytestmark = pytest.mark.cluster
 
@@ -114,7 +114,7 @@ def test_a_missing_volume_claim_holds_the_run_until_it_appears(cluster, operator
     assert "PersistentVolumeClaim 'models' (spec.storage.models.claimName)" in status
     assert run_status(cluster, namespace, "waiting")["phase"] == "Pending"
     assert not jobs(cluster, namespace, "training")
-    create_claims(cluster, namespace)
+    cluster.create_bound_claims(namespace)
     wait_phase(cluster, namespace, "waiting", "Succeeded")
 
 
