@@ -149,3 +149,11 @@ def test_exact_match_grading():
     assert not needle.is_correct("The secret is rosemary, smoked lightly.", "smoked rosemary")
     assert not needle.is_correct(None, "smoked rosemary")
     assert needle.normalize("smoked rosemary") not in needle.normalize(needle.load_haystack(None))
+
+
+def test_the_shipped_example_config_validates():
+    from longalign_trainer.evaluate.config import DATA_DIR
+
+    cfg = load_config(DATA_DIR / "example.yaml")
+    assert cfg.judge.repeats == 2 and cfg.judge.temperature == 0 and cfg.model.temperature == 0
+    assert cfg.longbench_chat is not None and cfg.needle is not None
