@@ -54,6 +54,9 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match="longbench_chat needs a judge"):
         load_config(write(tmp_path / "nojudge.json", {"model": {"path": "m"}, "output_dir": "o",
                                                       "longbench_chat": {"path": "b"}}))
+    with pytest.raises(ConfigError, match="needle.grade_with_judge needs a judge"):
+        load_config(write(tmp_path / "nojudge2.json", {"model": {"path": "m"}, "output_dir": "o",
+                                                       "needle": {"grade_with_judge": True}}))
 
 
 def test_judge_prompt_holds_question_reference_and_examples_never_the_document():

@@ -37,7 +37,8 @@ def test_longbench_chat_and_needle_end_to_end(tmp_path, vllm_server, tiny_model_
     bench, shots = benchmark_with_long_case(tmp_path)
     cfg = eval_config(tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url,
                       judge={"repeats": 2}, longbench_chat={"path": str(bench), "few_shot_path": str(shots)},
-                      needle={"context_lengths": [500, 2000], "depths_percent": [10, 50, 90], "max_tokens": 12})
+                      needle={"context_lengths": [500, 2000], "depths_percent": [10, 50, 90], "max_tokens": 12,
+                              "grade_with_judge": True})
     done = run_cli(write(tmp_path / "eval.json", cfg))
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -59,10 +60,17 @@ def test_longbench_chat_and_needle_end_to_end(tmp_path, vllm_server, tiny_model_
 
     # what the judge saw: temperature 0, the short question, reference, 3 examples; never the document
     sent = judge_proxy.requests
-    assert len(sent) == 8
+    assert len(sent) == 8 + 12  # 4 cases x 2 repeats, 6 needle cells x 2 repeats
     cases = [json.loads(line) for line in bench.read_text().splitlines()]
+    needle_question = results["config"]["needle"]["question"]
+    needle_sent = [r for r in sent if f"[Question]\n{needle_question}\n" in r["body"]["messages"][-1]["content"]]
+    assert len(needle_sent) == 12
+    for req in needle_sent:  # the needle sentence as reference, no examples, never the haystack
+        prompt = req["body"]["messages"][-1]["content"]
+        assert results["config"]["needle"]["needle"] in prompt and "Wendmere" not in prompt
+        assert "Rating: [[" not in prompt
     by_query = {}
-    for req in sent:
+    for req in (r for r in sent if r not in needle_sent):
         body = req["body"]
         assert body["temperature"] == 0 and "seed" not in body
         prompt = body["messages"][-1]["content"]
@@ -78,6 +86,9 @@ def test_longbench_chat_and_needle_end_to_end(tmp_path, vllm_server, tiny_model_
     nd = results["needle"]
     assert (nd["cells"], nd["graded"], nd["skipped"], nd["errors"]) == (6, 6, 0, 0)
     assert summary["needle_accuracy"] == 0.0
+    assert nd["judge_unscored"] == 0 and all(1 <= c["judge_score"] <= 10 for c in nd["grid"])
+    assert summary["needle"]["judge_mean_score"] == pytest.approx(sum(c["judge_score"] for c in nd["grid"]) / 6,
+                                                                  abs=1e-3)
     for c in nd["grid"]:
         assert abs(c["actual_depth_percent"] - c["depth_percent"]) <= 15
         assert c["prompt_tokens"] == c["context_length"]

@@ -91,6 +91,8 @@ class NeedleConfig(_Model):
     haystack_path: Path | None = Field(None, description="filler text (UTF-8), repeated as needed; "
                                        "default: the project's own")
     max_tokens: int = Field(64, gt=0, description="the longest answer")
+    grade_with_judge: bool = Field(False, description="also have the judge rate each answer 1-10 against the "
+                                   "needle (the reference's GPT-4 grading); exact match stays the headline")
 
     @model_validator(mode="after")
     def _check(self) -> "NeedleConfig":
@@ -123,6 +125,8 @@ class EvalConfig(_Model):
             raise ValueError("nothing to evaluate: set longbench_chat, needle or both")
         if self.longbench_chat is not None and self.judge is None:
             raise ValueError("longbench_chat needs a judge")
+        if self.needle is not None and self.needle.grade_with_judge and self.judge is None:
+            raise ValueError("needle.grade_with_judge needs a judge")
         return self
 
 

@@ -127,8 +127,9 @@ def build_prompt(tokenizer, cfg, filler: str, context_len: int, depth: float) ->
                       "prompt_tokens": prompt_tokens(tokenizer, content, system=SYSTEM)}
 
 
-async def evaluate(cfg, model, tokenizer, server_context: int, on_done=lambda: None) -> dict:
-    """Every cell of the grid: prompt, answer, exact-match grade; accuracy per cell and overall."""
+async def evaluate(cfg, model, tokenizer, server_context: int, on_done=lambda: None, judge=None) -> dict:
+    """Every cell of the grid: prompt, answer, exact-match grade (and the judge's 1-10 rating when ``judge``
+    is given: it sees the question, the needle as the reference answer and the answer, never the haystack)."""
     filler = load_haystack(cfg.haystack_path)
     tokenizing = asyncio.Lock()  # one tokenizer, one thread at a time (fast tokenizers are not re-entrant)
 
@@ -147,13 +148,19 @@ async def evaluate(cfg, model, tokenizer, server_context: int, on_done=lambda: N
             cell["error"] = str(e)[:300]
         else:
             cell.update(answer=c.text[:500], correct=is_correct(c.text, cfg.key_fact))
+            if judge is not None:
+                grade = await judge.grade(f"needle:{length}:{depth}", cfg.question, cfg.needle, [], c.text)
+                cell.update(judge_score=grade.score, judge_unscored_reason=grade.reason)
         on_done()
         return cell
 
     cells = await asyncio.gather(*(one(n, d) for n in cfg.context_lengths for d in cfg.depths_percent))
     graded = [c for c in cells if c["correct"] is not None]
+    judged = [c["judge_score"] for c in cells if c.get("judge_score") is not None]
     return {
         "accuracy": round(sum(c["correct"] for c in graded) / len(graded), 4) if graded else None,
+        **({"judge_mean_score": round(sum(judged) / len(judged), 3) if judged else None,
+            "judge_unscored": sum(1 for c in graded if c.get("judge_score") is None)} if judge is not None else {}),
         "cells": len(cells), "graded": len(graded),
         "skipped": sum(1 for c in cells if "skipped" in c), "errors": sum(1 for c in cells if "error" in c),
         "context_lengths": list(cfg.context_lengths), "depths_percent": list(cfg.depths_percent),

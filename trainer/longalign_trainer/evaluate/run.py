@@ -150,14 +150,16 @@ async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: Progress
     try:
         context = await model.max_model_len()
         results["server_context"] = context
-        if cfg.longbench_chat is not None:
-            lbc = cfg.longbench_chat
-            cases = longbench.load_benchmark(lbc.path, lbc.few_shot_path, lbc.limit)
+        judge = None
+        if cfg.judge is not None:
             j = cfg.judge
             engine = cfg.engine if j.request_timeout_s is None else cfg.engine.model_copy(
                 update={"request_timeout_s": j.request_timeout_s})
             judge_client = Teacher(Endpoint([j.base_url], j.model, j.api_key_env, j.temperature), engine)
             judge = Judge(j, judge_client, cfg.seed)
+        if cfg.longbench_chat is not None:
+            lbc = cfg.longbench_chat
+            cases = longbench.load_benchmark(lbc.path, lbc.few_shot_path, lbc.limit)
             results["longbench_chat"] = await longbench.evaluate(cases, model, judge, tokenizer, context,
                                                                  cfg.model.max_tokens, on_done)
             if results["longbench_chat"]["judge_unavailable"] or any(
@@ -166,7 +168,8 @@ async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: Progress
                 results["status"] = "incomplete"
                 results["error"] = "some answers could not be generated or judged for lack of a server (rerun)"
         if cfg.needle is not None:
-            results["needle"] = await needle.evaluate(cfg.needle, model, tokenizer, context, on_done)
+            results["needle"] = await needle.evaluate(cfg.needle, model, tokenizer, context, on_done,
+                                                      judge if cfg.needle.grade_with_judge else None)
             if results["needle"]["errors"]:
                 results["status"] = "incomplete"
                 results.setdefault("error", "some needle cells failed for lack of a server (rerun)")
@@ -223,7 +226,8 @@ def run(cfg: EvalConfig) -> dict:
         "needle_accuracy": nd["accuracy"] if nd else None,
         **({"longbench_chat": {k: lbc[k] for k in ("cases", "scored", "unscored", "truncated", "judge_unavailable")}}
            if lbc else {}),
-        **({"needle": {k: nd[k] for k in ("cells", "graded", "skipped", "errors")}} if nd else {}),
+        **({"needle": {k: nd[k] for k in ("cells", "graded", "skipped", "errors", "judge_mean_score",
+                                          "judge_unscored") if k in nd}} if nd else {}),
         "server_context": results.get("server_context"),
         "results": str(cfg.output_dir / "results.json"), "plots": plots,
         "elapsed_s": round(time.monotonic() - t0, 1),
