@@ -68,7 +68,8 @@ CPU_NODE = NodeShape(
 )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -280,7 +281,7 @@ class LocalCluster:
         (self.dir / "tokens.csv").write_text(f'{ADMIN_TOKEN},admin,admin,"system:masters"\n')
 
     def _start_etcd(self) -> int:
-        client, peer = _free_port(), _free_port()
+        client, peer = free_port(), free_port()
         self._spawn(
             "etcd", "--name=local", f"--data-dir={self.dir / 'etcd'}",
             f"--listen-client-urls=http://127.0.0.1:{client}", f"--advertise-client-urls=http://127.0.0.1:{client}",
@@ -290,7 +291,7 @@ class LocalCluster:
         return client
 
     def _start_apiserver(self, etcd_port: int) -> None:
-        self.api_port = _free_port()
+        self.api_port = free_port()
         d = self.dir
         self._spawn(
             "kube-apiserver", f"--etcd-servers=http://127.0.0.1:{etcd_port}",
@@ -332,7 +333,7 @@ class LocalCluster:
         self.kubectl("apply", "--server-side", "-f", str(self.bin / "kwok-logs-crd.yaml"))
         wait_for(lambda: self.kubectl("get", "logs.kwok.x-k8s.io", "-A", check=False).returncode == 0, 30,
                  "the KWOK Logs CRD")
-        kubelet_port = _free_port()
+        kubelet_port = free_port()
         self._spawn("kwok", kc, f"--config={config}", "--manage-all-nodes=false",
                     "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake", f"--cidr={POD_CIDR}",
                     "--node-ip=127.0.0.1",  # nodes must never point the apiserver off this machine

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from localcluster.cluster import LocalCluster, wait_for
+from localcluster.cluster import LocalCluster, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,13 +19,16 @@ class OperatorProcess:
     def __init__(self, kubeconfig: Path, log: Path, reconcile_interval: float = 1.0) -> None:
         self.kubeconfig, self.log, self.interval = kubeconfig, log, reconcile_interval
         self.proc: subprocess.Popen | None = None
+        self.liveness_port, self.metrics_port = free_port(), free_port()
 
     def start(self) -> None:
         """Start the operator (again)."""
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "LONGALIGN_RECONCILE_INTERVAL": str(self.interval)}
         with open(self.log, "a") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "longalign_operator.cli", "operator"],
-                                         env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "longalign_operator.cli", "operator", "--metrics-port", str(self.metrics_port),
+                 "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"],
+                env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:
         """Stop it abruptly, as a node failure or an OOM kill would."""

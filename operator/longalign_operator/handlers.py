@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from datetime import datetime, timezone
 from typing import Any
 
 import kopf
 
 from longalign_operator.gateway import Gateway
+from longalign_operator.metrics import Metrics
 from longalign_operator.plan import plan
 from longalign_operator.spec import GROUP, PLURAL, VERSION, SpecError, parse
 
 INTERVAL = float(os.environ.get("LONGALIGN_RECONCILE_INTERVAL", "5"))
+METRICS_PORT = int(os.environ.get("LONGALIGN_METRICS_PORT", "0"))
+"""Serve Prometheus metrics on this port (0: off); `longalign operator --metrics-port` sets it."""
+STALE_AFTER_S = max(60.0, 10 * INTERVAL)
+"""Liveness fails when runs exist but none was reconciled for this long (e.g. a watch silently died)."""
 
 
 @kopf.on.startup()
@@ -35,6 +42,26 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     memo.gateway = Gateway()
+    memo.metrics = Metrics()  # shared by every handler (Kopf gives each object a shallow copy of the memo)
+    if METRICS_PORT:
+        memo.metrics.serve(METRICS_PORT)
+
+
+@kopf.on.probe(id="reconcile")
+def reconciling(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    """Liveness: proves reconciliation still happens, not only that the process is up."""
+    age = time.monotonic() - memo.metrics.last_reconcile_monotonic
+    runs = len(memo.metrics.phases)
+    if runs and age > STALE_AFTER_S:
+        raise RuntimeError(f"no reconcile for {age:.0f} s while {runs} run(s) exist")
+    return {"runs": runs, "seconds_since_last_reconcile": round(age, 1)}
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def forget_deleted(event: kopf.RawEvent, uid: str, memo: kopf.Memo, **_: Any) -> None:
+    """Drop a deleted run from the metrics."""
+    if event["type"] == "DELETED":
+        memo.metrics.forget(uid)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=INTERVAL, backoff=max(INTERVAL, 5))
@@ -53,8 +80,9 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> 
         gateway.delete(kind, name, meta["namespace"])
     for obj in result.create:
         gateway.create(obj)
-    for type_, reason, message in result.events:
-        kopf.event(body, type=type_, reason=reason, message=message)
+    for event in result.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    memo.metrics.observe(meta["uid"], result, datetime.now(timezone.utc))
     new_status = result.status.model_dump(mode="json", by_alias=True, exclude_none=True)
     if new_status != _plain(body).get("status"):
         patch.status.update(new_status)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from longalign_operator import builders
 from longalign_operator.builders import Run
@@ -73,6 +73,17 @@ class Observed:
     """Objects the spec refers to that do not exist (PVCs, Secrets), each naming the field that refers to it."""
 
 
+class Event(NamedTuple):
+    """A Kubernetes Event to post on the run."""
+
+    type: str
+    """Normal or Warning."""
+    reason: str
+    message: str
+    stage: str | None = None
+    """The stage it is about, if any."""
+
+
 @dataclass
 class Plan:
     """What to do now."""
@@ -81,8 +92,7 @@ class Plan:
     create: list[dict[str, Any]] = field(default_factory=list)
     delete: list[tuple[str, str]] = field(default_factory=list)
     """(kind, name) pairs."""
-    events: list[tuple[str, str, str]] = field(default_factory=list)
-    """(type Normal|Warning, reason, message)."""
+    events: list[Event] = field(default_factory=list)
     delete_run: bool = False
 
 
@@ -104,11 +114,11 @@ def plan(obs: Observed) -> Plan:
         _suspend(obs, p)
         return _finish_conditions(obs, p)
     if status.phase == "Suspended":
-        p.events.append(("Normal", "Resumed", "run resumed; the active stage starts a new attempt"))
+        p.events.append(Event("Normal", "Resumed", "run resumed; the active stage starts a new attempt"))
     if obs.missing:
         message = "waiting for " + "; ".join(obs.missing)
         if status.message != message:
-            p.events.append(("Warning", "MissingDependency", message))
+            p.events.append(Event("Warning", "MissingDependency", message))
         status.phase, status.message = "Pending", message
         _set_condition(obs, status, "DependenciesReady", False, "NotFound", message)
         return _finish_conditions(obs, p)
@@ -130,7 +140,7 @@ def plan(obs: Observed) -> Plan:
         status.completion_time = ts(obs.now)
         status.message = "all stages succeeded"
         status.progress, status.eta = "100%", None
-        p.events.append(("Normal", "Succeeded", "run succeeded"))
+        p.events.append(Event("Normal", "Succeeded", "run succeeded"))
     return _finish_conditions(obs, p)
 
 
@@ -167,7 +177,7 @@ def _start_attempt(obs: Observed, p: Plan, stage: str, st: StageStatus) -> None:
     p.create += builders.stage_objects(obs.run, stage, st.attempts)
     p.status.message = f"{stage}: starting attempt {st.attempts}"
     p.status.progress, p.status.eta = "0%", None
-    p.events.append(("Normal", "StageStarted", f"{stage}: attempt {st.attempts} started"))
+    p.events.append(Event("Normal", "StageStarted", f"{stage}: attempt {st.attempts} started", stage))
 
 
 def _succeed(obs: Observed, p: Plan, stage: str, st: StageStatus, job: JobView) -> None:
@@ -181,7 +191,7 @@ def _succeed(obs: Observed, p: Plan, stage: str, st: StageStatus, job: JobView) 
     if stage == "dataGeneration":
         name = builders.teacher_name(obs.run.name)
         p.delete += [("StatefulSet", name), ("Service", name)]
-    p.events.append(("Normal", "StageSucceeded", f"{stage}: succeeded on attempt {st.attempts}"))
+    p.events.append(Event("Normal", "StageSucceeded", f"{stage}: succeeded on attempt {st.attempts}", stage))
 
 
 def _fail_attempt(obs: Observed, p: Plan, stage: str, options, st: StageStatus, reason: str, detail: str,
@@ -195,11 +205,11 @@ def _fail_attempt(obs: Observed, p: Plan, stage: str, options, st: StageStatus, 
         p.status.phase = "Failed"
         p.status.completion_time = ts(obs.now)
         p.status.message = f"{stage} failed after {st.attempts} attempt(s): {reason}: {detail}"
-        p.events.append(("Warning", "StageFailed", p.status.message))
+        p.events.append(Event("Warning", "StageFailed", p.status.message, stage))
         return
-    p.events.append(("Warning", "StageRetrying",
-                     f"{stage}: attempt {st.attempts} failed ({reason}: {detail}); retrying "
-                     f"({st.failures}/{options.backoff_limit} retries used)"))
+    p.events.append(Event("Warning", "StageRetrying",
+                          f"{stage}: attempt {st.attempts} failed ({reason}: {detail}); retrying "
+                          f"({st.failures}/{options.backoff_limit} retries used)", stage))
     _start_attempt(obs, p, stage, st)
 
 
@@ -230,7 +240,8 @@ def _observe_active(obs: Observed, p: Plan, stage: str, options, st: StageStatus
             state, reason, message = "Stalled", "NoProgress", f"no progress reported for {int(quiet)} s"
     if (st.state, st.reason) != (state, reason):
         warning = reason in START_FAILURES or reason in ("Unschedulable", "NoProgress")
-        p.events.append(("Warning" if warning else "Normal", f"Stage{state}", f"{stage}: {message or state}"))
+        p.events.append(Event("Warning" if warning else "Normal", f"Stage{state}", f"{stage}: {message or state}",
+                              stage))
     st.state, st.reason, st.message = state, reason, message
     p.status.message = f"{stage}: {message or state.lower()}"
 
@@ -273,7 +284,7 @@ def _suspend(obs: Observed, p: Plan) -> None:
             p.delete.append(("Job", name))
         st.state, st.reason, st.message = "Suspended", "Suspended", "run suspended; its pods were deleted"
     if status.phase != "Suspended":
-        p.events.append(("Normal", "Suspended", "run suspended: the active stage's pods are deleted"))
+        p.events.append(Event("Normal", "Suspended", "run suspended: the active stage's pods are deleted"))
     status.phase, status.message = "Suspended", "suspended (set spec.suspend to false to continue)"
 
 
@@ -282,7 +293,7 @@ def _expire(obs: Observed, p: Plan) -> None:
     done = p.status.completion_time
     if ttl is not None and done and obs.now >= _parse(done) + timedelta(seconds=ttl):
         p.delete_run = True
-        p.events.append(("Normal", "Expired", f"deleting the run {ttl} s after it finished"))
+        p.events.append(Event("Normal", "Expired", f"deleting the run {ttl} s after it finished"))
 
 
 def _summary(job: JobView) -> dict[str, Any] | None:

@@ -2,7 +2,7 @@
 
     longalign operator                                   # every namespace
     longalign operator --namespace team-a --namespace b  # only these
-    longalign operator --liveness http://0.0.0.0:8080/healthz
+    longalign operator --liveness http://0.0.0.0:8080/healthz --metrics-port 9090
 
 Credentials come from the pod's ServiceAccount in a cluster, or from KUBECONFIG outside one.
 """
@@ -15,6 +15,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--namespace", "-n", action="append", default=[],
                         help="watch only this namespace (repeatable; globs allowed); default: all namespaces")
     parser.add_argument("--verbose", "-v", action="store_true", help="log debug detail")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics at :PORT/metrics (default: off)")
     parser.add_argument("--liveness", metavar="URL", default=None,
                         help="serve a liveness endpoint here, e.g. http://0.0.0.0:8080/healthz")
 
@@ -23,8 +25,10 @@ def run(args) -> int:
     """``longalign operator``: run the Kopf operator in this process until it is stopped."""
     import kopf
 
-    import longalign_operator.handlers  # noqa: F401 - registers the handlers
+    from longalign_operator import handlers  # registers the handlers
 
+    if args.metrics_port:
+        handlers.METRICS_PORT = args.metrics_port
     kopf.configure(verbose=args.verbose)
     kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=args.namespace,
              liveness_endpoint=args.liveness)

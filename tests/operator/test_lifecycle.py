@@ -4,6 +4,7 @@ carries the summary a real stage would write."""
 from __future__ import annotations
 
 import json
+import urllib.request
 
 import pytest
 from localcluster import LocalCluster, wait_for
@@ -196,3 +197,24 @@ def test_live_progress_from_the_lead_pods_log_reaches_the_status_and_the_columns
     assert status["stages"]["training"]["metrics"] == {"loss": 1.83, "tokens_per_s": 35100.0, "mfu": 0.46}
     row = cluster.kubectl("get", "lar", "watched", "-n", ns).stdout.splitlines()[1].split()
     assert row[1:5] == ["Training", "training", "45%", "1h20m"]
+
+
+def test_metrics_and_liveness_report_the_runs(cluster, operator, volumes):
+    ns = volumes
+    apply_run(cluster, ns, "counted", {**BASE, "training": {**training(labels={OUTCOME: "fail"}), "backoffLimit": 1}})
+    wait_phase(cluster, ns, "counted", "Failed", timeout=120)
+
+    def metric(text: str, name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    text = wait_for(lambda: (t := _get(f"http://127.0.0.1:{operator.metrics_port}/metrics"))
+                    and metric(t, 'longalign_runs{phase="Failed"}') >= 1 and t, 30, "the metrics to count the run")
+    assert metric(text, 'longalign_stage_retries_total{stage="training"}') >= 1
+    assert metric(text, 'longalign_stage_duration_seconds_count{outcome="Failed",stage="training"}') >= 1
+    health = json.loads(_get(f"http://127.0.0.1:{operator.liveness_port}/healthz"))
+    assert health["reconcile"]["runs"] >= 1 and health["reconcile"]["seconds_since_last_reconcile"] < 30
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from longalign_operator import builders
 from longalign_operator.builders import Run
 from longalign_operator.plan import JobView, Observed, PodView, plan
@@ -151,3 +153,18 @@ def test_progress_lines_reach_the_status_and_silence_marks_the_stage_stalled():
     p, status = advance(run, status, [running], now=T0 + timedelta(minutes=15, seconds=1))
     assert (status["stages"]["training"]["state"], status["stages"]["training"]["reason"]) == ("Stalled", "NoProgress")
     assert ("Warning", "StageStalled") == p.events[0][:2]
+
+
+def test_liveness_fails_when_runs_exist_but_reconciling_stopped():
+    from types import SimpleNamespace
+
+    from longalign_operator import handlers
+    from longalign_operator.metrics import Metrics
+
+    memo = SimpleNamespace(metrics=Metrics())
+    assert handlers.reconciling(memo=memo)["runs"] == 0
+    memo.metrics.phases["uid-1"] = "Training"
+    assert handlers.reconciling(memo=memo)["runs"] == 1
+    memo.metrics.last_reconcile_monotonic -= handlers.STALE_AFTER_S + 1
+    with pytest.raises(RuntimeError, match="no reconcile for"):
+        handlers.reconciling(memo=memo)
