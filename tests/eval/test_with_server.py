@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from evalkit import SECRET, benchmark_with_long_case, eval_config, write
+from evalkit import SAMPLE, SECRET, benchmark_with_long_case, eval_config, write
 
 from longalign_trainer.contract import parse_progress
 from longalign_trainer.evaluate.config import parse_config
@@ -144,14 +144,31 @@ def test_a_failing_judge_is_retried_then_unscored_and_the_run_incomplete(tmp_pat
 
 
 def test_a_rejected_judge_key_stops_the_run_at_once(tmp_path, vllm_server, tiny_model_dir, fault_proxy):
+    """Through the operator's envelope: the key from LONGALIGN_JUDGE_API_KEY reaches the judge (in its header
+    only); a 401 is not retried, the run stops as incomplete, and neither output nor summary shows the key."""
     judge_proxy = fault_proxy(lambda n: 401)
-    cfg = eval_config(tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url,
-                      needle={"context_lengths": [300], "depths_percent": [50]})
-    done = run_cli(write(tmp_path / "eval.json", cfg))
+    ckpt_root, data = tmp_path / "checkpoints", tmp_path / "data"
+    (ckpt_root / "r1").mkdir(parents=True)
+    (ckpt_root / "r1" / "model").symlink_to(tiny_model_dir)  # where training exports
+    data.mkdir()
+    (data / "lbc.jsonl").write_text(SAMPLE.read_text())
+    envelope = {"stage": "evaluation", "run": "r1", "attempt": 0, "baseModelPath": str(tiny_model_dir),
+                "outputDir": str(ckpt_root / "r1"), "resultsDir": str(tmp_path / "results"), "dataDir": str(data),
+                "terminationMessagePath": str(tmp_path / "termination-log"),
+                "evaluation": {"gpus": 1, "longBenchChat": {"path": "lbc.jsonl"},
+                               "judge": {"endpoint": judge_proxy.base_url, "model": "tiny",
+                                         "apiKeySecretRef": {"name": "judge", "key": "key"}},
+                               # the stage's own settings pass through: reuse the session's server
+                               "model": {"base_url": vllm_server.base_url, "served_name": "tiny", "max_tokens": 16},
+                               "engine": {"max_retries": 2, "backoff_initial_s": 0.05}}}
+    done = run_cli(write(tmp_path / "config.json", envelope))
     assert done.returncode == 1, done.stderr[-2000:]
     summary = json.loads((tmp_path / "termination-log").read_text())
     assert summary["status"] == "incomplete" and "HTTP 401" in summary["error"]
-    assert len(judge_proxy.requests) <= 3  # one per answer in flight at most: a 4xx is never retried
+    assert summary["checkpoint"] == str(ckpt_root / "r1" / "model")
+    assert 1 <= len(judge_proxy.requests) <= 3  # one per answer in flight at most: a 4xx is never retried
+    assert all(r["authorization"] == f"Bearer {SECRET}" for r in judge_proxy.requests)
+    assert (tmp_path / "results" / "results.json").is_file()
     assert SECRET not in done.stderr + done.stdout + json.dumps(summary)
 
 
