@@ -143,6 +143,19 @@ def test_a_failing_judge_is_retried_then_unscored_and_the_run_incomplete(tmp_pat
     assert time.monotonic() - t0 < 60
 
 
+def test_a_judge_that_stays_down_is_not_asked_about_every_answer(tmp_path, vllm_server, tiny_model_dir, fault_proxy):
+    """After ``engine.max_consecutive_failures`` answers in a row failed to be judged, the rest are recorded as
+    unscored (judge unavailable) without more requests to a judge that is down or out of quota."""
+    judge_proxy = fault_proxy(lambda n: 503)
+    cfg = parse_config(eval_config(tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url,
+                                   engine={"max_retries": 1, "max_consecutive_failures": 1, "concurrency": 1}))
+    summary = run(cfg)
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["longbench_chat"]["per_question"]
+    assert summary["status"] == "incomplete" and summary["longbench_chat"]["judge_unavailable"] == 3
+    assert len(judge_proxy.requests) == 2  # the first answer: 1 try + 1 retry; then no more requests
+    assert sum("not asked" in r["unscored_reason"] for r in rows) == 2
+
+
 def test_a_rejected_judge_key_stops_the_run_at_once(tmp_path, vllm_server, tiny_model_dir, fault_proxy):
     """Through the operator's envelope: the key from LONGALIGN_JUDGE_API_KEY reaches the judge (in its header
     only); a 401 is not retried, the run stops as incomplete, and neither output nor summary shows the key."""

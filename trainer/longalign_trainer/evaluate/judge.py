@@ -12,6 +12,7 @@ the reason recorded.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 from dataclasses import dataclass, field
@@ -120,8 +121,14 @@ class Grade:
 class Judge:
     """Scores answers with the configured judge model; see the module docstring."""
 
-    def __init__(self, cfg, client: Teacher, seed: int) -> None:
+    def __init__(self, cfg, client: Teacher, seed: int, max_consecutive_failures: int = 8) -> None:
         self.cfg, self.client, self.seed = cfg, client, seed
+        # after this many answers in a row could not be judged for lack of a server, stop asking (a judge that
+        # is down or out of quota would otherwise be retried with backoff for every remaining answer)
+        self.max_consecutive_failures = max_consecutive_failures
+        self.consecutive_failures = 0
+        # answers waiting for a slot see the verdict of those before them (the client bounds the same number)
+        self.slots = asyncio.Semaphore(client.engine.concurrency)
         self.constraint = ({"extra_body": {"structured_outputs": {"regex": SCORE_REGEX}}}
                            if cfg.constrain == "regex" else {})
 
@@ -130,6 +137,13 @@ class Judge:
 
         Raises ``FatalRequestError`` (bad key, unknown model): every other answer would fail alike.
         """
+        async with self.slots:
+            if self.consecutive_failures >= self.max_consecutive_failures:
+                return Grade(score=None, reason=f"judge_unavailable: not asked after {self.consecutive_failures} "
+                             "answers in a row could not be judged")
+            return await self._grade(case, question, reference, examples, answer)
+
+    async def _grade(self, case: object, question: str, reference: str, examples: list[dict], answer: str) -> Grade:
         grade = Grade(score=None)
         for repeat in range(self.cfg.repeats):
             prompt = build_prompt(question, reference, shuffled(examples, self.seed, case, repeat), answer)
@@ -140,8 +154,10 @@ class Judge:
                     c = await self.client.complete(messages, max_tokens=self.cfg.max_tokens, endpoint=0,
                                                    **self.constraint)
                 except RequestFailed as e:
+                    self.consecutive_failures += 1
                     grade.reason = f"judge_unavailable: {e}"[:300]
                     return grade
+                self.consecutive_failures = 0
                 grade.replies.append(c.text[:2000])
                 score = parse_score(c.text)
                 if score is not None:

@@ -156,7 +156,7 @@ async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: Progress
             engine = cfg.engine if j.request_timeout_s is None else cfg.engine.model_copy(
                 update={"request_timeout_s": j.request_timeout_s})
             judge_client = Teacher(Endpoint([j.base_url], j.model, j.api_key_env, j.temperature), engine)
-            judge = Judge(j, judge_client, cfg.seed)
+            judge = Judge(j, judge_client, cfg.seed, cfg.engine.max_consecutive_failures)
         if cfg.longbench_chat is not None:
             lbc = cfg.longbench_chat
             cases = longbench.load_benchmark(lbc.path, lbc.few_shot_path, lbc.limit)
