@@ -136,7 +136,7 @@ def smoke_test(base_url: str, model: str, log_path: Path, timeout_s: float = 300
 
 async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: ProgressReporter) -> dict:
     """Both benchmarks against the served checkpoint; results (and the clients' request counts)."""
-    model = Teacher(Endpoint([base_url], cfg.model.served_name, "OPENAI_API_KEY", cfg.model.temperature,
+    model = Teacher(Endpoint([base_url], cfg.model.served_name, "LONGALIGN_MODEL_API_KEY", cfg.model.temperature,
                              max_model_len=cfg.model.max_model_len), cfg.engine)
     judge_client = None
     results: dict = {"status": "complete"}
