@@ -89,19 +89,9 @@ class Gateway:
                   "spec.storage.checkpoints": storage.checkpoints, "spec.storage.results": storage.results,
                   "spec.storage.documents": storage.documents}
         for field, source in claims.items():
-            if source is not None and not self._exists(self.core.read_namespaced_persistent_volume_claim,
-                                                      source.claim_name, ns):
+            if source is not None and not unless(404, self.core.read_namespaced_persistent_volume_claim,
+                                                 source.claim_name, ns):
                 yield f"PersistentVolumeClaim {source.claim_name!r} ({field}.claimName)"
-
-    @staticmethod
-    def _exists(read, name: str, ns: str) -> bool:
-        try:
-            read(name, ns, _request_timeout=TIMEOUT_S)
-            return True
-        except ApiException as e:
-            if e.status == 404:
-                return False
-            raise
 
     # --------------------------------------------------------------------------------------------- write
     def create(self, obj: dict[str, Any]) -> bool:
@@ -111,13 +101,7 @@ class Gateway:
             "ConfigMap": self.core.create_namespaced_config_map, "Service": self.core.create_namespaced_service,
             "Job": self.batch.create_namespaced_job, "StatefulSet": self.apps.create_namespaced_stateful_set,
         }[obj["kind"]]
-        try:
-            create(ns, obj, _request_timeout=TIMEOUT_S)
-            return True
-        except ApiException as e:
-            if e.status == 409:
-                return False
-            raise
+        return unless(409, create, ns, obj)
 
     def delete(self, kind: str, name: str, ns: str) -> bool:
         """Delete an object and its dependents in the background; False when it was already gone."""
@@ -125,22 +109,24 @@ class Gateway:
             "ConfigMap": self.core.delete_namespaced_config_map, "Service": self.core.delete_namespaced_service,
             "Job": self.batch.delete_namespaced_job, "StatefulSet": self.apps.delete_namespaced_stateful_set,
         }[kind]
-        try:
-            delete(name, ns, propagation_policy="Background", _request_timeout=TIMEOUT_S)
-            return True
-        except ApiException as e:
-            if e.status == 404:
-                return False
-            raise
+        return unless(404, delete, name, ns, propagation_policy="Background")
 
     def delete_run(self, name: str, ns: str) -> None:
         """Delete the run itself (its children follow through their owner references)."""
-        try:
-            self.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name,
-                                                        propagation_policy="Background", _request_timeout=TIMEOUT_S)
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        unless(404, self.custom.delete_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
+               propagation_policy="Background")
+
+
+def unless(status: int, call, *args: Any, **kwargs: Any) -> bool:
+    """Make an API call (with the gateway's timeout); False when it fails with ``status`` (404: already gone,
+    409: already exists), True when it succeeds; any other error is raised."""
+    try:
+        call(*args, **kwargs, _request_timeout=TIMEOUT_S)
+        return True
+    except ApiException as e:
+        if e.status == status:
+            return False
+        raise
 
 
 def job_view(job, pods: list[PodView]) -> JobView:
