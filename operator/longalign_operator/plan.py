@@ -26,6 +26,9 @@ from longalign_operator.status import Condition, LongAlignRunStatus, StageStatus
 ORDER = ("dataGeneration", "training", "evaluation")
 PHASE = {"dataGeneration": "GeneratingData", "training": "Training", "evaluation": "Evaluating"}
 ATTR = {"dataGeneration": "data_generation", "training": "training", "evaluation": "evaluation"}
+# Exit codes of the stage commands that no retry can fix: 2 a config the stage refuses, 3 a checkpoint that
+# cannot be served. Any other failure (crash, OOM, lost node, preemption) is retried up to backoffLimit.
+TERMINAL_EXIT_CODES = {2: "InvalidStageConfig", 3: "CheckpointUnusable"}
 START_FAILURES = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
                   "CreateContainerError"}
 
@@ -163,7 +166,9 @@ def _advance(obs: Observed, p: Plan, stage: str, options, st: StageStatus) -> bo
     if job.state == "Failed":
         failed_pod = next((pod for pod in job.pods if pod.phase == "Failed"), None)
         detail = _failure_detail(job, failed_pod)
-        _fail_attempt(obs, p, stage, options, st, job.reason or "Failed", detail, delete=None)
+        terminal = TERMINAL_EXIT_CODES.get(failed_pod.exit_code) if failed_pod else None
+        _fail_attempt(obs, p, stage, options, st, terminal or job.reason or "Failed", detail, delete=None,
+                      terminal=terminal is not None)
         return False
     _observe_active(obs, p, stage, options, st, job)
     return False
@@ -195,11 +200,11 @@ def _succeed(obs: Observed, p: Plan, stage: str, st: StageStatus, job: JobView) 
 
 
 def _fail_attempt(obs: Observed, p: Plan, stage: str, options, st: StageStatus, reason: str, detail: str,
-                  delete: str | None) -> None:
+                  delete: str | None, terminal: bool = False) -> None:
     st.failures += 1
     if delete:
         p.delete.append(("Job", delete))
-    if st.failures > options.backoff_limit:
+    if terminal or st.failures > options.backoff_limit:
         st.state, st.reason, st.message = "Failed", reason, detail
         st.end_time = ts(obs.now)
         p.status.phase = "Failed"

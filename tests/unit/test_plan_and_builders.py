@@ -168,3 +168,12 @@ def test_liveness_fails_when_runs_exist_but_reconciling_stopped():
     memo.metrics.last_reconcile_monotonic -= handlers.STALE_AFTER_S + 1
     with pytest.raises(RuntimeError, match="no reconcile for"):
         handlers.reconciling(memo=memo)
+
+
+@pytest.mark.parametrize("exit_code, reason", [(2, "InvalidStageConfig"), (3, "CheckpointUnusable")])
+def test_a_failure_no_retry_can_fix_fails_the_run_at_once(exit_code, reason):
+    run = make_run(training={"datasetPath": "/d", "backoffLimit": 5})
+    _, status = advance(run, {})
+    bad = PodView("r-train-1-0", "Failed", termination_message='{"ok": false}', exit_code=exit_code)
+    p, status = advance(run, status, [JobView("r-train-1", "Failed", "BackoffLimitExceeded", pods=(bad,))])
+    assert status["phase"] == "Failed" and status["stages"]["training"]["reason"] == reason and not p.create

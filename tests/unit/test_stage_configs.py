@@ -48,3 +48,13 @@ def test_data_generation_reads_the_operators_config(tmp_path, monkeypatch):
     dumped = json.loads(cfg.model_dump_json())
     assert dumped["output_dir"] == "/data/r1"
     assert len(dumped["teacher"]["base_urls"]) == 2 and dumped["questions_kept"] == 2
+
+
+def test_evaluation_reads_the_operators_config(tmp_path):
+    from longalign_trainer.evaluate.config import load_config as load_eval
+
+    cfg = load_eval(rendered("evaluation", tmp_path))
+    dumped = json.loads(cfg.model_dump_json())
+    assert dumped["model"]["path"] == "/checkpoints/r1/model"  # what training exports
+    assert (dumped["needle"]["context_lengths"], dumped["needle"]["depths_percent"]) == ([1000, 2000], [50.0])
+    assert dumped["output_dir"] == "/results/r1" and dumped["termination_message_path"] == "/dev/termination-log"
