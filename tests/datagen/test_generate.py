@@ -214,11 +214,12 @@ def test_sigterm_commits_finished_documents_at_once_and_the_rerun_completes(tmp_
 
 
 def test_retries_rate_limits_server_errors_and_timeouts(tmp_path, vllm_server, tiny_model_dir, fault_proxy):
-    faults = {0: 429, 1: 503, 2: 500, 3: ("delay", 4.0)}
+    # The timeout leaves ordinary requests (a few seconds on 2 loaded cores) far from it; only the delay hits it.
+    faults = {0: 429, 1: 503, 2: 500, 3: ("delay", 20.0)}
     proxy = fault_proxy(lambda n: faults.get(n))
     expected = make_documents(tmp_path / "docs", n_txt=1)
     cfg = parse_config(base_config(tmp_path, tmp_path / "docs", [proxy.base_url], tiny_model_dir,
-                                   engine={"concurrency": 1, "request_timeout_s": 2.0, "max_retries": 5}))
+                                   engine={"concurrency": 1, "request_timeout_s": 15.0, "max_retries": 5}))
     summary = asyncio.run(run_async(cfg, summary_path=tmp_path / "summary"))
     assert summary["status"] == "complete", summary
     assert summary["documents_done"] == len(expected) and summary["samples"] >= 1
