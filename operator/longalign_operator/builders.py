@@ -126,16 +126,17 @@ def pod_template(run: Run, stage: str, attempt: int, options: StageOptions, *, c
     template_meta = {"labels": {**(pod.labels or {}), **_labels(run, stage, attempt)}}
     if pod.annotations:
         template_meta["annotations"] = dict(pod.annotations)
-    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": volumes,
-                                **(extra or {})}
-    for key, value in (("nodeSelector", pod.node_selector), ("tolerations", pod.tolerations),
-                       ("affinity", pod.affinity), ("priorityClassName", pod.priority_class_name),
-                       ("serviceAccountName", pod.service_account_name)):
-        if value:
-            pod_spec[key] = value
-    if spec.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": n} for n in spec.image_pull_secrets]
+    pod_spec = {"restartPolicy": "Never", "containers": [container], "volumes": volumes, **(extra or {}),
+                **_placement(run, pod)}
     return {"metadata": template_meta, "spec": pod_spec}
+
+
+def _placement(run: Run, pod: PodOptions) -> dict[str, Any]:
+    """The pod-spec fields the user sets for a stage's pods (only those set), plus the run's pull secrets."""
+    fields = {"nodeSelector": pod.node_selector, "tolerations": pod.tolerations, "affinity": pod.affinity,
+              "priorityClassName": pod.priority_class_name, "serviceAccountName": pod.service_account_name,
+              "imagePullSecrets": [{"name": n} for n in run.spec.image_pull_secrets or []]}
+    return {key: value for key, value in fields.items() if value}
 
 
 def stage_config(run: Run, stage: str, attempt: int) -> dict[str, Any]:
@@ -240,11 +241,7 @@ def teacher_objects(run: Run) -> list[dict[str, Any]]:
         "ports": [{"name": "http", "containerPort": VLLM_PORT}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": VLLM_PORT}, "periodSeconds": 10},
     }
-    pod_spec: dict[str, Any] = {"containers": [container], "volumes": volumes}
-    for key, value in (("nodeSelector", dg.pod.node_selector), ("tolerations", dg.pod.tolerations),
-                       ("affinity", dg.pod.affinity), ("priorityClassName", dg.pod.priority_class_name)):
-        if value:
-            pod_spec[key] = value
+    pod_spec = {"containers": [container], "volumes": volumes, **_placement(run, dg.pod)}
     meta = _meta(run, name, "teacher")
     servers = {
         "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta,

@@ -58,11 +58,9 @@ class Gateway:
             if view.state == "Active":
                 view = self._with_progress(view, ns)
             jobs[view.name] = view
-        created = meta["creationTimestamp"]
         return Observed(
             run=run, status=dict(body.get("status") or {}), generation=meta.get("generation", 0),
             now=datetime.now(timezone.utc),
-            created=created if isinstance(created, datetime) else datetime.fromisoformat(created.replace("Z", "+00:00")),
             jobs=jobs, missing=tuple(self._missing(ns, spec)),
         )
 

@@ -77,7 +77,8 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> 
     except SpecError as e:
         _invalid(body, patch, e)
         return
-    observed = gateway.observe(_plain(body), spec)
+    plain = _plain(body)
+    observed = gateway.observe(plain, spec)
     result = plan(observed)
     for kind, name in result.delete:
         gateway.delete(kind, name, meta["namespace"])
@@ -87,7 +88,7 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> 
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     memo.metrics.observe(meta["uid"], result, datetime.now(timezone.utc))
     new_status = result.status.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if new_status != _plain(body).get("status"):
+    if new_status != plain.get("status"):
         patch.status.update(new_status)
     if result.delete_run:
         gateway.delete_run(meta["name"], meta["namespace"])

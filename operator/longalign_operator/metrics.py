@@ -15,7 +15,7 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from longalign_operator.plan import ATTR, Plan
+from longalign_operator.plan import ATTR, Plan, parse_time
 
 STAGE_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 259200)
 START_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600)
@@ -55,7 +55,7 @@ class Metrics:
             if stage is None:
                 continue
             st = getattr(result.status.stages, ATTR[stage])
-            started = _age(st.start_time, now) if st.start_time else None
+            started = (now - parse_time(st.start_time)).total_seconds() if st.start_time else None
             if reason == "StageRetrying":
                 self.retries.labels(stage).inc()
             elif reason in ("StageSucceeded", "StageFailed") and started is not None:
@@ -72,6 +72,3 @@ class Metrics:
         for phase in ("Pending", "GeneratingData", "Training", "Evaluating", "Succeeded", "Failed", "Suspended"):
             self.runs.labels(phase).set(sum(1 for p in self.phases.values() if p == phase))
 
-
-def _age(text: str, now: datetime) -> float:
-    return (now - datetime.fromisoformat(text.replace("Z", "+00:00"))).total_seconds()

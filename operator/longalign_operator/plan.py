@@ -70,7 +70,6 @@ class Observed:
     status: dict[str, Any]
     generation: int
     now: datetime
-    created: datetime
     jobs: dict[str, JobView] = field(default_factory=dict)
     missing: tuple[str, ...] = ()
     """Objects the spec refers to that do not exist (PVCs, Secrets), each naming the field that refers to it."""
@@ -232,7 +231,7 @@ def _observe_active(obs: Observed, p: Plan, stage: str, options, st: StageStatus
         else:
             state, reason, message = "Starting", "PodsStarting", None
     if state != "Running" and st.start_time:
-        waited = (obs.now - _parse(st.start_time)).total_seconds()
+        waited = (obs.now - parse_time(st.start_time)).total_seconds()
         if waited > options.startup_deadline_seconds:
             detail = f"not all pods running after {int(waited)} s ({reason}: {message})"
             _fail_attempt(obs, p, stage, options, st, "StartupDeadlineExceeded", detail, delete=job.name)
@@ -240,7 +239,7 @@ def _observe_active(obs: Observed, p: Plan, stage: str, options, st: StageStatus
     if state == "Running":
         _record_progress(p, st, job)
         quiet_since = job.progress_time or st.start_time
-        quiet = (obs.now - _parse(quiet_since)).total_seconds() if quiet_since else 0
+        quiet = (obs.now - parse_time(quiet_since)).total_seconds() if quiet_since else 0
         if quiet > options.stall_seconds:
             state, reason, message = "Stalled", "NoProgress", f"no progress reported for {int(quiet)} s"
     if (st.state, st.reason) != (state, reason):
@@ -296,7 +295,7 @@ def _suspend(obs: Observed, p: Plan) -> None:
 def _expire(obs: Observed, p: Plan) -> None:
     ttl = obs.run.spec.ttl_seconds_after_finished
     done = p.status.completion_time
-    if ttl is not None and done and obs.now >= _parse(done) + timedelta(seconds=ttl):
+    if ttl is not None and done and obs.now >= parse_time(done) + timedelta(seconds=ttl):
         p.delete_run = True
         p.events.append(Event("Normal", "Expired", f"deleting the run {ttl} s after it finished"))
 
@@ -361,5 +360,6 @@ def _finish_conditions(obs: Observed, p: Plan) -> Plan:
     return p
 
 
-def _parse(text: str) -> datetime:
+def parse_time(text: str) -> datetime:
+    """A status timestamp (RFC 3339, UTC) as an aware datetime."""
     return datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -23,7 +23,7 @@ def make_run(labels=None, **spec) -> Run:
 
 
 def observe(run: Run, status=None, jobs=(), now=T0, missing=()) -> Observed:
-    return Observed(run=run, status=status or {}, generation=1, now=now, created=T0,
+    return Observed(run=run, status=status or {}, generation=1, now=now,
                     jobs={j.name: j for j in jobs}, missing=tuple(missing))
 
 
@@ -177,3 +177,15 @@ def test_a_failure_no_retry_can_fix_fails_the_run_at_once(exit_code, reason):
     bad = PodView("r-train-1-0", "Failed", termination_message='{"ok": false}', exit_code=exit_code)
     p, status = advance(run, status, [JobView("r-train-1", "Failed", "BackoffLimitExceeded", pods=(bad,))])
     assert status["phase"] == "Failed" and status["stages"]["training"]["reason"] == reason and not p.create
+
+
+def test_teacher_servers_get_the_same_pod_options_and_pull_secrets_as_the_stage_pods():
+    run = make_run(imagePullSecrets=["regcred"], dataGeneration={
+        "teacher": {"modelPath": "/models/t", "replicas": 2},
+        "pod": {"serviceAccountName": "gen", "nodeSelector": {"pool": "a"}}})
+    servers, service = builders.teacher_objects(run)
+    pod = servers["spec"]["template"]["spec"]
+    generator = builders.single_pod_job(run, "dataGeneration", 1, gpus=0)["spec"]["template"]["spec"]
+    for key in ("imagePullSecrets", "serviceAccountName", "nodeSelector"):
+        assert pod[key] == generator[key]
+    assert service["spec"]["clusterIP"] == "None"
