@@ -68,21 +68,26 @@ def iter_raw(documents_dir: Path, text_field: str, counts: Counter) -> Iterator[
         if suffix in (".txt", ".md"):
             yield rel, rel, path.read_text(errors="replace"), None
         elif suffix == ".jsonl":
-            with open(path, errors="replace") as f:
-                for i, line in enumerate(f):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        counts["bad_record"] += 1
-                        continue
-                    yield from _record(rel, i, record, text_field, counts)
+            for i, record in read_jsonl(path, counts, "bad_record"):
+                yield from _record(rel, i, record, text_field, counts)
         else:
             import pyarrow.parquet as pq
 
             for i, record in enumerate(pq.read_table(path).to_pylist()):
                 yield from _record(rel, i, record, text_field, counts)
+
+
+def read_jsonl(path: Path, counts: Counter, bad_key: str) -> Iterator[tuple[int, object]]:
+    """(line index, parsed value) of each non-blank line of a JSONL file; a line that is not JSON is counted
+    under ``bad_key`` and skipped."""
+    with open(path, errors="replace") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                yield i, json.loads(line)
+            except ValueError:
+                counts[bad_key] += 1
 
 
 def _record(rel: str, i: int, record, text_field: str, counts: Counter):

@@ -7,10 +7,11 @@ sample, drawn at random (seeded) without replacement.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from pathlib import Path
+
+from longalign_trainer.datagen.documents import read_jsonl
 
 
 def valid_chat(record) -> bool:
@@ -37,19 +38,11 @@ def sample_short(path: Path, n_long: int, ratio: float, seed: int) -> tuple[list
     """Short chats to mix in: ``round(ratio * n_long)`` valid records of ``path`` (all of them if fewer)."""
     counts: Counter = Counter()
     records = []
-    with open(path, errors="replace") as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                counts["short_bad_json"] += 1
-                continue
-            if not valid_chat(record):
-                counts["short_invalid_or_empty_turn"] += 1
-                continue
-            records.append({"messages": record["messages"], "meta": {"source": "short", "origin": f"{path.name}:{i}"}})
+    for i, record in read_jsonl(path, counts, "short_bad_json"):
+        if not valid_chat(record):
+            counts["short_invalid_or_empty_turn"] += 1
+            continue
+        records.append({"messages": record["messages"], "meta": {"source": "short", "origin": f"{path.name}:{i}"}})
     want = round(ratio * n_long)
     if want > len(records):
         counts["short_shortfall"] += want - len(records)
