@@ -1,33 +1,43 @@
-"""Kopf handlers: thin wrappers that run one reconcile step per run, level-based, on a timer.
+"""Kopf handlers: one daemon per run reconciles it, level-based, as soon as its spec or one of its children
+changes and at least every ``LONGALIGN_RECONCILE_INTERVAL`` seconds (deadlines, stalls, TTL, live progress).
 
     longalign operator                       # all namespaces
     longalign operator --namespace team-a    # one namespace (repeatable)
 
-Each tick observes the run and its children, asks the pure planner what to do, does it through the gateway,
-and patches the status only when it really changed. Children are found by label, never remembered, so a
-restarted operator carries on where the last one stopped.
+A step reads the run and its children from watch-fed caches (Kopf indexes of Jobs, pods and claims: no API
+reads, so a step costs nothing while nothing changes), asks the pure planner what to do, does it through the
+gateway and patches the status only when it changed. Children are found by label, never remembered across
+restarts: Kopf fills the indexes before any run is reconciled, so a restarted operator carries on where the last
+one stopped without duplicates.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
 import kopf
 
+from longalign_operator.builders import LABEL_RUN, Run
+from longalign_operator.cache import JOB_NAME_LABEL, assemble, job_record, merge_patch, pod_record
 from longalign_operator.gateway import Gateway
 from longalign_operator.metrics import Metrics
-from longalign_operator.plan import plan
-from longalign_operator.spec import GROUP, PLURAL, VERSION, SpecError, parse
+from longalign_operator.plan import Observed, plan
+from longalign_operator.spec import GROUP, PLURAL, VERSION, LongAlignRunSpec, SpecError, parse
 
 INTERVAL = float(os.environ.get("LONGALIGN_RECONCILE_INTERVAL", "5"))
 METRICS_PORT = int(os.environ.get("LONGALIGN_METRICS_PORT", "0"))
 """Serve Prometheus metrics on this port (0: off); `longalign operator --metrics-port` sets it."""
 STALE_AFTER_S = max(60.0, 10 * INTERVAL)
 """Liveness fails when runs exist but none was reconciled for this long (e.g. a watch silently died)."""
+WORKERS = 16
+"""Reconcile steps run at once (their API calls block a thread; the steps themselves are short)."""
 
 
 @kopf.on.startup()
@@ -38,14 +48,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.WARNING
     settings.scanning.disabled = True  # no need to list CRDs and namespaces (and no RBAC for it)
-    # Reconcile steps are synchronous API calls; asyncio's default pool (cores + 4 threads) made 200 new runs
-    # wait for each other (benchmarks/operator_scale.py).
-    settings.execution.max_workers = 64
     # A watch that silently stops delivering events is a known Kopf failure: bound every watch request.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    memo.gateway = Gateway()
+    memo.gateway = Gateway(progress_every_s=INTERVAL)
     memo.metrics = Metrics()  # shared by every handler (Kopf gives each object a shallow copy of the memo)
+    memo.wakeups = {}  # (namespace, run name) -> asyncio.Event, set when the run needs a step now
+    memo.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="reconcile")
     if METRICS_PORT:
         memo.metrics.serve(METRICS_PORT)
 
@@ -60,25 +69,95 @@ def reconciling(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
     return {"runs": runs, "seconds_since_last_reconcile": round(age, 1)}
 
 
+# ------------------------------------------------------------------------------------- caches fed by watches
+@kopf.index("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT})
+def run_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    """Every run's Jobs, by (namespace, run)."""
+    return {(namespace, labels[LABEL_RUN]): job_record(body)}
+
+
+@kopf.index("v1", "pods", labels={LABEL_RUN: kopf.PRESENT, JOB_NAME_LABEL: kopf.PRESENT})
+def run_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+    """Every run's Job pods, by (namespace, run), as (Job name, pod)."""
+    return {(namespace, labels[LABEL_RUN]): (labels[JOB_NAME_LABEL], pod_record(body))}
+
+
+@kopf.index("v1", "persistentvolumeclaims")
+def claims(namespace: str, name: str, **_: Any) -> dict:
+    """The claims that exist, by (namespace, name)."""
+    return {(namespace, name): True}
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT})
+@kopf.on.event("v1", "pods", labels={LABEL_RUN: kopf.PRESENT})
+async def child_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    """A run's Job or pod changed: step the run now."""
+    _wake(memo, (namespace, labels[LABEL_RUN]))
+
+
+@kopf.on.event("v1", "persistentvolumeclaims")
+async def claim_changed(namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """A claim appeared or went: step the namespace's runs that wait for one."""
+    for (ns, _name), wake in memo.wakeups.items():
+        if ns == namespace:
+            wake.set()
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def forget_deleted(event: kopf.RawEvent, uid: str, memo: kopf.Memo, **_: Any) -> None:
-    """Drop a deleted run from the metrics."""
+async def run_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A run's spec changed: step it now. A run was deleted: forget it."""
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
     if event["type"] == "DELETED":
-        memo.metrics.forget(uid)
+        memo.metrics.forget(meta["uid"])
+        memo.gateway.forget(meta["uid"], meta["name"], meta["namespace"])
+        memo.wakeups.pop(key, None)
+    elif meta.get("generation") != (body.get("status") or {}).get("observedGeneration"):
+        _wake(memo, key)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=INTERVAL, backoff=max(INTERVAL, 5))
-def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+def _wake(memo: kopf.Memo, key: tuple[str, str]) -> None:
+    if (wake := memo.wakeups.get(key)) is not None:
+        wake.set()
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
+async def drive(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: kopf.Logger,
+                run_jobs: kopf.Index, run_pods: kopf.Index, claims: kopf.Index, **_: Any) -> None:
+    """Step the run whenever woken, and at least every INTERVAL seconds, until it is deleted."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    wake = memo.wakeups.setdefault(key, asyncio.Event())
+    loop = asyncio.get_running_loop()
+    while not stopped:
+        wake.clear()
+        context = contextvars.copy_context()  # lets kopf.event() post from the worker thread
+        try:
+            await loop.run_in_executor(memo.pool, context.run, reconcile, body, memo, run_jobs, run_pods, claims)
+        except Exception:  # an API error or a bug: log it, keep the run's loop alive, try again later
+            logger.exception("reconcile failed; retrying in %.0f s", INTERVAL)
+            await stopped.wait(INTERVAL)
+            continue
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=INTERVAL)
+        except asyncio.TimeoutError:
+            pass
+
+
+def reconcile(body: kopf.Body, memo: kopf.Memo, run_jobs: kopf.Index, run_pods: kopf.Index,
+              claims: kopf.Index) -> None:
     """One level-based reconcile step of a LongAlignRun."""
     gateway: Gateway = memo.gateway
-    meta = body["metadata"]
-    try:
-        spec = parse(dict(body["spec"]))
-    except SpecError as e:
-        _invalid(body, patch, e)
+    meta = dict(body["metadata"])
+    if meta.get("deletionTimestamp"):
         return
-    plain = _plain(body)
-    observed = gateway.observe(plain, spec)
+    status = gateway.written.current(meta["uid"], meta["resourceVersion"], _to_dict(body.get("status") or {}))
+    try:
+        spec = parse(_to_dict(body["spec"]))
+    except SpecError as e:
+        _invalid(body, meta, status, gateway, e)
+        return
+    observed = _observe(meta, status, spec, gateway, run_jobs, run_pods, claims)
     result = plan(observed)
     for kind, name in result.delete:
         gateway.delete(kind, name, meta["namespace"])
@@ -88,24 +167,47 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> 
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     memo.metrics.observe(meta["uid"], result, datetime.now(timezone.utc))
     new_status = result.status.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if new_status != plain.get("status"):
-        patch.status.update(new_status)
+    if patch := merge_patch(status, new_status):
+        gateway.patch_status(meta, patch)
     if result.delete_run:
         gateway.delete_run(meta["name"], meta["namespace"])
 
 
-def _invalid(body: kopf.Body, patch: kopf.Patch, error: SpecError) -> None:
-    if (body.get("status") or {}).get("phase") != "Failed":
+def _observe(meta: dict[str, Any], status: dict[str, Any], spec: LongAlignRunSpec, gateway: Gateway,
+             run_jobs: kopf.Index, run_pods: kopf.Index, claims: kopf.Index) -> Observed:
+    """The run and its children as the caches show them, corrected by this process's own recent writes."""
+    ns, name = meta["namespace"], meta["name"]
+    run = Run(name=name, namespace=ns, uid=meta["uid"], labels=dict(meta.get("labels") or {}), spec=spec)
+    seen = assemble(run_jobs.get((ns, name), ()), run_pods.get((ns, name), ()))
+    jobs = gateway.expectations.correct(ns, seen, name)
+    jobs = {n: gateway.with_progress(j, ns) if j.state == "Active" else j for n, j in jobs.items()}
+    return Observed(run=run, status=status, generation=meta.get("generation", 0), now=datetime.now(timezone.utc),
+                    jobs=jobs, missing=tuple(_missing(ns, spec, claims)))
+
+
+def _missing(ns: str, spec: LongAlignRunSpec, claims: kopf.Index):
+    """Describe each PersistentVolumeClaim the spec names that does not exist. (Secrets are not read: the
+    operator has no right to; a missing one shows as the pod's CreateContainerConfigError.)"""
+    storage = spec.storage
+    named = {"spec.storage.models": storage.models, "spec.storage.data": storage.data,
+             "spec.storage.checkpoints": storage.checkpoints, "spec.storage.results": storage.results,
+             "spec.storage.documents": storage.documents}
+    for field, source in named.items():
+        if source is not None and (ns, source.claim_name) not in claims:
+            yield f"PersistentVolumeClaim {source.claim_name!r} ({field}.claimName)"
+
+
+def _invalid(body: kopf.Body, meta: dict[str, Any], status: dict[str, Any], gateway: Gateway,
+             error: SpecError) -> None:
+    new = {"phase": "Failed", "message": f"invalid spec: {error}"}
+    if status.get("phase") != "Failed":
         kopf.event(body, type="Warning", reason="InvalidSpec", message=str(error))
-    patch.status.update({"phase": "Failed", "message": f"invalid spec: {error}"})
-
-
-def _plain(body: kopf.Body) -> dict[str, Any]:
-    """Kopf's read-only body views as plain dicts."""
-    return {"metadata": dict(body["metadata"]), "status": _to_dict(body.get("status") or {})}
+    if patch := merge_patch({k: status.get(k) for k in new}, new):
+        gateway.patch_status(meta, patch)
 
 
 def _to_dict(value: Any) -> Any:
+    """Kopf's read-only body views as plain dicts and lists."""
     if hasattr(value, "items"):
         return {k: _to_dict(v) for k, v in value.items()}
     if isinstance(value, list):
