@@ -12,7 +12,7 @@ The operator renders one envelope per stage attempt (``operator/longalign_operat
 and passes the teacher servers' base URL(s) in ``LONGALIGN_TEACHER_URL`` (comma-separated when several).
 ``to_datagen(envelope, env)`` maps that onto this stage's own settings; anything the spec does not say keeps
 its default (the paper's procedure). Keys of the stage's own config (snake_case, e.g. ``engine``) placed in the
-``dataGeneration`` section pass through unchanged.
+``dataGeneration`` section (or, for teacher settings, in its ``teacher`` section) pass through unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Mapping
 TEACHER_URL_ENV = "LONGALIGN_TEACHER_URL"
 COMPARISON = "comparison"
 CONCURRENCY_PER_REPLICA = 32
+# The spec's teacher fields; any other key in the teacher section is the stage's own teacher setting.
+SPEC_TEACHER_KEYS = {"modelPath", "servedName", "replicas", "gpusPerReplica", "maxModelLen", "image"}
 
 
 def is_envelope(raw: dict) -> bool:
@@ -47,6 +49,7 @@ def to_datagen(raw: dict, env: Mapping[str, str]) -> dict:
                  "engine": {"concurrency": CONCURRENCY_PER_REPLICA * int(teacher.get("replicas", 1))}}
     if teacher.get("maxModelLen"):
         cfg["teacher"]["max_model_len"] = teacher["maxModelLen"]
+    cfg["teacher"].update({k: v for k, v in teacher.items() if k not in SPEC_TEACHER_KEYS})
     simple = {"documentsPath": "documents_dir", "samplesPerDocument": "questions_kept",
               "minDocumentTokens": "min_tokens", "maxDocumentTokens": "max_tokens", "seed": "seed"}
     for key, name in simple.items():

@@ -168,8 +168,9 @@ def to_eval(raw: dict) -> dict:
         cfg["needle"] = {k: needle[c] for c, k in (("contextLengths", "context_lengths"),
                                                     ("depthsPercent", "depths_percent")) if c in needle}
     judge = body.pop("judge", None)
-    if judge:
-        cfg["judge"] = {"base_url": judge.get("endpoint"), "model": judge.get("model")}
+    if judge:  # besides the spec's fields, the stage's own judge settings (snake_case) pass through
+        own = {k: v for k, v in judge.items() if k not in ("endpoint", "model", "apiKeySecretRef")}
+        cfg["judge"] = {"base_url": judge.get("endpoint"), "model": judge.get("model"), **own}
     for key, value in body.items():  # the stage's own settings (snake_case), if the operator sends any
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
             cfg[key] = {**cfg[key], **value}
