@@ -1,10 +1,13 @@
 """Operator at scale on the local control plane: many runs, each a training group of many pods.
 
-    PYTHONPATH=hack .venv/bin/python benchmarks/operator_scale.py --runs 200 --pods-per-run 16
+    PYTHONPATH=hack .venv/bin/python benchmarks/operator_scale.py --runs 200 --pods-per-run 16             # burst
+    PYTHONPATH=hack .venv/bin/python benchmarks/operator_scale.py --runs 200 --pods-per-run 16 --rate 2    # paced
 
 Starts a fresh control plane with KWOK GPU nodes, installs the operator as it ships (its ServiceAccount, default
-reconcile interval), creates every run at once, and prints:
-- run created -> all its pods created: p50 / p99 over runs (watch events: the run's first, its last pod's first);
+reconcile interval), creates the runs (all at once, or paced with --rate), and prints:
+- run created -> all its pods created: p50 / p99 over runs (watch events: the run's first, its last pod's first),
+  split into run created -> its training Job created (the operator's part) and Job -> last pod (the Job
+  controller's part);
 - time until every run is Succeeded;
 - the operator process's CPU time and peak RSS.
 KWOK pods finish at once, so the figures measure the operator and the control plane, not training.
@@ -33,6 +36,12 @@ def run_object(i: int, pods: int) -> dict:
                      "storage": {"models": {"claimName": "models"}, "data": {"claimName": "data"},
                                  "checkpoints": {"claimName": "checkpoints"}},
                      "training": {"datasetPath": "/data/d.jsonl", "nodes": pods, "gpusPerNode": 1}}}
+
+
+def percentiles(values: list[float]) -> list[float]:
+    """The 1st..99th percentiles (index 49 is the median, 98 the 99th)."""
+    values = sorted(values)
+    return statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else values * 99
 
 
 def proc_usage(pid: int) -> tuple[float, int]:
@@ -69,6 +78,8 @@ def main() -> None:
     parser.add_argument("--pods-per-run", type=int, default=16)
     parser.add_argument("--gpu-nodes", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--rate", type=float, default=0,
+                        help="create the runs at this many per second (default 0: all at once, one kubectl create)")
     args = parser.parse_args()
 
     with LocalCluster(gpu_nodes=args.gpu_nodes, cpu_nodes=0) as cluster:
@@ -84,7 +95,10 @@ def main() -> None:
             config.load_kube_config(str(cluster.kubeconfig))
             pods_seen: dict[str, float] = {}
             runs_seen: dict[str, float] = {}
+            jobs_seen: dict[str, float] = {}
             stop = threading.Event()
+            threading.Thread(target=watch_first_seen, daemon=True, kwargs={"label_selector": "longalign.dev/stage=training"},
+                             args=(client.BatchV1Api().list_namespaced_job, (NS,), jobs_seen, stop)).start()
             threading.Thread(target=watch_first_seen, daemon=True, kwargs={"label_selector": "longalign.dev/stage=training"},
                              args=(client.CoreV1Api().list_namespaced_pod, (NS,), pods_seen, stop)).start()
             threading.Thread(target=watch_first_seen, daemon=True, args=(
@@ -93,8 +107,14 @@ def main() -> None:
             time.sleep(1)
             runs = [run_object(i, args.pods_per_run) for i in range(args.runs)]
             t0 = time.monotonic()
-            cluster.kubectl("create", "-n", NS, "-f", "-",
-                            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": runs}))
+            if args.rate:
+                api = client.CustomObjectsApi()
+                for i, run in enumerate(runs):
+                    time.sleep(max(0.0, t0 + i / args.rate - time.monotonic()))
+                    api.create_namespaced_custom_object("longalign.dev", "v1alpha1", NS, "longalignruns", run)
+            else:
+                cluster.kubectl("create", "-n", NS, "-f", "-",
+                                input=json.dumps({"apiVersion": "v1", "kind": "List", "items": runs}))
             applied = time.monotonic()
 
             def all_succeeded() -> bool:
@@ -114,10 +134,17 @@ def main() -> None:
         per_run.setdefault(pod.split("-train-")[0], []).append(seen)
     latencies = sorted(max(ts) - runs_seen[run] for run, ts in per_run.items()
                        if len(ts) >= args.pods_per_run and run in runs_seen)
-    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+    q = percentiles(latencies)
+    to_job = percentiles([jobs_seen[f"{run}-train-1"] - runs_seen[run] for run in runs_seen
+                          if f"{run}-train-1" in jobs_seen])
+    job_to_pods = percentiles([max(ts) - jobs_seen[f"{run}-train-1"] for run, ts in per_run.items()
+                               if len(ts) >= args.pods_per_run and f"{run}-train-1" in jobs_seen])
     print(f"runs {args.runs} x {args.pods_per_run} training pods on {args.gpu_nodes} KWOK nodes x 8 GPUs")
     print(f"creating the runs took {applied - t0:.1f} s; runs with all pods seen: {len(latencies)}/{args.runs}")
     print(f"run created -> all its pods created: p50 {q[49]:.2f} s, p99 {q[98]:.2f} s, max {latencies[-1]:.2f} s")
+    print(f"  run created -> Job created (operator): p50 {to_job[49]:.2f} s, p99 {to_job[98]:.2f} s")
+    print(f"  Job created -> all its pods created (Job controller): p50 {job_to_pods[49]:.2f} s, "
+          f"p99 {job_to_pods[98]:.2f} s")
     print(f"apply -> every run Succeeded: {done - t0:.1f} s")
     print(f"operator: CPU {cpu:.1f} s, peak RSS {peak / 2**20:.0f} MiB")
 

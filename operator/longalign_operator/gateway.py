@@ -30,10 +30,13 @@ TIMEOUT_S = 30  # no API call may block a reconcile for longer (the client's def
 class Gateway:
     """Kubernetes I/O for one operator process (a thin layer over the official client)."""
 
-    def __init__(self, api_client: client.ApiClient | None = None, progress_every_s: float = 5.0) -> None:
+    def __init__(self, api_client: client.ApiClient | None = None, progress_every_s: float = 5.0,
+                 connections: int = 16) -> None:
         if api_client is None:
             config.load_config()  # in a pod: its ServiceAccount; elsewhere: KUBECONFIG
-            api_client = client.ApiClient()
+            configuration = client.Configuration.get_default_copy()
+            configuration.connection_pool_maxsize = connections  # one per reconcile worker (default 10)
+            api_client = client.ApiClient(configuration)
         self.api = api_client
         self.core = client.CoreV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)

@@ -51,7 +51,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # A watch that silently stops delivering events is a known Kopf failure: bound every watch request.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    memo.gateway = Gateway(progress_every_s=INTERVAL)
+    # Kopf logs every handler's success: a line per pod event at scale. Warnings and errors still show.
+    if not logging.getLogger("kopf").isEnabledFor(logging.DEBUG):
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    memo.gateway = Gateway(progress_every_s=INTERVAL, connections=WORKERS)
     memo.metrics = Metrics()  # shared by every handler (Kopf gives each object a shallow copy of the memo)
     memo.wakeups = {}  # (namespace, run name) -> asyncio.Event, set when the run needs a step now
     memo.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="reconcile")
@@ -71,19 +74,19 @@ def reconciling(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------- caches fed by watches
 @kopf.index("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT})
-def run_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+async def run_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     """Every run's Jobs, by (namespace, run)."""
     return {(namespace, labels[LABEL_RUN]): job_record(body)}
 
 
 @kopf.index("v1", "pods", labels={LABEL_RUN: kopf.PRESENT, JOB_NAME_LABEL: kopf.PRESENT})
-def run_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
+async def run_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     """Every run's Job pods, by (namespace, run), as (Job name, pod)."""
     return {(namespace, labels[LABEL_RUN]): (labels[JOB_NAME_LABEL], pod_record(body))}
 
 
 @kopf.index("v1", "persistentvolumeclaims")
-def claims(namespace: str, name: str, **_: Any) -> dict:
+async def claims(namespace: str, name: str, **_: Any) -> dict:
     """The claims that exist, by (namespace, name)."""
     return {(namespace, name): True}
 
