@@ -15,6 +15,7 @@ from longalign_operator import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("longalign_operator.run_operator", "run the operator (watches LongAlignRuns)"),
+    "uninstall": ("longalign_operator.uninstall", "stop the operator and remove its finalizer from every run"),
     "tiny-model": ("longalign_trainer.tiny_model", "build a tiny random Llama with a tokenizer and chat template"),
     "train": ("longalign_trainer.train.cli", "train the model: packed long-context SFT with loss weighting, on DeepSpeed"),
     "datagen": ("longalign_trainer.datagen.cli", "generate long-instruction data from long documents (Self-Instruct, vLLM)"),
