@@ -114,6 +114,12 @@ def test_the_shipped_crd_is_generated_from_the_models():
     assert shipped == crd.render(), "regenerate: python -m longalign_operator.crd > manifests/crd/longalignruns.yaml"
 
 
+def test_the_charts_crd_is_generated_from_the_models():
+    shipped = (REPO / "charts" / "longalign-operator" / "templates" / "crd.yaml").read_text()
+    assert shipped == crd.render_helm(), (
+        "regenerate: python -m longalign_operator.crd --helm > charts/longalign-operator/templates/crd.yaml")
+
+
 @pytest.fixture(scope="module")
 def crd_installed(cluster):
     cluster.kubectl("apply", "--server-side", "-f", str(REPO / "manifests" / "crd" / "longalignruns.yaml"))
