@@ -8,7 +8,7 @@ evaluation with the judge at the spec's endpoint (key in $LONGALIGN_JUDGE_API_KE
 The volumes are local folders (WORKDIR/<claimName>, or --volume models=DIR etc.). At the end: a table like
 `kubectl get lar -o wide`, and WORKDIR/report/ with status.json and PNG plots.
 
-Exit codes: 0 the run succeeded, 1 it failed, 2 the run file or the arguments cannot be used.
+Exit codes: 0 the run succeeded, 1 it failed, 2 the run file or the arguments cannot be used, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -61,7 +61,11 @@ def run(args) -> int:
     report_dir = workdir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     print(f"run {loaded.run.name}: working in {workdir}", flush=True)
-    status = run_stages(stages, report_dir / "status.json")
+    try:
+        status = run_stages(stages, report_dir / "status.json")
+    except KeyboardInterrupt:
+        print("\nlongalign run: interrupted; the same command continues where the stages left off", file=sys.stderr)
+        return 130
     plots = report.write_report(stages, status, report_dir)
     resource = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
                 "metadata": {"name": loaded.run.name, "creationTimestamp": started},
