@@ -24,6 +24,7 @@ CONFIG_DIR = "/etc/longalign"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 MASTER_PORT = 29500
 VLLM_PORT = 8000
+RAY_PORT = 6379
 # Set by the operator on training pods; a user env var of the same name would break the rendezvous.
 RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NNODES", "NODE_RANK", "RANK", "LOCAL_RANK",
                   "LOCAL_WORLD_SIZE")
@@ -223,54 +224,69 @@ def training_job(run: Run, attempt: int) -> dict[str, Any]:
 
 
 def teacher_objects(run: Run) -> list[dict[str, Any]]:
-    """The teacher's vLLM servers (a StatefulSet of ``replicas`` pods, one stable name each) and their
-    headless Service."""
+    """The teacher's vLLM servers and their headless Service: a StatefulSet of ``replicas`` pods, one stable
+    name each, or of ``replicas × nodesPerReplica`` pods when a replica spans several nodes: then each group of
+    ``nodesPerReplica`` consecutive ordinals forms a Ray cluster led by its first (``longalign teacher-server``).
+    """
     dg = run.spec.data_generation
     teacher = dg.teacher
+    nodes = teacher.nodes_per_replica
     name = teacher_name(run.name)
     selector = {LABEL_RUN: run.name, LABEL_STAGE: "teacher"}
-    command = ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", teacher.model_path,
-               "--served-model-name", teacher.served_name, "--max-model-len", str(teacher.max_model_len),
-               "--tensor-parallel-size", str(teacher.gpus_per_replica), "--port", str(VLLM_PORT),
-               "--enable-prefix-caching"]
+    vllm = ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", teacher.model_path,
+            "--served-model-name", teacher.served_name, "--max-model-len", str(teacher.max_model_len),
+            "--tensor-parallel-size", str(teacher.gpus_per_replica), "--port", str(VLLM_PORT),
+            "--enable-prefix-caching"]
+    ports = [{"name": "http", "containerPort": VLLM_PORT}]
+    env = list(dg.pod.env or [])
+    probe: dict[str, Any] = {"httpGet": {"path": "/health", "port": VLLM_PORT}}
+    if nodes > 1:
+        group = ["longalign", "teacher-server", "--nodes", str(nodes), "--gpus", str(teacher.gpus_per_replica),
+                 "--leader", f"{name}-{{index}}.{name}.{run.namespace}.svc"]
+        vllm = [*group, "--", *vllm]
+        probe = {"exec": {"command": [*group, "--probe"]}}
+        ports.append({"name": "ray", "containerPort": RAY_PORT})
+        env.append({"name": "POD_INDEX",
+                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}})
     volumes, mounts = _volumes(run.spec, None)
     container = {
-        "name": "vllm", "image": teacher.image or run.spec.image, "command": command,
-        "env": list(dg.pod.env or []), "volumeMounts": mounts,
-        "resources": _resources(dg.pod, teacher.gpus_per_replica),
-        "ports": [{"name": "http", "containerPort": VLLM_PORT}],
-        "readinessProbe": {"httpGet": {"path": "/health", "port": VLLM_PORT}, "periodSeconds": 10},
+        "name": "vllm", "image": teacher.image or run.spec.image, "command": vllm, "env": env,
+        "volumeMounts": mounts, "resources": _resources(dg.pod, teacher.gpus_per_replica), "ports": ports,
+        "readinessProbe": {**probe, "periodSeconds": 10, "timeoutSeconds": 5},
     }
     pod_spec = {"containers": [container], "volumes": volumes, **_placement(run, dg.pod)}
     meta = _meta(run, name, "teacher")
     servers = {
         "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta,
-        "spec": {"replicas": teacher.replicas, "serviceName": name, "podManagementPolicy": "Parallel",
+        "spec": {"replicas": teacher.replicas * nodes, "serviceName": name, "podManagementPolicy": "Parallel",
                  "selector": {"matchLabels": selector},
                  "template": {"metadata": {"labels": {**(dg.pod.labels or {}), **meta["labels"]}},
                               "spec": pod_spec}},
     }
+    # Not-ready pods must resolve too: a replica's pods find their leader before its server is up.
     service = {"apiVersion": "v1", "kind": "Service", "metadata": _meta(run, name, "teacher"),
-               "spec": {"clusterIP": "None", "selector": selector, "ports": [{"name": "http", "port": VLLM_PORT}]}}
+               "spec": {"clusterIP": "None", "selector": selector, "publishNotReadyAddresses": True,
+                        "ports": [{"name": p["name"], "port": p["containerPort"]} for p in ports]}}
     return [servers, service]
 
 
 def teacher_urls(run: Run) -> str:
-    """The OpenAI-compatible base URL of each teacher replica, comma-separated.
+    """The OpenAI-compatible base URL of each teacher replica (its leader pod), comma-separated.
 
     The generator sends all requests about one document to one replica, so that replica's prefix cache
     reuses the document; a load-balanced Service would scatter them.
 
     >>> from longalign_operator.spec import parse
     >>> spec = parse({"image": "i", "baseModelPath": "/m", "dataGeneration": {"teacher": {"modelPath": "/t",
-    ...     "replicas": 2}}, "storage": {"models": {"claimName": "m"}, "data": {"claimName": "d"},
-    ...     "checkpoints": {"claimName": "c"}}})
+    ...     "replicas": 2, "nodesPerReplica": 2}}, "storage": {"models": {"claimName": "m"},
+    ...     "data": {"claimName": "d"}, "checkpoints": {"claimName": "c"}}})
     >>> teacher_urls(Run("r", "ns", "uid", {}, spec))
-    'http://r-teacher-0.r-teacher.ns.svc:8000/v1,http://r-teacher-1.r-teacher.ns.svc:8000/v1'
+    'http://r-teacher-0.r-teacher.ns.svc:8000/v1,http://r-teacher-2.r-teacher.ns.svc:8000/v1'
     """
     name = teacher_name(run.name)
-    return ",".join(f"http://{name}-{i}.{name}.{run.namespace}.svc:{VLLM_PORT}/v1"
-                    for i in range(run.spec.data_generation.teacher.replicas))
+    teacher = run.spec.data_generation.teacher
+    return ",".join(f"http://{name}-{i * teacher.nodes_per_replica}.{name}.{run.namespace}.svc:{VLLM_PORT}/v1"
+                    for i in range(teacher.replicas))
 
 
 def judge_env(run: Run) -> list[dict]:

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "uninstall": ("longalign_operator.uninstall", "stop the operator and remove its finalizer from every run"),
     "tiny-model": ("longalign_trainer.tiny_model", "build a tiny random Llama with a tokenizer and chat template"),
     "train": ("longalign_trainer.train.cli", "train the model: packed long-context SFT with loss weighting, on DeepSpeed"),
+    "teacher-server": ("longalign_trainer.teacher_server", "lead or join a multi-node teacher replica (Ray + vLLM)"),
     "datagen": ("longalign_trainer.datagen.cli", "generate long-instruction data from long documents (Self-Instruct, vLLM)"),
     "eval": ("longalign_trainer.evaluate.cli", "evaluate a checkpoint: LongBench-Chat with an LLM judge, needle in a haystack"),
     "run": ("longalign_operator.local.command", "run a LongAlignRun's stages on this machine, without a cluster"),

@@ -89,6 +89,9 @@ class Teacher(Model):
     served_name: str = "teacher"
     replicas: int = Field(default=1, ge=1, le=64)
     gpus_per_replica: int = Field(default=8, ge=1, le=16)
+    """GPUs per pod of a replica (tensor parallel)."""
+    nodes_per_replica: int = Field(default=1, ge=1, le=16)
+    """Pods (one per node) per replica: more than one forms a Ray cluster, pipeline parallel across the pods."""
     max_model_len: int = Field(default=65536, ge=1024)
     image: str | None = None
     """vLLM image; default: the run's image."""

@@ -189,3 +189,32 @@ def test_teacher_servers_get_the_same_pod_options_and_pull_secrets_as_the_stage_
     for key in ("imagePullSecrets", "serviceAccountName", "nodeSelector"):
         assert pod[key] == generator[key]
     assert service["spec"]["clusterIP"] == "None"
+
+
+def test_a_multi_node_teacher_replica_is_a_ray_group_led_by_its_first_pod():
+    run = make_run(dataGeneration={"teacher": {"modelPath": "/models/t", "replicas": 2, "nodesPerReplica": 2,
+                                               "gpusPerReplica": 8}})
+    servers, service = builders.teacher_objects(run)
+    assert servers["spec"]["replicas"] == 4
+    container = servers["spec"]["template"]["spec"]["containers"][0]
+    command = container["command"]
+    assert command[:2] == ["longalign", "teacher-server"] and "--" in command
+    assert command[command.index("--leader") + 1] == "r-teacher-{index}.r-teacher.ns.svc"
+    assert command[command.index("--") + 1:][:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert container["readinessProbe"]["exec"]["command"][-1] == "--probe"
+    index_env = next(e for e in container["env"] if e["name"] == "POD_INDEX")
+    assert index_env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    # Pods resolve their leader before it is ready, and the generator talks to the leaders only.
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert {p["port"] for p in service["spec"]["ports"]} == {builders.VLLM_PORT, builders.RAY_PORT}
+    generator = builders.stage_objects(run, "dataGeneration", 1)[-1]
+    env = generator["spec"]["template"]["spec"]["containers"][0]["env"]
+    urls = next(e["value"] for e in env if e["name"] == "LONGALIGN_TEACHER_URL").split(",")
+    assert [u.split(".")[0] for u in urls] == ["http://r-teacher-0", "http://r-teacher-2"]
+
+
+def test_a_single_node_teacher_runs_vllm_directly():
+    run = make_run(dataGeneration={"teacher": {"modelPath": "/models/t"}})
+    container = builders.teacher_objects(run)[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"

@@ -23,7 +23,8 @@ TEACHER_URL_ENV = "LONGALIGN_TEACHER_URL"
 COMPARISON = "comparison"
 CONCURRENCY_PER_REPLICA = 32
 # The spec's teacher fields; any other key in the teacher section is the stage's own teacher setting.
-SPEC_TEACHER_KEYS = {"modelPath", "servedName", "replicas", "gpusPerReplica", "maxModelLen", "image"}
+SPEC_TEACHER_KEYS = {"modelPath", "servedName", "replicas", "gpusPerReplica", "nodesPerReplica", "maxModelLen",
+                     "image"}
 
 
 def is_envelope(raw: dict) -> bool:
