@@ -21,14 +21,16 @@ class OperatorProcess:
         self.proc: subprocess.Popen | None = None
         self.liveness_port, self.metrics_port = free_port(), free_port()
 
+    def argv(self) -> list[str]:
+        """The operator's command line."""
+        return [sys.executable, "-m", "longalign_operator.cli", "operator", "--metrics-port", str(self.metrics_port),
+                "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"]
+
     def start(self) -> None:
         """Start the operator (again)."""
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "LONGALIGN_RECONCILE_INTERVAL": str(self.interval)}
         with open(self.log, "a") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "longalign_operator.cli", "operator", "--metrics-port", str(self.metrics_port),
-                 "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"],
-                env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.argv(), env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:
         """Stop it abruptly, as a node failure or an OOM kill would."""

@@ -154,14 +154,11 @@ class ChartOperator(OperatorProcess):
     def __init__(self, cluster: LocalCluster, release: str, namespace: str) -> None:
         name = f"{release}-longalign-operator"
         super().__init__(cluster.kubeconfig_for(name, namespace), cluster.dir / f"{release}-operator.log")
-        [container] = cluster.get("deployment", name, "-n", namespace)["spec"]["template"]["spec"]["containers"]
-        self.argv = local_command(container, **{"--liveness": f"http://127.0.0.1:{self.liveness_port}/healthz",
-                                                "--metrics-port": str(self.metrics_port)})
+        [self.container] = cluster.get("deployment", name, "-n", namespace)["spec"]["template"]["spec"]["containers"]
 
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "LONGALIGN_RECONCILE_INTERVAL": str(self.interval)}
-        with open(self.log, "a") as log:
-            self.proc = subprocess.Popen(self.argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    def argv(self) -> list[str]:
+        return local_command(self.container, **{"--liveness": f"http://127.0.0.1:{self.liveness_port}/healthz",
+                                                "--metrics-port": str(self.metrics_port)})
 
 
 def release_name() -> str:
