@@ -25,13 +25,12 @@ from longalign_operator import builders
 from longalign_operator.local.progress import StageDisplay
 from longalign_operator.local.runfile import LocalOptions
 from longalign_operator.local.volumes import Volumes
-from longalign_operator.plan import JobView, PodView
+from longalign_operator.plan import ATTR, JobView, PodView
 
 TEACHER_URL_ENV = "LONGALIGN_TEACHER_URL"
 JUDGE_KEY_ENV = "LONGALIGN_JUDGE_API_KEY"
 SUMMARY_PATH_ENV = "LONGALIGN_TERMINATION_MESSAGE_PATH"
 LOCAL_JUDGE_KEY = "local"  # vLLM ignores keys; the stage's client still wants one
-SETTINGS_ATTR = {"dataGeneration": "data_generation", "training": "training", "evaluation": "evaluation"}
 
 
 class MissingJudgeKey(RuntimeError):
@@ -51,7 +50,7 @@ class LocalStages:
     def envelope(self, stage: str, attempt: int, services: Services | None = None) -> dict:
         """The stage config file's content: the operator's envelope, with local settings and local paths."""
         envelope = builders.stage_config(self.run, stage, attempt)
-        settings = getattr(self.options.stage_settings, SETTINGS_ATTR[stage])
+        settings = getattr(self.options.stage_settings, ATTR[stage])
         envelope[stage] = merge(merge(envelope[stage], settings), services.section if services else {})
         envelope = self.volumes.localize(envelope)
         envelope["terminationMessagePath"] = str(self.summary_path(stage, attempt))
@@ -99,17 +98,17 @@ class LocalStages:
                 config = folder / "config.json"
                 config.write_text(json.dumps(self.envelope(stage, attempt, services), indent=2, sort_keys=True))
                 env = {**services.env, SUMMARY_PATH_ENV: str(self.summary_path(stage, attempt))}
-                exit_code = self._execute(self.command(stage, config), env, display)
+                exit_code = self._execute(stage, self.command(stage, config), env, display)
         except ServiceError as e:
             return _job(name, 1, json.dumps({"error": str(e)[-3000:]}), None)
         summary = self.summary_path(stage, attempt)
         message = summary.read_text() if summary.is_file() else None
         return _job(name, exit_code, message, display.last)
 
-    def _execute(self, command: list[str], extra_env: dict[str, str], display: StageDisplay) -> int:
-        env = {**os.environ, **self._pod_env(), **extra_env}
-        env.setdefault("OMP_NUM_THREADS", "1")  # one thread per process: the processes share the cores
-        env.setdefault("PYTHONUNBUFFERED", "1")
+    def _execute(self, stage: str, command: list[str], extra_env: dict[str, str], display: StageDisplay) -> int:
+        env = {**os.environ, **self._pod_env(stage), **extra_env}
+        if stage == "training":
+            env.setdefault("OMP_NUM_THREADS", "1")  # one thread per process: the processes share the cores
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                               text=True, env=env) as proc:
             try:
@@ -119,12 +118,10 @@ class LocalStages:
                     proc.terminate()
             return proc.wait()
 
-    def _pod_env(self) -> dict[str, str]:
-        """The spec's literal env values for every stage's pods (valueFrom needs a cluster: left out)."""
-        env = {}
-        for section in (self.run.spec.data_generation, self.run.spec.training, self.run.spec.evaluation):
-            env.update({e["name"]: str(e["value"]) for e in section.pod.env or [] if "value" in e})
-        return env
+    def _pod_env(self, stage: str) -> dict[str, str]:
+        """The literal env values the spec gives the stage's pods (valueFrom needs a cluster: left out)."""
+        options = getattr(self.run.spec, ATTR[stage])
+        return {e["name"]: str(e["value"]) for e in options.pod.env or [] if "value" in e}
 
     @contextlib.contextmanager
     def _services(self, stage: str, folder: Path) -> Iterator[Services]:
