@@ -49,3 +49,16 @@ def test_without_boundaries_sequences_would_leak(model):
 def test_unknown_backend_is_refused_by_name():
     with pytest.raises(ValueError, match="attention_backend: 'flash_attn' is not usable on cpu"):
         attention.register("flash_attn", "cpu")
+
+
+def test_per_sequence_loop_equals_the_block_diagonal_reference():
+    """The cuDNN backend's loop (here on CPU's SDPA), padded or not: same output as the explicit mask, grouped KV
+    heads too."""
+    torch.manual_seed(2)
+    lengths = [7, 1, 22, 11]
+    cu = torch.tensor([0, 7, 8, 30, 41], dtype=torch.int32)
+    q, k, v = torch.randn(1, 4, 41, 16), torch.randn(1, 2, 41, 16), torch.randn(1, 2, 41, 16)
+    reference = attention._sdpa_block_diagonal(q, k, v, cu, 0.25)
+    for pad_to in (1, 8):
+        loop = attention._per_sequence(q, k, v, lengths, 0.25, pad_to=pad_to)
+        torch.testing.assert_close(loop, reference, rtol=1e-5, atol=1e-5)

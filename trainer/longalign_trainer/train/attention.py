@@ -6,6 +6,13 @@ no mask for an implementation it has no mask function for, so the boundaries rea
 ``cu_seq_lens_q/k`` keyword arguments that Llama-style models pass through to attention. Kernels, in the
 order ``auto`` tries them:
 
+* ``cudnn``: on Hopper or newer GPUs, every sequence of at least ``CUDNN_MIN_LENGTH`` tokens gets its own SDPA
+  call on cuDNN's fused attention; each run of shorter ones, one ``torch_varlen`` call. Measured on an H100
+  (64k packs, 16×128 query heads, 4 KV heads, fwd+bwd): 475 TFLOP/s against 285 for the FlashAttention-2
+  kernels behind ``torch_varlen`` and 275 for ``flex``. But cuDNN builds an execution plan for every new shape
+  and each call costs host time: a plain loop over every sequence lost to ``torch_varlen`` over a whole epoch.
+  So long sequences are zero-padded at their end to a multiple of ``CUDNN_PAD`` (exact: causal attention never
+  lets a real token see the padding), and short ones, where cuDNN gains least, never reach it;
 * ``flash_attn``: ``flash_attn_varlen_func`` (the kernel LongAlign itself used), when importable, on a GPU;
 * ``torch_varlen``: PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention inside), on a GPU;
 * ``flex``: FlexAttention with a document mask, on a GPU (when varlen is missing or refuses the inputs);
@@ -22,7 +29,8 @@ import inspect
 from functools import lru_cache
 
 NAME = "longalign_packed"
-BACKENDS = ("flash_attn", "torch_varlen", "flex", "sdpa_block_diagonal")
+BACKENDS = ("cudnn", "flash_attn", "torch_varlen", "flex", "sdpa_block_diagonal")
+CUDNN_MIN_LENGTH, CUDNN_PAD = 4096, 512
 _chosen: dict[str, str] = {"backend": "sdpa_block_diagonal"}
 
 
@@ -30,6 +38,8 @@ def available_backends(device_type: str) -> list[str]:
     """The backends usable on ``device_type`` ("cuda" or "cpu"), fastest first."""
     found = []
     if device_type == "cuda":
+        if _cudnn_attention_usable():
+            found.append("cudnn")
         if importlib.util.find_spec("flash_attn") is not None:
             found.append("flash_attn")
         if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
@@ -74,6 +84,8 @@ def packed_attention_forward(module, query, key, value, attention_mask=None, dro
         out = _sdpa_block_diagonal(query, key, value, cu_seq_lens_q, scaling)
     elif backend == "flex":
         out = _flex(query, key, value, cu_seq_lens_q, scaling)
+    elif backend == "cudnn":
+        return _cudnn(query, key, value, cu_seq_lens_q, scaling), None
     else:  # varlen kernels take [T, H, D]
         q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
         cu = cu_seq_lens_q.to(torch.int32)
@@ -145,6 +157,66 @@ def _flex(query, key, value, cu_seqlens, scaling):
                                                               device=query.device)]
     return _compiled_flex()(query, key, value, block_mask=_block_mask_cache[1], scale=scaling,
                             enable_gqa=query.shape[1] != key.shape[1])
+
+
+def _cudnn_attention_usable() -> bool:
+    import torch
+
+    return (torch.cuda.is_available() and torch.backends.cudnn.is_available()
+            and torch.cuda.get_device_capability() >= (9, 0)
+            and importlib.util.find_spec("torch.nn.attention.varlen") is not None)
+
+
+_host_lengths_cache: list = [None, None]  # [cu_seqlens tensor, its lengths as a list]: one device sync per forward
+
+
+def _host_lengths(cu_seqlens) -> list[int]:
+    if _host_lengths_cache[0] is not cu_seqlens:
+        bounds = cu_seqlens.tolist()
+        _host_lengths_cache[:] = [cu_seqlens, [b - a for a, b in zip(bounds, bounds[1:])]]
+    return _host_lengths_cache[1]
+
+
+def _cudnn(query, key, value, cu_seqlens, scaling):
+    """Long sequences one by one on cuDNN, runs of short ones through varlen: ``[1, T, Hq, D]``."""
+    import itertools
+
+    import torch
+
+    outs, start = [], 0
+    for is_long, run in itertools.groupby(_host_lengths(cu_seqlens), key=lambda n: n >= CUDNN_MIN_LENGTH):
+        run = list(run)
+        q, k, v = (t[:, :, start:start + sum(run)] for t in (query, key, value))
+        if is_long:
+            outs.append(_per_sequence(q, k, v, run, scaling, pad_to=CUDNN_PAD))
+        else:
+            cu = torch.tensor([0, *itertools.accumulate(run)], dtype=torch.int32).to(query.device, non_blocking=True)
+            q, k, v = (t[0].transpose(0, 1) for t in (q, k, v))
+            outs.append(_torch_varlen(q, k, v, cu, max(run), scaling).transpose(0, 1)[None])
+        start += sum(run)
+    return torch.cat(outs, dim=2).transpose(1, 2)
+
+
+def _per_sequence(query, key, value, lengths, scaling, pad_to: int = 1):
+    """Causal SDPA on each sequence (cuDNN's kernel on a GPU), zero-padded to a multiple of ``pad_to``: ``[1, Hq, T, D]``.
+
+    Padding goes at a sequence's end, where causal attention hides it from every real token.
+    """
+    import contextlib
+
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    outs, start = [], 0
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION) if query.is_cuda else contextlib.nullcontext():
+        for n in lengths:
+            q, k, v = (t[:, :, start:start + n] for t in (query, key, value))
+            k, v = _repeat_kv(q, k, v)
+            q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, -n % pad_to)) for t in (q, k, v))
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
+            outs.append(out[:, :, :n])
+            start += n
+    return torch.cat(outs, dim=2)
 
 
 def _torch_varlen(q, k, v, cu, max_len: int, scaling: float):
