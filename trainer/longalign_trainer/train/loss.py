@@ -52,8 +52,22 @@ def count_step(micro_batches, group=None) -> StepCounts:
     return StepCounts(sequences=m, micro_batches=k, target_tokens=t)
 
 
-def per_token_loss(logits, targets):
-    """Cross-entropy per position in fp32, 0 where the target is ignored; ``logits [T, V]``, ``targets [T]``."""
+def per_token_loss(logits, targets, chunk: int = 8192):
+    """Cross-entropy per position in fp32, 0 where the target is ignored; ``logits [T, V]``, ``targets [T]``.
+
+    Computed ``chunk`` rows at a time, each recomputed in the backward pass, so the fp32 copy of the logits
+    (8 GB for 64k tokens × 32k vocabulary) and its softmax never exist whole.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    if logits.shape[0] <= chunk:
+        return _cross_entropy(logits, targets)
+    return torch.cat([checkpoint(_cross_entropy, rows, wanted, use_reentrant=False)
+                      for rows, wanted in zip(logits.split(chunk), targets.split(chunk))])
+
+
+def _cross_entropy(logits, targets):
     import torch
 
     return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
