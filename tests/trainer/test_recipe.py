@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -180,6 +181,8 @@ def test_other_strategies_and_zero_stages_train(tmp_path, tiny_model, data, over
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and summary["steps"] == 3 and summary["strategy"] == overrides["strategy"]
     assert (summary["packing_efficiency"] is None) == (overrides["strategy"] != "packing")
+    keeps = "nothing" if overrides["zero_stage"] == 3 else "attention"  # selective checkpointing below ZeRO-3
+    assert summary["checkpoint_keeps"] == (keeps if overrides.get("gradient_checkpointing", True) else None)
     losses = step_losses(out, 0)
     assert losses[3] < losses[1]
     if overrides["strategy"] != "packing":  # 16 sequences per step, micro_batch_size each, over 2 ranks
@@ -248,3 +251,33 @@ def test_sigterm_checkpoints_the_current_step_and_the_run_resumes(reference, tmp
     for step in range(stopped_at + 1, STEPS + 1):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
     assert json.loads((out / "summary.json").read_text())["ok"]
+
+
+def test_a_checkpoint_resumes_on_another_number_of_ranks(reference, tmp_path, tiny_model, data):
+    """Written by 2 ranks, resumed by 1 process, whose checkpoint 2 ranks resume again: the same losses as the
+    uninterrupted 2-rank run (DeepSpeed's universal checkpoint carries the partitioned state across)."""
+    ref_out, _ = reference
+    expected = step_losses(ref_out, 0)
+
+    def start_from(checkpoint: Path, out: Path) -> Path:
+        (out / "checkpoints").mkdir(parents=True)
+        shutil.copytree(checkpoint, out / "checkpoints" / checkpoint.name)
+        (out / "checkpoints" / "latest").write_text(checkpoint.name)
+        return write_config(out, tiny_model, data, checkpoint_every_steps=2)
+
+    one = tmp_path / "one-process"
+    config = start_from(ref_out / "checkpoints" / "step-00000008", one)
+    done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
+                          capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = step_losses(one, 0)
+    assert sorted(resumed) == list(range(9, STEPS + 1))
+    for step in resumed:
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-6), step
+
+    two = tmp_path / "two-ranks"
+    train(start_from(one / "checkpoints" / "step-00000010", two))
+    again = step_losses(two, 0)
+    assert sorted(again) == [11, 12] and step_losses(two, 1) == again
+    for step in again:
+        assert again[step] == pytest.approx(expected[step], rel=1e-6), step

@@ -69,7 +69,13 @@ class TrainConfig(BaseModel):
     offload_params: bool = Field(False, description="keep parameters in CPU memory (ZeRO-3 only)")
     bf16: bool | None = Field(None, description="bf16 training; default: on with a GPU, off (fp32) on CPU")
     gradient_checkpointing: bool = True
-    attention_backend: Literal["auto", "flash_attn", "torch_varlen", "flex", "sdpa_block_diagonal"] = Field(
+    checkpoint_keeps: Literal["nothing", "attention", "attention_and_mlp"] = Field("attention", description=(
+        "what gradient checkpointing keeps instead of recomputing: nothing (full recompute), the attention "
+        "kernels' outputs (~2·hidden bytes per token and layer), or those and the MLP's gate/up projections "
+        "(another 4·intermediate bytes): see train/checkpointing.py. ZeRO stage 3 always recomputes everything"))
+    fused_ops: bool = Field(True, description=(
+        "compiled RMSNorm and SwiGLU kernels for Llama-style models, on GPUs (see train/fused_ops.py)"))
+    attention_backend: Literal["auto", "cudnn", "flash_attn", "torch_varlen", "flex", "sdpa_block_diagonal"] = Field(
         "auto", description="kernel for packed attention; auto picks the fastest available (see attention.py)")
     peak_tflops_per_device: float | None = Field(None, gt=0, description=(
         "for MFU; default 989 (H100/H200 dense bf16) on GPUs, none on CPU"))

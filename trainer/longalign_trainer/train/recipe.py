@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 
 from longalign_trainer.contract import ProgressReporter, write_summary
-from longalign_trainer.train import attention
+from longalign_trainer.train import attention, checkpointing, fused_ops, resharding
 from longalign_trainer.train.batching import StepSampler
 from longalign_trainer.train.config import TrainConfig
 from longalign_trainer.train.data import load_examples
@@ -119,7 +119,11 @@ class Recipe:
             rank=self.rank, seed=cfg.seed, epochs=cfg.epochs, max_steps=cfg.max_steps)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
+        resume_from = self.latest_checkpoint() if cfg.resume else None
+        reshard = resume_from is not None and resharding.saved_world_size(resume_from) != self.world
         ds_config = self.deepspeed_config()
+        if reshard:
+            ds_config["checkpoint"] = {"load_universal": True}
         # Every rank loads the whole model into CPU memory; deepspeed.initialize then partitions it (ZeRO-3).
         # (transformers' HfDeepSpeedConfig would partition while loading, but needs accelerate, whose import
         # of DeepSpeed prints to stdout on CPU machines.)
@@ -128,8 +132,13 @@ class Recipe:
             dtype=torch.bfloat16 if self.bf16 else torch.float32)
         model.config.use_cache = False
         self.model_shape = _model_shape(model)
+        # ZeRO-3 gathers parameters inside each layer, and not the same number of times in the forward pass and
+        # its recomputation, which selective checkpointing's op-by-op replay refuses: it gets full checkpointing.
+        self.checkpoint_keeps = cfg.checkpoint_keeps if cfg.zero_stage < 3 else "nothing"
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            checkpointing.enable(model, self.checkpoint_keeps)
+        if cfg.fused_ops and self.cuda:
+            fused_ops.apply(model)
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
         no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -138,8 +147,8 @@ class Recipe:
             opt, lambda s: lr_factor(s, total, warmup, cfg.lr_schedule, cfg.min_lr_ratio))
         self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config,
                                                     lr_scheduler=schedule)
-        if cfg.resume:
-            self.resume()
+        if resume_from is not None:
+            self.resume(resume_from, reshard)
 
     def deepspeed_config(self) -> dict:
         """The DeepSpeed config from our settings (one micro-batch = one pack; we own accumulation)."""
@@ -260,24 +269,36 @@ class Recipe:
         self.last_checkpoint = final
         return final
 
-    def resume(self) -> bool:
-        """Load the checkpoint named by ``latest``, if any: weights, optimizer, schedule, position, RNG."""
-        import torch
-
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint named by ``latest``, if any."""
         latest = self.ckpt_root / "latest"
-        if not latest.exists():
-            return False
-        path = self.ckpt_root / latest.read_text().strip()
-        self.engine.load_checkpoint(str(path), tag=STATE_TAG)
+        return self.ckpt_root / latest.read_text().strip() if latest.exists() else None
+
+    def resume(self, path: Path, reshard: bool) -> None:
+        """Load a checkpoint: weights, optimizer, schedule, position, and each rank's RNG. One written by another
+        number of ranks (``reshard``) is loaded through DeepSpeed's universal format; its RNG states do not map
+        to these ranks and stay as seeded."""
+        import torch
+        import torch.distributed as dist
+
+        tag = STATE_TAG
+        if reshard:
+            if self.rank == 0:
+                resharding.make_universal(path, STATE_TAG)
+            dist.barrier()
+            tag = resharding.UNIVERSAL_TAG
+        self.engine.load_checkpoint(str(path), tag=tag)
+        if reshard:
+            resharding.unshare_step_counters(self.engine.optimizer.optimizer)
         state = json.loads((path / "trainer_state.json").read_text())
         self.sampler.load_state_dict(state["sampler"])
         self.losses, self.tokens_seen = state["losses"], state["tokens_seen"]
-        rng = torch.load(path / f"rng-rank{self.rank}.pt", weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        if self.cuda and rng["cuda"] is not None:
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        if not reshard:
+            rng = torch.load(path / f"rng-rank{self.rank}.pt", weights_only=False)
+            torch.set_rng_state(rng["torch"])
+            if self.cuda and rng["cuda"] is not None:
+                torch.cuda.set_rng_state_all(rng["cuda"])
         self.last_checkpoint = path
-        return True
 
     # ---------------------------------------------------------------- export
     def export(self) -> Path:
@@ -312,6 +333,7 @@ class Recipe:
             "tokens_per_s": round(self.run_tokens / self.train_s, 1) if getattr(self, "train_s", 0) else None,
             "strategy": self.cfg.strategy, "loss_weighting": self.cfg.loss_weighting,
             "attention_backend": self.backend, "world_size": self.world, "zero_stage": self.cfg.zero_stage,
+            "checkpoint_keeps": self.checkpoint_keeps if self.cfg.gradient_checkpointing else None,
             "checkpoint": str(getattr(self, "last_checkpoint", "")), "export": str(export) if export else None,
             "data": self.data_report.summary(),
         }

@@ -1,0 +1,58 @@
+"""Selective checkpointing changes what is kept for the backward pass, never the gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longalign_trainer.train import attention, checkpointing
+from longalign_trainer.train.packing import build_pack
+
+
+def pack_gradients(tiny_model, keep: str | None) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    attention.register("sdpa_block_diagonal", "cpu")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attention.NAME, dtype=torch.float32)
+    model.train()
+    if keep is not None:
+        checkpointing.enable(model, keep)
+    torch.manual_seed(0)
+    pack = build_pack([(s, s) for s in (torch.randint(10, 4000, (n,)).tolist() for n in (30, 9, 51))])
+    model(**pack.as_model_inputs()).logits.square().mean().backward()
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("keep", checkpointing.KEEPS)
+def test_gradients_equal_those_without_checkpointing(tiny_model, keep):
+    plain, checkpointed = pack_gradients(tiny_model, None), pack_gradients(tiny_model, keep)
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_policy_keeps_attention_and_mlp_projections_only():
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    x, w_mlp, w_attn = torch.empty(8, 16), torch.empty(16, 48), torch.empty(16, 16)
+    policy = checkpointing._policy
+    assert policy(None, torch.ops.aten._scaled_dot_product_cudnn_attention.default) == CheckpointPolicy.MUST_SAVE
+    assert policy(None, torch.ops.aten.mm.default, x, w_mlp, mlp_width=48) == CheckpointPolicy.MUST_SAVE
+    assert policy(None, torch.ops.aten.mm.default, x, w_attn, mlp_width=48) == CheckpointPolicy.PREFER_RECOMPUTE
+    assert policy(None, torch.ops.aten.mm.default, x, w_mlp) == CheckpointPolicy.PREFER_RECOMPUTE
+    assert policy(None, torch.ops.aten.mul.Tensor, x, x) == CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def test_fused_ops_compute_what_the_llama_modules_compute():
+    """The pointwise functions fused_ops compiles on GPUs, run eagerly: the same numbers as transformers' modules."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+
+    from longalign_trainer.train import fused_ops
+
+    torch.manual_seed(4)
+    x = torch.randn(2, 5, 16)
+    norm = LlamaRMSNorm(16, eps=1e-5)
+    norm.weight.data.normal_()
+    torch.testing.assert_close(fused_ops.rms_norm(x, norm.weight, norm.variance_epsilon), norm(x))
+    mlp = LlamaMLP(LlamaConfig(hidden_size=16, intermediate_size=24, num_attention_heads=2, hidden_act="silu"))
+    torch.testing.assert_close(mlp.down_proj(fused_ops.silu_mul(mlp.gate_proj(x), mlp.up_proj(x))), mlp(x))
