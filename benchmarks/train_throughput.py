@@ -9,16 +9,22 @@ and against the ~790 TFLOP/s matmul ceiling measured on these GPUs, peak GPU mem
 FLOPs = 6 × non-embedding parameters (LM head counted) × tokens + 6 × layers × hidden × Σ s_i² per sequence
 (causal attention of each sequence alone, never the pack length squared); recomputation is not counted.
 
-Strategies (each from the same fresh random init, time-boxed: the box counts timed micro-steps only, after
-the warm-up ones that compile; the epoch time is tokens / rate, and the table says how many micro-steps of the
-epoch ran, since a partial epoch's length mix differs from the whole one's):
-* naive: the paper's baseline, random order, one sequence per micro-step (SDPA), accumulation to 96;
-  plus the paper's 8-GPU naive simulated from per-sequence times (each micro-step waits for the slowest of 8
-  random sequences) and 8-GPU sorted batching simulated the same way (8 similar lengths);
+Strategies, each from the same fresh random init: a few untimed warm-up micro-steps (compilation, autotuning;
+gradients discarded), then the whole epoch timed (``--seconds-per-strategy`` can cut it short: the table says
+how many micro-steps ran, since a partial epoch's length mix differs from the whole one's):
+* naive: the paper's baseline, random order, one sequence per micro-step (SDPA, full gradient checkpointing),
+  accumulation to 96; plus the paper's 8-GPU naive simulated from per-sequence times (each micro-step waits for
+  the slowest of 8 random sequences) and 8-GPU sorted batching simulated the same way (8 similar lengths);
 * hf_packing: the peer baseline, transformers' own padding-free packing: first-fit-decreasing 64k packs,
-  restarting position_ids, attn_implementation="flex_attention", use_cache=False, the model's token-mean loss;
-* ours_packing / ours_packing_weighted: our sampler (best-fit decreasing), our varlen attention backend,
-  our loss (plain pack mean / LongAlign weighting); ours_sorted: sorted batching, one sequence per micro-step.
+  restarting position_ids, attn_implementation="flex_attention", use_cache=False, the model's token-mean loss,
+  full gradient checkpointing;
+* ours_packing / ours_packing_weighted: the trainer's code as ``longalign train`` runs it: our sampler
+  (best-fit decreasing), the ``longalign_packed`` attention (auto backend), selective checkpointing, fused
+  pointwise kernels, chunked loss (plain pack mean / LongAlign weighting); ours_sorted: sorted batching, one
+  sequence per micro-step.
+
+Packing efficiency is real tokens / (packs × capacity); the bound printed beside it is what the fewest
+possible packs, ceil(tokens / capacity), would give.
 
 Before timing, the pack-equivalence check runs on the GPU: logits of a pack vs each sequence alone.
 
@@ -42,7 +48,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "trainer"))
 
-from longalign_trainer.train import attention  # noqa: E402
+from longalign_trainer.train import attention, checkpointing, fused_ops  # noqa: E402
 from longalign_trainer.train.batching import StepSampler  # noqa: E402
 from longalign_trainer.train.loss import count_step, per_token_loss, weighted_loss  # noqa: E402
 from longalign_trainer.train.packing import IGNORE_INDEX, build_pack  # noqa: E402
@@ -84,7 +90,8 @@ def first_fit_decreasing(lengths, cap: int) -> list[list[int]]:
     return packs
 
 
-def build_model(args, attn: str, device):
+def build_model(args, attn: str, device, ours: bool = False):
+    """The random Llama; ``ours``: with the trainer's checkpointing policy and fused kernels (as ``longalign train``)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp,
@@ -94,7 +101,12 @@ def build_model(args, attn: str, device):
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM._from_config(cfg, attn_implementation=attn, dtype=args.dtype)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if ours:
+        checkpointing.enable(model, args.checkpoint_keeps)
+        if args.fused_ops and device.type == "cuda":
+            fused_ops.apply(model)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     non_embedding = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     return model, non_embedding
@@ -106,11 +118,12 @@ def flops(non_embedding: int, args, seq_lengths) -> float:
 
 def pack_equivalence(args, device) -> dict:
     """Max |logit difference| of a pack vs its sequences alone (and, for scale, vs one leaky causal row)."""
-    model, _ = build_model(args, attention.NAME, device)
+    model, _ = build_model(args, attention.NAME, device, ours=True)
     plain, _ = build_model(args, "sdpa", device)
     plain.load_state_dict(model.state_dict())
     model.eval(), plain.eval()
-    seqs = make_sequences([300, 1000, 57], args.vocab, 1) if not args.smoke else make_sequences([30, 50, 7], args.vocab, 1)
+    # The 5,000-token sequence takes the cuDNN path of the ``cudnn`` backend (padded), the others its varlen path.
+    seqs = make_sequences([30, 50, 7] if args.smoke else [5000, 300, 1000, 57], args.vocab, 1)
     pack = build_pack(seqs).to(device)
     with torch.no_grad():
         packed = model(**pack.as_model_inputs()).logits[0].float()
@@ -143,16 +156,11 @@ def micro_batches_for(strategy: str, seqs, lengths, args, rank: int, world: int)
 
 def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: int) -> dict:
     attn = {"naive": "sdpa", "hf_packing": args.hf_attn}.get(strategy, attention.NAME)
-    model, non_embedding = build_model(args, attn, device)
+    model, non_embedding = build_model(args, attn, device, ours=strategy.startswith("ours"))
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0, fused=fused)
     plan = micro_batches_for(strategy, seqs, lengths, args, rank, world)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
     timed_tokens, timed_s, timed_flops, per_seq, steps, losses = 0, 0.0, 0.0, [], 0, []
-    start, done = time.monotonic(), 0
-    step_packs, step_index = [], None
 
     def optimizer_step():
         nonlocal steps
@@ -174,16 +182,8 @@ def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: i
         for b, mbs in batches.items():
             packs = [build_pack([seqs[i] for i in mb]) for mb in mbs if mb]
             counts[b] = count_step([(pk.targets, pk.seq_index) for pk in packs])
-    for n, (b, mb) in enumerate(plan):
-        if step_index is not None and b != step_index:
-            optimizer_step()
-        step_index = b
-        if not mb:
-            continue
-        seq_lengths = [lengths[i] for i in mb]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.monotonic()
+
+    def micro_step(b, mb):
         if strategy == "naive":
             ids, labels = seqs[mb[0]]
             x = torch.tensor([ids], device=device)
@@ -201,19 +201,39 @@ def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: i
                                  world, weighting=strategy != "ours_packing")
             del logits
         loss.backward()
+        return loss.detach()
+
+    # Warm-up (compilation, kernel autotuning) on the first micro-batches, gradients discarded; then the whole
+    # epoch is timed, so every strategy is measured on all of its data in its own order.
+    for b, mb in [(b, mb) for b, mb in plan if mb][:args.warmup_micro_steps]:
+        micro_step(b, mb)
+    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start, done, step_index = time.monotonic(), 0, None
+    for b, mb in plan:
+        if step_index is not None and b != step_index:
+            optimizer_step()
+        step_index = b
+        if not mb:
+            continue
+        seq_lengths = [lengths[i] for i in mb]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.monotonic()
+        loss = micro_step(b, mb)
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.monotonic() - t0
-        losses.append(float(loss.detach()))
+        losses.append(float(loss))
         done += 1
-        if done > args.warmup_micro_steps:
-            timed_tokens += sum(seq_lengths)
-            timed_s += dt
-            timed_flops += flops(non_embedding, args, seq_lengths)
-            if strategy == "naive":
-                per_seq.append((seq_lengths[0], dt))
-        # The box counts timed work only (compilation in the warm-up steps would eat it), with a hard wall cap.
-        if timed_s > args.seconds_per_strategy or time.monotonic() - start > 3 * args.seconds_per_strategy:
+        timed_tokens += sum(seq_lengths)
+        timed_s += dt
+        timed_flops += flops(non_embedding, args, seq_lengths)
+        if strategy == "naive":
+            per_seq.append((seq_lengths[0], dt))
+        if args.seconds_per_strategy and time.monotonic() - start > args.seconds_per_strategy:
             break
     else:
         optimizer_step()
@@ -258,13 +278,17 @@ def simulate_8gpu(per_seq, lengths, seed: int, sort: bool) -> float | None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--strategies", default=",".join(STRATEGIES))
-    p.add_argument("--seconds-per-strategy", type=float, default=65.0)
-    p.add_argument("--warmup-micro-steps", type=int, default=2)
+    p.add_argument("--seconds-per-strategy", type=float, default=0.0,
+                   help="stop a strategy after this many seconds (0: run its whole epoch)")
+    p.add_argument("--warmup-micro-steps", type=int, default=2, help="untimed micro-steps first, grads discarded")
     p.add_argument("--sequences", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--global-batch", type=int, default=96, help="sequences per optimizer step (naive, sorted)")
     p.add_argument("--packing-batch", type=int, default=0, help="sequences per step for our packing (0: all)")
     p.add_argument("--attention-backend", default="auto")
+    p.add_argument("--checkpoint-keeps", default="attention", choices=checkpointing.KEEPS,
+                   help="what our strategies' gradient checkpointing keeps (the trainer's checkpoint_keeps)")
+    p.add_argument("--no-fused-ops", dest="fused_ops", action="store_false", help="the trainer's fused_ops: false")
     p.add_argument("--smoke", action="store_true", help="tiny model and lengths, on CPU")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "train_throughput.json"))
     args = p.parse_args()
@@ -294,7 +318,8 @@ def main() -> int:
     seqs = make_sequences(lengths, args.vocab, args.seed)
     env = {"torch": torch.__version__, "transformers": transformers.__version__, "world_size": world,
            "device": torch.cuda.get_device_name(device) if cuda else "cpu", "sequences": len(lengths),
-           "tokens": sum(lengths), "longest": max(lengths), "chosen_backend": backend}
+           "tokens": sum(lengths), "longest": max(lengths), "chosen_backend": backend,
+           "packing_bound": sum(lengths) / (math.ceil(sum(lengths) / args.cap) * args.cap)}
     log(json.dumps(env))
     try:
         check = pack_equivalence(args, device)
@@ -321,7 +346,8 @@ def main() -> int:
     base = naive.get("tokens_per_s") if naive else None
     hf = next((r.get("tokens_per_s") for r in results if r["strategy"] == "hf_packing"), None)
     log(f"\n{env['device']} × {world}, torch {env['torch']}, transformers {env['transformers']}; "
-        f"{env['sequences']} sequences, {env['tokens']:,} tokens; attention {check['backend']}")
+        f"{env['sequences']} sequences, {env['tokens']:,} tokens; attention {check['backend']}; "
+        f"packing efficiency bound {env['packing_bound']:.3f} ({math.ceil(env['tokens'] / args.cap)} packs)")
     log(f"{'strategy':<24}{'tokens/s':>10}{'epoch s':>9}{'MFU989':>8}{'MFU790':>8}{'peak GiB':>9}{'pack eff':>9}"
         f"{'× naive':>8}{'× HF':>6}{'micro-steps':>13}")
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
