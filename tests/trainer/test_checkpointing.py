@@ -9,14 +9,14 @@ from longalign_trainer.train import attention, checkpointing
 from longalign_trainer.train.packing import build_pack
 
 
-def pack_gradients(tiny_model, keep: str | None) -> dict[str, torch.Tensor]:
+def pack_gradients(tiny_model, keep: str | None, layers: int | None = None) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForCausalLM
 
     attention.register("sdpa_block_diagonal", "cpu")
     model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attention.NAME, dtype=torch.float32)
     model.train()
     if keep is not None:
-        checkpointing.enable(model, keep)
+        checkpointing.enable(model, keep, layers)
     torch.manual_seed(0)
     pack = build_pack([(s, s) for s in (torch.randint(10, 4000, (n,)).tolist() for n in (30, 9, 51))])
     model(**pack.as_model_inputs()).logits.square().mean().backward()
@@ -28,6 +28,32 @@ def test_gradients_equal_those_without_checkpointing(tiny_model, keep):
     plain, checkpointed = pack_gradients(tiny_model, None), pack_gradients(tiny_model, keep)
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_checkpoint_layers_checkpoints_the_first_n_only(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    layers = checkpointing.decoder_layers(model)
+    assert len(layers) == model.config.num_hidden_layers >= 2
+    assert checkpointing.enable(model, "matmuls", 1) == 1
+    assert [layer.gradient_checkpointing for layer in layers] == [True] + [False] * (len(layers) - 1)
+    plain, partial = pack_gradients(tiny_model, None), pack_gradients(tiny_model, "matmuls", 1)
+    for name, grad in plain.items():
+        torch.testing.assert_close(partial[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_matmuls_policy_keeps_every_projection_but_down():
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    policy, mm = checkpointing._policy, torch.ops.aten.mm.default
+    x, h = torch.empty(8, 16), torch.empty(8, 48)  # activations of hidden 16, MLP width 48
+    q, kv, gate_up, down = torch.empty(16, 16), torch.empty(16, 4), torch.empty(16, 48), torch.empty(48, 16)
+    for a, w in ((x, q), (x, kv), (x, gate_up)):
+        assert policy(None, mm, a, w, mlp_width=48, all_matmuls=True) == CheckpointPolicy.MUST_SAVE
+    assert policy(None, mm, h, down, mlp_width=48, all_matmuls=True) == CheckpointPolicy.PREFER_RECOMPUTE
+    assert policy(None, torch.ops.aten.mul.Tensor, x, x, mlp_width=48, all_matmuls=True) == \
+        CheckpointPolicy.PREFER_RECOMPUTE
 
 
 def test_policy_keeps_attention_and_mlp_projections_only():

@@ -8,40 +8,62 @@ keeps the outputs of chosen kernels and recomputes the rest:
 * ``nothing``: plain full checkpointing;
 * ``attention``: the attention kernels' outputs (output and log-sum-exp, ~2·hidden bytes per token and layer);
 * ``attention_and_mlp``: also the MLP's gate and up projections (2·intermediate·2 bytes per token and layer),
-  so only the attention projections and the pointwise work are recomputed.
+  so only the attention projections and the pointwise work are recomputed;
+* ``matmuls``: also the attention's q/k/v/o projections (every matrix product of a layer but the MLP's down
+  projection, whose output the backward pass never needs), so only pointwise work (norms, RoPE, SwiGLU's
+  activation) is recomputed: ~2·(2·hidden + 2·kv_width + 2·intermediate) bytes per token and layer.
+
+``layers`` (the trainer's ``checkpoint_layers``) checkpoints only the first N decoder layers; the others keep
+every activation, recompute nothing and cost the most memory.
 """
 
 from __future__ import annotations
 
 import functools
 
-KEEPS = ("nothing", "attention", "attention_and_mlp")
+KEEPS = ("nothing", "attention", "attention_and_mlp", "matmuls")
 ATTENTION_OPS = ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
                  "_scaled_dot_product_efficient_attention", "_flash_attention_forward", "_varlen_attn",
                  "_cudnn_attention_forward", "flash_attn")
 
 
-def enable(model, keep: str = "attention") -> None:
-    """Turn on non-reentrant gradient checkpointing of every decoder layer, keeping ``keep`` (see ``KEEPS``)."""
+def enable(model, keep: str = "attention", layers: int | None = None) -> int:
+    """Turn on non-reentrant gradient checkpointing of the decoder layers (the first ``layers`` of them, or
+    all), keeping ``keep`` (see ``KEEPS``); returns how many layers are checkpointed."""
     kwargs: dict = {"use_reentrant": False}
     if keep not in KEEPS:
         raise ValueError(f"checkpoint_keeps: {keep!r} is not one of {KEEPS}")
+    if layers is not None and layers < 0:
+        raise ValueError(f"checkpoint_layers: must be ≥ 0, got {layers}")
     if keep != "nothing":
         from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
-        mlp_width = model.config.intermediate_size if keep == "attention_and_mlp" else None
-        kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts,
-                                                 functools.partial(_policy, mlp_width=mlp_width))
+        mlp_width = model.config.intermediate_size if keep in ("attention_and_mlp", "matmuls") else None
+        kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, functools.partial(
+            _policy, mlp_width=mlp_width, all_matmuls=keep == "matmuls"))
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    checkpointed = decoder_layers(model)
+    for layer in checkpointed[layers:] if layers is not None else []:
+        layer.gradient_checkpointing = False
+    return min(len(checkpointed), layers) if layers is not None else len(checkpointed)
 
 
-def _policy(ctx, op, *args, mlp_width: int | None = None, **kwargs):
+def decoder_layers(model) -> list:
+    """The modules transformers checkpoints (its ``GradientCheckpointingLayer``s: the decoder layers), in order."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def _policy(ctx, op, *args, mlp_width: int | None = None, all_matmuls: bool = False, **kwargs):
     import torch
     from torch.utils.checkpoint import CheckpointPolicy
 
     name = str(op)
     if any(kernel in name for kernel in ATTENTION_OPS):
         return CheckpointPolicy.MUST_SAVE
-    if mlp_width and op is torch.ops.aten.mm.default and args[1].shape[-1] == mlp_width:
-        return CheckpointPolicy.MUST_SAVE
+    if mlp_width and op is torch.ops.aten.mm.default:
+        # aten.mm(x [tokens, in], weightᵀ [in, out]): gate/up have out == intermediate, down has in == it.
+        if args[1].shape[-1] == mlp_width or (all_matmuls and args[0].shape[-1] != mlp_width):
+            return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE

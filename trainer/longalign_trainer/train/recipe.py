@@ -136,7 +136,7 @@ class Recipe:
         # its recomputation, which selective checkpointing's op-by-op replay refuses: it gets full checkpointing.
         self.checkpoint_keeps = cfg.checkpoint_keeps if cfg.zero_stage < 3 else "nothing"
         if cfg.gradient_checkpointing:
-            checkpointing.enable(model, self.checkpoint_keeps)
+            checkpointing.enable(model, self.checkpoint_keeps, cfg.checkpoint_layers)
         if cfg.fused_ops and self.cuda:
             fused_ops.apply(model)
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
@@ -334,6 +334,7 @@ class Recipe:
             "strategy": self.cfg.strategy, "loss_weighting": self.cfg.loss_weighting,
             "attention_backend": self.backend, "world_size": self.world, "zero_stage": self.cfg.zero_stage,
             "checkpoint_keeps": self.checkpoint_keeps if self.cfg.gradient_checkpointing else None,
+            "checkpoint_layers": self.cfg.checkpoint_layers if self.cfg.gradient_checkpointing else None,
             "checkpoint": str(getattr(self, "last_checkpoint", "")), "export": str(export) if export else None,
             "data": self.data_report.summary(),
         }
