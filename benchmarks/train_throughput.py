@@ -10,7 +10,10 @@ FLOPs = 6 × non-embedding parameters (LM head counted) × tokens + 6 × layers 
 (causal attention of each sequence alone, never the pack length squared); recomputation is not counted.
 
 Strategies, each from the same fresh random init: a few untimed warm-up micro-steps (compilation, autotuning;
-gradients discarded), then the whole epoch timed (``--seconds-per-strategy`` can cut it short: the table says
+gradients discarded) and, for ours on the cuDNN backend, one attention forward/backward per distinct padded
+sequence shape of the set (cuDNN builds an execution plan per new shape, on the host, when it first meets it:
+without this the second cuDNN strategy of a process would inherit the first one's plans), then the whole epoch
+timed (``--seconds-per-strategy`` can cut it short: the table says
 how many micro-steps ran, since a partial epoch's length mix differs from the whole one's):
 * naive: the paper's baseline, random order, one sequence per micro-step (SDPA, full gradient checkpointing),
   accumulation to 96; plus the paper's 8-GPU naive simulated from per-sequence times (each micro-step waits for
@@ -102,7 +105,7 @@ def build_model(args, attn: str, device, ours: bool = False):
     with torch.device(device):
         model = LlamaForCausalLM._from_config(cfg, attn_implementation=attn, dtype=args.dtype)
     if ours:
-        checkpointing.enable(model, args.checkpoint_keeps)
+        checkpointing.enable(model, args.checkpoint_keeps, args.checkpoint_layers)
         if args.fused_ops and device.type == "cuda":
             fused_ops.apply(model)
     else:
@@ -110,6 +113,19 @@ def build_model(args, attn: str, device, ours: bool = False):
     model.train()
     non_embedding = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     return model, non_embedding
+
+
+def naive_sdpa_kernel(args, device) -> str | None:
+    """The kernel PyTorch's SDPA picks for naive batching's causal attention (cuDNN's would re-plan per length)."""
+    if device.type != "cuda" or not hasattr(torch, "_fused_sdp_choice"):
+        return None
+    from torch.nn.attention import SDPBackend
+
+    q = torch.zeros(1, args.heads, 4096, args.hidden // args.heads, device=device, dtype=args.dtype)
+    try:
+        return SDPBackend(torch._fused_sdp_choice(q, q, q, None, 0.0, True)).name
+    except Exception as exc:  # a private function: report, never fail the benchmark
+        return f"unknown ({type(exc).__name__})"
 
 
 def flops(non_embedding: int, args, seq_lengths) -> float:
@@ -208,6 +224,17 @@ def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: i
     for b, mb in [(b, mb) for b, mb in plan if mb][:args.warmup_micro_steps]:
         micro_step(b, mb)
     model.zero_grad(set_to_none=True)
+    # cuDNN plans per padded shape: build them all now, so no strategy inherits another's (see --no-cudnn-warmup).
+    t_plans = time.monotonic()
+    try:
+        plans = attention.warm_up_cudnn(lengths, args.heads, args.kv_heads, args.hidden // args.heads, args.dtype,
+                                        device) if attn == attention.NAME and args.cudnn_warmup else 0
+    except Exception as exc:  # timing without warm plans is still a measurement: say so and go on
+        print(f"cuDNN warm-up failed: {type(exc).__name__}: {exc}", flush=True)
+        plans = -1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    plans_s = time.monotonic() - t_plans
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -249,6 +276,7 @@ def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: i
                                                      if strategy in ("hf_packing", "ours_packing",
                                                                      "ours_packing_weighted") else None),
         "first_loss": losses[0] if losses else None, "attention": attn if attn != attention.NAME else attention.chosen_backend(),
+        "cudnn_plans_warmed": plans, "cudnn_warmup_s": round(plans_s, 2) if plans else 0,
     }
     if per_seq:
         result["per_seq"] = per_seq
@@ -286,9 +314,14 @@ def main() -> int:
     p.add_argument("--global-batch", type=int, default=96, help="sequences per optimizer step (naive, sorted)")
     p.add_argument("--packing-batch", type=int, default=0, help="sequences per step for our packing (0: all)")
     p.add_argument("--attention-backend", default="auto")
-    p.add_argument("--checkpoint-keeps", default="attention", choices=checkpointing.KEEPS,
+    p.add_argument("--checkpoint-keeps", default="matmuls", choices=checkpointing.KEEPS,
                    help="what our strategies' gradient checkpointing keeps (the trainer's checkpoint_keeps)")
+    p.add_argument("--checkpoint-layers", type=int, default=None,
+                   help="checkpoint only the first N decoder layers (the trainer's checkpoint_layers; default all)")
     p.add_argument("--no-fused-ops", dest="fused_ops", action="store_false", help="the trainer's fused_ops: false")
+    p.add_argument("--no-cudnn-warmup", dest="cudnn_warmup", action="store_false",
+                   help="skip building cuDNN's plans for every padded shape before timing (then the first "
+                        "cuDNN strategy of a process pays for them and later ones inherit them)")
     p.add_argument("--smoke", action="store_true", help="tiny model and lengths, on CPU")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "train_throughput.json"))
     args = p.parse_args()
@@ -319,7 +352,8 @@ def main() -> int:
     env = {"torch": torch.__version__, "transformers": transformers.__version__, "world_size": world,
            "device": torch.cuda.get_device_name(device) if cuda else "cpu", "sequences": len(lengths),
            "tokens": sum(lengths), "longest": max(lengths), "chosen_backend": backend,
-           "packing_bound": sum(lengths) / (math.ceil(sum(lengths) / args.cap) * args.cap)}
+           "packing_bound": sum(lengths) / (math.ceil(sum(lengths) / args.cap) * args.cap),
+           "naive_sdpa_kernel": naive_sdpa_kernel(args, device)}
     log(json.dumps(env))
     try:
         check = pack_equivalence(args, device)

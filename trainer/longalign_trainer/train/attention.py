@@ -235,3 +235,29 @@ def _torch_varlen(q, k, v, cu, max_len: int, scaling: float):
             groups = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kwargs)
+
+
+def warm_up_cudnn(lengths, heads: int, kv_heads: int, head_dim: int, dtype, device) -> int:
+    """Build cuDNN's execution plans (forward and backward) for every padded shape ``lengths`` will reach.
+
+    cuDNN plans once per new shape, on the host, inside the first step that meets it; a timed run that follows
+    another over the same data would inherit its plans. Runs one attention forward and backward per distinct
+    padded length (with a real length of that bucket, so the tensors have the model's layout); returns how many.
+    Does nothing unless the ``cudnn`` backend is chosen.
+    """
+    import torch
+
+    if _chosen["backend"] != "cudnn":
+        return 0
+    buckets = {}
+    for n in lengths:
+        if n >= CUDNN_MIN_LENGTH:
+            buckets.setdefault(-(-n // CUDNN_PAD), n)
+    for n in buckets.values():
+        # transformers' q/k/v: [1, T, H, D] projections viewed as [1, H, T, D]
+        q, k, v = (torch.randn(1, n, h, head_dim, device=device, dtype=dtype).transpose(1, 2).requires_grad_()
+                   for h in (heads, kv_heads, kv_heads))
+        cu = torch.tensor([0, n], dtype=torch.int32, device=device)
+        out, _ = packed_attention_forward(None, q, k, v, cu_seq_lens_q=cu, max_length_q=n)
+        out.backward(torch.randn_like(out).contiguous())
+    return len(buckets)
