@@ -69,13 +69,14 @@ class TrainConfig(BaseModel):
     offload_params: bool = Field(False, description="keep parameters in CPU memory (ZeRO-3 only)")
     bf16: bool | None = Field(None, description="bf16 training; default: on with a GPU, off (fp32) on CPU")
     gradient_checkpointing: bool = True
-    checkpoint_keeps: Literal["nothing", "attention", "attention_and_mlp", "matmuls"] = Field("matmuls", description=(
+    checkpoint_keeps: Literal["nothing", "attention", "attention_and_mlp", "matmuls"] = Field("attention", description=(
         "what gradient checkpointing keeps instead of recomputing: nothing (full recompute), the attention "
         "kernels' outputs (~2·hidden bytes per token and layer), those and the MLP's gate/up projections "
         "(another 4·intermediate bytes), or every matrix product but the MLP's down projection (only pointwise "
         "work is recomputed; another 4·(hidden + kv width) bytes): see train/checkpointing.py. ZeRO stage 3 "
         "always recomputes everything. Issue 9's 0.79 B model, 64k packs, one H100: matmuls 32.9k tokens/s at "
-        "55 GiB, attention 31.2k at 24 GiB (benchmark); for much wider or deeper models pick attention"))
+        "55 GiB, attention 31.2k at 24 GiB (benchmark). The default, attention, is the one that fits any model "
+        "that fits with full recomputation plus a few GiB; matmuls is ~5 % faster where memory allows"))
     checkpoint_layers: int | None = Field(None, ge=0, description=(
         "checkpoint only the first N decoder layers; the rest keep all their activations (no recomputation, "
         "the most memory: ~2 GiB more per layer for issue 9's model at 64k tokens). Default: every layer"))
