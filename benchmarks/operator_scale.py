@@ -58,16 +58,19 @@ def watch_first_seen(list_call, args: tuple, seen: dict[str, float], stop: threa
     version = None
     while not stop.is_set():
         try:
+            # Plain JSON, not the client's models: building a V1Pod per event is slow enough for this thread to
+            # fall seconds behind thousands of pod events, which would count as latency.
             for event in watch.Watch().stream(list_call, *args, resource_version=version, timeout_seconds=30,
-                                              **kwargs):
-                meta = event["object"]["metadata"] if isinstance(event["object"], dict) else \
-                    client.ApiClient().sanitize_for_serialization(event["object"].metadata)
+                                              deserialize=False, **kwargs):
+                meta = event["object"]["metadata"]
                 seen.setdefault(meta["name"], time.monotonic())
                 version = meta["resourceVersion"]
         except client.exceptions.ApiException as e:
             if e.status != 410:
                 raise
             version = None  # too old: list again (names already seen keep their first time)
+        except KeyError:  # the client reads an ERROR event's "raw_object", absent without deserializing: 410 too
+            version = None
         except urllib3.exceptions.ProtocolError:
             continue  # the stream broke (or the cluster is stopping): watch again from where it was
 
