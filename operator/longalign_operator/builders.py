@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from longalign_operator.spec import GROUP, KIND, VERSION, LongAlignRunSpec, PodOptions, StageOptions, VolumeSource
+from longalign_operator.spec import GROUP, KIND, VERSION, LongAlignRunSpec, PodOptions, StageOptions
+from longalign_trainer.contract import JUDGE_KEY_ENV, TEACHER_URL_ENV
 
 LABEL_RUN = f"{GROUP}/run"
 LABEL_STAGE = f"{GROUP}/stage"
@@ -80,14 +81,9 @@ def _meta(run: Run, name: str, stage: str, attempt: int | None = None) -> dict[s
 
 def _volumes(spec: LongAlignRunSpec, config_map: str | None) -> tuple[list[dict], list[dict]]:
     """The run's volumes and their mounts; plus the stage config's ConfigMap and /dev/shm when given."""
-    storage = spec.storage
-    sources: dict[str, VolumeSource] = {
-        "models": storage.models, "data": storage.data, "checkpoints": storage.checkpoints,
-        "results": storage.results or storage.checkpoints, "documents": storage.documents or storage.data,
-    }
     volumes, mounts = [], []
     claims: dict[str, str] = {}
-    for role, src in sources.items():
+    for role, src in spec.storage.mounts().items():
         volume = claims.setdefault(src.claim_name, f"vol-{len(claims)}")
         if not any(v["name"] == volume for v in volumes):
             volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": src.claim_name}})
@@ -295,7 +291,7 @@ def judge_env(run: Run) -> list[dict]:
     if judge is None or judge.api_key_secret_ref is None:
         return []
     ref = judge.api_key_secret_ref
-    return [{"name": "LONGALIGN_JUDGE_API_KEY",
+    return [{"name": JUDGE_KEY_ENV,
              "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
 
 
@@ -305,7 +301,7 @@ def stage_objects(run: Run, stage: str, attempt: int) -> list[dict[str, Any]]:
     if stage == "dataGeneration":
         objects += teacher_objects(run)
         objects.append(single_pod_job(run, stage, attempt, gpus=0,
-                                      env=[{"name": "LONGALIGN_TEACHER_URL", "value": teacher_urls(run)}]))
+                                      env=[{"name": TEACHER_URL_ENV, "value": teacher_urls(run)}]))
     elif stage == "training":
         objects += [training_service(run), training_job(run, attempt)]
     else:

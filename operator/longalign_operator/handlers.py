@@ -191,13 +191,9 @@ def _observe(meta: dict[str, Any], status: dict[str, Any], spec: LongAlignRunSpe
 def _missing(ns: str, spec: LongAlignRunSpec, claims: kopf.Index):
     """Describe each PersistentVolumeClaim the spec names that does not exist. (Secrets are not read: the
     operator has no right to; a missing one shows as the pod's CreateContainerConfigError.)"""
-    storage = spec.storage
-    named = {"spec.storage.models": storage.models, "spec.storage.data": storage.data,
-             "spec.storage.checkpoints": storage.checkpoints, "spec.storage.results": storage.results,
-             "spec.storage.documents": storage.documents}
-    for field, source in named.items():
+    for field, source in spec.storage:
         if source is not None and (ns, source.claim_name) not in claims:
-            yield f"PersistentVolumeClaim {source.claim_name!r} ({field}.claimName)"
+            yield f"PersistentVolumeClaim {source.claim_name!r} (spec.storage.{field}.claimName)"
 
 
 def _invalid(body: kopf.Body, meta: dict[str, Any], status: dict[str, Any], gateway: Gateway,

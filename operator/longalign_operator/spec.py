@@ -187,6 +187,11 @@ class Storage(Model):
     documents: VolumeSource | None = None
     """Long documents for data generation; default: the data volume."""
 
+    def mounts(self) -> dict[str, VolumeSource]:
+        """The claim (and sub-path) behind each of the pods' mounts, defaults applied."""
+        return {"models": self.models, "data": self.data, "checkpoints": self.checkpoints,
+                "results": self.results or self.checkpoints, "documents": self.documents or self.data}
+
 
 class LongAlignRunSpec(Model):
     """A LongAlign run: generate long instruction data, train on it, evaluate the result."""

@@ -28,6 +28,10 @@ from typing import IO, Any
 MARKER = "longalign"
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_PATH_ENV = "LONGALIGN_TERMINATION_MESSAGE_PATH"
+TEACHER_URL_ENV = "LONGALIGN_TEACHER_URL"
+"""The teacher servers' base URLs (comma-separated) that the operator gives the data generation pod."""
+JUDGE_KEY_ENV = "LONGALIGN_JUDGE_API_KEY"
+"""The judge's API key, which the operator gives the evaluation pod from the run's Secret."""
 MAX_SUMMARY_BYTES = 4096  # Kubernetes truncates termination messages beyond 4096 bytes
 
 

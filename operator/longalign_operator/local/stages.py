@@ -26,10 +26,8 @@ from longalign_operator.local.progress import StageDisplay
 from longalign_operator.local.runfile import LocalOptions
 from longalign_operator.local.volumes import Volumes
 from longalign_operator.plan import ATTR, JobView, PodView
+from longalign_trainer.contract import JUDGE_KEY_ENV, TEACHER_URL_ENV, TERMINATION_MESSAGE_PATH_ENV
 
-TEACHER_URL_ENV = "LONGALIGN_TEACHER_URL"
-JUDGE_KEY_ENV = "LONGALIGN_JUDGE_API_KEY"
-SUMMARY_PATH_ENV = "LONGALIGN_TERMINATION_MESSAGE_PATH"
 LOCAL_JUDGE_KEY = "local"  # vLLM ignores keys; the stage's client still wants one
 
 
@@ -97,7 +95,7 @@ class LocalStages:
             with self._services(stage, folder) as services:
                 config = folder / "config.json"
                 config.write_text(json.dumps(self.envelope(stage, attempt, services), indent=2, sort_keys=True))
-                env = {**services.env, SUMMARY_PATH_ENV: str(self.summary_path(stage, attempt))}
+                env = {**services.env, TERMINATION_MESSAGE_PATH_ENV: str(self.summary_path(stage, attempt))}
                 exit_code = self._execute(stage, self.command(stage, config), env, display)
         except ServiceError as e:
             return _job(name, 1, json.dumps({"error": str(e)[-3000:]}), None)

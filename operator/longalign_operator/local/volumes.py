@@ -48,10 +48,7 @@ class Volumes:
     @classmethod
     def for_spec(cls, spec: LongAlignRunSpec, workdir: Path, explicit: dict[str, Path] | None = None) -> "Volumes":
         """The local folders of a spec's volumes (see the module docstring)."""
-        storage = spec.storage
-        sources = {"models": storage.models, "data": storage.data, "checkpoints": storage.checkpoints,
-                   "results": storage.results or storage.checkpoints,
-                   "documents": storage.documents or storage.data}
+        sources = spec.storage.mounts()
         explicit = explicit or {}
         shared = {(sources[m].claim_name, sources[m].sub_path): folder for m, folder in explicit.items()}
         folders = {}

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-TEACHER_URL_ENV = "LONGALIGN_TEACHER_URL"
+from longalign_trainer.contract import TEACHER_URL_ENV
+
 COMPARISON = "comparison"
 CONCURRENCY_PER_REPLICA = 32
 # The spec's teacher fields; any other key in the teacher section is the stage's own teacher setting.

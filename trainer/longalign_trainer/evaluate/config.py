@@ -23,10 +23,10 @@ from typing import Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from longalign_trainer.contract import JUDGE_KEY_ENV
 from longalign_trainer.datagen.config import ConfigError, EngineConfig
 
 DATA_DIR = Path(__file__).parent / "data"
-JUDGE_KEY_ENV = "LONGALIGN_JUDGE_API_KEY"
 
 __all__ = ["ConfigError", "EvalConfig", "load_config", "parse_config", "to_eval"]
 
