@@ -51,14 +51,30 @@ def test_unknown_backend_is_refused_by_name():
         attention.register("flash_attn", "cpu")
 
 
-def test_per_sequence_loop_equals_the_block_diagonal_reference():
-    """The cuDNN backend's loop (here on CPU's SDPA), padded or not: same output as the explicit mask, grouped KV
-    heads too."""
+@pytest.mark.parametrize("pad_to", [1, 8])
+def test_cudnn_backend_splits_equal_the_block_diagonal_reference(monkeypatch, pad_to):
+    """The cuDNN backend's split into long sequences (one SDPA each, padded) and runs of short ones (one varlen
+    call each), here on CPU's SDPA with the varlen kernel stood in by the reference: same output and the same
+    gradients as the explicit mask, grouped KV heads too."""
+    def reference_varlen(q, k, v, cu, max_len, scaling):  # PyTorch's varlen kernel is GPU-only: [T, H, D] in and out
+        return attention._sdpa_block_diagonal(*(t.transpose(0, 1)[None] for t in (q, k, v)), cu, scaling)[0].transpose(0, 1)
+
+    monkeypatch.setattr(attention, "CUDNN_MIN_LENGTH", 10)
+    monkeypatch.setattr(attention, "CUDNN_PAD", pad_to)
+    monkeypatch.setattr(attention, "_torch_varlen", reference_varlen)
     torch.manual_seed(2)
-    lengths = [7, 1, 22, 11]
-    cu = torch.tensor([0, 7, 8, 30, 41], dtype=torch.int32)
-    q, k, v = torch.randn(1, 4, 41, 16), torch.randn(1, 2, 41, 16), torch.randn(1, 2, 41, 16)
-    reference = attention._sdpa_block_diagonal(q, k, v, cu, 0.25)
-    for pad_to in (1, 8):
-        loop = attention._per_sequence(q, k, v, lengths, 0.25, pad_to=pad_to)
-        torch.testing.assert_close(loop, reference, rtol=1e-5, atol=1e-5)
+    lengths = [7, 1, 22, 11, 3, 4, 13]  # short run, two long ones, short run, a long one last
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    total = sum(lengths)
+    # transformers' layout: [1, H, T, D] views of [1, T, H, D] projections
+    q, k, v = (torch.randn(1, total, h, 16).transpose(1, 2).requires_grad_() for h in (4, 2, 2))
+    grad_out = torch.randn(1, total, 4, 16)
+    out = attention._cudnn(q, k, v, cu, 0.25)
+    out.backward(grad_out)
+    got = [out.detach(), *(t.grad for t in (q, k, v))]
+    for t in (q, k, v):
+        t.grad = None
+    reference = attention._sdpa_block_diagonal(q, k, v, cu, 0.25).transpose(1, 2)
+    reference.backward(grad_out)
+    for g, r in zip(got, [reference.detach(), *(t.grad for t in (q, k, v))]):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)

@@ -8,8 +8,8 @@ order ``auto`` tries them:
 
 * ``cudnn``: on Hopper or newer GPUs, every sequence of at least ``CUDNN_MIN_LENGTH`` tokens gets its own SDPA
   call on cuDNN's fused attention; each run of shorter ones, one ``torch_varlen`` call. Measured on an H100
-  (64k packs, 16×128 query heads, 4 KV heads, fwd+bwd): 475 TFLOP/s against 285 for the FlashAttention-2
-  kernels behind ``torch_varlen`` and 275 for ``flex``. But cuDNN builds an execution plan for every new shape
+  (one 64k sequence, 16×128 query heads, 4 KV heads, fwd+bwd): ~480 TFLOP/s against ~320 for the
+  FlashAttention-2 kernels behind ``torch_varlen`` and 275 for ``flex`` (a 64k pack). But cuDNN builds an execution plan for every new shape
   and each call costs host time: a plain loop over every sequence lost to ``torch_varlen`` over a whole epoch.
   So long sequences are zero-padded at their end to a multiple of ``CUDNN_PAD`` (exact: causal attention never
   lets a real token see the padding), and short ones, where cuDNN gains least, never reach it;
@@ -115,19 +115,12 @@ def block_diagonal_causal_mask(cu_seqlens, total: int):
     return (seq[:, None] == seq[None, :]) & (pos[None, :] <= pos[:, None])
 
 
-def _repeat_kv(query, key, value):
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    return key, value
-
-
 def _sdpa_block_diagonal(query, key, value, cu_seqlens, scaling):
     import torch
 
-    key, value = _repeat_kv(query, key, value)
     mask = block_diagonal_causal_mask(cu_seqlens, query.shape[2])
-    return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+    return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
+                                                            enable_gqa=query.shape[1] != key.shape[1])
 
 
 @lru_cache(maxsize=1)
@@ -178,45 +171,48 @@ def _host_lengths(cu_seqlens) -> list[int]:
 
 
 def _cudnn(query, key, value, cu_seqlens, scaling):
-    """Long sequences one by one on cuDNN, runs of short ones through varlen: ``[1, T, Hq, D]``."""
+    """Long sequences one by one on cuDNN, runs of short ones through varlen: ``[1, T, Hq, D]``.
+
+    Works on ``[T, H, D]`` views (the projections' own layout) split once per tensor: the backward pass of a
+    split is one concatenation, where slicing each piece out would zero-fill and add a whole-pack gradient
+    per piece; the output comes out contiguous, so transformers' reshape after attention copies nothing.
+    """
     import itertools
 
     import torch
 
-    outs, start = [], 0
+    segments = []  # (is_long, lengths): each long sequence alone, each run of short ones together
     for is_long, run in itertools.groupby(_host_lengths(cu_seqlens), key=lambda n: n >= CUDNN_MIN_LENGTH):
-        run = list(run)
-        q, k, v = (t[:, :, start:start + sum(run)] for t in (query, key, value))
+        segments += [(True, [n]) for n in run] if is_long else [(False, list(run))]
+    sizes = [sum(run) for _, run in segments]
+    pieces = zip(*(t.squeeze(0).transpose(0, 1).split(sizes) for t in (query, key, value)))
+    outs = []
+    for (is_long, run), (q, k, v) in zip(segments, pieces):
         if is_long:
-            outs.append(_per_sequence(q, k, v, run, scaling, pad_to=CUDNN_PAD))
+            outs.append(_causal_padded(q, k, v, scaling, pad_to=CUDNN_PAD))
         else:
             cu = torch.tensor([0, *itertools.accumulate(run)], dtype=torch.int32).to(query.device, non_blocking=True)
-            q, k, v = (t[0].transpose(0, 1) for t in (q, k, v))
-            outs.append(_torch_varlen(q, k, v, cu, max(run), scaling).transpose(0, 1)[None])
-        start += sum(run)
-    return torch.cat(outs, dim=2).transpose(1, 2)
+            outs.append(_torch_varlen(q, k, v, cu, max(run), scaling))
+    return torch.cat(outs)[None]
 
 
-def _per_sequence(query, key, value, lengths, scaling, pad_to: int = 1):
-    """Causal SDPA on each sequence (cuDNN's kernel on a GPU), zero-padded to a multiple of ``pad_to``: ``[1, Hq, T, D]``.
-
-    Padding goes at a sequence's end, where causal attention hides it from every real token.
-    """
+def _causal_padded(q, k, v, scaling, pad_to: int = 1):
+    """Causal SDPA of one sequence ``[n, H, D]`` (cuDNN's kernel on a GPU, grouped KV heads as they are),
+    zero-padded to a multiple of ``pad_to`` at its end, where causal attention hides the padding from every
+    real token: ``[n, Hq, D]``."""
     import contextlib
 
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    outs, start = [], 0
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION) if query.is_cuda else contextlib.nullcontext():
-        for n in lengths:
-            q, k, v = (t[:, :, start:start + n] for t in (query, key, value))
-            k, v = _repeat_kv(q, k, v)
-            q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, -n % pad_to)) for t in (q, k, v))
-            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
-            outs.append(out[:, :, :n])
-            start += n
-    return torch.cat(outs, dim=2)
+    n = q.shape[0]
+    if n % pad_to:
+        q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, 0, 0, -n % pad_to)) for t in (q, k, v))
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION) if q.is_cuda else contextlib.nullcontext():
+        out = torch.nn.functional.scaled_dot_product_attention(
+            *(t.transpose(0, 1)[None] for t in (q, k, v)), is_causal=True, scale=scaling,
+            enable_gqa=q.shape[1] != k.shape[1])
+    return out[0].transpose(0, 1)[:n]
 
 
 def _torch_varlen(q, k, v, cu, max_len: int, scaling: float):
