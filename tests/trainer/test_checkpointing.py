@@ -82,3 +82,43 @@ def test_fused_ops_compute_what_the_llama_modules_compute():
     torch.testing.assert_close(fused_ops.rms_norm(x, norm.weight, norm.variance_epsilon), norm(x))
     mlp = LlamaMLP(LlamaConfig(hidden_size=16, intermediate_size=24, num_attention_heads=2, hidden_act="silu"))
     torch.testing.assert_close(mlp.down_proj(fused_ops.silu_mul(mlp.gate_proj(x), mlp.up_proj(x))), mlp(x))
+
+
+def test_fused_rotary_runs_only_in_the_patched_model_and_changes_nothing(monkeypatch):
+    """fused_ops routes Llama's rotary embedding through ``rotary`` (compiled on GPUs; recorded here) inside the
+    model it patched only: another model of the same class in the process keeps transformers' own function,
+    and both compute the same logits."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama import modeling_llama
+
+    from longalign_trainer.train import fused_ops
+
+    calls = []
+
+    def recording(fn):
+        def run(*args):
+            calls.append(fn.__name__)
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(fused_ops, "compiled", recording)
+    transformers_rotary = modeling_llama.apply_rotary_pos_emb
+    monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", transformers_rotary)  # restored after the test
+    torch.manual_seed(5)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    patched = LlamaForCausalLM(cfg).eval()
+    plain = copy.deepcopy(patched)
+    assert fused_ops.apply(patched) == 4 * cfg.num_hidden_layers + 1  # attention, MLP, 2 norms; the final norm
+    ids = torch.randint(0, 100, (1, 33))
+    with torch.no_grad():
+        expected = plain(input_ids=ids).logits
+        assert "rotary" not in calls
+        got = patched(input_ids=ids).logits
+    assert calls.count("rotary") == cfg.num_hidden_layers
+    torch.testing.assert_close(got, expected)
+    q, k, cos, sin = torch.randn(1, 4, 7, 16), torch.randn(1, 2, 7, 16), torch.randn(1, 7, 16), torch.randn(1, 7, 16)
+    for mine, theirs in zip(fused_ops.rotary(q, k, cos, sin), transformers_rotary(q, k, cos, sin)):
+        torch.testing.assert_close(mine, theirs)

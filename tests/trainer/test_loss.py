@@ -103,14 +103,17 @@ def test_two_real_ranks_give_the_reference(weighting):
     assert out[1] == out[0]
 
 
-def test_chunked_loss_equals_the_whole_one_with_its_gradient():
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_chunked_loss_equals_the_whole_one_with_its_gradient(compiled):
+    """Chunks (recomputed in the backward pass), eager or compiled (the trainer's ``fused_ops`` on GPUs; here
+    on CPU): the same losses and gradients as one eager cross-entropy over all rows."""
     torch.manual_seed(3)
     logits = torch.randn(23, VOCAB, requires_grad=True)
     targets = torch.randint(0, VOCAB, (23,))
     targets[::4] = IGNORE_INDEX
     whole = per_token_loss(logits, targets, chunk=1000)
     (grad,) = torch.autograd.grad(whole.square().sum(), logits)
-    chunked = per_token_loss(logits, targets, chunk=5)
+    chunked = per_token_loss(logits, targets, chunk=5, compiled=compiled)
     (chunked_grad,) = torch.autograd.grad(chunked.square().sum(), logits)
     torch.testing.assert_close(chunked, whole)
     torch.testing.assert_close(chunked_grad, grad)

@@ -81,7 +81,8 @@ class TrainConfig(BaseModel):
         "checkpoint only the first N decoder layers; the rest keep all their activations (no recomputation, "
         "the most memory: ~2 GiB more per layer for issue 9's model at 64k tokens). Default: every layer"))
     fused_ops: bool = Field(True, description=(
-        "compiled RMSNorm and SwiGLU kernels for Llama-style models, on GPUs (see train/fused_ops.py)"))
+        "compiled RMSNorm, SwiGLU and rotary-embedding kernels for Llama-style models and a compiled "
+        "cross-entropy, on GPUs (see train/fused_ops.py)"))
     attention_backend: Literal["auto", "cudnn", "flash_attn", "torch_varlen", "flex", "sdpa_block_diagonal"] = Field(
         "auto", description="kernel for packed attention; auto picks the fastest available (see attention.py)")
     peak_tflops_per_device: float | None = Field(None, gt=0, description=(

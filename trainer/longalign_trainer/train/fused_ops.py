@@ -1,20 +1,28 @@
-"""Compiled pointwise kernels for Llama-style decoder layers (RMSNorm, SwiGLU), on GPUs.
+"""Compiled pointwise kernels for Llama-style decoder layers (RMSNorm, SwiGLU, rotary embedding), on GPUs.
 
-transformers runs RMSNorm as six separate kernels (upcast, square, mean, rsqrt, scale, downcast) and SwiGLU
-as two, each reading and writing the whole activation; at 64k tokens that is a large share of a step's
-non-attention time. ``torch.compile`` fuses each into one kernel forward and one backward. Only the
-pointwise work is compiled, per module instance: the matmuls, attention and DeepSpeed's parameter hooks stay
-eager, and other models (or modules of another shape) are left as they are.
+transformers runs RMSNorm as six separate kernels (upcast, square, mean, rsqrt, scale, downcast), SwiGLU as
+two and the rotary embedding as five per tensor (two products, a sum, a negation and a concatenation), each
+reading and writing the whole activation; at 64k tokens that is a large share of a step's non-attention
+time. ``torch.compile`` fuses each into one kernel forward and one backward. Only the pointwise work is
+compiled, per module instance: the matmuls, attention and DeepSpeed's parameter hooks stay eager, and other
+models (or modules of another shape) are left as they are.
 """
 
 from __future__ import annotations
 
+import contextvars
+import sys
 import types
 from functools import lru_cache
 
+# Model families whose ``apply_rotary_pos_emb`` is Llama's (``rotary`` below); others keep their own.
+ROTARY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+_rotary_compiled = contextvars.ContextVar("longalign_rotary_compiled", default=False)
+
 
 def apply(model) -> int:
-    """Route the RMSNorm and SwiGLU modules of ``model`` through compiled kernels; returns how many."""
+    """Route the RMSNorm, SwiGLU and (Llama-family) attention modules of ``model`` through compiled kernels;
+    returns how many modules were patched."""
     patched = 0
     for module in model.modules():
         kind = type(module).__name__
@@ -24,6 +32,9 @@ def apply(model) -> int:
         elif kind.endswith("MLP") and all(hasattr(module, n) for n in ("gate_proj", "up_proj", "down_proj")) \
                 and getattr(getattr(module, "config", None), "hidden_act", None) in ("silu", "swish"):
             module.forward = types.MethodType(_swiglu_forward, module)
+            patched += 1
+        elif kind.endswith("Attention") and _route_rotary(type(module)):
+            module.forward = types.MethodType(_attention_forward, module)
             patched += 1
     return patched
 
@@ -44,16 +55,55 @@ def silu_mul(gate, up):
     return torch.nn.functional.silu(gate) * up
 
 
+def rotary(q, k, cos, sin, unsqueeze_dim: int = 1):
+    """transformers' Llama ``apply_rotary_pos_emb``: x·cos + rotate_half(x)·sin, for q and k."""
+    import torch
+
+    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+
+    def rotate(x):
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+    return rotate(q), rotate(k)
+
+
 @lru_cache(maxsize=None)
-def _compiled(fn):
+def compiled(fn):
+    """``fn`` through ``torch.compile`` (dynamic shapes), compiled once per function."""
     import torch
 
     return torch.compile(fn, dynamic=True)
 
 
 def _norm_forward(self, hidden_states):
-    return _compiled(rms_norm)(hidden_states, self.weight, self.variance_epsilon)
+    return compiled(rms_norm)(hidden_states, self.weight, self.variance_epsilon)
 
 
 def _swiglu_forward(self, x):
-    return self.down_proj(_compiled(silu_mul)(self.gate_proj(x), self.up_proj(x)))
+    return self.down_proj(compiled(silu_mul)(self.gate_proj(x), self.up_proj(x)))
+
+
+def _route_rotary(attention_class) -> bool:
+    """Make the modeling module's ``apply_rotary_pos_emb`` run ``rotary`` compiled inside the attention
+    modules ``apply`` patched (and the module's own function everywhere else); False for other families."""
+    modeling = sys.modules[attention_class.__module__]
+    original = getattr(modeling, "apply_rotary_pos_emb", None)
+    if modeling.__name__.split(".")[-2:-1] not in [[f] for f in ROTARY_FAMILIES] or original is None:
+        return False
+    if not getattr(original, "routes_to_compiled", False):
+        def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
+            fn = compiled(rotary) if _rotary_compiled.get() else original
+            return fn(q, k, cos, sin, unsqueeze_dim)
+
+        apply_rotary_pos_emb.routes_to_compiled = True
+        modeling.apply_rotary_pos_emb = apply_rotary_pos_emb
+    return True
+
+
+def _attention_forward(self, *args, **kwargs):
+    token = _rotary_compiled.set(True)
+    try:
+        return type(self).forward(self, *args, **kwargs)
+    finally:
+        _rotary_compiled.reset(token)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from longalign_trainer.train import fused_ops
 from longalign_trainer.train.packing import IGNORE_INDEX
 
 
@@ -52,18 +53,20 @@ def count_step(micro_batches, group=None) -> StepCounts:
     return StepCounts(sequences=m, micro_batches=k, target_tokens=t)
 
 
-def per_token_loss(logits, targets, chunk: int = 8192):
+def per_token_loss(logits, targets, chunk: int = 8192, compiled: bool = False):
     """Cross-entropy per position in fp32, 0 where the target is ignored; ``logits [T, V]``, ``targets [T]``.
 
     Computed ``chunk`` rows at a time, each recomputed in the backward pass, so the fp32 copy of the logits
-    (8 GB for 64k tokens × 32k vocabulary) and its softmax never exist whole.
+    (8 GB for 64k tokens × 32k vocabulary) and its softmax never exist whole. ``compiled`` (the trainer's
+    ``fused_ops``, on GPUs): each chunk in one kernel per direction that reads the bf16 logits once.
     """
     import torch
     from torch.utils.checkpoint import checkpoint
 
+    ce = fused_ops.compiled(_cross_entropy) if compiled else _cross_entropy
     if logits.shape[0] <= chunk:
-        return _cross_entropy(logits, targets)
-    return torch.cat([checkpoint(_cross_entropy, rows, wanted, use_reentrant=False)
+        return ce(logits, targets)
+    return torch.cat([checkpoint(ce, rows, wanted, use_reentrant=False)
                       for rows, wanted in zip(logits.split(chunk), targets.split(chunk))])
 
 

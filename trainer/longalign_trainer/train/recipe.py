@@ -195,8 +195,8 @@ class Recipe:
             for pack in packs:
                 pack = pack.to(self.device)
                 logits = engine(**pack.as_model_inputs()).logits[0]
-                loss = weighted_loss(per_token_loss(logits, pack.targets), pack.targets, pack.seq_index, counts,
-                                     self.world, cfg.loss_weighting)
+                token_loss = per_token_loss(logits, pack.targets, compiled=cfg.fused_ops and self.cuda)
+                loss = weighted_loss(token_loss, pack.targets, pack.seq_index, counts, self.world, cfg.loss_weighting)
                 engine.backward(loss, scale_wrt_gas=False)
                 local += loss.detach().double()
             engine.step()
