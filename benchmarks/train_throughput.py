@@ -30,15 +30,19 @@ Packing efficiency is real tokens / (packs × capacity); the bound printed besid
 possible packs, ceil(tokens / capacity), would give.
 
 Before timing, the pack-equivalence check runs on the GPU: logits of a pack vs each sequence alone.
+``--profile`` also prints where the GPU time went (kernel time by kind: attention, matmuls, compiled pointwise,
+copies, ...) over everything the run did; profiling slows the timed epochs a little.
 
     PYTHONPATH=trainer python benchmarks/train_throughput.py                # one GPU
     PYTHONPATH=trainer torchrun --nproc_per_node N benchmarks/train_throughput.py --strategies ours_packing_weighted
     PYTHONPATH=trainer python benchmarks/train_throughput.py --smoke        # tiny model on CPU, seconds
+    PYTHONPATH=trainer python benchmarks/train_throughput.py --strategies ours_packing_weighted --profile
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -213,8 +217,9 @@ def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: i
         else:
             pack = build_pack([seqs[i] for i in mb]).to(device)
             logits = model(**pack.as_model_inputs()).logits[0]
-            loss = weighted_loss(per_token_loss(logits, pack.targets), pack.targets, pack.seq_index, counts[b],
-                                 world, weighting=strategy != "ours_packing")
+            token_loss = per_token_loss(logits, pack.targets, compiled=args.fused_ops and device.type == "cuda")
+            loss = weighted_loss(token_loss, pack.targets, pack.seq_index, counts[b], world,
+                                 weighting=strategy != "ours_packing")
             del logits
         loss.backward()
         return loss.detach()
@@ -284,6 +289,51 @@ def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: i
     return result
 
 
+def run_logged(strategy: str, seqs, lengths, args, device, rank: int, world: int, log) -> dict:
+    """``run_strategy``, its result logged as one JSON line; an error becomes the result, the run goes on."""
+    try:
+        r = run_strategy(strategy, seqs, lengths, args, device, rank, world)
+    except Exception as exc:
+        r = {"strategy": strategy, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    log(json.dumps({k: v for k, v in r.items() if k != "per_seq"}))
+    return r
+
+
+KERNEL_KINDS = (  # (kind, substrings of a kernel's name), first match wins
+    ("attention (cuDNN)", ("cudnn", "fmha")), ("attention (flash)", ("flash",)),
+    ("matmul", ("nvjet", "gemm", "xmma", "cutlass")), ("compiled (triton)", ("triton",)),
+    ("optimizer", ("adam",)), ("copy / cat / fill", ("copy", "memcpy", "cat", "fill", "memset")),
+    ("softmax / reduce", ("softmax", "reduce")), ("other pointwise", ("elementwise",)),
+)
+
+
+def kernel_profiler(cuda: bool):
+    from torch.profiler import ProfilerActivity, profile
+
+    return profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU])
+
+
+def kernel_time_table(prof) -> str:
+    """Device (or, on CPU, op) time by kernel kind, and the 10 dearest kernels."""
+    kinds: dict[str, float] = {}
+    kernels = []
+    for event in prof.key_averages():
+        spent = getattr(event, "device_time_total", 0) or getattr(event, "self_cpu_time_total", 0)
+        if not spent:
+            continue
+        name = event.key.lower()
+        kind = next((k for k, marks in KERNEL_KINDS if any(m in name for m in marks)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + spent
+        kernels.append((spent, event.count, event.key[:100]))
+    total = sum(kinds.values()) or 1.0
+    lines = [f"kernel time by kind (total {total / 1e6:.1f} s):"]
+    lines += [f"  {k:<20}{t / 1e6:>8.1f} s {100 * t / total:>5.1f} %" for k, t in sorted(kinds.items(), key=lambda x: -x[1])]
+    lines += [f"  {t / 1e6:>8.2f} s {n:>7}×  {name}" for t, n, name in sorted(kernels, reverse=True)[:10]]
+    return "\n".join(lines)
+
+
 def simulate_8gpu(per_seq, lengths, seed: int, sort: bool) -> float | None:
     """Tokens/s per GPU of naive (random groups of 8) or sorted (8 similar lengths) on 8 GPUs.
 
@@ -323,6 +373,7 @@ def main() -> int:
                    help="skip building cuDNN's plans for every padded shape before timing (then the first "
                         "cuDNN strategy of a process pays for them and later ones inherit them)")
     p.add_argument("--smoke", action="store_true", help="tiny model and lengths, on CPU")
+    p.add_argument("--profile", action="store_true", help="print the GPU kernel time by kind at the end")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "train_throughput.json"))
     args = p.parse_args()
     if args.smoke:
@@ -363,15 +414,13 @@ def main() -> int:
         check = pack_equivalence(args, device)
     log("pack equivalence:", json.dumps(check))
     results = []
-    for strategy in args.strategies.split(","):
-        try:
-            r = run_strategy(strategy, seqs, lengths, args, device, rank, world)
-        except Exception as exc:
-            r = {"strategy": strategy, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-            if cuda:
-                torch.cuda.empty_cache()
-        results.append(r)
-        log(json.dumps({k: v for k, v in r.items() if k != "per_seq"}))
+    profiler = kernel_profiler(cuda) if args.profile else contextlib.nullcontext()
+    with profiler:
+        for strategy in args.strategies.split(","):
+            results.append(run_logged(strategy, seqs, lengths, args, device, rank, world, log))
+    if args.profile:
+        log(kernel_time_table(profiler))
+
     naive = next((r for r in results if r["strategy"] == "naive" and r.get("per_seq")), None)
     sims = {}
     if naive:
