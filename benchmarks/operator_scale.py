@@ -2,6 +2,7 @@
 
     PYTHONPATH=hack .venv/bin/python benchmarks/operator_scale.py --runs 200 --pods-per-run 16             # burst
     PYTHONPATH=hack .venv/bin/python benchmarks/operator_scale.py --runs 200 --pods-per-run 16 --rate 2    # paced
+    PYTHONPATH=hack .venv/bin/python benchmarks/operator_scale.py --runs 200 --pods-per-run 16 --pod-seconds 60
 
 Starts a fresh control plane with KWOK GPU nodes, installs the operator as it ships (its ServiceAccount, default
 reconcile interval), creates the runs (all at once, or paced with --rate), and prints:
@@ -10,7 +11,8 @@ reconcile interval), creates the runs (all at once, or paced with --rate), and p
   controller's part);
 - time until every run is Succeeded;
 - the operator process's CPU time and peak RSS.
-KWOK pods finish at once, so the figures measure the operator and the control plane, not training.
+KWOK pods finish at once unless --pod-seconds says otherwise, so the figures measure the operator and the control
+plane, not training.
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ from localcluster.operator_process import OperatorProcess, install_manifests
 NS = "scale"
 
 
-def run_object(i: int, pods: int) -> dict:
+def run_object(i: int, pods: int, pod_seconds: float) -> dict:
+    training = {"datasetPath": "/data/d.jsonl", "nodes": pods, "gpusPerNode": 1}
+    if pod_seconds:  # KWOK's stage for Job pods waits this long before it completes them (hack/localcluster)
+        training["pod"] = {"annotations": {"sim.longalign.dev/run-duration": f"{pod_seconds}s"}}
     return {"apiVersion": "longalign.dev/v1alpha1", "kind": "LongAlignRun", "metadata": {"name": f"run-{i:04d}"},
             "spec": {"image": "trainer:1", "baseModelPath": "/models/m",
                      "storage": {"models": {"claimName": "models"}, "data": {"claimName": "data"},
                                  "checkpoints": {"claimName": "checkpoints"}},
-                     "training": {"datasetPath": "/data/d.jsonl", "nodes": pods, "gpusPerNode": 1}}}
+                     "training": training}}
 
 
 def percentiles(values: list[float]) -> list[float]:
@@ -83,6 +88,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--rate", type=float, default=0,
                         help="create the runs at this many per second (default 0: all at once, one kubectl create)")
+    parser.add_argument("--pod-seconds", type=float, default=0,
+                        help="how long each training pod runs (default 0: it completes as soon as it starts, so "
+                             "completions overlap the creation burst; real training pods run for hours)")
     args = parser.parse_args()
 
     with LocalCluster(gpu_nodes=args.gpu_nodes, cpu_nodes=0) as cluster:
@@ -108,7 +116,7 @@ def main() -> None:
                 client.CustomObjectsApi().list_namespaced_custom_object, ("longalign.dev", "v1alpha1", NS,
                                                                           "longalignruns"), runs_seen, stop)).start()
             time.sleep(1)
-            runs = [run_object(i, args.pods_per_run) for i in range(args.runs)]
+            runs = [run_object(i, args.pods_per_run, args.pod_seconds) for i in range(args.runs)]
             t0 = time.monotonic()
             if args.rate:
                 api = client.CustomObjectsApi()
@@ -142,7 +150,8 @@ def main() -> None:
                           if f"{run}-train-1" in jobs_seen])
     job_to_pods = percentiles([max(ts) - jobs_seen[f"{run}-train-1"] for run, ts in per_run.items()
                                if len(ts) >= args.pods_per_run and f"{run}-train-1" in jobs_seen])
-    print(f"runs {args.runs} x {args.pods_per_run} training pods on {args.gpu_nodes} KWOK nodes x 8 GPUs")
+    print(f"runs {args.runs} x {args.pods_per_run} training pods on {args.gpu_nodes} KWOK nodes x 8 GPUs, "
+          f"each pod running {args.pod_seconds:g} s")
     print(f"creating the runs took {applied - t0:.1f} s; runs with all pods seen: {len(latencies)}/{args.runs}")
     print(f"run created -> all its pods created: p50 {q[49]:.2f} s, p99 {q[98]:.2f} s, max {latencies[-1]:.2f} s")
     print(f"  run created -> Job created (operator): p50 {to_job[49]:.2f} s, p99 {to_job[98]:.2f} s")
