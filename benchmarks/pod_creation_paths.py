@@ -1,0 +1,86 @@
+"""How fast a burst of pod groups gets its pods: through Indexed Jobs (the Job controller) or created directly.
+
+    PYTHONPATH=hack .venv/bin/python benchmarks/pod_creation_paths.py                    # both, 200 groups x 16
+    PYTHONPATH=hack .venv/bin/python benchmarks/pod_creation_paths.py --paths direct --groups 50
+
+No operator: this measures the path the operator's training groups take today (one Indexed Job per group, whose
+pods kube-controller-manager creates in slow-start batches of 1, 2, 4, 8, ...) against the alternative (the
+pods created by the client itself, 16 groups at a time, each group's pods in parallel), each on a fresh local
+control plane with enough KWOK GPU nodes for every pod to be scheduled and keep running. Prints, per path,
+group created -> all its pods created (watch events): p50 / p99 / max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from kubernetes import client, config
+from localcluster import LocalCluster, wait_for
+from operator_scale import percentiles, watch_first_seen
+
+NS = "paths"
+LABELS = {"sim.longalign.dev/outcome": "hang"}  # KWOK keeps every pod running (hack/localcluster/pod-stages.yaml)
+POD_SPEC = {"restartPolicy": "Never",
+            "containers": [{"name": "train", "image": "trainer:1", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}
+
+
+def measure(path: str, groups: int, per_group: int, gpu_nodes: int) -> list[float]:
+    """Seconds from each group's create call to the last of its pods seen, on a fresh control plane."""
+    with LocalCluster(gpu_nodes=gpu_nodes, cpu_nodes=0) as cluster:
+        cluster.kubectl("create", "namespace", NS)
+        wait_for(lambda: cluster.kubectl("get", "sa", "default", "-n", NS, check=False).returncode == 0, 30,
+                 "the namespace's ServiceAccount")
+        config.load_kube_config(str(cluster.kubeconfig))
+        core, batch = client.CoreV1Api(), client.BatchV1Api()
+        seen: dict[str, float] = {}
+        stop = threading.Event()
+        threading.Thread(target=watch_first_seen, daemon=True, kwargs={"label_selector": "group"},
+                         args=(core.list_namespaced_pod, (NS,), seen, stop)).start()
+        time.sleep(1)
+        started: dict[str, float] = {}
+
+        def create(i: int) -> None:
+            group = f"g{i:04d}"
+            started[group] = time.monotonic()
+            template = {"metadata": {"labels": {"group": group, **LABELS}}, "spec": POD_SPEC}
+            if path == "job":
+                batch.create_namespaced_job(NS, {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": group},
+                                                 "spec": {"completionMode": "Indexed", "completions": per_group,
+                                                          "parallelism": per_group, "backoffLimit": 0,
+                                                          "template": template}})
+            else:
+                with ThreadPoolExecutor(per_group) as pods:
+                    list(pods.map(lambda j: core.create_namespaced_pod(NS, {
+                        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{group}-{j}", **template["metadata"]},
+                        "spec": POD_SPEC}), range(per_group)))
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(create, range(groups)))
+        wait_for(lambda: len(seen) >= groups * per_group, 900, "every pod to be created", interval=1)
+        stop.set()
+    last: dict[str, float] = {}
+    for pod, t in seen.items():
+        group = pod.split("-")[0]  # Job pods: <group>-<index>-<suffix>; direct ones: <group>-<index>
+        last[group] = max(last.get(group, 0.0), t)
+    return [last[g] - started[g] for g in started]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--paths", default="job,direct", help="comma-separated: job, direct")
+    parser.add_argument("--groups", type=int, default=200)
+    parser.add_argument("--pods-per-group", type=int, default=16)
+    parser.add_argument("--gpu-nodes", type=int, default=400, help="KWOK nodes of 8 GPUs (default: room for all)")
+    args = parser.parse_args()
+    for path in args.paths.split(","):
+        latencies = measure(path, args.groups, args.pods_per_group, args.gpu_nodes)
+        q = percentiles(latencies)
+        print(f"{path:<7} {args.groups} groups x {args.pods_per_group} pods: group created -> all its pods created "
+              f"p50 {q[49]:.2f} s, p99 {q[98]:.2f} s, max {max(latencies):.2f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
