@@ -9,8 +9,9 @@ order ``auto`` tries them:
 * ``cudnn``: on Hopper or newer GPUs, every sequence of at least ``CUDNN_MIN_LENGTH`` tokens gets its own SDPA
   call on cuDNN's fused attention; each run of shorter ones, one ``torch_varlen`` call. Measured on an H100
   (one 64k sequence, 16×128 query heads, 4 KV heads, fwd+bwd): ~480 TFLOP/s against ~320 for the
-  FlashAttention-2 kernels behind ``torch_varlen`` and 275 for ``flex`` (a 64k pack). But cuDNN builds an execution plan for every new shape
-  and each call costs host time: a plain loop over every sequence lost to ``torch_varlen`` over a whole epoch.
+  FlashAttention-2 kernels behind ``torch_varlen`` and 275 for ``flex`` (a 64k pack). But cuDNN builds an
+  execution plan for every new shape and each call costs host time: a plain loop over every sequence lost to
+  ``torch_varlen`` over a whole epoch.
   So long sequences are zero-padded at their end to a multiple of ``CUDNN_PAD`` (exact: causal attention never
   lets a real token see the padding), and short ones, where cuDNN gains least, never reach it;
 * ``flash_attn``: ``flash_attn_varlen_func`` (the kernel LongAlign itself used), when importable, on a GPU;
@@ -87,7 +88,7 @@ def packed_attention_forward(module, query, key, value, attention_mask=None, dro
     elif backend == "cudnn":
         return _cudnn(query, key, value, cu_seq_lens_q, scaling), None
     else:  # varlen kernels take [T, H, D]
-        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+        q, k, v = (_tokens_first(t) for t in (query, key, value))
         cu = cu_seq_lens_q.to(torch.int32)
         if backend == "flash_attn":
             from flash_attn import flash_attn_varlen_func
@@ -98,6 +99,12 @@ def packed_attention_forward(module, query, key, value, attention_mask=None, dro
             out = _torch_varlen(q, k, v, cu, int(max_length_q), scaling)
         return out[None], None
     return out.transpose(1, 2).contiguous(), None
+
+
+def _tokens_first(t):
+    """``[1, H, T, D]`` → the ``[T, H, D]`` view (the projections' own layout). A view through ``squeeze``, not
+    ``t[0]``: indexing's backward pass would zero-fill a whole-pack gradient and copy into it."""
+    return t.squeeze(0).transpose(0, 1)
 
 
 def block_diagonal_causal_mask(cu_seqlens, total: int):
@@ -173,7 +180,7 @@ def _host_lengths(cu_seqlens) -> list[int]:
 def _cudnn(query, key, value, cu_seqlens, scaling):
     """Long sequences one by one on cuDNN, runs of short ones through varlen: ``[1, T, Hq, D]``.
 
-    Works on ``[T, H, D]`` views (the projections' own layout) split once per tensor: the backward pass of a
+    Works on ``[T, H, D]`` views (``_tokens_first``) split once per tensor: the backward pass of a
     split is one concatenation, where slicing each piece out would zero-fill and add a whole-pack gradient
     per piece; the output comes out contiguous, so transformers' reshape after attention copies nothing.
     """
@@ -185,7 +192,7 @@ def _cudnn(query, key, value, cu_seqlens, scaling):
     for is_long, run in itertools.groupby(_host_lengths(cu_seqlens), key=lambda n: n >= CUDNN_MIN_LENGTH):
         segments += [(True, [n]) for n in run] if is_long else [(False, list(run))]
     sizes = [sum(run) for _, run in segments]
-    pieces = zip(*(t.squeeze(0).transpose(0, 1).split(sizes) for t in (query, key, value)))
+    pieces = zip(*(_tokens_first(t).split(sizes) for t in (query, key, value)))
     outs = []
     for (is_long, run), (q, k, v) in zip(segments, pieces):
         if is_long:
