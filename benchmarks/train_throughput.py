@@ -239,10 +239,8 @@ def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: i
         plans = -1
     if device.type == "cuda":
         torch.cuda.synchronize()
-    plans_s = time.monotonic() - t_plans
-    if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    plans_s = time.monotonic() - t_plans
     start, done, step_index = time.monotonic(), 0, None
     for b, mb in plan:
         if step_index is not None and b != step_index:

@@ -89,7 +89,8 @@ def _route_rotary(attention_class) -> bool:
     modules ``apply`` patched (and the module's own function everywhere else); False for other families."""
     modeling = sys.modules[attention_class.__module__]
     original = getattr(modeling, "apply_rotary_pos_emb", None)
-    if modeling.__name__.split(".")[-2:-1] not in [[f] for f in ROTARY_FAMILIES] or original is None:
+    family = modeling.__name__.rpartition(".")[0].rpartition(".")[2]  # transformers.models.<family>.modeling_*
+    if family not in ROTARY_FAMILIES or original is None:
         return False
     if not getattr(original, "routes_to_compiled", False):
         def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
