@@ -51,17 +51,20 @@ def test_unknown_backend_is_refused_by_name():
         attention.register("flash_attn", "cpu")
 
 
+def reference_varlen(q, k, v, cu, scale):
+    """The exact reference in the varlen kernels' ``[T, H, D]`` layout, in and out."""
+    return attention._sdpa_block_diagonal(*(t.transpose(0, 1)[None] for t in (q, k, v)), cu, scale)[0].transpose(0, 1)
+
+
 @pytest.mark.parametrize("pad_to", [1, 8])
 def test_cudnn_backend_splits_equal_the_block_diagonal_reference(monkeypatch, pad_to):
     """The cuDNN backend's split into long sequences (one SDPA each, padded) and runs of short ones (one varlen
     call each), here on CPU's SDPA with the varlen kernel stood in by the reference: same output and the same
     gradients as the explicit mask, grouped KV heads too."""
-    def reference_varlen(q, k, v, cu, max_len, scaling):  # PyTorch's varlen kernel is GPU-only: [T, H, D] in and out
-        return attention._sdpa_block_diagonal(*(t.transpose(0, 1)[None] for t in (q, k, v)), cu, scaling)[0].transpose(0, 1)
-
     monkeypatch.setattr(attention, "CUDNN_MIN_LENGTH", 10)
     monkeypatch.setattr(attention, "CUDNN_PAD", pad_to)
-    monkeypatch.setattr(attention, "_torch_varlen", reference_varlen)
+    monkeypatch.setattr(attention, "_torch_varlen",  # PyTorch's varlen kernel is GPU-only
+                        lambda q, k, v, cu, max_len, scaling: reference_varlen(q, k, v, cu, scaling))
     torch.manual_seed(2)
     lengths = [7, 1, 22, 11, 3, 4, 13]  # short run, two long ones, short run, a long one last
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
@@ -78,3 +81,94 @@ def test_cudnn_backend_splits_equal_the_block_diagonal_reference(monkeypatch, pa
     reference.backward(grad_out)
     for g, r in zip(got, [reference.detach(), *(t.grad for t in (q, k, v))]):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+# FlashAttention-3's op schemas as its library registers them (alias annotations left out: the stand-in below
+# allocates its outputs); the trainer calls them by these names.
+FA3_SCHEMAS = {
+    "fwd": "fwd(Tensor q, Tensor k, Tensor v, Tensor? k_new=None, Tensor? v_new=None, Tensor? q_v=None, "
+           "Tensor? out=None, Tensor? cu_seqlens_q=None, Tensor? cu_seqlens_k=None, Tensor? cu_seqlens_k_new=None, "
+           "Tensor? seqused_q=None, Tensor? seqused_k=None, int? max_seqlen_q=None, int? max_seqlen_k=None, "
+           "Tensor? page_table=None, Tensor? kv_batch_idx=None, Tensor? leftpad_k=None, Tensor? rotary_cos=None, "
+           "Tensor? rotary_sin=None, Tensor? seqlens_rotary=None, Tensor? q_descale=None, Tensor? k_descale=None, "
+           "Tensor? v_descale=None, float? softmax_scale=None, bool is_causal=False, int window_size_left=-1, "
+           "int window_size_right=-1, int attention_chunk=0, float softcap=0.0, bool is_rotary_interleaved=False, "
+           "Tensor? scheduler_metadata=None, int num_splits=0, bool? pack_gqa=None, int sm_margin=0) "
+           "-> (Tensor, Tensor, Tensor, Tensor)",
+    "bwd": "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, Tensor? dq=None, "
+           "Tensor? dk=None, Tensor? dv=None, Tensor? cu_seqlens_q=None, Tensor? cu_seqlens_k=None, "
+           "Tensor? seqused_q=None, Tensor? seqused_k=None, int? max_seqlen_q=None, int? max_seqlen_k=None, "
+           "float? softmax_scale=None, bool is_causal=False, int window_size_left=-1, int window_size_right=-1, "
+           "float softcap=0.0, bool deterministic=False, int sm_margin=0) "
+           "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+}
+
+
+@pytest.fixture(scope="module")
+def fa3_stand_in():
+    """``torch.ops.flash_attn_3`` on CPU (FlashAttention-3 needs a Hopper GPU): the exact reference behind the
+    real op names and arguments; counts the forward calls. The trainer's side of the protocol is what is tested."""
+    calls = {"fwd": 0}
+
+    def named(op, args, kwargs):  # the dispatcher may pass any argument by position
+        schema = getattr(torch.ops.flash_attn_3, op).default._schema
+        return {**{a.name: a.default_value for a in schema.arguments},
+                **dict(zip((a.name for a in schema.arguments), args)), **kwargs}
+
+    def fwd(*args, **kwargs):
+        kw = named("fwd", args, kwargs)
+        q, k, v = kw["q"], kw["k"], kw["v"]
+        cu = kw["cu_seqlens_q"]
+        assert kw["is_causal"] and kw["num_splits"] == 1 and kw["max_seqlen_q"] == int(cu.diff().max())
+        calls["fwd"] += 1
+        out = reference_varlen(q, k, v, kw["cu_seqlens_q"], kw["softmax_scale"]).contiguous()
+        return out, torch.zeros(q.shape[1], q.shape[0]), torch.empty(0), torch.empty(0)
+
+    def bwd(*args, **kwargs):
+        kw = named("bwd", args, kwargs)
+        dout, q, k, v = kw["dout"], kw["q"], kw["k"], kw["v"]
+        assert kw["is_causal"]
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+            out = reference_varlen(*leaves, kw["cu_seqlens_q"], kw["softmax_scale"])
+            grads = torch.autograd.grad(out, leaves, dout)
+        return (*grads, *(torch.empty(0) for _ in range(5)))
+
+    lib = torch.library.Library("flash_attn_3", "DEF")
+    for name, fn in (("fwd", fwd), ("bwd", bwd)):
+        lib.define(FA3_SCHEMAS[name])
+        lib.impl(name, fn, "CPU")
+    yield calls
+    lib._destroy()
+
+
+def test_flash_attn_3_backend_equals_the_reference_and_is_not_recomputed(model, fa3_stand_in, monkeypatch):
+    """The FlashAttention-3 backend hands the whole pack to one varlen call per layer in the projections'
+    [T, H, D] layout: the packed model's logits and gradients equal the reference backend's, and selective
+    checkpointing keeps the kernel's output, so the backward pass runs no second forward."""
+    from longalign_trainer.train import checkpointing
+
+    torch.manual_seed(3)
+    lengths = [37, 5, 120, 1, 64]
+    seqs = [torch.randint(10, 4000, (n,)).tolist() for n in lengths]
+    pack = build_pack([(s, s) for s in seqs])
+    checkpointing.enable(model, "attention")
+    model.train()
+    results = {}
+    try:
+        for backend in ("sdpa_block_diagonal", "flash_attn_3"):
+            monkeypatch.setitem(attention._chosen, "backend", backend)
+            model.zero_grad()
+            calls_before = fa3_stand_in["fwd"]
+            logits = model(**pack.as_model_inputs()).logits
+            logits.square().mean().backward()
+            results[backend] = (logits.detach(), [p.grad.clone() for p in model.parameters()])
+            expected_calls = model.config.num_hidden_layers if backend == "flash_attn_3" else 0
+            assert fa3_stand_in["fwd"] - calls_before == expected_calls
+    finally:
+        model.gradient_checkpointing_disable()
+        model.eval()
+    (ref_logits, ref_grads), (logits, grads) = results["sdpa_block_diagonal"], results["flash_attn_3"]
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)

@@ -6,6 +6,11 @@ no mask for an implementation it has no mask function for, so the boundaries rea
 ``cu_seq_lens_q/k`` keyword arguments that Llama-style models pass through to attention. Kernels, in the
 order ``auto`` tries them:
 
+* ``flash_attn_3``: FlashAttention-3's varlen kernel, on Hopper GPUs when an extension registering
+  ``torch.ops.flash_attn_3`` is installed (``FLASH_ATTN_3_MODULES``): the whole pack in one call, grouped KV
+  heads as they are, in the projections' own ``[T, H, D]`` layout (no copies).
+  ``benchmarks/attention_kernels.py`` on an H100, one layer over issue 9's whole set (21 packs of 64k):
+  543 TFLOP/s forward + backward against 465 for ``cudnn`` and 279 for ``torch_varlen``;
 * ``cudnn``: on Hopper or newer GPUs, every sequence of at least ``CUDNN_MIN_LENGTH`` tokens gets its own SDPA
   call on cuDNN's fused attention; each run of shorter ones, one ``torch_varlen`` call. Measured on an H100
   (one 64k sequence, 16×128 query heads, 4 KV heads, fwd+bwd): ~480 TFLOP/s against ~320 for the
@@ -30,8 +35,11 @@ import inspect
 from functools import lru_cache
 
 NAME = "longalign_packed"
-BACKENDS = ("cudnn", "flash_attn", "torch_varlen", "flex", "sdpa_block_diagonal")
+BACKENDS = ("flash_attn_3", "cudnn", "flash_attn", "torch_varlen", "flex", "sdpa_block_diagonal")
 CUDNN_MIN_LENGTH, CUDNN_PAD = 4096, 512
+# Extensions that register torch.ops.flash_attn_3: flash-attention's own hopper/ build, and the same kernels as
+# xformers bundles them (vLLM's images install xformers).
+FLASH_ATTN_3_MODULES = ("flash_attn_3._C", "xformers.flash_attn_3._C")
 _chosen: dict[str, str] = {"backend": "sdpa_block_diagonal"}
 
 
@@ -39,6 +47,8 @@ def available_backends(device_type: str) -> list[str]:
     """The backends usable on ``device_type`` ("cuda" or "cpu"), fastest first."""
     found = []
     if device_type == "cuda":
+        if _flash_attn_3_usable():
+            found.append("flash_attn_3")
         if _cudnn_attention_usable():
             found.append("cudnn")
         if importlib.util.find_spec("flash_attn") is not None:
@@ -90,7 +100,9 @@ def packed_attention_forward(module, query, key, value, attention_mask=None, dro
     else:  # varlen kernels take [T, H, D]
         q, k, v = (_tokens_first(t) for t in (query, key, value))
         cu = cu_seq_lens_q.to(torch.int32)
-        if backend == "flash_attn":
+        if backend == "flash_attn_3":
+            out = _flash_attn_3_function().apply(q, k, v, cu, int(max_length_q), scaling)
+        elif backend == "flash_attn":
             from flash_attn import flash_attn_varlen_func
 
             out = flash_attn_varlen_func(q, k, v, cu, cu, max_length_q, max_length_q, dropout_p=dropout,
@@ -157,6 +169,48 @@ def _flex(query, key, value, cu_seqlens, scaling):
                                                               device=query.device)]
     return _compiled_flex()(query, key, value, block_mask=_block_mask_cache[1], scale=scaling,
                             enable_gqa=query.shape[1] != key.shape[1])
+
+
+def _flash_attn_3_usable() -> bool:
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        return False
+    for module in FLASH_ATTN_3_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        return hasattr(torch.ops.flash_attn_3, "fwd") and hasattr(torch.ops.flash_attn_3, "bwd")
+    return False
+
+
+@lru_cache(maxsize=1)
+def _flash_attn_3_function():
+    import torch
+
+    class FlashAttn3(torch.autograd.Function):
+        """Causal varlen attention through ``torch.ops.flash_attn_3`` (FlashAttention-3's own op schema):
+        ``[T, Hq, D]``, ``[T, Hkv, D]`` × 2 → ``[T, Hq, D]``."""
+
+        @staticmethod
+        def forward(ctx, q, k, v, cu, max_len: int, scaling: float):
+            out, lse, *_ = torch.ops.flash_attn_3.fwd(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len,
+                                                      max_seqlen_k=max_len, softmax_scale=scaling, is_causal=True,
+                                                      num_splits=1)
+            ctx.save_for_backward(q, k, v, out, lse, cu)
+            ctx.max_len, ctx.scaling = max_len, scaling
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            q, k, v, out, lse, cu = ctx.saved_tensors
+            dq, dk, dv, *_ = torch.ops.flash_attn_3.bwd(
+                grad.contiguous(), q, k, v, out, lse, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=ctx.max_len,
+                max_seqlen_k=ctx.max_len, softmax_scale=ctx.scaling, is_causal=True)
+            return dq, dk, dv, None, None, None
+
+    return FlashAttn3
 
 
 def _cudnn_attention_usable() -> bool:

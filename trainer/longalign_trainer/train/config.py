@@ -83,7 +83,8 @@ class TrainConfig(BaseModel):
     fused_ops: bool = Field(True, description=(
         "compiled RMSNorm, SwiGLU and rotary-embedding kernels for Llama-style models and a compiled "
         "cross-entropy, on GPUs (see train/fused_ops.py)"))
-    attention_backend: Literal["auto", "cudnn", "flash_attn", "torch_varlen", "flex", "sdpa_block_diagonal"] = Field(
+    attention_backend: Literal["auto", "flash_attn_3", "cudnn", "flash_attn", "torch_varlen", "flex",
+                               "sdpa_block_diagonal"] = Field(
         "auto", description="kernel for packed attention; auto picks the fastest available (see attention.py)")
     peak_tflops_per_device: float | None = Field(None, gt=0, description=(
         "for MFU; default 989 (H100/H200 dense bf16) on GPUs, none on CPU"))
