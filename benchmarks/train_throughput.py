@@ -37,6 +37,8 @@ copies, ...) over everything the run did; profiling slows the timed epochs a lit
     PYTHONPATH=trainer torchrun --nproc_per_node N benchmarks/train_throughput.py --strategies ours_packing_weighted
     PYTHONPATH=trainer python benchmarks/train_throughput.py --smoke        # tiny model on CPU, seconds
     PYTHONPATH=trainer python benchmarks/train_throughput.py --strategies ours_packing_weighted --profile
+
+On a Hopper GPU without FlashAttention-3 (the device tool's image), ``benchmarks/flash_attn_3.sh`` brings it.
 """
 
 from __future__ import annotations
