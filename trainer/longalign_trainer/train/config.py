@@ -74,9 +74,10 @@ class TrainConfig(BaseModel):
         "kernels' outputs (~2·hidden bytes per token and layer), those and the MLP's gate/up projections "
         "(another 4·intermediate bytes), or every matrix product but the MLP's down projection (only pointwise "
         "work is recomputed; another 4·(hidden + kv width) bytes): see train/checkpointing.py. ZeRO stage 3 "
-        "always recomputes everything. Issue 9's 0.79 B model, 64k packs, one H100 (benchmark): matmuls 36.3k "
-        "tokens/s at 53 GiB; attention was ~5 % slower at 24 GiB when last measured. The default, attention, "
-        "fits any model that fits with full recomputation plus a few GiB; matmuls is faster where memory allows"))
+        "always recomputes everything. Issue 9's 0.79 B model, 64k packs, one H100 (benchmark, FlashAttention-3): "
+        "matmuls 40.2k tokens/s at 53 GiB; attention was ~5 % slower at 24 GiB when last measured. The default, "
+        "attention, fits any model that fits with full recomputation plus a few GiB; matmuls is faster where "
+        "memory allows"))
     checkpoint_layers: int | None = Field(None, ge=0, description=(
         "checkpoint only the first N decoder layers; the rest keep all their activations (no recomputation, "
         "the most memory: ~2 GiB more per layer for issue 9's model at 64k tokens). Default: every layer"))
