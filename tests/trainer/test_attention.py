@@ -121,7 +121,7 @@ def fa3_stand_in():
         cu = kw["cu_seqlens_q"]
         assert kw["is_causal"] and kw["num_splits"] == 1 and kw["max_seqlen_q"] == int(cu.diff().max())
         calls["fwd"] += 1
-        out = reference_varlen(q, k, v, kw["cu_seqlens_q"], kw["softmax_scale"]).contiguous()
+        out = reference_varlen(q, k, v, cu, kw["softmax_scale"]).contiguous()
         return out, torch.zeros(q.shape[1], q.shape[0]), torch.empty(0), torch.empty(0)
 
     def bwd(*args, **kwargs):

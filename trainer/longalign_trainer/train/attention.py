@@ -10,7 +10,7 @@ order ``auto`` tries them:
   ``torch.ops.flash_attn_3`` is installed (``FLASH_ATTN_3_MODULES``): the whole pack in one call, grouped KV
   heads as they are, in the projections' own ``[T, H, D]`` layout (no copies).
   ``benchmarks/attention_kernels.py`` on an H100, one layer over issue 9's whole set (21 packs of 64k):
-  543 TFLOP/s forward + backward against 465 for ``cudnn`` and 279 for ``torch_varlen``;
+  529 TFLOP/s forward + backward against 452 for ``cudnn`` and 276 for ``torch_varlen``;
 * ``cudnn``: on Hopper or newer GPUs, every sequence of at least ``CUDNN_MIN_LENGTH`` tokens gets its own SDPA
   call on cuDNN's fused attention; each run of shorter ones, one ``torch_varlen`` call. Measured on an H100
   (one 64k sequence, 16×128 query heads, 4 KV heads, fwd+bwd): ~480 TFLOP/s against ~320 for the
