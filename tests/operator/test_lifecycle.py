@@ -174,8 +174,20 @@ def test_a_restarted_operator_continues_without_duplicates(cluster, operator, vo
 def test_a_finished_run_is_deleted_with_its_children_after_its_ttl(cluster, operator, volumes):
     ns = volumes
     apply_run(cluster, ns, "short-lived", {**BASE, "training": training(), "ttlSecondsAfterFinished": 2})
-    wait_for(lambda: cluster.kubectl("get", "lar", "short-lived", "-n", ns, check=False).returncode != 0, 90,
-             "the run to be deleted after its TTL")
+    last = {}
+
+    def gone() -> bool:
+        found = cluster.kubectl("get", "lar", "short-lived", "-n", ns, "-o", "json", check=False)
+        if found.returncode == 0:
+            run = json.loads(found.stdout)
+            last.update(status=run.get("status"), deletionTimestamp=run["metadata"].get("deletionTimestamp"),
+                        finalizers=run["metadata"].get("finalizers"))
+        return found.returncode != 0
+
+    try:
+        wait_for(gone, 90, "the run to be deleted after its TTL")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}: {json.dumps(last)}; events {events(cluster, ns, 'short-lived')}") from None
     wait_for(lambda: not cluster.get("jobs,configmaps,services", "-n", ns, "-l", "longalign.dev/run=short-lived")
              ["items"], 90, "its children to be garbage-collected")
 
