@@ -45,7 +45,6 @@ def measure(path: str, groups: int, per_group: int, gpu_nodes: int, rate: float 
                          args=(core.list_namespaced_pod, (NS,), seen, stop)).start()
         time.sleep(1)
         started: dict[str, float] = {}
-
         t0 = time.monotonic()
 
         def create(i: int) -> None:
@@ -89,8 +88,8 @@ def main() -> None:
         latencies = measure(path, args.groups, args.pods_per_group, args.gpu_nodes, args.rate, args.complete)
         q = percentiles(latencies)
         arrival = (f"{args.rate:g}/s" if args.rate else "at once") + (", completing" if args.complete else "")
-        print(f"{path:<7} {args.groups} groups x {args.pods_per_group} pods ({arrival}): group created -> all its pods created "
-              f"p50 {q[49]:.2f} s, p99 {q[98]:.2f} s, max {max(latencies):.2f} s", flush=True)
+        print(f"{path:<7} {args.groups} groups x {args.pods_per_group} pods ({arrival}): group created -> all its "
+              f"pods created p50 {q[49]:.2f} s, p99 {q[98]:.2f} s, max {max(latencies):.2f} s", flush=True)
 
 
 if __name__ == "__main__":
