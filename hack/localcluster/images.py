@@ -23,6 +23,7 @@ import argparse
 import fcntl
 import fnmatch
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -36,7 +37,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = Path(__file__).resolve().parent / "image-sources"
-# PyPI is reached from inside builds through a proxy that this host's CA bundle trusts: mount it (never COPY it).
+# This host trusts an extra certificate authority for registry traffic (PyPI): builds mount its bundle read-only,
+# never COPY it into an image.
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
@@ -118,9 +120,12 @@ def ensure_image(name: str) -> BuiltImage:
                 _build(image, recipe, context, build_args, Path(scratch))
             partial = image.archive.with_suffix(".partial")
             partial.unlink(missing_ok=True)
-            _run(["podman", "save", "--format", "docker-archive", "-o", str(partial), image.reference], image,
-                 "podman save")
-            partial.replace(image.archive)
+            try:
+                _run(["podman", "save", "--format", "docker-archive", "-o", str(partial), image.reference], image,
+                     "podman save")
+                partial.replace(image.archive)
+            finally:
+                partial.unlink(missing_ok=True)
             _prune(name, cache)
     return image
 
@@ -176,13 +181,17 @@ def _copied_files(dockerfile: Path, context: Path) -> list[Path]:
                if line.startswith("**/")]
     sources: list[Path] = []
     for line in _instructions(dockerfile):
-        words = shlex.split(line)
-        if words[0].upper() == "COPY":
-            sources += [context / word for word in words[1:-1] if not word.startswith("--")]
+        instruction, _, rest = line.partition(" ")
+        if instruction.upper() == "ADD":
+            raise ImageBuildError(f"{dockerfile}: use COPY, not ADD (the image's key covers COPY sources only)")
+        if instruction.upper() == "COPY":
+            words = json.loads(rest) if rest.lstrip().startswith("[") else shlex.split(rest)
+            for word in [w for w in words if not w.startswith("--")][:-1]:
+                if not (matches := sorted(context.glob(word.strip("/")))):
+                    raise ImageBuildError(f"{dockerfile}: COPY source {word} is not in {context}")
+                sources += matches
     files = []
     for source in sources:
-        if not source.exists():
-            raise ImageBuildError(f"{dockerfile.name}: COPY source {source.relative_to(context)} is not in {context}")
         for path in sorted([source] if source.is_file() else source.rglob("*")):
             parts = path.relative_to(context).parts
             if path.is_file() and not any(fnmatch.fnmatch(p, pattern) for p in parts for pattern in ignored):
