@@ -6,7 +6,7 @@ the answer to rate. It replies with an integer rating from 1 to 10 written as ``
 
 A reply without a valid rating is asked again (``judge.attempts`` queries in all); after that the answer is
 *unscored*, never given a number we made up. Transient request errors are retried by the client
-(``datagen.engine.Teacher``: backoff, ``Retry-After``); when they persist the answer is unscored too, with
+(``chat_client.ChatClient``: backoff, ``Retry-After``); when they persist the answer is unscored too, with
 the reason recorded.
 """
 
@@ -17,7 +17,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from longalign_trainer.datagen.engine import RequestFailed, Teacher
+from longalign_trainer.chat_client import ChatClient, RequestFailed
 
 SYSTEM = "You grade answers carefully and impartially, following the instructions you are given."
 
@@ -121,7 +121,7 @@ class Grade:
 class Judge:
     """Scores answers with the configured judge model; see the module docstring."""
 
-    def __init__(self, cfg, client: Teacher, seed: int, max_consecutive_failures: int = 8) -> None:
+    def __init__(self, cfg, client: ChatClient, seed: int, max_consecutive_failures: int = 8) -> None:
         self.cfg, self.client, self.seed = cfg, client, seed
         # after this many answers in a row could not be judged for lack of a server, stop asking (a judge that
         # is down or out of quota would otherwise be retried with backoff for every remaining answer)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longalign_trainer.chat_tokens import prompt_tokens
-from longalign_trainer.datagen.config import ConfigError
-from longalign_trainer.datagen.engine import ContextOverflow, RequestFailed
+from longalign_trainer.chat_client import ContextOverflow, RequestFailed
+from longalign_trainer.config_files import ConfigError
 
 HAYSTACK = Path(__file__).parent / "data" / "haystack.txt"
 SYSTEM = "You answer questions about the document the user gives you. Keep your answer short and direct."
