@@ -23,10 +23,13 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import openai
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 _CONTEXT = re.compile(r"maximum context length|max_model_len|context length|too long|exceeds.*(limit|context)",
                       re.IGNORECASE)
@@ -147,7 +150,7 @@ class ChatClient:
                 async with self.semaphore:
                     self.stats["requests"] += 1
                     resp = await self.clients[i].chat.completions.create(
-                        model=self.cfg.model, messages=messages, max_tokens=max_tokens,
+                        model=self.cfg.model, messages=cast("list[ChatCompletionMessageParam]", messages), max_tokens=max_tokens,
                         temperature=self.cfg.temperature, top_p=self.cfg.top_p, **constraint,
                         seed=seed if self.cfg.send_seed and seed is not None else openai.omit)
             except openai.APITimeoutError as e:  # a subclass of APIConnectionError: test it first

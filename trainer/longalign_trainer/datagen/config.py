@@ -116,6 +116,13 @@ class DatagenConfig(_Model):
                 return folder / f"{task_type}.txt"
         return None
 
+    def prompt_text(self, task_type: str) -> str:
+        """The prompt of a task type (the validator made sure each one in use has a file)."""
+        path = self.prompt_path(task_type)
+        if path is None:
+            raise ConfigError(f"task_types: no prompt file {task_type}.txt in {self.prompts_dir or '-'} or {PROMPTS_DIR}")
+        return path.read_text()
+
     def fingerprint(self) -> str:
         """A hash of every setting that changes what a finished document contains (not speed or endpoints).
 
@@ -128,7 +135,7 @@ class DatagenConfig(_Model):
         generation["teacher"].pop("api_key_env")
         from longalign_trainer.datagen import tasks
 
-        generation["prompts"] = {t: self.prompt_path(t).read_text() for t in self.all_task_types()}
+        generation["prompts"] = {t: self.prompt_text(t) for t in self.all_task_types()}
         generation["prompt_frame"] = [tasks.PROPOSE_FORMAT, tasks.SEPARATOR]
         return hashlib.sha256(json.dumps(generation, sort_keys=True).encode()).hexdigest()[:16]
 

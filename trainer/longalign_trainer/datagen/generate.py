@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from longalign_trainer.atomic_write import write_atomic
 from longalign_trainer.chat_client import ChatClient, ContextOverflow, FatalRequestError, RequestFailed
@@ -45,7 +46,7 @@ class Generator:
 
     def __init__(self, cfg: DatagenConfig, teacher: ChatClient, tokenizer, context_len: int) -> None:
         self.cfg, self.teacher, self.tokenizer, self.context_len = cfg, teacher, tokenizer, context_len
-        self.templates = {t: cfg.prompt_path(t).read_text() for t in cfg.all_task_types()}
+        self.templates = {t: cfg.prompt_text(t) for t in cfg.all_task_types()}
         # tokens the chat template and instructions add around the document, measured once per task type
         self.overhead = {t: _prompt_tokens(tokenizer, tasks.user_turn("", tasks.propose_prompt(s, cfg.questions_asked)))
                          for t, s in self.templates.items()}
@@ -160,7 +161,7 @@ async def run_async(cfg: DatagenConfig, *, summary_path: Path | None = None) -> 
     teacher = ChatClient(cfg.teacher, cfg.engine)
     progress = ProgressReporter("datagen", len(corpus.documents), "documents")
     failed: Counter = Counter()
-    state = {"done": len(corpus.documents) - len(pending), "samples": sum(done_before.values()),
+    state: dict[str, Any] = {"done": len(corpus.documents) - len(pending), "samples": sum(done_before.values()),
              "consecutive_failures": 0, "stop": None}
     status = "complete"
     progress.update(state["done"], samples=state["samples"])  # a resumed run's rate counts from here
@@ -244,6 +245,8 @@ def _on_sigterm(state: dict):
     Returns the function that removes the handler again.
     """
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    if task is None:
+        raise RuntimeError("_on_sigterm must be called from a task")
 
     def terminate() -> None:
         state["stop"] = "terminated by SIGTERM; finished documents are kept, run again to resume"
@@ -265,7 +268,10 @@ def _report(progress: ProgressReporter, state: dict, teacher: ChatClient, t0: fl
 
 def _finish(cfg: DatagenConfig, store: ShardStore, tokenizer) -> dict:
     """All documents are done: write ``data.jsonl`` (generated, then short samples) and ``histogram.json``."""
-    lengths, n_long, by_source, by_type = [], 0, Counter(), Counter()
+    lengths: list[int] = []
+    n_long = 0
+    by_source: Counter[str] = Counter()
+    by_type: Counter[str] = Counter()
     out_path = cfg.output_dir / "data.jsonl"
     tmp = out_path.with_name(".data.jsonl.tmp")
     short_counts: Counter = Counter()

@@ -83,7 +83,7 @@ class NeedleConfig(_Model):
     """Needle in a haystack: a grid of context lengths x insertion depths."""
 
     context_lengths: list[int] = Field(default_factory=lambda: [1000, 8000, 16000, 32000, 60000], min_length=1)
-    depths_percent: list[float] = Field(default_factory=lambda: [10, 30, 50, 70, 90], min_length=1)
+    depths_percent: list[float] = Field(default_factory=lambda: [10.0, 30.0, 50.0, 70.0, 90.0], min_length=1)
     needle: str = Field("The secret ingredient of the harbour bakery's famous bread is smoked rosemary.",
                         min_length=1)
     question: str = Field("What is the secret ingredient of the harbour bakery's famous bread?", min_length=1)
@@ -145,8 +145,10 @@ def to_eval(raw: dict) -> dict:
     ...     "terminationMessagePath": "/dev/termination-log", "evaluation": {"gpus": 2,
     ...     "longBenchChat": {"path": "lbc.jsonl"}, "judge": {"endpoint": "http://j/v1", "model": "gpt-4",
     ...     "apiKeySecretRef": {"name": "s", "key": "k"}}}})
-    >>> cfg["model"], cfg["longbench_chat"], cfg["judge"], cfg["output_dir"]
-    ({'path': '/ck/r1/model', 'tensor_parallel_size': 2}, {'path': '/data/r1/lbc.jsonl'}, {'base_url': 'http://j/v1', 'model': 'gpt-4'}, '/res/r1')
+    >>> cfg["model"], cfg["longbench_chat"]
+    ({'path': '/ck/r1/model', 'tensor_parallel_size': 2}, {'path': '/data/r1/lbc.jsonl'})
+    >>> cfg["judge"], cfg["output_dir"]
+    ({'base_url': 'http://j/v1', 'model': 'gpt-4'}, '/res/r1')
     """
     body = dict(raw["evaluation"])
     data_dir = Path(raw.get("dataDir") or ".")

@@ -16,6 +16,7 @@ import asyncio
 import random
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from longalign_trainer.chat_client import ChatClient, RequestFailed
 
@@ -129,7 +130,7 @@ class Judge:
         self.consecutive_failures = 0
         # answers waiting for a slot see the verdict of those before them (the client bounds the same number)
         self.slots = asyncio.Semaphore(client.engine.concurrency)
-        self.constraint = ({"extra_body": {"structured_outputs": {"regex": SCORE_REGEX}}}
+        self.constraint: dict[str, Any] = ({"extra_body": {"structured_outputs": {"regex": SCORE_REGEX}}}
                            if cfg.constrain == "regex" else {})
 
     async def grade(self, case: object, question: str, reference: str, examples: list[dict], answer: str) -> Grade:

@@ -65,7 +65,8 @@ def root_cause(log_path: Path) -> str:
 
     >>> import tempfile; p = Path(tempfile.mkdtemp()) / "log"
     >>> _ = p.write_text("WARNING x OSError: ulimit\\n(Worker) ERROR [x.py:1] Traceback\\n"
-    ...                  "(Worker) ERROR [x.py:1] RuntimeError: Unsupported head_dim=16\\n(API) ERROR y EngineDeadError: dead\\n")
+    ...                  "(Worker) ERROR [x.py:1] RuntimeError: Unsupported head_dim=16\\n"
+    ...                  "(API) ERROR y EngineDeadError: dead\\n")
     >>> root_cause(p)
     'RuntimeError: Unsupported head_dim=16'
     """
@@ -158,6 +159,8 @@ async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: Progress
             judge_client = ChatClient(Endpoint([j.base_url], j.model, j.api_key_env, j.temperature), engine)
             judge = Judge(j, judge_client, cfg.seed, cfg.engine.max_consecutive_failures)
         if cfg.longbench_chat is not None:
+            if judge is None:
+                raise ConfigError("longbench_chat needs a judge")
             lbc = cfg.longbench_chat
             cases = longbench.load_benchmark(lbc.path, lbc.few_shot_path, lbc.limit)
             results["longbench_chat"] = await longbench.evaluate(cases, model, judge, tokenizer, context,
