@@ -1,11 +1,12 @@
 # The README's commands: `make demo` (set up, run the tiny example here), `make cluster-demo` (on a local
-# control plane), `make test` (set up, run the tests) and `make images` (build the container images).
+# control plane), `make check` (static checks), `make test` (set up, static checks, run the tests) and
+# `make images` (build the container images).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
 DEMO_DIR ?= build/tiny-local
 
-.PHONY: setup demo cluster-demo cluster test images
+.PHONY: setup demo cluster-demo cluster check fix test images
 
 setup:
 	bash hack/setup.sh
@@ -28,5 +29,18 @@ images:
 	bash hack/host-packages.sh
 	PYTHONPATH=hack python3 -m localcluster.images $(IMAGES)
 
-test: setup
+# Static checks (settings in pyproject.toml): lint and format (ruff), types (mypy: strict on the pure core),
+# import contracts (import-linter: the layering of the README's "Layout" section). Run from the source tree.
+check: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	PYTHONPATH=operator:trainer $(VENV)/bin/lint-imports
+
+# The mechanical fixes ruff can make by itself: import order, modern syntax, then formatting.
+fix: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: setup check
 	$(PY) -m pytest $(PYTEST_ARGS)

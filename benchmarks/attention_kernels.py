@@ -97,7 +97,7 @@ def main() -> int:
     for backend in backends:
         attention.register(backend, "cuda")
         attention.warm_up_cudnn(lengths, HEADS, KV_HEADS, HEAD_DIM, torch.bfloat16, device)
-        diffs = [float((a - b).abs().max()) for a, b in zip(outputs_and_grads(check_pack, device), reference)]
+        diffs = [float((a - b).abs().max()) for a, b in zip(outputs_and_grads(check_pack, device), reference, strict=True)]
         timed(packs[:2], device, backward=True)  # warm-up: compilation, autotuning
         fwd, both = timed(packs, device, backward=False), timed(packs, device, backward=True)
         print(f"{backend:<14}{fwd:>8.3f}{both:>11.3f}{flops / 3 / fwd / 1e12:>13.0f}{flops / both / 1e12:>17.0f}"

@@ -100,7 +100,7 @@ def first_fit_decreasing(lengths, cap: int) -> list[list[int]]:
 
 
 def build_model(args, attn: str, device, ours: bool = False):
-    """The random Llama; ``ours``: with the trainer's checkpointing policy and fused kernels (as ``longalign train``)."""
+    """The random Llama; ``ours``: with the trainer's checkpointing policy and fused kernels, as ``longalign train``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp,
@@ -285,7 +285,6 @@ def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: i
     }
     if per_seq:
         result["per_seq"] = per_seq
-    del model, opt
     return result
 
 

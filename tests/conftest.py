@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -181,7 +182,5 @@ def fault_proxy(vllm_server):
 
     yield make
     for p in proxies:
-        try:
+        with contextlib.suppress(OSError):
             p.stop()
-        except OSError:
-            pass

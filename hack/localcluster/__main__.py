@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import tempfile
@@ -31,7 +32,7 @@ def demo_run(cluster: LocalCluster) -> None:
         print(f"\noperator running (log: {operator.log}); kubectl apply -f {EXAMPLE.relative_to(REPO)}")
         cluster.create_bound_claims("default")
         cluster.kubectl("apply", "-n", "default", "-f", str(EXAMPLE))
-        seen = []
+        seen: list[str] = []
 
         def finished() -> bool:
             row = cluster.kubectl("get", "lar", "tiny", "-n", "default", "--no-headers").stdout.strip()
@@ -73,10 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"PATH={binaries}:$PATH\nthen: longalign operator\n"
                   "running until Ctrl-C (logs in the same folder)", flush=True)
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 signal.pause()
-            except KeyboardInterrupt:
-                pass
     print("control plane stopped")
     return 0
 

@@ -18,13 +18,18 @@ class OperatorProcess:
 
     def __init__(self, kubeconfig: Path, log: Path, reconcile_interval: float = 1.0) -> None:
         self.kubeconfig, self.log, self.interval = kubeconfig, log, reconcile_interval
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.liveness_port, self.metrics_port = free_port(), free_port()
 
     def argv(self) -> list[str]:
         """The operator's command line."""
         return [sys.executable, "-m", "longalign_operator.cli", "operator", "--metrics-port", str(self.metrics_port),
                 "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"]
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self.proc is None:
+            raise RuntimeError("the operator process was never started")
+        return self.proc
 
     def start(self) -> None:
         """Start the operator (again)."""
@@ -34,14 +39,16 @@ class OperatorProcess:
 
     def kill(self) -> None:
         """Stop it abruptly, as a node failure or an OOM kill would."""
-        self.proc.kill()
-        self.proc.wait()
+        proc = self._started()
+        proc.kill()
+        proc.wait()
 
     def stop(self) -> None:
         """Stop it as Kubernetes would: SIGTERM, then SIGKILL after a grace period."""
-        self.proc.terminate()
+        proc = self._started()
+        proc.terminate()
         try:
-            self.proc.wait(20)
+            proc.wait(20)
         except subprocess.TimeoutExpired:
             self.kill()
 

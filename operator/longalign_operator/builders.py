@@ -79,15 +79,16 @@ def _meta(run: Run, name: str, stage: str, attempt: int | None = None) -> dict[s
             "ownerReferences": [run.owner()]}
 
 
-def _volumes(spec: LongAlignRunSpec, config_map: str | None) -> tuple[list[dict], list[dict]]:
+def _volumes(spec: LongAlignRunSpec, config_map: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The run's volumes and their mounts; plus the stage config's ConfigMap and /dev/shm when given."""
-    volumes, mounts = [], []
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
     claims: dict[str, str] = {}
     for role, src in spec.storage.mounts().items():
         volume = claims.setdefault(src.claim_name, f"vol-{len(claims)}")
         if not any(v["name"] == volume for v in volumes):
             volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": src.claim_name}})
-        mount = {"name": volume, "mountPath": MOUNTS[role]}
+        mount: dict[str, Any] = {"name": volume, "mountPath": MOUNTS[role]}
         if src.sub_path:
             mount["subPath"] = src.sub_path
         mounts.append(mount)
@@ -110,7 +111,8 @@ def _resources(options: PodOptions, gpus: int) -> dict[str, Any]:
 
 
 def pod_template(run: Run, stage: str, attempt: int, options: StageOptions, *, command: list[str],
-                 env: list[dict], gpus: int, config_map: str, extra: dict | None = None) -> dict[str, Any]:
+                 env: list[dict[str, Any]], gpus: int, config_map: str,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The pod template of a stage's pods: the run's image, volumes, config, GPUs and the user's pod options."""
     spec = run.spec
     pod = options.pod
@@ -162,7 +164,8 @@ def config_map(run: Run, stage: str, attempt: int) -> dict[str, Any]:
             "data": {"config.json": json.dumps(stage_config(run, stage, attempt), indent=2, sort_keys=True)}}
 
 
-def _job(run: Run, stage: str, attempt: int, options: StageOptions, template: dict, **spec: Any) -> dict:
+def _job(run: Run, stage: str, attempt: int, options: StageOptions, template: dict[str, Any],
+         **spec: Any) -> dict[str, Any]:
     name = attempt_name(run.name, stage, attempt)
     job_spec = {"backoffLimit": 0, "template": template, **spec}
     if options.active_deadline_seconds:
@@ -176,7 +179,8 @@ def stage_command(stage: str) -> list[str]:
     return ["longalign", STAGE_COMMAND[stage], "--config", f"{CONFIG_DIR}/config.json"]
 
 
-def single_pod_job(run: Run, stage: str, attempt: int, gpus: int, env: list[dict] | None = None) -> dict:
+def single_pod_job(run: Run, stage: str, attempt: int, gpus: int,
+                   env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The Job of a one-pod stage (data generation, evaluation)."""
     options = getattr(run.spec, {"dataGeneration": "data_generation", "evaluation": "evaluation"}[stage])
     name = attempt_name(run.name, stage, attempt)
@@ -199,7 +203,7 @@ def training_job(run: Run, attempt: int) -> dict[str, Any]:
     t = run.spec.training
     name = attempt_name(run.name, "training", attempt)
     service = f"{run.name}-train"
-    env = [
+    env: list[dict[str, Any]] = [
         {"name": "MASTER_ADDR", "value": f"{name}-0.{service}"},
         {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
         {"name": "NNODES", "value": str(t.nodes)},
@@ -225,7 +229,7 @@ def teacher_objects(run: Run) -> list[dict[str, Any]]:
     ``nodesPerReplica`` consecutive ordinals forms a Ray cluster led by its first (``longalign teacher-server``).
     """
     dg = run.spec.data_generation
-    teacher = dg.teacher
+    teacher = run.spec.data_generation.required_teacher()
     nodes = teacher.nodes_per_replica
     name = teacher_name(run.name)
     selector = {LABEL_RUN: run.name, LABEL_STAGE: "teacher"}
@@ -280,12 +284,12 @@ def teacher_urls(run: Run) -> str:
     'http://r-teacher-0.r-teacher.ns.svc:8000/v1,http://r-teacher-2.r-teacher.ns.svc:8000/v1'
     """
     name = teacher_name(run.name)
-    teacher = run.spec.data_generation.teacher
+    teacher = run.spec.data_generation.required_teacher()
     return ",".join(f"http://{name}-{i * teacher.nodes_per_replica}.{name}.{run.namespace}.svc:{VLLM_PORT}/v1"
                     for i in range(teacher.replicas))
 
 
-def judge_env(run: Run) -> list[dict]:
+def judge_env(run: Run) -> list[dict[str, Any]]:
     """The judge's API key, from the Secret the spec names (never from the spec itself)."""
     judge = run.spec.evaluation.judge
     if judge is None or judge.api_key_secret_ref is None:

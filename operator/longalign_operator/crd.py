@@ -23,7 +23,7 @@ from longalign_operator.status import LongAlignRunStatus
 _KEEP = {"type", "properties", "items", "required", "description", "enum", "minimum", "maximum", "minLength",
          "maxLength", "pattern", "minItems", "maxItems", "multipleOf"}
 
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage"},
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -105,8 +105,8 @@ class Gateway:
 
     def patch_status(self, meta: dict[str, Any], patch: dict[str, Any]) -> None:
         """Merge-patch the run's status subresource and remember the result until the watch delivers it."""
-        result = self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": patch}, _request_timeout=TIMEOUT_S)
+        result = cast(dict[str, Any], self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": patch}, _request_timeout=TIMEOUT_S))
         self.written.record(meta["uid"], result["metadata"]["resourceVersion"], result.get("status") or {})
 
     def forget(self, uid: str, name: str, ns: str) -> None:

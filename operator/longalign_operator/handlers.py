@@ -14,6 +14,7 @@ one stopped without duplicates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
@@ -89,32 +90,34 @@ def reconciling(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------- caches fed by watches
-@kopf.index("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT})
+# Kopf's handler protocols type `namespace` as str | None (for cluster-wide kinds); these kinds are namespaced,
+# so the handlers take a str, which mypy cannot know: hence the ignores below.
+@kopf.index("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT})  # type: ignore[arg-type]  # namespace: see above
 async def run_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     """Every run's Jobs, by (namespace, run)."""
     return {(namespace, labels[LABEL_RUN]): job_record(body)}
 
 
-@kopf.index("v1", "pods", labels={LABEL_RUN: kopf.PRESENT, JOB_NAME_LABEL: kopf.PRESENT})
+@kopf.index("v1", "pods", labels={LABEL_RUN: kopf.PRESENT, JOB_NAME_LABEL: kopf.PRESENT})  # type: ignore[arg-type]  # namespace: see above
 async def run_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     """Every run's Job pods, by (namespace, run), as (Job name, pod)."""
     return {(namespace, labels[LABEL_RUN]): (labels[JOB_NAME_LABEL], pod_record(body))}
 
 
-@kopf.index("v1", "persistentvolumeclaims")
+@kopf.index("v1", "persistentvolumeclaims")  # type: ignore[arg-type]  # namespace: see above
 async def claims(namespace: str, name: str, **_: Any) -> dict:
     """The claims that exist, by (namespace, name)."""
     return {(namespace, name): True}
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT})
-@kopf.on.event("v1", "pods", labels={LABEL_RUN: kopf.PRESENT})
+@kopf.on.event("v1", "pods", labels={LABEL_RUN: kopf.PRESENT})  # type: ignore[arg-type]  # namespace: see above
 async def child_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """A run's Job or pod changed: step the run now."""
     _wake(memo, (namespace, labels[LABEL_RUN]))
 
 
-@kopf.on.event("v1", "persistentvolumeclaims")
+@kopf.on.event("v1", "persistentvolumeclaims")  # type: ignore[arg-type]  # namespace: see above
 async def claim_changed(namespace: str, memo: kopf.Memo, **_: Any) -> None:
     """A claim appeared or went: step the namespace's runs that wait for one."""
     for (ns, _name), wake in memo.wakeups.items():
@@ -141,7 +144,7 @@ def _wake(memo: kopf.Memo, key: tuple[str, str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the loop
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)  # type: ignore[arg-type]  # Kopf passes the indexes by name
 async def drive(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: kopf.Logger,
                 run_jobs: kopf.Index, run_pods: kopf.Index, claims: kopf.Index, **_: Any) -> None:
     """Step the run whenever woken, and at least every INTERVAL seconds, until it is deleted."""
@@ -157,10 +160,8 @@ async def drive(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, l
             logger.exception("reconcile failed; retrying in %.0f s", INTERVAL)
             await stopped.wait(INTERVAL)
             continue
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=INTERVAL)
-        except asyncio.TimeoutError:
-            pass
 
 
 def reconcile(body: kopf.Body, memo: kopf.Memo, run_jobs: kopf.Index, run_pods: kopf.Index,

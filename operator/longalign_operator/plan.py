@@ -17,14 +17,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from longalign_operator import builders
 from longalign_operator.builders import Run
-from longalign_operator.status import Condition, LongAlignRunStatus, StageStatus
+from longalign_operator.spec import StageOptions
+from longalign_operator.status import Condition, LongAlignRunStatus, Phase, StageState, StageStatus
 
 ORDER = ("dataGeneration", "training", "evaluation")
-PHASE = {"dataGeneration": "GeneratingData", "training": "Training", "evaluation": "Evaluating"}
+PHASE: dict[str, Phase] = {"dataGeneration": "GeneratingData", "training": "Training", "evaluation": "Evaluating"}
 ATTR = {"dataGeneration": "data_generation", "training": "training", "evaluation": "evaluation"}
 # Exit codes of the stage commands that no retry can fix: 2 a config the stage refuses, 3 a checkpoint that
 # cannot be served. Any other failure (crash, OOM, lost node, preemption) is retried up to backoffLimit.
@@ -150,10 +151,11 @@ def _stage(status: LongAlignRunStatus, stage: str) -> StageStatus:
     attr = ATTR[stage]
     if getattr(status.stages, attr) is None:
         setattr(status.stages, attr, StageStatus())
-    return getattr(status.stages, attr)
+    stage_status: StageStatus = getattr(status.stages, attr)
+    return stage_status
 
 
-def _advance(obs: Observed, p: Plan, stage: str, options, st: StageStatus) -> bool:
+def _advance(obs: Observed, p: Plan, stage: str, options: StageOptions, st: StageStatus) -> bool:
     """Move one stage forward; True when it has succeeded and the next stage may start in this same pass."""
     job = obs.jobs.get(builders.attempt_name(obs.run.name, stage, st.attempts)) if st.attempts else None
     if job is None:
@@ -165,7 +167,7 @@ def _advance(obs: Observed, p: Plan, stage: str, options, st: StageStatus) -> bo
     if job.state == "Failed":
         failed_pod = next((pod for pod in job.pods if pod.phase == "Failed"), None)
         detail = _failure_detail(job, failed_pod)
-        terminal = TERMINAL_EXIT_CODES.get(failed_pod.exit_code) if failed_pod else None
+        terminal = TERMINAL_EXIT_CODES.get(failed_pod.exit_code) if failed_pod and failed_pod.exit_code else None
         _fail_attempt(obs, p, stage, options, st, terminal or job.reason or "Failed", detail, delete=None,
                       terminal=terminal is not None)
         return False
@@ -198,7 +200,7 @@ def _succeed(obs: Observed, p: Plan, stage: str, st: StageStatus, job: JobView) 
     p.events.append(Event("Normal", "StageSucceeded", f"{stage}: succeeded on attempt {st.attempts}", stage))
 
 
-def _fail_attempt(obs: Observed, p: Plan, stage: str, options, st: StageStatus, reason: str, detail: str,
+def _fail_attempt(obs: Observed, p: Plan, stage: str, options: StageOptions, st: StageStatus, reason: str, detail: str,
                   delete: str | None, terminal: bool = False) -> None:
     st.failures += 1
     if delete:
@@ -217,7 +219,10 @@ def _fail_attempt(obs: Observed, p: Plan, stage: str, options, st: StageStatus, 
     _start_attempt(obs, p, stage, st)
 
 
-def _observe_active(obs: Observed, p: Plan, stage: str, options, st: StageStatus, job: JobView) -> None:
+def _observe_active(obs: Observed, p: Plan, stage: str, options: StageOptions, st: StageStatus, job: JobView) -> None:
+    state: StageState
+    reason: str | None
+    message: str | None
     if job.state == "Suspended":
         state, reason, message = "Queued", "WaitingForAdmission", "the Job waits for a queue (Kueue) to admit it"
     else:
@@ -339,7 +344,7 @@ def _failure_detail(job: JobView, pod: PodView | None) -> str:
 
 def _set_condition(obs: Observed, status: LongAlignRunStatus, type_: str, value: bool, reason: str,
                    message: str = "") -> None:
-    new = "True" if value else "False"
+    new: Literal["True", "False"] = "True" if value else "False"
     for c in status.conditions:
         if c.type == type_:
             if (c.status, c.reason, c.message) != (new, reason, message):

@@ -115,6 +115,12 @@ class DataGeneration(StageOptions):
     max_document_tokens: int = Field(default=65536, ge=1)
     short_data: ShortDataMix | None = None
 
+    def required_teacher(self) -> Teacher:
+        """The teacher, which ``parse`` requires whenever data generation is enabled."""
+        if self.teacher is None:
+            raise ValueError("spec.dataGeneration.teacher: required when dataGeneration is enabled")
+        return self.teacher
+
 
 class DeepSpeed(Model):
     zero_stage: Literal[1, 2, 3] = 3
@@ -298,7 +304,7 @@ def parse(spec: dict[str, Any]) -> LongAlignRunSpec:
     return model
 
 
-def _path(loc: tuple) -> str:
+def _path(loc: tuple[str | int, ...]) -> str:
     """A pydantic error location as the resource's field path, e.g. spec.training.nodes or spec.x[2]."""
     out = "spec"
     for part in loc:

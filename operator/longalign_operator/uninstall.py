@@ -67,7 +67,8 @@ def release_runs(custom, namespaces: list[str]) -> list[str]:
     from kubernetes.client.exceptions import ApiException
 
     runs = []
-    for ns in namespaces or [None]:
+    scopes: list[str | None] = [*namespaces] or [None]  # None: every namespace
+    for ns in scopes:
         listed = (custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, _request_timeout=TIMEOUT_S) if ns
                   else custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=TIMEOUT_S))
         runs += listed["items"]

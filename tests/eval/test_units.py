@@ -127,7 +127,7 @@ def test_needle_lands_at_the_requested_depth_on_a_sentence_boundary(any_tokenize
     assert hay.n_tokens == length and len(hay.boundaries) > length // 80
     # a needle lands within one sentence of its target: the longest sentence (the cut-off tail included) bounds
     # the distance (a few %), where the peer bug would put every needle at 0%
-    gaps = [b - a for a, b in zip([0, *hay.boundaries], [*hay.boundaries, hay.n_tokens])]
+    gaps = [b - a for a, b in zip([0, *hay.boundaries], [*hay.boundaries, hay.n_tokens], strict=True)]
     tolerance = 100 * max(gaps) / hay.n_tokens + 0.5
     assert tolerance < 15
     for depth in (0, 10, 25, 50, 75, 90, 100):

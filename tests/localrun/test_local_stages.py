@@ -1,4 +1,4 @@
-"""Pure pieces of ``longalign run``: volumes as folders, each stage's envelope and command, the retry loop, the table."""
+"""Pure pieces of ``longalign run``: volumes as folders, each stage's envelope and command, the retry loop, table."""
 
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def test_cudnn_backend_splits_equal_the_block_diagonal_reference(monkeypatch, pa
         t.grad = None
     reference = attention._sdpa_block_diagonal(q, k, v, cu, 0.25).transpose(1, 2)
     reference.backward(grad_out)
-    for g, r in zip(got, [reference.detach(), *(t.grad for t in (q, k, v))]):
+    for g, r in zip(got, [reference.detach(), *(t.grad for t in (q, k, v))], strict=True):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
 
 
@@ -113,7 +113,7 @@ def fa3_stand_in():
     def named(op, args, kwargs):  # the dispatcher may pass any argument by position
         schema = getattr(torch.ops.flash_attn_3, op).default._schema
         return {**{a.name: a.default_value for a in schema.arguments},
-                **dict(zip((a.name for a in schema.arguments), args)), **kwargs}
+                **dict(zip((a.name for a in schema.arguments), args, strict=False)), **kwargs}
 
     def fwd(*args, **kwargs):
         kw = named("fwd", args, kwargs)
@@ -170,5 +170,5 @@ def test_flash_attn_3_backend_equals_the_reference_and_is_not_recomputed(model, 
         model.eval()
     (ref_logits, ref_grads), (logits, grads) = results["sdpa_block_diagonal"], results["flash_attn_3"]
     torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)

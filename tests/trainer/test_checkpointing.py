@@ -120,5 +120,5 @@ def test_fused_rotary_runs_only_in_the_patched_model_and_changes_nothing(monkeyp
     assert calls.count("rotary") == cfg.num_hidden_layers
     torch.testing.assert_close(got, expected)
     q, k, cos, sin = torch.randn(1, 4, 7, 16), torch.randn(1, 2, 7, 16), torch.randn(1, 7, 16), torch.randn(1, 7, 16)
-    for mine, theirs in zip(fused_ops.rotary(q, k, cos, sin), transformers_rotary(q, k, cos, sin)):
+    for mine, theirs in zip(fused_ops.rotary(q, k, cos, sin), transformers_rotary(q, k, cos, sin), strict=True):
         torch.testing.assert_close(mine, theirs)

@@ -83,5 +83,5 @@ def test_ranks_sharing_the_tokenizing_get_what_one_process_gets(tmp_path, tokeni
         t.join(timeout=60)
     for examples, report in results:
         assert [e.source for e in examples] == [e.source for e in alone]
-        assert all((x.input_ids == y.input_ids).all() and (x.labels == y.labels).all() for x, y in zip(examples, alone))
+        assert all((x.input_ids == y.input_ids).all() and (x.labels == y.labels).all() for x, y in zip(examples, alone, strict=True))
         assert report.summary() == alone_report.summary() and report.named == alone_report.named

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -66,7 +67,7 @@ def test_sorted_batches_hold_similar_lengths_and_their_order_is_shuffled():
     batches = [sorted(lengths[i] for rank in s.per_rank for mb in rank for i in mb) for s in steps]
     # consecutive in sorted order: batches do not overlap in length
     ranges = sorted((b[0], b[-1]) for b in batches)
-    assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(ranges, ranges[1:]))
+    assert all(hi <= next_lo for (_, hi), (next_lo, _) in itertools.pairwise(ranges))
     assert [b[0] for b in batches] != sorted(b[0] for b in batches)  # but not run shortest first
 
 
@@ -88,7 +89,7 @@ def test_resumed_sampler_continues_the_same_plan_and_refuses_another_seed():
                         seed=7, epochs=2)
     partial = StepSampler(lengths, strategy="packing", global_batch_size=16, capacity=4096, world_size=2, rank=0,
                           seed=7, epochs=2)
-    for _ in zip(range(5), partial):
+    for _ in zip(range(5), partial, strict=False):
         pass
     again.load_state_dict(partial.state_dict())
     assert list(again) == steps[5:]

@@ -100,7 +100,7 @@ def test_loss_falls_and_both_ranks_agree(reference):
     assert sum(list(losses.values())[-3:]) / 3 < 0.7 * losses[1]
     ranks = [[json.loads(line) for line in (out / f"train-log-rank{r}.jsonl").read_text().splitlines()]
              for r in (0, 1)]
-    for a, b in zip(*ranks):  # each rank ran its own share of the step, and the shares add up to the step
+    for a, b in zip(*ranks, strict=True):  # each rank ran its own share of the step, and the shares add up to the step
         assert a["local_loss"] != b["local_loss"]
         assert (a["local_loss"] + b["local_loss"]) / 2 == pytest.approx(a["loss"], rel=1e-9)
         assert a["sequences"] == 16 and a["micro_batches"] >= 2
@@ -115,7 +115,7 @@ def test_progress_lines_and_summary_follow_the_stage_contract(reference):
     assert summary["ok"] and summary["steps"] == STEPS and summary["world_size"] == 2
     assert summary["final_loss"] == step_losses(out, 0)[STEPS]
     assert summary["attention_backend"] == "sdpa_block_diagonal"
-    assert summary["data"]["per_file"] == {d: n for d, n in zip(summary["data"]["per_file"], (32, 64))}
+    assert summary["data"]["per_file"] == {d: n for d, n in zip(summary["data"]["per_file"], (32, 64), strict=True)}
     assert 0.5 < summary["packing_efficiency"] <= 1 and summary["tokens_seen"] > 0
     assert Path(summary["checkpoint"]).name == f"step-{STEPS:08d}"
     assert (out / "checkpoints" / "latest").read_text() == f"step-{STEPS:08d}"
@@ -215,9 +215,9 @@ def test_weighted_loss_trajectory_does_not_depend_on_packing_or_rank_count(refer
                           capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     logs = [[json.loads(x) for x in (o / "train-log-rank0.jsonl").read_text().splitlines()] for o in (ref_out, out)]
-    differently_packed = sum(a["micro_batches"] != b["micro_batches"] for a, b in zip(*logs))
+    differently_packed = sum(a["micro_batches"] != b["micro_batches"] for a, b in zip(*logs, strict=True))
     assert differently_packed >= STEPS // 2
-    for a, b in zip(*logs):
+    for a, b in zip(*logs, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
     assert json.loads((out / "summary.json").read_text())["world_size"] == 1
 

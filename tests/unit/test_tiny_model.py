@@ -23,7 +23,7 @@ def test_tiny_model_loads_and_masks_only_assistant_tokens(tmp_path):
                 {"role": "user", "content": "And json.loads?"},
                 {"role": "assistant", "content": "An object."}]
     enc = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-    answer_ids = [i for i, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
+    answer_ids = [i for i, m in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if m]
     assert tok.decode(answer_ids) == "A string.<|end|>An object.<|end|>"
     assert enc["input_ids"][0] == tok.bos_token_id
     logits = model(input_ids=torch.tensor([enc["input_ids"]])).logits

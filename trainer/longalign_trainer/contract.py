@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,7 +44,8 @@ class ProgressReporter:
     """
 
     def __init__(self, stage: str, total: int, unit: str, *, stream: IO[str] | None = None,
-                 bar: IO[str] | None = None, min_interval_s: float = 5.0, clock=time.monotonic) -> None:
+                 bar: IO[str] | None = None, min_interval_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stage, self.total, self.unit = stage, total, unit
         self.stream = stream or sys.stdout
         self.bar = bar if bar is not None else (sys.stderr if sys.stderr.isatty() else None)
@@ -53,7 +55,7 @@ class ProgressReporter:
         self.start_done: int | None = None
         self.last_emit = -math.inf
 
-    def update(self, done: int, **metrics: float) -> dict | None:
+    def update(self, done: int, **metrics: float | None) -> dict[str, Any] | None:
         """Report that ``done`` of ``total`` items are finished; returns the line emitted, if any."""
         now = self.clock()
         if self.start_done is None:  # a resumed stage starts counting its rate from where it resumed
@@ -76,7 +78,7 @@ class ProgressReporter:
         return line
 
 
-def format_bar(line: dict, width: int = 30) -> str:
+def format_bar(line: dict[str, Any], width: int = 30) -> str:
     """A one-line human rendering of a progress line.
 
     >>> format_bar({"stage": "train", "done": 5, "total": 20, "unit": "steps", "eta_s": 30.0,
@@ -87,10 +89,11 @@ def format_bar(line: dict, width: int = 30) -> str:
     filled = int(width * min(line["done"], total) / total)
     eta = "" if line.get("eta_s") is None else f"  eta {line['eta_s']:.0f}s"
     metrics = "".join(f"  {k}={v:.4g}" for k, v in line.get("metrics", {}).items() if v is not None)
-    return f"{line['stage']} [{'#' * filled}{'-' * (width - filled)}] {line['done']}/{line['total']} {line['unit']}{eta}{metrics}"
+    bar = "#" * filled + "-" * (width - filled)
+    return f"{line['stage']} [{bar}] {line['done']}/{line['total']} {line['unit']}{eta}{metrics}"
 
 
-def parse_progress(text: str) -> dict | None:
+def parse_progress(text: str) -> dict[str, Any] | None:
     """The progress line in ``text`` (one log line), or None when the line is anything else."""
     text = text.strip()
     if not text.startswith("{"):
@@ -102,7 +105,7 @@ def parse_progress(text: str) -> dict | None:
     return obj if isinstance(obj, dict) and obj.get(MARKER) == "progress" else None
 
 
-def last_progress(log: str) -> dict | None:
+def last_progress(log: str) -> dict[str, Any] | None:
     """The newest progress line in a log, or None when it has none."""
     for text in reversed(log.splitlines()):
         if (line := parse_progress(text)) is not None:

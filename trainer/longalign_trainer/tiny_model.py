@@ -87,9 +87,11 @@ def build_tiny_model(out_dir: str | Path, *, hidden_size: int = 256, layers: int
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        head_dim=hidden_size // heads, max_position_embeddings=max_position_embeddings, rope_theta=500000.0,
+        head_dim=hidden_size // heads, max_position_embeddings=max_position_embeddings,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False, torch_dtype="float32",
+        tie_word_embeddings=False, dtype="float32",
+        # transformers 4.x's keyword, which 5.x still accepts (as rope_parameters) but no longer declares
+        rope_theta=500000.0,  # type: ignore[call-arg]
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

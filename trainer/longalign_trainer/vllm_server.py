@@ -20,6 +20,7 @@ distribution) as a child process in its own process group, with its log in a fil
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -49,10 +50,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
+    # Not Linux (OSError): no parent-death signal, the caller's stop() remains the only guard.
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: no parent-death signal, the caller's stop() remains the only guard
-        pass
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -121,6 +121,8 @@ class VLLMServer:
 
     def wait_ready(self) -> dict:
         """Poll ``/v1/models`` until it lists the served model; return that model's card."""
+        if self.process is None:
+            raise VLLMServerError("wait_ready() before start()")
         deadline = time.monotonic() + self.startup_timeout_s
         while True:
             code = self.process.poll()
@@ -151,10 +153,8 @@ class VLLMServer:
             return
         pgid = self.process.pid  # start_new_session: the server leads its own group
         _signal_group(pgid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
         # The engine core may outlive the API server briefly; the group goes down as a whole.
         deadline = time.monotonic() + 5.0
         while _group_alive(pgid) and time.monotonic() < deadline:
@@ -177,10 +177,8 @@ def fetch_model_card(base_url: str, model: str, timeout: float = 5.0) -> dict | 
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _group_alive(pgid: int) -> bool:

@@ -78,7 +78,7 @@ def _curve(path: Path, points: list[tuple[float, float]], title: str, ylabel: st
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(*zip(*points), marker="o", markersize=3)
+    ax.plot(*zip(*points, strict=True), marker="o", markersize=3)
     ax.set(title=title, xlabel="step", ylabel=ylabel)
     ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -78,7 +78,8 @@ def from_document(doc: Any, source: str) -> RunFile:
     if doc.get("kind") != KIND or doc.get("apiVersion") != f"{GROUP}/{VERSION}":
         raise RunFileError(f"{source}: apiVersion/kind: expected {GROUP}/{VERSION} {KIND}, "
                            f"got {doc.get('apiVersion')} {doc.get('kind')}")
-    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    metadata = doc.get("metadata")
+    meta: dict[str, Any] = metadata if isinstance(metadata, dict) else {}
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         raise RunFileError(f"{source}: metadata.name: required (it names the run's folders)")

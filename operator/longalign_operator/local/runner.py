@@ -37,6 +37,8 @@ def run_stages(stages: LocalStages, status_path: Path, out: IO[str] | None = Non
         if step.status.phase in FINAL:
             return step.status
         stage = step.status.current_stage
+        if stage is None:  # not final, so a stage is under way
+            raise RuntimeError(f"the planner names no current stage: {step.status.message}")
         attempt = getattr(step.status.stages, ATTR[stage]).attempts
         name = attempt_name(stages.run.name, stage, attempt)
         if name in jobs:  # the planner waits for something no local process can bring

@@ -26,9 +26,15 @@ from longalign_operator.local.progress import StageDisplay
 from longalign_operator.local.runfile import LocalOptions
 from longalign_operator.local.volumes import Volumes
 from longalign_operator.plan import ATTR, JobView, PodView
+from longalign_operator.spec import SecretKeyRef
 from longalign_trainer.contract import JUDGE_KEY_ENV, TEACHER_URL_ENV, TERMINATION_MESSAGE_PATH_ENV
 
 LOCAL_JUDGE_KEY = "local"  # vLLM ignores keys; the stage's client still wants one
+
+
+def _secret(ref: SecretKeyRef | None) -> str:
+    """Where the pods get the judge's key, for messages."""
+    return f"Secret {ref.name}" if ref is not None else "the Secret evaluation.judge.apiKeySecretRef names (unset)"
 
 
 class MissingJudgeKey(RuntimeError):
@@ -81,7 +87,7 @@ class LocalStages:
                 and not os.environ.get(JUDGE_KEY_ENV)):
             raise MissingJudgeKey(
                 f"evaluation.judge: set {JUDGE_KEY_ENV} to the API key of {evaluation.judge.endpoint} (the pods get "
-                f"it from Secret {evaluation.judge.api_key_secret_ref.name}), or serve a judge locally with "
+                f"it from {_secret(evaluation.judge.api_key_secret_ref)}), or serve a judge locally with "
                 "judgeModelPath in the longalign.dev/local-run annotation")
 
     def run_attempt(self, stage: str, attempt: int) -> JobView:
@@ -109,6 +115,7 @@ class LocalStages:
             env.setdefault("OMP_NUM_THREADS", "1")  # one thread per process: the processes share the cores
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                               text=True, env=env) as proc:
+            assert proc.stdout is not None  # stdout=PIPE
             try:
                 display.follow(proc.stdout)
             finally:
@@ -126,7 +133,7 @@ class LocalStages:
         """The servers a stage's pod finds in the cluster, started here for the attempt."""
         spec = self.run.spec
         if stage == "dataGeneration":
-            teacher = spec.data_generation.teacher
+            teacher = spec.data_generation.required_teacher()
             with vllm(self.volumes.local(teacher.model_path), teacher.served_name, teacher.max_model_len,
                       folder / "teacher-vllm.log") as url:
                 yield Services(env={TEACHER_URL_ENV: url})

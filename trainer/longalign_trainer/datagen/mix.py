@@ -7,14 +7,16 @@ sample, drawn at random (seeded) without replacement.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Any, TypeGuard
 
 from longalign_trainer.datagen.documents import read_jsonl
 
 
-def valid_chat(record) -> bool:
+def valid_chat(record: object) -> TypeGuard[dict[str, Any]]:
     """A ``messages`` conversation with user and assistant turns, none of them empty (as the trainer requires).
 
     >>> valid_chat({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]})
@@ -58,7 +60,7 @@ def histogram(lengths: list[int]) -> dict[str, int]:
     """
     edges = [0] + [1024 * 2 ** k for k in range(12)]
     names = [f"{lo // 1024}k-{hi // 1024}k".replace("0k-", "0-", 1) if lo == 0 else f"{lo // 1024}k-{hi // 1024}k"
-             for lo, hi in zip(edges, edges[1:])] + [f">={edges[-1] // 1024}k"]
+             for lo, hi in itertools.pairwise(edges)] + [f">={edges[-1] // 1024}k"]
     out: Counter = Counter()
     for n in lengths:
         out[names[next((i for i, hi in enumerate(edges[1:]) if n < hi), len(names) - 1)]] += 1

@@ -2,7 +2,7 @@
 
 The unit of work is a document. A finished document (its samples, or the reasons it gave none) waits in a
 buffer; a flush writes the buffer as a new shard file and then a new manifest that lists it, each written to a
-temporary file, fsynced and renamed into place::
+temporary file, fsynced and renamed into place (``atomic_write``)::
 
     out/shards/shard-00000.jsonl   samples of documents d1, d2, d3
     out/shards/shard-00001.jsonl   samples of documents d4, d5
@@ -16,10 +16,11 @@ simply done again; killed after it, they are done for good. Either way no sample
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
+
+from longalign_trainer.atomic_write import write_atomic
 
 MANIFEST = "manifest.json"
 SHARDS = "shards"
@@ -27,21 +28,6 @@ SHARDS = "shards"
 
 class ResumeMismatch(RuntimeError):
     """The output folder holds a run with different generation settings."""
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers (and a crash) see either the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class ShardStore:

@@ -21,10 +21,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from longalign_trainer.chat_client import EngineConfig
+from longalign_trainer.config_files import ConfigError, read_mapping, validate
 from longalign_trainer.contract import JUDGE_KEY_ENV
-from longalign_trainer.datagen.config import ConfigError, EngineConfig
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -82,7 +83,7 @@ class NeedleConfig(_Model):
     """Needle in a haystack: a grid of context lengths x insertion depths."""
 
     context_lengths: list[int] = Field(default_factory=lambda: [1000, 8000, 16000, 32000, 60000], min_length=1)
-    depths_percent: list[float] = Field(default_factory=lambda: [10, 30, 50, 70, 90], min_length=1)
+    depths_percent: list[float] = Field(default_factory=lambda: [10.0, 30.0, 50.0, 70.0, 90.0], min_length=1)
     needle: str = Field("The secret ingredient of the harbour bakery's famous bread is smoked rosemary.",
                         min_length=1)
     question: str = Field("What is the secret ingredient of the harbour bakery's famous bread?", min_length=1)
@@ -144,8 +145,10 @@ def to_eval(raw: dict) -> dict:
     ...     "terminationMessagePath": "/dev/termination-log", "evaluation": {"gpus": 2,
     ...     "longBenchChat": {"path": "lbc.jsonl"}, "judge": {"endpoint": "http://j/v1", "model": "gpt-4",
     ...     "apiKeySecretRef": {"name": "s", "key": "k"}}}})
-    >>> cfg["model"], cfg["longbench_chat"], cfg["judge"], cfg["output_dir"]
-    ({'path': '/ck/r1/model', 'tensor_parallel_size': 2}, {'path': '/data/r1/lbc.jsonl'}, {'base_url': 'http://j/v1', 'model': 'gpt-4'}, '/res/r1')
+    >>> cfg["model"], cfg["longbench_chat"]
+    ({'path': '/ck/r1/model', 'tensor_parallel_size': 2}, {'path': '/data/r1/lbc.jsonl'})
+    >>> cfg["judge"], cfg["output_dir"]
+    ({'base_url': 'http://j/v1', 'model': 'gpt-4'}, '/res/r1')
     """
     body = dict(raw["evaluation"])
     data_dir = Path(raw.get("dataDir") or ".")
@@ -181,15 +184,8 @@ def to_eval(raw: dict) -> dict:
 
 def load_config(path: str | Path) -> EvalConfig:
     """Read a YAML or JSON config file (ours or the operator's envelope); ``ConfigError`` names each bad field."""
-    import yaml
-
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read config: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = read_mapping(path)
     if is_envelope(raw):
         return parse_config(to_eval(raw), source=f"{path} (the operator's envelope)")
     return parse_config(raw, source=str(path))
@@ -201,16 +197,9 @@ def parse_config(raw: Mapping, source: str = "config") -> EvalConfig:
     >>> parse_config({"model": {"path": "m", "max_tokens": 0}, "output_dir": "o", "needle": {"depths_percent": [120]}})
     Traceback (most recent call last):
     ...
-    longalign_trainer.datagen.config.ConfigError: config is invalid:
+    longalign_trainer.config_files.ConfigError: config is invalid:
       model.max_tokens: Input should be greater than 0
       needle: depths_percent must lie in 0..100, got [120.0]
     """
-    try:
-        return EvalConfig.model_validate(dict(raw))
-    except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}")
-        raise ConfigError(f"{source} is invalid:\n" + "\n".join(sorted(lines))) from None
+    return validate(EvalConfig, raw, source)
 

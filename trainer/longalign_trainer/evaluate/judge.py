@@ -6,7 +6,7 @@ the answer to rate. It replies with an integer rating from 1 to 10 written as ``
 
 A reply without a valid rating is asked again (``judge.attempts`` queries in all); after that the answer is
 *unscored*, never given a number we made up. Transient request errors are retried by the client
-(``datagen.engine.Teacher``: backoff, ``Retry-After``); when they persist the answer is unscored too, with
+(``chat_client.ChatClient``: backoff, ``Retry-After``); when they persist the answer is unscored too, with
 the reason recorded.
 """
 
@@ -16,8 +16,9 @@ import asyncio
 import random
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
-from longalign_trainer.datagen.engine import RequestFailed, Teacher
+from longalign_trainer.chat_client import ChatClient, RequestFailed
 
 SYSTEM = "You grade answers carefully and impartially, following the instructions you are given."
 
@@ -121,7 +122,7 @@ class Grade:
 class Judge:
     """Scores answers with the configured judge model; see the module docstring."""
 
-    def __init__(self, cfg, client: Teacher, seed: int, max_consecutive_failures: int = 8) -> None:
+    def __init__(self, cfg, client: ChatClient, seed: int, max_consecutive_failures: int = 8) -> None:
         self.cfg, self.client, self.seed = cfg, client, seed
         # after this many answers in a row could not be judged for lack of a server, stop asking (a judge that
         # is down or out of quota would otherwise be retried with backoff for every remaining answer)
@@ -129,7 +130,7 @@ class Judge:
         self.consecutive_failures = 0
         # answers waiting for a slot see the verdict of those before them (the client bounds the same number)
         self.slots = asyncio.Semaphore(client.engine.concurrency)
-        self.constraint = ({"extra_body": {"structured_outputs": {"regex": SCORE_REGEX}}}
+        self.constraint: dict[str, Any] = ({"extra_body": {"structured_outputs": {"regex": SCORE_REGEX}}}
                            if cfg.constrain == "regex" else {})
 
     async def grade(self, case: object, question: str, reference: str, examples: list[dict], answer: str) -> Grade:

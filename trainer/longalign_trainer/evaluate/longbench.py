@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longalign_trainer.chat_tokens import prompt_tokens
-from longalign_trainer.datagen.config import ConfigError
-from longalign_trainer.datagen.engine import ContextOverflow, RequestFailed
+from longalign_trainer.chat_client import ContextOverflow, RequestFailed
+from longalign_trainer.config_files import ConfigError
 from longalign_trainer.evaluate.judge import Judge
 
 MARGIN = 8  # tokens: decoded-then-re-encoded text may tokenise slightly differently at the cut

@@ -18,10 +18,11 @@ import asyncio
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from longalign_trainer.chat_tokens import prompt_tokens
-from longalign_trainer.datagen.config import ConfigError
-from longalign_trainer.datagen.engine import ContextOverflow, RequestFailed
+from longalign_trainer.chat_client import ContextOverflow, RequestFailed
+from longalign_trainer.config_files import ConfigError
 
 HAYSTACK = Path(__file__).parent / "data" / "haystack.txt"
 SYSTEM = "You answer questions about the document the user gives you. Keep your answer short and direct."
@@ -134,7 +135,7 @@ async def evaluate(cfg, model, tokenizer, server_context: int, on_done=lambda: N
     tokenizing = asyncio.Lock()  # one tokenizer, one thread at a time (fast tokenizers are not re-entrant)
 
     async def one(length: int, depth: float) -> dict:
-        cell = {"context_length": length, "depth_percent": depth, "correct": None, "answer": None}
+        cell: dict[str, Any] = {"context_length": length, "depth_percent": depth, "correct": None, "answer": None}
         if length + cfg.max_tokens > server_context:
             cell["skipped"] = f"exceeds the server's context ({server_context} tokens)"
             on_done()

@@ -18,10 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from longalign_trainer.atomic_write import write_atomic
+from longalign_trainer.chat_client import ChatClient, FatalRequestError, RequestFailed
+from longalign_trainer.config_files import ConfigError
 from longalign_trainer.contract import ProgressReporter, write_summary
-from longalign_trainer.datagen.config import ConfigError
-from longalign_trainer.datagen.engine import FatalRequestError, RequestFailed, Teacher
-from longalign_trainer.datagen.store import write_atomic
 from longalign_trainer.evaluate import longbench, needle
 from longalign_trainer.evaluate.config import EvalConfig
 from longalign_trainer.evaluate.judge import Judge
@@ -33,7 +33,7 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class Endpoint:
-    """What ``datagen.engine.Teacher`` reads of a client's settings (the judge's and the model's)."""
+    """What ``chat_client.ChatClient`` reads of a client's settings (the judge's and the model's)."""
 
     base_urls: list[str]
     model: str
@@ -65,7 +65,8 @@ def root_cause(log_path: Path) -> str:
 
     >>> import tempfile; p = Path(tempfile.mkdtemp()) / "log"
     >>> _ = p.write_text("WARNING x OSError: ulimit\\n(Worker) ERROR [x.py:1] Traceback\\n"
-    ...                  "(Worker) ERROR [x.py:1] RuntimeError: Unsupported head_dim=16\\n(API) ERROR y EngineDeadError: dead\\n")
+    ...                  "(Worker) ERROR [x.py:1] RuntimeError: Unsupported head_dim=16\\n"
+    ...                  "(API) ERROR y EngineDeadError: dead\\n")
     >>> root_cause(p)
     'RuntimeError: Unsupported head_dim=16'
     """
@@ -136,8 +137,8 @@ def smoke_test(base_url: str, model: str, log_path: Path, timeout_s: float = 300
 
 async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: ProgressReporter) -> dict:
     """Both benchmarks against the served checkpoint; results (and the clients' request counts)."""
-    model = Teacher(Endpoint([base_url], cfg.model.served_name, "LONGALIGN_MODEL_API_KEY", cfg.model.temperature,
-                             max_model_len=cfg.model.max_model_len), cfg.engine)
+    model = ChatClient(Endpoint([base_url], cfg.model.served_name, "LONGALIGN_MODEL_API_KEY", cfg.model.temperature,
+                                max_model_len=cfg.model.max_model_len), cfg.engine)
     judge_client = None
     results: dict = {"status": "complete"}
     done = 0
@@ -155,9 +156,11 @@ async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: Progress
             j = cfg.judge
             engine = cfg.engine if j.request_timeout_s is None else cfg.engine.model_copy(
                 update={"request_timeout_s": j.request_timeout_s})
-            judge_client = Teacher(Endpoint([j.base_url], j.model, j.api_key_env, j.temperature), engine)
+            judge_client = ChatClient(Endpoint([j.base_url], j.model, j.api_key_env, j.temperature), engine)
             judge = Judge(j, judge_client, cfg.seed, cfg.engine.max_consecutive_failures)
         if cfg.longbench_chat is not None:
+            if judge is None:
+                raise ConfigError("longbench_chat needs a judge")
             lbc = cfg.longbench_chat
             cases = longbench.load_benchmark(lbc.path, lbc.few_shot_path, lbc.limit)
             results["longbench_chat"] = await longbench.evaluate(cases, model, judge, tokenizer, context,

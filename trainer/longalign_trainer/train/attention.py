@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import itertools
 from functools import lru_cache
+from typing import Any
 
 NAME = "longalign_packed"
 BACKENDS = ("flash_attn_3", "cudnn", "flash_attn", "torch_varlen", "flex", "sdpa_block_diagonal")
@@ -227,7 +229,7 @@ _host_lengths_cache: list = [None, None]  # [cu_seqlens tensor, its lengths as a
 def _host_lengths(cu_seqlens) -> list[int]:
     if _host_lengths_cache[0] is not cu_seqlens:
         bounds = cu_seqlens.tolist()
-        _host_lengths_cache[:] = [cu_seqlens, [b - a for a, b in zip(bounds, bounds[1:])]]
+        _host_lengths_cache[:] = [cu_seqlens, [b - a for a, b in itertools.pairwise(bounds)]]
     return _host_lengths_cache[1]
 
 
@@ -238,17 +240,16 @@ def _cudnn(query, key, value, cu_seqlens, scaling):
     split is one concatenation, where slicing each piece out would zero-fill and add a whole-pack gradient
     per piece; the output comes out contiguous, so transformers' reshape after attention copies nothing.
     """
-    import itertools
-
     import torch
 
     segments = []  # (is_long, lengths): each long sequence alone, each run of short ones together
     for is_long, run in itertools.groupby(_host_lengths(cu_seqlens), key=lambda n: n >= CUDNN_MIN_LENGTH):
-        segments += [(True, [n]) for n in run] if is_long else [(False, list(run))]
+        group = list(run)
+        segments += [(True, [n]) for n in group] if is_long else [(False, group)]
     sizes = [sum(run) for _, run in segments]
-    pieces = zip(*(_tokens_first(t).split(sizes) for t in (query, key, value)))
+    pieces = zip(*(_tokens_first(t).split(sizes) for t in (query, key, value)), strict=True)
     outs = []
-    for (is_long, run), (q, k, v) in zip(segments, pieces):
+    for (is_long, run), (q, k, v) in zip(segments, pieces, strict=True):
         if is_long:
             outs.append(_causal_padded(q, k, v, scaling, pad_to=CUDNN_PAD))
         else:
@@ -270,9 +271,9 @@ def _causal_padded(q, k, v, scaling, pad_to: int = 1):
     if n % pad_to:
         q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, 0, 0, -n % pad_to)) for t in (q, k, v))
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION) if q.is_cuda else contextlib.nullcontext():
-        out = torch.nn.functional.scaled_dot_product_attention(
-            *(t.transpose(0, 1)[None] for t in (q, k, v)), is_causal=True, scale=scaling,
-            enable_gqa=q.shape[1] != k.shape[1])
+        q4, k4, v4 = (t.transpose(0, 1)[None] for t in (q, k, v))
+        out = torch.nn.functional.scaled_dot_product_attention(q4, k4, v4, is_causal=True, scale=scaling,
+                                                               enable_gqa=q.shape[1] != k.shape[1])
     return out[0].transpose(0, 1)[:n]
 
 
@@ -280,7 +281,7 @@ def _torch_varlen(q, k, v, cu, max_len: int, scaling: float):
     from torch.nn.attention.varlen import varlen_attn
 
     params = inspect.signature(varlen_attn).parameters
-    kwargs = {"scale": scaling}
+    kwargs: dict[str, Any] = {"scale": scaling}
     if "window_size" in params:  # torch ≥ 2.12: causal is the window (-1, 0)
         kwargs["window_size"] = (-1, 0)
     else:  # torch 2.11
@@ -306,7 +307,7 @@ def warm_up_cudnn(lengths, heads: int, kv_heads: int, head_dim: int, dtype, devi
 
     if _chosen["backend"] != "cudnn":
         return 0
-    buckets = {}
+    buckets: dict[int, int] = {}
     for n in lengths:
         if n >= CUDNN_MIN_LENGTH:
             buckets.setdefault(-(-n // CUDNN_PAD), n)

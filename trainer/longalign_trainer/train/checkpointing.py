@@ -62,8 +62,8 @@ def _policy(ctx, op, *args, mlp_width: int | None = None, all_matmuls: bool = Fa
     name = str(op)
     if any(kernel in name for kernel in ATTENTION_OPS):
         return CheckpointPolicy.MUST_SAVE
-    if mlp_width and op is torch.ops.aten.mm.default:
-        # aten.mm(x [tokens, in], weightᵀ [in, out]): gate/up have out == intermediate, down has in == it.
-        if args[1].shape[-1] == mlp_width or (all_matmuls and args[0].shape[-1] != mlp_width):
-            return CheckpointPolicy.MUST_SAVE
+    # aten.mm(x [tokens, in], weightᵀ [in, out]): gate/up have out == intermediate, down has in == it.
+    if (mlp_width and op is torch.ops.aten.mm.default
+            and (args[1].shape[-1] == mlp_width or (all_matmuls and args[0].shape[-1] != mlp_width))):
+        return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE

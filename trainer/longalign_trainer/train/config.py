@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 
 class DataFile(BaseModel):
@@ -151,7 +152,7 @@ def load_config(path: str | Path) -> TrainConfig:
         raise ValueError("invalid training config: " + "; ".join(_describe(e) for e in exc.errors())) from None
 
 
-def _describe(error: dict) -> str:
+def _describe(error: ErrorDetails) -> str:
     """``field.sub: message`` for one pydantic error."""
     where = ".".join(str(p) for p in error["loc"]) or "(top level)"
     return f"{where}: {error['msg']}"

@@ -15,8 +15,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from longalign_trainer.train.packing import IGNORE_INDEX
+
+if TYPE_CHECKING:  # numpy is imported where arrays are made
+    import numpy as np
 
 ROLES = ("system", "user", "assistant")
 MAX_NAMED = 20  # bad records named individually in the report; the rest are only counted
@@ -29,8 +33,8 @@ class Example:
     int32 arrays, not lists: 10k conversations of 20k tokens are 1.6 GB per rank this way, ~15 GB as lists.
     """
 
-    input_ids: "np.ndarray"  # noqa: F821
-    labels: "np.ndarray"  # noqa: F821
+    input_ids: np.ndarray
+    labels: np.ndarray
     source: str  # file:line
     line: int = 0
 
@@ -161,8 +165,8 @@ def mixture_counts(available: Sequence[int], ratios: Sequence[float]) -> list[in
     """
     if not any(available):
         return [0] * len(available)
-    scale = min(n / r for n, r in zip(available, ratios))
-    return [min(n, int(scale * r + 1e-9)) for n, r in zip(available, ratios)]
+    scale = min(n / r for n, r in zip(available, ratios, strict=True))
+    return [min(n, int(scale * r + 1e-9)) for n, r in zip(available, ratios, strict=True)]
 
 
 def load_examples(files: Sequence[tuple[Path, float]], tokenizer, max_tokens: int, overlong: str,
@@ -193,7 +197,7 @@ def load_examples(files: Sequence[tuple[Path, float]], tokenizer, max_tokens: in
     counts = mixture_counts([len(e) for e in per_file], [r for _, r in files])
     rng = random.Random(seed)
     mixed: list[Example] = []
-    for (path, _), examples, count in zip(files, per_file, counts):
+    for (path, _), examples, count in zip(files, per_file, counts, strict=True):
         chosen = examples if count == len(examples) else rng.sample(examples, count)
         report.per_file[str(path)] = count
         if count < len(examples):

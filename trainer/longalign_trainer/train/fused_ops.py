@@ -13,7 +13,12 @@ from __future__ import annotations
 import contextvars
 import sys
 import types
+from collections.abc import Callable
 from functools import lru_cache
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # Model families whose ``apply_rotary_pos_emb`` is Llama's (``rotary`` below); others keep their own.
 ROTARY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
@@ -69,7 +74,7 @@ def rotary(q, k, cos, sin, unsqueeze_dim: int = 1):
 
 
 @lru_cache(maxsize=None)
-def compiled(fn):
+def compiled(fn: Callable[P, R]) -> Callable[P, R]:
     """``fn`` through ``torch.compile`` (dynamic shapes), compiled once per function."""
     import torch
 
@@ -97,8 +102,8 @@ def _route_rotary(attention_class) -> bool:
             fn = compiled(rotary) if _rotary_compiled.get() else original
             return fn(q, k, cos, sin, unsqueeze_dim)
 
-        apply_rotary_pos_emb.routes_to_compiled = True
-        modeling.apply_rotary_pos_emb = apply_rotary_pos_emb
+        setattr(apply_rotary_pos_emb, "routes_to_compiled", True)  # noqa: B010  (marks our wrapper)
+        setattr(modeling, "apply_rotary_pos_emb", apply_rotary_pos_emb)  # noqa: B010  (patches transformers)
     return True
 
 

@@ -15,10 +15,16 @@ micro-batch (naive and sorted batching), on and off give the same result, as the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from longalign_trainer.train import fused_ops
 from longalign_trainer.train.packing import IGNORE_INDEX
+
+if TYPE_CHECKING:  # torch is imported where tensors are made
+    import torch
+    from torch.distributed import ProcessGroup
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,8 @@ class StepCounts:
     target_tokens: int
 
 
-def count_step(micro_batches, group=None) -> StepCounts:
+def count_step(micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+               group: ProcessGroup | None = None) -> StepCounts:
     """``StepCounts`` of the global batch; ``micro_batches`` are this rank's ``(targets, seq_index)`` pairs.
 
     Sums over the data-parallel ranks when ``torch.distributed`` is initialised (one small all-reduce).
@@ -53,7 +60,8 @@ def count_step(micro_batches, group=None) -> StepCounts:
     return StepCounts(sequences=m, micro_batches=k, target_tokens=t)
 
 
-def per_token_loss(logits, targets, chunk: int = 8192, compiled: bool = False):
+def per_token_loss(logits: torch.Tensor, targets: torch.Tensor, chunk: int = 8192,
+                   compiled: bool = False) -> torch.Tensor:
     """Cross-entropy per position in fp32, 0 where the target is ignored; ``logits [T, V]``, ``targets [T]``.
 
     Computed ``chunk`` rows at a time, each recomputed in the backward pass, so the fp32 copy of the logits
@@ -67,16 +75,17 @@ def per_token_loss(logits, targets, chunk: int = 8192, compiled: bool = False):
     if logits.shape[0] <= chunk:
         return ce(logits, targets)
     return torch.cat([checkpoint(ce, rows, wanted, use_reentrant=False)
-                      for rows, wanted in zip(logits.split(chunk), targets.split(chunk))])
+                      for rows, wanted in zip(logits.split(chunk), targets.split(chunk), strict=True)])
 
 
-def _cross_entropy(logits, targets):
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     import torch
 
     return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
 
 
-def weighted_loss(token_loss, targets, seq_index, counts: StepCounts, world_size: int, weighting: bool = True):
+def weighted_loss(token_loss: torch.Tensor, targets: torch.Tensor, seq_index: torch.Tensor, counts: StepCounts,
+                  world_size: int, weighting: bool = True) -> torch.Tensor:
     """This micro-batch's share of the step loss (see the module docstring); backpropagate it unscaled."""
     import torch
 

@@ -31,6 +31,10 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported where tensors are built: planning packs needs none
+    import torch
 
 IGNORE_INDEX = -100
 
@@ -79,11 +83,11 @@ def packing_efficiency(lengths: Sequence[int], packs: Sequence[Sequence[int]], c
 class Pack:
     """The tensors of one pack (1-D, length = real tokens; batch dimension added by ``as_model_inputs``)."""
 
-    input_ids: "torch.Tensor"  # noqa: F821  (torch is imported lazily)
-    targets: "torch.Tensor"  # next-token targets, IGNORE_INDEX where no loss is taken
-    position_ids: "torch.Tensor"
-    seq_index: "torch.Tensor"  # per token: index of its sequence within the pack
-    cu_seqlens: "torch.Tensor"  # int32, [0, e1, ..., total]
+    input_ids: torch.Tensor
+    targets: torch.Tensor  # next-token targets, IGNORE_INDEX where no loss is taken
+    position_ids: torch.Tensor
+    seq_index: torch.Tensor  # per token: index of its sequence within the pack
+    cu_seqlens: torch.Tensor  # int32, [0, e1, ..., total]
     max_seqlen: int
 
     @property
@@ -98,14 +102,15 @@ class Pack:
 
     def seq_lengths(self) -> list[int]:
         """Length of each sequence, in pack order."""
-        return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
+        lengths: list[int] = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
+        return lengths
 
-    def to(self, device) -> Pack:
+    def to(self, device: torch.device | str) -> Pack:
         """This pack with all tensors on ``device``."""
         return Pack(self.input_ids.to(device), self.targets.to(device), self.position_ids.to(device),
                     self.seq_index.to(device), self.cu_seqlens.to(device), self.max_seqlen)
 
-    def as_model_inputs(self) -> dict:
+    def as_model_inputs(self) -> dict[str, Any]:
         """Keyword arguments for a Hugging Face causal LM running the ``longalign_packed`` attention.
 
         ``use_cache=False`` matters: with a cache, transformers ignores restarting ``position_ids`` as
@@ -135,7 +140,7 @@ def build_pack(sequences: Sequence[tuple[Sequence[int], Sequence[int]]]) -> Pack
     ids = [np.asarray(i, dtype=np.int64) for i, _ in sequences]
     labels = [np.asarray(lab, dtype=np.int64) for _, lab in sequences]
     lengths = np.array([len(i) for i in ids], dtype=np.int64)
-    for n, (i, lab) in enumerate(zip(ids, labels)):
+    for n, (i, lab) in enumerate(zip(ids, labels, strict=True)):
         if len(i) != len(lab) or not len(i):
             raise ValueError(f"sequence {n}: {len(i)} input ids, {len(lab)} labels")
     ignore = np.array([IGNORE_INDEX], dtype=np.int64)
