@@ -156,15 +156,13 @@ def shipped_task_types() -> list[str]:
 
 def load_config(path: str | Path) -> DatagenConfig:
     """Read a YAML or JSON config file; raise ``ConfigError`` naming every invalid field."""
-    import yaml
+    from longalign_trainer.inputs import InputError, read_mapping
 
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read config: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+        raw = read_mapping(path)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
     from longalign_trainer.datagen import stage_config
 
     if stage_config.is_envelope(raw):  # the operator's stage-config file
