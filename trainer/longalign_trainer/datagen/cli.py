@@ -1,6 +1,6 @@
-"""longalign datagen --config FILE: long-instruction data from long documents, with a teacher served by vLLM.
+"""Data generation: long-instruction data from long documents, with a teacher served by vLLM.
 
-  longalign datagen --config datagen.yaml
+  longalign datagen --config FILE
 
 Example config: trainer/longalign_trainer/datagen/example.yaml (every field is documented in
 trainer/longalign_trainer/datagen/config.py). Resumable: run the same command again after an interruption;

@@ -1,4 +1,4 @@
-"""longalign train --config FILE: packed long-context SFT on DeepSpeed, one process or under torchrun.
+"""Training: packed long-context SFT on DeepSpeed, one process or under torchrun.
 
   longalign train --config train.yaml                                            # one process
   torchrun --nproc-per-node 8 --no-python longalign train --config train.yaml    # several (standard env)
