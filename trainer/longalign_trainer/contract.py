@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import IO, Any
 
 MARKER = "longalign"
@@ -53,7 +54,7 @@ class ProgressReporter:
     """
 
     def __init__(self, stage: str, total: int, unit: str, *, stream: IO[str] | None = None,
-                 bar: IO[str] | None = None, min_interval_s: float = 5.0, clock=time.monotonic) -> None:
+                 bar: IO[str] | None = None, min_interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.stage, self.total, self.unit = stage, total, unit
         self.bar = bar if bar is not None else (sys.stderr if _isatty(sys.stderr) else None)
         if stream is None:
@@ -67,7 +68,7 @@ class ProgressReporter:
         self.start_done: int | None = None
         self.last_emit = -math.inf
 
-    def update(self, done: int, **metrics: float | None) -> dict | None:
+    def update(self, done: int, **metrics: float | None) -> dict[str, Any] | None:
         """Report that ``done`` of ``total`` items are finished; returns the line emitted, if any."""
         now = self.clock()
         if self.start is None or self.start_done is None:  # a resumed stage counts from where it resumed
@@ -111,7 +112,7 @@ def human(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
-def format_bar(line: dict, width: int = 30) -> str:
+def format_bar(line: dict[str, Any], width: int = 30) -> str:
     """A one-line human rendering of a progress line.
 
     >>> format_bar({"stage": "train", "done": 5, "total": 20, "unit": "steps", "rate": 0.5, "eta_s": 30.0,
@@ -127,7 +128,7 @@ def format_bar(line: dict, width: int = 30) -> str:
             f"{rate}{eta}{metrics}")
 
 
-def parse_progress(text: str) -> dict | None:
+def parse_progress(text: str) -> dict[str, Any] | None:
     """The progress line in ``text`` (one log line), or None when the line is anything else."""
     text = text.strip()
     if not text.startswith("{"):
@@ -139,7 +140,7 @@ def parse_progress(text: str) -> dict | None:
     return obj if isinstance(obj, dict) and obj.get(MARKER) == "progress" else None
 
 
-def last_progress(log: str) -> dict | None:
+def last_progress(log: str) -> dict[str, Any] | None:
     """The newest progress line in a log, or None when it has none."""
     for text in reversed(log.splitlines()):
         if (line := parse_progress(text)) is not None:

@@ -8,6 +8,7 @@ run at once instead of retrying what cannot succeed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class InputError(ValueError):
@@ -17,7 +18,7 @@ class InputError(ValueError):
     """
 
 
-def read_mapping(path: Path) -> dict:
+def read_mapping(path: Path) -> dict[str, Any]:
     """The YAML (or JSON) mapping in a config file; ``InputError`` in one line naming the file and the problem.
 
     >>> import tempfile
