@@ -112,3 +112,15 @@ def test_on_a_terminal_the_bar_goes_to_stderr_and_never_mixes_with_json(monkeypa
     monkeypatch.setattr("sys.stdout", piped)  # stdout read by the operator (a pod log), stderr a terminal
     ProgressReporter("eval", total=1, unit="items").update(1)
     assert parse_progress(piped.getvalue().splitlines()[0])["done"] == 1 and "{" not in stderr.getvalue()
+
+
+def test_bad_input_is_one_line_a_summary_and_exit_2(tmp_path, capsys):
+    from longalign_trainer.contract import report_bad_input
+
+    assert report_bad_input("train", "data[0].path: x.jsonl is empty", tmp_path / "t") == 2
+    assert capsys.readouterr().err == "train: data[0].path: x.jsonl is empty\n"
+    assert json.loads((tmp_path / "t").read_text()) == {"stage": "train", "ok": False, "status": "bad_input",
+                                                        "exit_code": 2, "error": "data[0].path: x.jsonl is empty"}
+    (tmp_path / "a-file").write_text("")
+    assert report_bad_input("eval", "bad", tmp_path / "a-file" / "t") == 2  # an unwritable path: no traceback
+    assert capsys.readouterr().err.splitlines()[1].startswith("eval: summary not written (")

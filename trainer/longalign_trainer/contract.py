@@ -184,8 +184,11 @@ def write_summary(summary: dict[str, Any], path: Path | None = None) -> Path:
 def report_bad_input(stage: str, error: str, path: Path | None = None) -> int:
     """Bad input: print one line naming it (no traceback), write the summary, return ``EXIT_BAD_INPUT``."""
     print(f"{stage}: {error}", file=sys.stderr, flush=True)
-    write_summary({"stage": stage, "ok": False, "status": "bad_input", "exit_code": EXIT_BAD_INPUT,
-                   "error": error[:2000]}, path)
+    try:
+        write_summary({"stage": stage, "ok": False, "status": "bad_input", "exit_code": EXIT_BAD_INPUT,
+                       "error": error[:2000]}, path)
+    except OSError as e:  # outside a pod the default path may not be writable: the line above says it all
+        print(f"{stage}: summary not written ({e}); set {TERMINATION_MESSAGE_PATH_ENV}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 
