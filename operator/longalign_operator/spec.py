@@ -164,8 +164,15 @@ class JudgeOptions(Model):
 
 class LongBenchChat(Model):
     path: str = Field(min_length=1)
-    """Benchmark JSONL on the data volume (idx, prompt, query, answer)."""
+    """The cases on the data volume: the published test_cases.json (a JSON list) or JSONL (idx, prompt, query,
+    answer)."""
     few_shot_path: str | None = None
+    """few_shots.json: 3 scored example answers per case."""
+    judge_prompt: Literal["published", "ours"] = "published"
+    """published: LongBench-Chat's own judge prompt, used exactly as THUDM/LongAlign's LongBench_Chat/eval.py
+    does (needs promptPath and fewShotPath; scores compare with the paper's); ours: this project's rewording."""
+    prompt_path: str | None = None
+    """prompt_fs.txt of THUDM/LongAlign's LongBench_Chat/ (bring it: it is not shipped)."""
 
 
 class Needle(Model):

@@ -68,8 +68,8 @@ def test_invalid_config_names_each_field_and_the_command_exits_2(tmp_path):
         load_config(path)
     text = str(err.value)
     assert "teacher.temperatur: Extra inputs are not permitted" in text
-    done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "datagen", "--config", str(path)],
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "datagen", "--config", str(path),
+                           "--summary-path", str(tmp_path / "summary")], capture_output=True, text=True)
     assert done.returncode == 2
     assert "teacher.temperatur" in done.stderr
 
@@ -77,9 +77,9 @@ def test_invalid_config_names_each_field_and_the_command_exits_2(tmp_path):
     ok = {k: v for k, v in bad.items() if k not in ("task_types", "min_tokens", "max_tokens")}
     ok["teacher"] = {"base_urls": ["http://t/v1"], "model": "m", "tokenizer": str(tmp_path / "missing")}
     path.write_text(yaml.safe_dump(ok))
-    done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "datagen", "--config", str(path)],
-                          capture_output=True, text=True)
-    assert done.returncode == 2 and "teacher.tokenizer: cannot load" in done.stderr, done.stderr[-2000:]
+    done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "datagen", "--config", str(path),
+                           "--summary-path", str(tmp_path / "summary")], capture_output=True, text=True)
+    assert done.returncode == 2 and "teacher.tokenizer: " in done.stderr, done.stderr[-2000:]
 
     fixed = {**bad, "teacher": {"base_urls": ["http://t/v1"], "model": "m"}}
     path.write_text(yaml.safe_dump(fixed))
@@ -90,6 +90,32 @@ def test_invalid_config_names_each_field_and_the_command_exits_2(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match=r"'comparison' is asked of pairs of documents only; use comparison_ratio"):
         parse_config({**fixed, "max_tokens": 50, "task_types": ["general", "comparison"]})
+
+
+@pytest.mark.parametrize("broken", ["malformed YAML", "missing documents folder", "no usable document",
+                                    "missing tokenizer folder"])
+def test_bad_input_exits_2_with_one_line_naming_it_and_a_summary(tmp_path, tiny_model_dir, broken):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    cfg = {"documents_dir": str(docs), "output_dir": str(tmp_path / "o"),
+           "teacher": {"base_urls": ["http://127.0.0.1:9/v1"], "model": "m", "tokenizer": str(tiny_model_dir)}}
+    expected = {"missing documents folder": f"documents_dir: {tmp_path / 'nowhere'} is not a folder; set it to",
+                "no usable document": f"documents_dir: {docs} holds no usable document (0 files",
+                "missing tokenizer folder": f"teacher.tokenizer: {tmp_path / 'no-tok'} is not a folder; set it to",
+                "malformed YAML": f"{tmp_path / 'c.yaml'}: not valid YAML at line 2"}[broken]
+    if broken == "missing documents folder":
+        cfg["documents_dir"] = str(tmp_path / "nowhere")
+    if broken == "missing tokenizer folder":
+        cfg["teacher"]["tokenizer"] = str(tmp_path / "no-tok")
+    path = tmp_path / "c.yaml"
+    path.write_text("documents_dir: [x\n" if broken == "malformed YAML" else yaml.safe_dump(cfg))
+    done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "datagen", "--config", str(path),
+                           "--summary-path", str(tmp_path / "summary")], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    [line] = [x for x in done.stderr.splitlines() if x.startswith("datagen: ")]
+    assert line.startswith(f"datagen: {expected}"), line
+    summary = json.loads((tmp_path / "summary").read_text())
+    assert summary["status"] == "bad_input" and summary["error"] == line.removeprefix("datagen: ")
 
 
 def test_shipped_example_config_and_prompts_are_valid(tmp_path):

@@ -10,6 +10,7 @@ from longalign_trainer.tiny_model import local_corpus
 
 SAMPLE = DATA_DIR / "longbench_chat_sample.jsonl"
 SAMPLE_SHOTS = DATA_DIR / "longbench_chat_sample_few_shots.json"
+STAND_IN_TEMPLATE = Path(__file__).parent / "stand_in_prompt_fs.txt"  # prompt_fs.txt's shape, our words
 SECRET = "sk-test-8f3a1c0d-never-print-me"
 
 
@@ -23,18 +24,25 @@ def merge(cfg: dict, overrides: dict) -> dict:
 
 
 def eval_config(tmp_path: Path, model_dir: Path, model_url: str | None, judge_url: str, **overrides) -> dict:
-    """An eval config for the tiny model: short answers, few retries, so that tests stay fast on 2 cores."""
+    """An eval config for the tiny model: short answers, few retries, so that tests stay fast on 2 cores.
+
+    The judge prompt is ours unless a test asks for the published one (``published_judge``)."""
     cfg = {
         "model": {"path": str(model_dir), "served_name": "tiny", "max_tokens": 24,
                   **({"base_url": model_url} if model_url else {})},
         "judge": {"base_url": judge_url, "model": "tiny", "constrain": "regex", "max_tokens": 8, "attempts": 3},
-        "longbench_chat": {"path": str(SAMPLE), "few_shot_path": str(SAMPLE_SHOTS)},
+        "longbench_chat": {"path": str(SAMPLE), "few_shot_path": str(SAMPLE_SHOTS), "judge_prompt": "ours"},
         "engine": {"concurrency": 4, "request_timeout_s": 60, "max_retries": 2, "backoff_initial_s": 0.05,
                    "backoff_max_s": 0.2},
         "output_dir": str(tmp_path / "out"),
         "termination_message_path": str(tmp_path / "termination-log"),
     }
     return merge(cfg, overrides)
+
+
+def published_judge() -> dict:
+    """The ``longbench_chat`` settings of the published judge procedure, with the stand-in template."""
+    return {"judge_prompt": "published", "judge_prompt_path": str(STAND_IN_TEMPLATE)}
 
 
 def write(path: Path, obj) -> Path:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from evalkit import SAMPLE, SECRET, benchmark_with_long_case, eval_config, write
+from evalkit import (SAMPLE, SAMPLE_SHOTS, SECRET, STAND_IN_TEMPLATE, benchmark_with_long_case, eval_config,
+                     published_judge, write)
 
 from longalign_trainer.contract import parse_progress
 from longalign_trainer.evaluate.config import parse_config
@@ -103,6 +105,99 @@ def test_longbench_chat_and_needle_end_to_end(tmp_path, vllm_server, tiny_model_
     assert len((tmp_path / "termination-log").read_bytes()) <= 4096
 
 
+def test_the_published_judge_procedure_is_followed_to_the_letter(tmp_path, vllm_server, tiny_model_dir, fault_proxy):
+    """With the published procedure (a stand-in prompt_fs.txt), the judge receives exactly eval.py's request:
+    its system prompt, the template filled by hand here, temperature 0; the score is the last [[...]]."""
+    judge_proxy = fault_proxy()
+    cfg = parse_config(eval_config(tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url,
+                                   longbench_chat=published_judge()))
+    summary = run(cfg)
+    assert summary["status"] == "complete" and summary["longbench_chat"]["scored"] == 3
+    rows = {r["idx"]: r for r in json.loads((tmp_path / "out" / "results.json").read_text())["longbench_chat"]
+            ["per_question"]}
+    cases = {c["idx"]: c for c in map(json.loads, SAMPLE.read_text().splitlines())}
+    shots = json.loads(SAMPLE_SHOTS.read_text())
+    template = STAND_IN_TEMPLATE.read_text()
+    assert len(judge_proxy.requests) == 3
+    for req in judge_proxy.requests:
+        body = req["body"]
+        system, user = body["messages"]
+        assert system == {"role": "system", "content": "You're a good assistant at evaluating the quality of texts."}
+        idx = next(i for i, c in cases.items() if f"[Question]\n{c['query']}\n" in user["content"])
+        pairs = [v for e in shots[idx - 1] for v in (e["answer"], e["score"])]
+        prediction = rows[idx]["prediction"].strip().replace("\n", " ").strip()
+        assert user == {"role": "user", "content": template.format(cases[idx]["query"], cases[idx]["answer"],
+                                                                   *pairs, prediction)}
+        assert body["temperature"] == 0
+    for r in rows.values():
+        assert r["score"] == float(re.findall(r"\[\[([^\]]+)\]\]", r["judge_replies"][-1])[-1])
+
+
+def test_an_overlong_judge_prompt_is_unscored_with_the_reason_and_the_rest_scored(tmp_path, vllm_server,
+                                                                                  tiny_model_dir, fault_proxy):
+    """A reference answer longer than the judge's context: that case is recorded as unscored (the reason
+    says so), every other case is scored and the results are written."""
+    cases = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
+    cases[1]["answer"] = " ".join(["The line opened in 1874 and closed in 1931."] * 700)  # > 4096 tokens
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps(c) + "\n" for c in cases))
+    judge_proxy = fault_proxy()
+    cfg = parse_config(eval_config(tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url,
+                                   longbench_chat={"path": str(bench), **published_judge()}))
+    summary = run(cfg)
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["longbench_chat"]["per_question"]
+    assert [r["score"] is None for r in rows] == [False, True, False]
+    assert rows[1]["unscored_reason"].startswith("judge_context_overflow: the judge prompt (")
+    assert rows[1]["judge_queries"] == 1  # not asked again: it can never fit
+    assert summary["status"] == "complete" and summary["longbench_chat"]["scored"] == 2
+    assert summary["longbench_chat_score"] == pytest.approx((rows[0]["score"] + rows[2]["score"]) / 2, abs=1e-3)
+
+
+def test_a_rerun_asks_for_no_answer_or_score_already_obtained(tmp_path, vllm_server, tiny_model_dir, fault_proxy):
+    """The judge is down in the first run (incomplete): the answers are kept. The rerun asks the model nothing
+    and the judge only for the scores; a third run asks nobody anything and gives the same results."""
+    judge_down = {"now": True}
+    model_proxy = fault_proxy()
+    judge_proxy = fault_proxy(lambda n: 503 if judge_down["now"] else None)
+    cfg = parse_config(eval_config(tmp_path, tiny_model_dir, model_proxy.base_url, judge_proxy.base_url,
+                                   engine={"max_retries": 0},
+                                   needle={"context_lengths": [500], "depths_percent": [10, 90], "max_tokens": 8}))
+    first = run(cfg)
+    assert first["status"] == "incomplete" and len(model_proxy.requests) == 3 + 2
+    judge_down["now"] = False
+    asked_before = len(judge_proxy.requests)
+    second = run(cfg)
+    assert second["status"] == "complete" and second["longbench_chat"]["scored"] == 3
+    assert len(model_proxy.requests) == 3 + 2  # no answer asked again, no needle cell either
+    assert len(judge_proxy.requests) == asked_before + 3 and second["reused"] == 3 + 2
+    results = (tmp_path / "out" / "results.json").read_text()
+    third = run(cfg)
+    assert len(model_proxy.requests) == 3 + 2 and len(judge_proxy.requests) == asked_before + 3
+    assert third["reused"] == 3 + 3 + 2 and third["longbench_chat_score"] == second["longbench_chat_score"]
+    again = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert again["longbench_chat"] == json.loads(results)["longbench_chat"]
+    assert again["needle"]["grid"] == json.loads(results)["needle"]["grid"]
+
+
+def test_a_missing_benchmark_file_or_model_folder_is_bad_input(tmp_path, vllm_server, tiny_model_dir):
+    """Exit 2 before any server starts, one line naming the file and the fix, the summary written; no traceback."""
+    for broken, expected in (({"longbench_chat": {"path": str(tmp_path / "nowhere.json")}},
+                              "longbench_chat.path: cannot read"),
+                             ({"model": {"path": str(tmp_path / "no-model")}}, "model.path: ")):
+        cfg = eval_config(tmp_path, tiny_model_dir, None, vllm_server.base_url, **broken)
+        done = run_cli(write(tmp_path / "eval.json", cfg))
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        [line] = done.stderr.strip().splitlines()
+        assert line.startswith(f"eval: {expected}") and ("bring" in line or "point it at" in line), line
+        summary = json.loads((tmp_path / "termination-log").read_text())
+        assert summary["exit_code"] == 2 and summary["error"] == line.removeprefix("eval: ")
+    (tmp_path / "bad.yaml").write_text("model: {path: x\n")
+    done = subprocess.run([*CLI, str(tmp_path / "bad.yaml")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "LONGALIGN_TERMINATION_MESSAGE_PATH": str(tmp_path / "t")})
+    assert done.returncode == 2 and done.stderr.strip().endswith("; fix the file") and "Traceback" not in done.stderr
+    assert json.loads((tmp_path / "t").read_text())["status"] == "bad_input"
+
+
 def test_a_judge_without_valid_ratings_leaves_answers_unscored(tmp_path, vllm_server, tiny_model_dir, fault_proxy):
     """Unconstrained and cut at 2 tokens, the judge never writes [[N]]: each answer is asked ``attempts``
     times, then recorded as unscored. No score is made up, and the mean is None, not 0."""
@@ -168,7 +263,7 @@ def test_a_rejected_judge_key_stops_the_run_at_once(tmp_path, vllm_server, tiny_
     envelope = {"stage": "evaluation", "run": "r1", "attempt": 0, "baseModelPath": str(tiny_model_dir),
                 "outputDir": str(ckpt_root / "r1"), "resultsDir": str(tmp_path / "results"), "dataDir": str(data),
                 "terminationMessagePath": str(tmp_path / "termination-log"),
-                "evaluation": {"gpus": 1, "longBenchChat": {"path": "lbc.jsonl"},
+                "evaluation": {"gpus": 1, "longBenchChat": {"path": "lbc.jsonl", "judgePrompt": "ours"},
                                "judge": {"endpoint": judge_proxy.base_url, "model": "tiny",
                                          "apiKeySecretRef": {"name": "judge", "key": "key"}},
                                # the stage's own settings pass through: reuse the session's server

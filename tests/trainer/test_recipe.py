@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from longalign_trainer.contract import human
 from trainer_datasets import make_dataset
 
 
@@ -110,12 +111,17 @@ def test_progress_lines_and_summary_follow_the_stage_contract(reference):
     out, done = reference
     lines = progress_lines(done.stdout)
     assert [line["done"] for line in lines] == list(range(1, STEPS + 1))
+    assert lines[0]["rate"] is None and lines[0]["eta_s"] is None  # rates start after the first step
+    assert all(line["rate"] > 0 and line["eta_s"] is not None for line in lines[1:])
     assert {"loss", "tokens_per_s", "mfu"} <= set(lines[-1]["metrics"]) and lines[-1]["total"] == STEPS
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and summary["steps"] == STEPS and summary["world_size"] == 2
-    assert summary["final_loss"] == step_losses(out, 0)[STEPS]
+    assert summary["final_loss"] == float(f"{step_losses(out, 0)[STEPS]:.12g}")  # 12 digits: no float noise
     assert summary["attention_backend"] == "sdpa_block_diagonal"
-    assert summary["data"]["per_file"] == {d: n for d, n in zip(summary["data"]["per_file"], (32, 64), strict=True)}
+    assert [f["used"] for f in summary["data"]["per_file"].values()] == [32, 64]
+    assert done.stderr.splitlines()[-1] == (
+        f"train: done, {STEPS} steps, final loss {human(summary['final_loss'])}, {human(summary['tokens_per_s'])} "
+        f"tokens/s; model in {out / 'model'}; records used 96, rejected 0")
     assert 0.5 < summary["packing_efficiency"] <= 1 and summary["tokens_seen"] > 0
     assert Path(summary["checkpoint"]).name == f"step-{STEPS:08d}"
     assert (out / "checkpoints" / "latest").read_text() == f"step-{STEPS:08d}"
@@ -160,10 +166,13 @@ def test_killed_run_resumes_on_the_same_loss_trajectory(reference, tmp_path, tin
     assert 5 <= max(interrupted) < STEPS and not (out / "summary.json").exists()
     resumed_from = int((out / "checkpoints" / "latest").read_text().removeprefix("step-"))
     assert resumed_from in (4, 8)
-    train(config)
+    again = train(config)
+    assert f"train: resumed from step {resumed_from} of {STEPS}, checkpoint {out / 'checkpoints'}" in again.stderr
     expected = step_losses(ref_out, 0)
     resumed = step_losses(out, 0)
-    assert sorted(resumed) == list(range(1, STEPS + 1))
+    for rank in (0, 1):  # the steps the killed run logged after its checkpoint are not logged twice
+        logged = [json.loads(x)["step"] for x in (out / f"train-log-rank{rank}.jsonl").read_text().splitlines()]
+        assert logged == list(range(1, STEPS + 1))
     for step in range(resumed_from + 1, STEPS + 1):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
     summary = json.loads((out / "summary.json").read_text())
@@ -201,6 +210,50 @@ def test_a_bad_config_is_refused_by_field_name(tmp_path):
     assert "data.0.ratio: Input should be greater than 0" in done.stderr
     assert "zero_stage: Input should be 1, 2 or 3" in done.stderr
     assert json.loads((tmp_path / "t").read_text())["ok"] is False
+
+
+def one_process(config: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
+                          capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1",
+                               "LONGALIGN_TERMINATION_MESSAGE_PATH": str(tmp_path / "t")})
+
+
+BAD_INPUTS = {  # what is wrong -> (how to break a good config, what the one line must say)
+    "missing data file": (lambda c, d: c["data"][0].update(path=str(d / "nowhere.jsonl")),
+                          r"data\[0\]\.path: .*nowhere\.jsonl does not exist; check the path"),
+    "empty data file": (lambda c, d: (d / "empty.jsonl").write_text("") and None or c["data"][0].update(
+        path=str(d / "empty.jsonl")), r"data\[0\]\.path: .*empty\.jsonl is empty"),
+    "no usable record": (lambda c, d: (d / "bad.jsonl").write_text("\n{oops\n") and None or c["data"][0].update(
+        path=str(d / "bad.jsonl")), r".*bad\.jsonl: no usable record among its 2 lines"),
+    "missing model folder": (lambda c, d: c.update(model_path=str(d / "no-model")),
+                             r"model_path: .*no-model is not a folder; give a local Hugging Face model folder"),
+}
+
+
+@pytest.mark.parametrize("broken", [*BAD_INPUTS, "malformed YAML"])
+def test_bad_input_exits_2_with_one_line_naming_the_file_and_a_summary(tmp_path, tiny_model, data, broken):
+    import re
+
+    if broken == "malformed YAML":
+        config = tmp_path / "train.yaml"
+        config.write_text("model_path: [unclosed\ndata: []\n")
+        expected = rf"{config}: not valid YAML at line 2, column 5 .*; fix the file"
+    else:
+        out = tmp_path / "out"
+        cfg = yaml.safe_load(write_config(out, tiny_model, data).read_text())
+        cfg.pop("termination_message_path")
+        BAD_INPUTS[broken][0](cfg, tmp_path)
+        config = out / "train.yaml"
+        config.write_text(yaml.safe_dump(cfg))
+        expected = BAD_INPUTS[broken][1]
+    done = one_process(config, tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    [line] = [x for x in done.stderr.splitlines() if x.startswith("train: ") and not x.startswith("train: rejected")]
+    assert re.fullmatch(r"train: " + expected + ".*", line), line
+    summary = json.loads((tmp_path / "t").read_text())
+    assert summary["ok"] is False and summary["exit_code"] == 2 and summary["error"] == line.removeprefix("train: ")
 
 
 def test_weighted_loss_trajectory_does_not_depend_on_packing_or_rank_count(reference, tmp_path, tiny_model, data):

@@ -80,3 +80,47 @@ def test_an_oversized_summary_keeps_its_scalars_and_names_what_it_left_out():
 def test_a_summary_that_cannot_fit_is_an_error_not_a_silent_truncation():
     with pytest.raises(ValueError, match="exceeds 4096 bytes"):
         encode_summary({f"metric_{i}": 1.0 for i in range(400)})
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_rates_start_after_the_first_item_and_floats_carry_no_noise():
+    out, clock = io.StringIO(), Clock()
+    reporter = ProgressReporter("train", total=10, unit="steps", stream=out, bar=None, min_interval_s=0, clock=clock)
+    clock.now += 30  # start-up and the first step (compiling kernels) do not count
+    first = reporter.update(1, lr=0.0002500000000000001)
+    assert first["rate"] is None and first["eta_s"] is None and first["metrics"] == {"lr": 0.00025}
+    clock.now += 2
+    assert reporter.update(2)["rate"] == 0.5
+    assert '"lr": 0.00025}' in out.getvalue()
+
+
+def test_on_a_terminal_the_bar_goes_to_stderr_and_never_mixes_with_json(monkeypatch):
+    stdout, stderr = Terminal(), Terminal()
+    monkeypatch.setattr("sys.stdout", stdout)
+    monkeypatch.setattr("sys.stderr", stderr)
+    reporter = ProgressReporter("eval", total=2, unit="items", min_interval_s=0)
+    reporter.update(1, loss=1.23456789)
+    reporter.update(2)
+    assert stdout.getvalue() == ""  # one terminal: the bar only
+    assert stderr.getvalue().startswith("\reval [") and "loss=1.235" in stderr.getvalue()
+    assert stderr.getvalue().endswith("\n") and "{" not in stderr.getvalue()
+    piped = io.StringIO()
+    monkeypatch.setattr("sys.stdout", piped)  # stdout read by the operator (a pod log), stderr a terminal
+    ProgressReporter("eval", total=1, unit="items").update(1)
+    assert parse_progress(piped.getvalue().splitlines()[0])["done"] == 1 and "{" not in stderr.getvalue()
+
+
+def test_bad_input_is_one_line_a_summary_and_exit_2(tmp_path, capsys):
+    from longalign_trainer.contract import report_bad_input
+
+    assert report_bad_input("train", "data[0].path: x.jsonl is empty", tmp_path / "t") == 2
+    assert capsys.readouterr().err == "train: data[0].path: x.jsonl is empty\n"
+    assert json.loads((tmp_path / "t").read_text()) == {"stage": "train", "ok": False, "status": "bad_input",
+                                                        "exit_code": 2, "error": "data[0].path: x.jsonl is empty"}
+    (tmp_path / "a-file").write_text("")
+    assert report_bad_input("eval", "bad", tmp_path / "a-file" / "t") == 2  # an unwritable path: no traceback
+    assert capsys.readouterr().err.splitlines()[1].startswith("eval: summary not written (")

@@ -36,61 +36,97 @@ JUDGE_KEY_ENV = "LONGALIGN_JUDGE_API_KEY"
 MAX_SUMMARY_BYTES = 4096  # Kubernetes truncates termination messages beyond 4096 bytes
 
 
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_SERVE = 0, 1, 2, 3
+"""Exit codes of every stage: 0 done; 1 failed or incomplete (the operator retries); 2 bad input (a missing,
+empty or invalid file or setting: retrying cannot help, the run fails at once); 3 the checkpoint cannot be
+served (evaluation). Training also exits 143 when SIGTERM stopped it after a checkpoint (resumable)."""
+
+
 class ProgressReporter:
     """Emits a stage's progress lines; draws a human progress bar on stderr when it is a terminal.
 
     ``update(done, **metrics)`` prints a line at most every ``min_interval_s`` seconds (and always for the
-    last item), with the rate since the start and the ETA derived from it.
+    last item). Rates are measured from the first update (the first item done), so start-up and a first
+    step that compiles kernels do not count: the first line has no rate and no ETA.
+
+    The streams never mix: JSON lines go to ``stream`` (stdout, for the operator) unless a person watches
+    both stdout and the bar on one terminal, in which case only the bar is drawn.
     """
 
     def __init__(self, stage: str, total: int, unit: str, *, stream: IO[str] | None = None,
                  bar: IO[str] | None = None, min_interval_s: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.stage, self.total, self.unit = stage, total, unit
-        self.stream = stream or sys.stdout
-        self.bar = bar if bar is not None else (sys.stderr if sys.stderr.isatty() else None)
+        self.bar = bar if bar is not None else (sys.stderr if _isatty(sys.stderr) else None)
+        if stream is None:
+            stream = sys.stdout
+            if self.bar is not None and _isatty(stream):
+                stream = None  # one terminal: the bar is the human form of the same lines
+        self.stream = stream
         self.min_interval_s = min_interval_s
         self.clock = clock
-        self.start = clock()
+        self.start: float | None = None
         self.start_done: int | None = None
         self.last_emit = -math.inf
 
     def update(self, done: int, **metrics: float | None) -> dict[str, Any] | None:
         """Report that ``done`` of ``total`` items are finished; returns the line emitted, if any."""
         now = self.clock()
-        if self.start_done is None:  # a resumed stage starts counting its rate from where it resumed
-            self.start_done = done
+        if self.start is None or self.start_done is None:  # a resumed stage counts from where it resumed
+            self.start, self.start_done = now, done
         if now - self.last_emit < self.min_interval_s and done < self.total:
             return None
         self.last_emit = now
         elapsed = now - self.start
-        rate = (done - self.start_done) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - done) / rate if rate > 0 else None
+        rate = (done - self.start_done) / elapsed if elapsed > 0 and done > self.start_done else None
+        eta = (self.total - done) / rate if rate else None
         line = {
             MARKER: "progress", "stage": self.stage, "done": done, "total": self.total, "unit": self.unit,
-            "rate": round(rate, 4), "eta_s": None if eta is None else round(eta, 1),
+            "rate": None if rate is None else round(rate, 4), "eta_s": None if eta is None else round(eta, 1),
             "metrics": {k: _finite(v) for k, v in metrics.items()},
         }
-        print(json.dumps(line), file=self.stream, flush=True)
+        if self.stream is not None:
+            print(json.dumps(line), file=self.stream, flush=True)
         if self.bar is not None:
-            self.bar.write("\r" + format_bar(line))
+            self.bar.write("\r" + format_bar(line) + "\x1b[K" + ("\n" if done >= self.total else ""))
             self.bar.flush()
         return line
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
+def human(value: float | None, digits: int = 4) -> str:
+    """A number rounded for people: ``digits`` significant digits, no exponent for everyday sizes.
+
+    >>> human(0.0002500000000000001), human(35123.456), human(1.83333333), human(None), human(12.0)
+    ('0.00025', '35123', '1.833', '-', '12')
+    """
+    if value is None:
+        return "-"
+    if abs(value) >= 10 ** digits:
+        return f"{value:.0f}"
+    return f"{value:.{digits}g}"
 
 
 def format_bar(line: dict[str, Any], width: int = 30) -> str:
     """A one-line human rendering of a progress line.
 
-    >>> format_bar({"stage": "train", "done": 5, "total": 20, "unit": "steps", "eta_s": 30.0,
-    ...             "metrics": {"loss": 1.5}}, width=10)
-    'train [##--------] 5/20 steps  eta 30s  loss=1.5'
+    >>> format_bar({"stage": "train", "done": 5, "total": 20, "unit": "steps", "rate": 0.5, "eta_s": 30.0,
+    ...             "metrics": {"loss": 1.5, "lr": 0.0002500000000000001}}, width=10)
+    'train [##--------] 5/20 steps  0.5 steps/s  eta 30s  loss=1.5  lr=0.00025'
     """
     total = max(line["total"], 1)
     filled = int(width * min(line["done"], total) / total)
+    rate = "" if line.get("rate") is None else f"  {human(line['rate'], 3)} {line['unit']}/s"
     eta = "" if line.get("eta_s") is None else f"  eta {line['eta_s']:.0f}s"
-    metrics = "".join(f"  {k}={v:.4g}" for k, v in line.get("metrics", {}).items() if v is not None)
-    bar = "#" * filled + "-" * (width - filled)
-    return f"{line['stage']} [{bar}] {line['done']}/{line['total']} {line['unit']}{eta}{metrics}"
+    metrics = "".join(f"  {k}={human(v)}" for k, v in line.get("metrics", {}).items() if v is not None)
+    return (f"{line['stage']} [{'#' * filled}{'-' * (width - filled)}] {line['done']}/{line['total']} {line['unit']}"
+            f"{rate}{eta}{metrics}")
 
 
 def parse_progress(text: str) -> dict[str, Any] | None:
@@ -146,8 +182,24 @@ def write_summary(summary: dict[str, Any], path: Path | None = None) -> Path:
     return path
 
 
+def report_bad_input(stage: str, error: str, path: Path | None = None) -> int:
+    """Bad input: print one line naming it (no traceback), write the summary, return ``EXIT_BAD_INPUT``."""
+    print(f"{stage}: {error}", file=sys.stderr, flush=True)
+    try:
+        write_summary({"stage": stage, "ok": False, "status": "bad_input", "exit_code": EXIT_BAD_INPUT,
+                       "error": error[:2000]}, path)
+    except OSError as e:  # outside a pod the default path may not be writable: the line above says it all
+        print(f"{stage}: summary not written ({e}); set {TERMINATION_MESSAGE_PATH_ENV}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
 def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: such floats become None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    """JSON has no NaN or infinity (such floats become None), and no float noise (0.0002500000000000001 is
+    0.00025: 12 significant digits are kept).
+
+    >>> _finite(0.0002500000000000001), _finite(float("nan")), _finite(35123.456789), _finite(3)
+    (0.00025, None, 35123.456789, 3)
+    """
+    if isinstance(value, float):
+        return float(f"{value:.12g}") if math.isfinite(value) else None
     return value

@@ -1,38 +1,47 @@
-"""Generate LongAlign long-instruction data from long documents with a teacher model served by vLLM.
+"""Data generation: long-instruction data from long documents, with a teacher served by vLLM.
 
-    longalign datagen --config datagen.yaml
+  longalign datagen --config FILE
 
-Resumable: run the same command again after an interruption; finished documents are kept, the rest done.
-Progress lines go to stdout; the summary to the termination-message path and OUTPUT_DIR/summary.json.
-Exit codes: 0 complete, 1 incomplete (documents failed for lack of a server; rerun), 2 invalid config.
+Example config: trainer/longalign_trainer/datagen/example.yaml (every field is documented in
+trainer/longalign_trainer/datagen/config.py). Resumable: run the same command again after an interruption;
+finished documents are kept, the rest done. Progress lines (JSON) go to stdout, a progress bar to stderr
+when it is a terminal; the summary to the termination-message path and OUTPUT_DIR/summary.json.
+
+Exit codes: 0 complete; 1 incomplete (documents failed for lack of a server: rerun to resume); 2 bad input
+(a missing or unusable documents folder or tokenizer, malformed YAML, an invalid setting: fix it, a rerun
+cannot help). (3 is evaluation's: a checkpoint that cannot be served.)
 """
 
 from __future__ import annotations
 
+import argparse
 
-def add_arguments(parser) -> None:
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``longalign datagen``."""
-    parser.add_argument("--config", required=True, help="the stage config (YAML or JSON)")
+    parser.add_argument("--config", required=True,
+                        help="the stage config (YAML or JSON); example: trainer/longalign_trainer/datagen/example.yaml")
     parser.add_argument("--summary-path", default=None,
                         help="where to write the summary (default: the termination-message path)")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     """``longalign datagen --config FILE``."""
     import asyncio
     import sys
     from pathlib import Path
 
+    from longalign_trainer.contract import report_bad_input
     from longalign_trainer.datagen.config import ConfigError, load_config
     from longalign_trainer.datagen.generate import run_async
     from longalign_trainer.datagen.store import ResumeMismatch
 
+    summary_path = Path(args.summary_path) if args.summary_path else None
     try:
         cfg = load_config(args.config)
-        summary = asyncio.run(run_async(cfg, summary_path=Path(args.summary_path) if args.summary_path else None))
+        summary = asyncio.run(run_async(cfg, summary_path=summary_path))
     except (ConfigError, ResumeMismatch, FileNotFoundError) as e:
-        print(f"datagen: {e}", file=sys.stderr)
-        return 2
+        return report_bad_input("datagen", str(e), summary_path)
     if summary["status"] != "complete":
         print(f"datagen incomplete: {summary.get('error')}", file=sys.stderr)
         return 1

@@ -136,7 +136,8 @@ def load_corpus(cfg, tokenizer, batch_size: int = 32) -> Corpus:
     """
     corpus = Corpus()
     if not cfg.documents_dir.is_dir():
-        raise FileNotFoundError(f"documents_dir {cfg.documents_dir} is not a folder")
+        raise FileNotFoundError(f"documents_dir: {cfg.documents_dir} is not a folder; set it to the folder of "
+                                "your long documents (.txt, .md, .jsonl, .parquet)")
     corpus.files = sum(1 for p in cfg.documents_dir.rglob("*") if p.is_file())
     batch: list[tuple[str, str, str]] = []
     seen: set[str] = set()

@@ -138,6 +138,9 @@ def load_tokenizer(cfg: DatagenConfig):
     from transformers import AutoTokenizer
 
     where = cfg.teacher.tokenizer or cfg.teacher.model
+    if where.startswith(("/", ".")) and not Path(where).is_dir():
+        raise ConfigError(f"teacher.tokenizer: {where} is not a folder; set it to a local folder holding the "
+                          "teacher's tokenizer files")
     try:
         return AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as e:
@@ -150,6 +153,11 @@ async def run_async(cfg: DatagenConfig, *, summary_path: Path | None = None) -> 
     t0 = time.monotonic()
     tokenizer = load_tokenizer(cfg)
     corpus = load_corpus(cfg, tokenizer)
+    if not corpus.documents:
+        skipped = ", ".join(f"{n} {why}" for why, n in sorted(corpus.skipped.items())) or "none"
+        raise ConfigError(f"documents_dir: {cfg.documents_dir} holds no usable document ({corpus.files} files; "
+                          f"skipped: {skipped}); add .txt, .md, .jsonl or .parquet documents of "
+                          f"{cfg.min_tokens} to {cfg.max_tokens} tokens (min_tokens, max_tokens)")
     if cfg.comparison_ratio:
         corpus.documents += make_pairs(corpus.documents, round(cfg.comparison_ratio * len(corpus.documents)),
                                        cfg.max_tokens, cfg.seed, tokenizer)

@@ -11,29 +11,9 @@ import itertools
 import random
 from collections import Counter
 from pathlib import Path
-from typing import Any, TypeGuard
 
 from longalign_trainer.datagen.documents import read_jsonl
-
-
-def valid_chat(record: object) -> TypeGuard[dict[str, Any]]:
-    """A ``messages`` conversation with user and assistant turns, none of them empty (as the trainer requires).
-
-    >>> valid_chat({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]})
-    True
-    >>> valid_chat({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": " "}]})
-    False
-    >>> valid_chat({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "Hello!"}]})
-    False
-    """
-    msgs = record.get("messages") if isinstance(record, dict) else None
-    if not isinstance(msgs, list) or not msgs:
-        return False
-    roles = [m.get("role") if isinstance(m, dict) else None for m in msgs]
-    if "user" not in roles or "assistant" not in roles:
-        return False
-    return all(m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
-               and m["content"].strip() for m in msgs)
+from longalign_trainer.records import check_record
 
 
 def sample_short(path: Path, n_long: int, ratio: float, seed: int) -> tuple[list[dict], Counter]:
@@ -41,7 +21,7 @@ def sample_short(path: Path, n_long: int, ratio: float, seed: int) -> tuple[list
     counts: Counter = Counter()
     records = []
     for i, record in read_jsonl(path, counts, "short_bad_json"):
-        if not valid_chat(record):
+        if check_record(record) is not None:  # the trainer's own definition of a valid record
             counts["short_invalid_or_empty_turn"] += 1
             continue
         records.append({"messages": record["messages"], "meta": {"source": "short", "origin": f"{path.name}:{i}"}})

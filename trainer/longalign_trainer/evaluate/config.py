@@ -71,12 +71,30 @@ class JudgeConfig(_Model):
 
 
 class LongBenchChatConfig(_Model):
-    """The benchmark: JSONL of {idx, prompt, query, answer} and 3 scored example answers per case."""
+    """The benchmark: cases {idx, prompt, query, answer} and 3 scored example answers per case."""
 
-    path: Path
-    few_shot_path: Path | None = Field(None, description="JSON list (one entry per case, in idx order) of 3 "
-                                       "{answer, score}; unset: the judge gets no examples")
+    path: Path = Field(description="the cases: the published test_cases.json (a JSON list) or JSONL, one "
+                       "{idx, prompt, query, answer} per line")
+    few_shot_path: Path | None = Field(None, description="few_shots.json: a JSON list (entry idx - 1 for case "
+                                       "idx) of 3 {answer, score}; unset (our prompt only): no examples")
+    judge_prompt: Literal["published", "ours"] = Field("published", description=(
+        "published: LongBench-Chat's own judge prompt, used exactly as THUDM/LongAlign's LongBench_Chat/eval.py "
+        "does (needs judge_prompt_path and few_shot_path), so scores compare with the paper's; ours: this "
+        "project's rewording (examples shuffled per run)"))
+    judge_prompt_path: Path | None = Field(None, description="prompt_fs.txt of THUDM/LongAlign's "
+                                           "LongBench_Chat/ (not shipped: bring it)")
     limit: int | None = Field(None, gt=0, description="evaluate only the first N cases (smoke runs)")
+
+    @model_validator(mode="after")
+    def _published_needs_its_files(self) -> "LongBenchChatConfig":
+        if self.judge_prompt == "published":
+            missing = [name for name, value in (("judge_prompt_path", self.judge_prompt_path),
+                                                ("few_shot_path", self.few_shot_path)) if value is None]
+            if missing:
+                raise ValueError(f"the published judge prompt needs {' and '.join(missing)}: bring prompt_fs.txt "
+                                 "and few_shots.json from THUDM/LongAlign's LongBench_Chat/ folder, or set "
+                                 "judge_prompt: ours")
+        return self
 
 
 class NeedleConfig(_Model):
@@ -164,8 +182,11 @@ def to_eval(raw: dict) -> dict:
     lbc = body.pop("longBenchChat", None)
     if lbc:
         cfg["longbench_chat"] = {"path": str(data_dir / lbc["path"])}
-        if lbc.get("fewShotPath"):
-            cfg["longbench_chat"]["few_shot_path"] = str(data_dir / lbc["fewShotPath"])
+        for spec_name, name in (("fewShotPath", "few_shot_path"), ("promptPath", "judge_prompt_path")):
+            if lbc.get(spec_name):
+                cfg["longbench_chat"][name] = str(data_dir / lbc[spec_name])
+        if lbc.get("judgePrompt"):
+            cfg["longbench_chat"]["judge_prompt"] = lbc["judgePrompt"]
     needle = body.pop("needle", None)
     if needle is not None:
         cfg["needle"] = {k: needle[c] for c, k in (("contextLengths", "context_lengths"),

@@ -1,12 +1,22 @@
-"""The LLM judge of LongBench-Chat: our prompt in the style of the LongAlign paper, robust score parsing, retries.
+"""The LLM judge of LongBench-Chat: the published prompt (default) or ours, score parsing, retries.
 
-The judge never sees the long document: it gets the short question, the expert's reference answer, three
-answers to the same question with human scores (in a shuffled order, different per run and per repeat), and
-the answer to rate. It replies with an integer rating from 1 to 10 written as ``[[N]]``.
+**Published** (``longbench_chat.judge_prompt: published``): exactly what THUDM/LongAlign's
+``LongBench_Chat/eval.py`` does, so scores compare with the paper's. The user brings that folder's
+``prompt_fs.txt`` (the template; never shipped here) and ``few_shots.json``. The template is filled with
+``str.format`` and positional fields: the question, the reference answer, the case's three few-shot answers
+and scores as (answer, score) pairs in their published order, then the prediction (as eval.py reads it back
+from its predictions file: stripped, newlines as spaces). The system prompt is eval.py's, the temperature 0,
+and the score the first number inside the last ``[[...]]`` of the reply.
+
+**Ours** (``judge_prompt: ours``): our own instructions in the style of the paper; the three examples in a
+shuffled order (different per run and per repeat); the rating an integer 1-10 written as ``[[N]]``.
+
+Either way the judge never sees the long document.
 
 A reply without a valid rating is asked again (``judge.attempts`` queries in all); after that the answer is
-*unscored*, never given a number we made up. Transient request errors are retried by the client
-(``chat_client.ChatClient``: backoff, ``Retry-After``); when they persist the answer is unscored too, with
+*unscored*, never given a number we made up. A judge prompt longer than the judge's context leaves that
+answer unscored with the reason; the other answers are scored as usual. Transient request errors are retried by
+the client (``chat_client.ChatClient``: backoff, ``Retry-After``); when they persist the answer is unscored too, with
 the reason recorded.
 """
 
@@ -15,10 +25,16 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import string
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from longalign_trainer.chat_client import ChatClient, RequestFailed
+from longalign_trainer.chat_client import ChatClient, ContextOverflow, RequestFailed
+from longalign_trainer.config_files import ConfigError
+
+PUBLISHED_SYSTEM = "You're a good assistant at evaluating the quality of texts."  # eval.py's system prompt
+PUBLISHED_FIELDS = 9  # question, reference, 3 x (answer, score), prediction
 
 SYSTEM = "You grade answers carefully and impartially, following the instructions you are given."
 
@@ -96,6 +112,75 @@ def parse_score(reply: str | None) -> float | None:
     return value if value is not None and 1.0 <= value <= 10.0 else None
 
 
+def load_template(path: Path) -> str:
+    """The published judge template (``prompt_fs.txt``), checked to take eval.py's 9 positional fields.
+
+    ``ConfigError`` names the file and the fix when it cannot be read or has another shape.
+    """
+    try:
+        template = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"longbench_chat.judge_prompt_path: cannot read {path} ({e.strerror or e}); bring "
+                          "prompt_fs.txt from THUDM/LongAlign's LongBench_Chat/ folder") from None
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        fields, problem = [], str(e)
+    else:
+        problem = ""
+    if problem or len(fields) != PUBLISHED_FIELDS or any(fields):
+        raise ConfigError(f"longbench_chat.judge_prompt_path: {path} is not the published judge template "
+                          f"({problem or f'{len(fields)} fields'}; prompt_fs.txt has {PUBLISHED_FIELDS} "
+                          "positional {} fields); bring prompt_fs.txt from THUDM/LongAlign's LongBench_Chat/")
+    return template
+
+
+def build_published_prompt(template: str, question: str, reference: str, examples: list[dict],
+                           prediction: str) -> str:
+    """The judge's user turn as eval.py builds it: ``template.format(question, reference, a1, s1, a2, s2, a3,
+    s3, prediction)``, the examples in their published order, untouched.
+
+    >>> t = "Q: {}\\nR: {}\\n{} [[{}]]\\n{} [[{}]]\\n{} [[{}]]\\nA: {}\\nRating:"
+    >>> print(build_published_prompt(t, "Who won?", "Ann.", [{"answer": " Bob", "score": 1},
+    ...     {"answer": "Ann", "score": 10}, {"answer": "?", "score": 2}], "  Ann\\nwon.\\n"))
+    Q: Who won?
+    R: Ann.
+     Bob [[1]]
+    Ann [[10]]
+    ? [[2]]
+    A: Ann won.
+    Rating:
+    """
+    pairs = [value for e in examples for value in (e["answer"], e["score"])]
+    return template.format(question, reference, *pairs, published_prediction(prediction))
+
+
+def published_prediction(text: str) -> str:
+    """The prediction as eval.py reads it back from its predictions file: one line, stripped.
+
+    >>> published_prediction("  first line\\nsecond line \\n")
+    'first line second line'
+    """
+    return text.strip().replace("\n", " ").strip()
+
+
+_PUBLISHED_BRACKETS = re.compile(r"\[\[([^\]]+)\]\]")
+_PUBLISHED_NUMBER = re.compile(r"\d+\.\d+|\d+")
+
+
+def published_score(reply: str | None) -> float | None:
+    """eval.py's score: the first number inside the last ``[[...]]`` of the reply (None when there is none).
+
+    >>> published_score("Examples got [[10]]; this one: [[3.5]]"), published_score("[[Rating: 7/10]]")
+    (3.5, 7.0)
+    >>> published_score("no rating"), published_score("[[none]]"), published_score(None)
+    (None, None, None)
+    """
+    found = _PUBLISHED_BRACKETS.findall(reply or "")
+    numbers = _PUBLISHED_NUMBER.findall(found[-1]) if found else []
+    return float(numbers[0]) if numbers else None
+
+
 def shuffled(examples: list[dict], seed: int, case: object, repeat: int) -> list[dict]:
     """The examples in a random order fixed by (run seed, case, repeat): the paper shuffles them per run.
 
@@ -122,8 +207,10 @@ class Grade:
 class Judge:
     """Scores answers with the configured judge model; see the module docstring."""
 
-    def __init__(self, cfg, client: ChatClient, seed: int, max_consecutive_failures: int = 8) -> None:
+    def __init__(self, cfg, client: ChatClient, seed: int, max_consecutive_failures: int = 8,
+                 template: str | None = None) -> None:
         self.cfg, self.client, self.seed = cfg, client, seed
+        self.template = template  # the published prompt_fs.txt; None: our prompt
         # after this many answers in a row could not be judged for lack of a server, stop asking (a judge that
         # is down or out of quota would otherwise be retried with backoff for every remaining answer)
         self.max_consecutive_failures = max_consecutive_failures
@@ -147,8 +234,7 @@ class Judge:
     async def _grade(self, case: object, question: str, reference: str, examples: list[dict], answer: str) -> Grade:
         grade = Grade(score=None)
         for repeat in range(self.cfg.repeats):
-            prompt = build_prompt(question, reference, shuffled(examples, self.seed, case, repeat), answer)
-            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+            messages = self.messages(case, question, reference, examples, answer, repeat)
             for _ in range(self.cfg.attempts):
                 grade.queries += 1
                 try:
@@ -158,9 +244,13 @@ class Judge:
                     self.consecutive_failures += 1
                     grade.reason = f"judge_unavailable: {e}"[:300]
                     return grade
+                except ContextOverflow as e:  # asking again cannot help; the other answers go on
+                    grade.reason = (f"judge_context_overflow: the judge prompt ({len(messages[-1]['content'])} "
+                                    f"characters) does not fit the judge's context: {e}")[:300]
+                    return grade
                 self.consecutive_failures = 0
                 grade.replies.append(c.text[:2000])
-                score = parse_score(c.text)
+                score = published_score(c.text) if self.template is not None else parse_score(c.text)
                 if score is not None:
                     grade.scores.append(score)
                     break
@@ -169,3 +259,12 @@ class Judge:
         else:
             grade.reason = "no_valid_score"
         return grade
+
+    def messages(self, case: object, question: str, reference: str, examples: list[dict], answer: str,
+                 repeat: int) -> list[dict]:
+        """The judge's chat for one score: the published prompt as eval.py sends it, or ours."""
+        if self.template is not None:
+            prompt = build_published_prompt(self.template, question, reference, examples, answer)
+            return [{"role": "system", "content": PUBLISHED_SYSTEM}, {"role": "user", "content": prompt}]
+        prompt = build_prompt(question, reference, shuffled(examples, self.seed, case, repeat), answer)
+        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]

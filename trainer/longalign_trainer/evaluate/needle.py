@@ -6,7 +6,9 @@ question about it. The answer is right when it contains the needle's key fact (c
 
 Sentence boundaries are found on the model's own tokens (its offset mapping): the needle goes between two
 tokens where the text ends a sentence, so it never splits a token and its depth is measured in the model's
-tokens. (A peer implementation searched for one tokenizer's hard-coded "." token id; with any other
+tokens. Where a sentence ends is ``sentence_gaps``' tested rule: after ``.``, ``!`` or ``?`` and any closing
+quotes or brackets, before whitespace and a capital letter (or an opening quote), and never after an
+initial ("John D.") or a common abbreviation ("p.", "Mr.", "e.g."). (A peer implementation searched for one tokenizer's hard-coded "." token id; with any other
 tokenizer it found none and put every needle at the start of the context.)
 
     depth 50%:   [filler ... end of a sentence.] [NEEDLE] [Next sentence ... filler]  + question
@@ -26,7 +28,12 @@ from longalign_trainer.config_files import ConfigError
 
 HAYSTACK = Path(__file__).parent / "data" / "haystack.txt"
 SYSTEM = "You answer questions about the document the user gives you. Keep your answer short and direct."
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+")
+# The end of a sentence: its last word, the stop, closing quotes/brackets; the gap; what starts the next one.
+_SENTENCE_END = re.compile(r"(\S*?)([.!?]+)([\"'\u201d\u2019)\]]*)(\s+)(?=[\"'\u201c\u2018(\[]?[A-Z0-9])")
+ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st sr jr vs etc e.g i.e cf fig figs no nos vol vols pp p ch sec eq al inc ltd co corp "
+    "mt ft gen col lt sgt capt rev hon gov sen rep jan feb mar apr jun jul aug sep sept oct nov dec approx ca "
+    "est dept univ ed eds op cit viz".split())
 
 
 def user_turn(context: str, question: str) -> str:
@@ -54,13 +61,40 @@ def is_correct(answer: str | None, key_fact: str) -> bool:
     return bool(fact) and f" {fact} " in f" {normalize(answer or '')} "
 
 
+def sentence_gaps(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of each gap between two sentences of ``text``: the whitespace after a sentence's stop
+    and closing quotes, before the next sentence. A needle goes anywhere in a gap.
+
+    >>> t = 'He said "Stop." Then John D. Rockefeller left (see p. 166). Mr. Smith stayed! "Why?" she asked.'
+    >>> [t[:s] for s, _ in sentence_gaps(t)][:1], [t[e:e + 10] for _, e in sentence_gaps(t)]
+    (['He said "Stop."'], ['Then John ', 'Mr. Smith ', '"Why?" she'])
+    """
+    gaps = []
+    for m in _SENTENCE_END.finditer(text):
+        word, stop = m.group(1).lower().lstrip("\"'(\u201c\u2018"), m.group(2)
+        if stop == "." and (len(word) == 1 and word.isalpha() or word in ABBREVIATIONS
+                            or re.fullmatch(r"(?:[a-z]\.)+[a-z]", word)):
+            continue  # an initial, an abbreviation or an acronym like U.S.: the sentence goes on
+        gaps.append((m.start(4), m.end(4)))
+    return gaps
+
+
 def load_haystack(path: Path | None) -> str:
+    """The filler text: one UTF-8 file, or every ``.txt`` file of a folder (and its subfolders) in path order."""
+    path = path or HAYSTACK
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise ConfigError(f"needle.haystack_path: {path} holds no .txt files; give a text file or a folder "
+                              "of .txt files")
+    else:
+        files = [path]
     try:
-        text = (path or HAYSTACK).read_text(encoding="utf-8")
-    except OSError as e:
+        texts = [f.read_text(encoding="utf-8") for f in files]
+    except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"needle.haystack_path: cannot read {path}: {e}") from None
-    text = " ".join(p.strip() for p in text.split("\n\n") if p.strip())
-    if not _SENTENCE_END.search(text):
+    text = " ".join(p.strip() for t in texts for p in t.split("\n\n") if p.strip())
+    if not sentence_gaps(text):
         raise ConfigError(f"needle.haystack_path: {path} has no sentence boundaries")
     return text
 
@@ -92,7 +126,7 @@ def make_haystack(tokenizer, filler: str, n_tokens: int) -> Haystack:
         copies += 1
     offsets = [tuple(o) for o in enc["offset_mapping"][:n_tokens]]
     text = text[:offsets[-1][1]] if offsets else ""
-    ends = [(m.start(), m.end()) for m in _SENTENCE_END.finditer(text)]
+    ends = sentence_gaps(text)
     boundaries, j = [], 0
     for k in range(1, len(offsets)):
         cut = offsets[k - 1][1]  # the character position between tokens k-1 and k
@@ -128,14 +162,20 @@ def build_prompt(tokenizer, cfg, filler: str, context_len: int, depth: float) ->
                       "prompt_tokens": prompt_tokens(tokenizer, content, system=SYSTEM)}
 
 
-async def evaluate(cfg, model, tokenizer, server_context: int, on_done=lambda: None, judge=None) -> dict:
+async def evaluate(cfg, model, tokenizer, server_context: int, on_done=lambda: None, judge=None,
+                   filler: str | None = None, obtained=None, key: str = "") -> dict:
     """Every cell of the grid: prompt, answer, exact-match grade (and the judge's 1-10 rating when ``judge``
-    is given: it sees the question, the needle as the reference answer and the answer, never the haystack)."""
-    filler = load_haystack(cfg.haystack_path)
+    is given: it sees the question, the needle as the reference answer and the answer, never the haystack).
+
+    With ``obtained`` (a ``longbench.Obtained``), cells answered before under ``key`` are not asked again."""
+    filler = filler if filler is not None else load_haystack(cfg.haystack_path)
     tokenizing = asyncio.Lock()  # one tokenizer, one thread at a time (fast tokenizers are not re-entrant)
 
     async def one(length: int, depth: float) -> dict:
         cell: dict[str, Any] = {"context_length": length, "depth_percent": depth, "correct": None, "answer": None}
+        if obtained is not None and (known := obtained.get(key, "needle", f"{length}:{depth}")) is not None:
+            on_done()
+            return known
         if length + cfg.max_tokens > server_context:
             cell["skipped"] = f"exceeds the server's context ({server_context} tokens)"
             on_done()
@@ -152,6 +192,8 @@ async def evaluate(cfg, model, tokenizer, server_context: int, on_done=lambda: N
             if judge is not None:
                 grade = await judge.grade(f"needle:{length}:{depth}", cfg.question, cfg.needle, [], c.text)
                 cell.update(judge_score=grade.score, judge_unscored_reason=grade.reason)
+            if obtained is not None and not (cell.get("judge_unscored_reason") or "").startswith("judge_unavailable"):
+                obtained.put(key, "needle", f"{length}:{depth}", cell)
         on_done()
         return cell
 

@@ -24,7 +24,7 @@ from longalign_trainer.config_files import ConfigError
 from longalign_trainer.contract import ProgressReporter, write_summary
 from longalign_trainer.evaluate import longbench, needle
 from longalign_trainer.evaluate.config import EvalConfig
-from longalign_trainer.evaluate.judge import Judge
+from longalign_trainer.evaluate.judge import Judge, load_template
 
 
 class CheckpointError(RuntimeError):
@@ -46,6 +46,9 @@ class Endpoint:
 
 def check_checkpoint(path: Path) -> None:
     """Fail early, before vLLM spends minutes on it, when the folder cannot be a servable model."""
+    if not path.exists():
+        raise ConfigError(f"model.path: {path} does not exist; point it at a Hugging Face model folder, e.g. the "
+                          "training stage's export OUTPUT_DIR/model")
     if not path.is_dir():
         raise CheckpointError(f"model.path: {path} is not a folder (did training export a model?)")
     missing = [n for n in ("config.json",) if not (path / n).is_file()]
@@ -135,12 +138,62 @@ def smoke_test(base_url: str, model: str, log_path: Path, timeout_s: float = 300
         client.close()
 
 
-async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: ProgressReporter) -> dict:
+@dataclass
+class Inputs:
+    """What the benchmarks read, loaded and checked before any server starts (bad input is exit 2 at once)."""
+
+    cases: list[longbench.Case]
+    template: str | None  # the published judge prompt; None: ours
+    filler: str | None  # the needle's haystack
+
+    @classmethod
+    def load(cls, cfg: EvalConfig) -> Inputs:
+        """Read the cases, the judge template and the haystack; ``ConfigError`` names what is wrong."""
+        cases: list[longbench.Case] = []
+        template = None
+        if (lbc := cfg.longbench_chat) is not None:
+            published = lbc.judge_prompt == "published"
+            cases = longbench.load_benchmark(lbc.path, lbc.few_shot_path, lbc.limit,
+                                             examples_per_case=3 if published else None)
+            if published and lbc.judge_prompt_path is not None:
+                template = load_template(lbc.judge_prompt_path)
+        filler = None
+        if cfg.needle is not None:
+            filler = needle.load_haystack(cfg.needle.haystack_path)
+            if needle.normalize(cfg.needle.key_fact) in needle.normalize(filler):
+                raise ConfigError("needle.key_fact occurs in the haystack itself: the grade would mean nothing")
+        return cls(cases, template, filler)
+
+    def total(self, cfg: EvalConfig) -> int:
+        """Progress items: the cases and the needle cells."""
+        cells = len(cfg.needle.context_lengths) * len(cfg.needle.depths_percent) if cfg.needle else 0
+        return len(self.cases) + cells
+
+    def keys(self, cfg: EvalConfig) -> dict[str, str]:
+        """Fingerprints of what produces each kind of result (see ``longbench.Obtained``)."""
+        checkpoint = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                            for p in cfg.model.path.iterdir() if p.is_file())
+        answers = longbench.fingerprint(checkpoint, cfg.model.model_dump(mode="json", exclude={"base_url"}),
+                                        [(c.idx, c.prompt) for c in self.cases])
+        keys = {"answer": answers, "needle": longbench.fingerprint(answers, cfg.needle and cfg.needle.model_dump(
+            mode="json"), self.filler)}
+        if cfg.judge is not None and cfg.longbench_chat is not None:
+            judge = cfg.judge.model_dump(mode="json", exclude={"base_url", "api_key_env", "request_timeout_s"})
+            keys["grade"] = longbench.fingerprint(answers, judge, self.template,
+                                                  cfg.longbench_chat.judge_prompt,
+                                                  [(c.idx, c.query, c.answer, c.examples) for c in self.cases])
+        return keys
+
+
+async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: ProgressReporter,
+                   inputs: Inputs) -> dict:
     """Both benchmarks against the served checkpoint; results (and the clients' request counts)."""
     model = ChatClient(Endpoint([base_url], cfg.model.served_name, "LONGALIGN_MODEL_API_KEY", cfg.model.temperature,
                                 max_model_len=cfg.model.max_model_len), cfg.engine)
     judge_client = None
     results: dict = {"status": "complete"}
+    obtained = longbench.Obtained(cfg.output_dir / "obtained.jsonl")
+    keys = inputs.keys(cfg)
     done = 0
 
     def on_done() -> None:
@@ -157,22 +210,24 @@ async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: Progress
             engine = cfg.engine if j.request_timeout_s is None else cfg.engine.model_copy(
                 update={"request_timeout_s": j.request_timeout_s})
             judge_client = ChatClient(Endpoint([j.base_url], j.model, j.api_key_env, j.temperature), engine)
-            judge = Judge(j, judge_client, cfg.seed, cfg.engine.max_consecutive_failures)
+            judge = Judge(j, judge_client, cfg.seed, cfg.engine.max_consecutive_failures, template=inputs.template)
         if cfg.longbench_chat is not None:
             if judge is None:
                 raise ConfigError("longbench_chat needs a judge")
-            lbc = cfg.longbench_chat
-            cases = longbench.load_benchmark(lbc.path, lbc.few_shot_path, lbc.limit)
-            results["longbench_chat"] = await longbench.evaluate(cases, model, judge, tokenizer, context,
-                                                                 cfg.model.max_tokens, on_done)
+            results["longbench_chat"] = await longbench.evaluate(
+                inputs.cases, model, judge, tokenizer, context, cfg.model.max_tokens, on_done, obtained,
+                keys["answer"], keys["grade"])
             if results["longbench_chat"]["judge_unavailable"] or any(
                     (r["unscored_reason"] or "").startswith("no_prediction")
                     for r in results["longbench_chat"]["per_question"]):
                 results["status"] = "incomplete"
                 results["error"] = "some answers could not be generated or judged for lack of a server (rerun)"
         if cfg.needle is not None:
+            needle_judge = None
+            if cfg.needle.grade_with_judge and judge is not None:  # our prompt: the needle has no few-shots
+                needle_judge = Judge(cfg.judge, judge.client, cfg.seed, cfg.engine.max_consecutive_failures)
             results["needle"] = await needle.evaluate(cfg.needle, model, tokenizer, context, on_done,
-                                                      judge if cfg.needle.grade_with_judge else None)
+                                                      needle_judge, inputs.filler, obtained, keys["needle"])
             if results["needle"]["errors"]:
                 results["status"] = "incomplete"
                 results.setdefault("error", "some needle cells failed for lack of a server (rerun)")
@@ -180,21 +235,13 @@ async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: Progress
         results["status"] = "incomplete"
         results["error"] = f"{type(e).__name__}: {e}"[:500]
     finally:
+        obtained.close()
+        results["reused"] = obtained.reused
         results["requests"] = {"model": dict(model.stats), **({"judge": dict(judge_client.stats)} if judge_client else {})}
         await model.close()
         if judge_client is not None:
             await judge_client.close()
     return results
-
-
-def total_items(cfg: EvalConfig) -> int:
-    n = 0
-    if cfg.longbench_chat is not None:
-        lbc = cfg.longbench_chat
-        n += len(longbench.load_benchmark(lbc.path, lbc.few_shot_path, lbc.limit))
-    if cfg.needle is not None:
-        n += len(cfg.needle.context_lengths) * len(cfg.needle.depths_percent)
-    return n
 
 
 def run(cfg: EvalConfig) -> dict:
@@ -204,15 +251,12 @@ def run(cfg: EvalConfig) -> dict:
     summary: dict = {"stage": "eval", "checkpoint": str(cfg.model.path),
                      "judge_model": cfg.judge.model if cfg.judge else None}
     try:
-        progress = ProgressReporter("eval", total_items(cfg), "items")
+        inputs = Inputs.load(cfg)
+        progress = ProgressReporter("eval", inputs.total(cfg), "items")
         check_checkpoint(cfg.model.path)
         tokenizer = load_tokenizer(cfg.model.path)
-        if cfg.needle is not None:
-            filler = needle.load_haystack(cfg.needle.haystack_path)
-            if needle.normalize(cfg.needle.key_fact) in needle.normalize(filler):
-                raise ConfigError("needle.key_fact occurs in the haystack itself: the grade would mean nothing")
         with served(cfg) as base_url:
-            results = asyncio.run(evaluate(cfg, base_url, tokenizer, progress))
+            results = asyncio.run(evaluate(cfg, base_url, tokenizer, progress, inputs))
     except CheckpointError as e:
         summary.update(status="failed", error=str(e)[:1500], elapsed_s=round(time.monotonic() - t0, 1))
         _write(cfg, summary, None)
@@ -231,7 +275,7 @@ def run(cfg: EvalConfig) -> dict:
            if lbc else {}),
         **({"needle": {k: nd[k] for k in ("cells", "graded", "skipped", "errors", "judge_mean_score",
                                           "judge_unscored") if k in nd}} if nd else {}),
-        "server_context": results.get("server_context"),
+        "server_context": results.get("server_context"), "reused": results.get("reused", 0),
         "results": str(cfg.output_dir / "results.json"), "plots": plots,
         "elapsed_s": round(time.monotonic() - t0, 1),
     })

@@ -1,48 +1,75 @@
-"""``longalign train --config FILE``: the training stage (run it under ``torchrun`` for several processes).
+"""Training: packed long-context SFT on DeepSpeed, one process or under torchrun.
 
-    torchrun --nproc_per_node 8 -m longalign_operator.cli train --config train.yaml
-    longalign train --config train.yaml          # one local process (CPU or one GPU)
+  longalign train --config train.yaml                                            # one process
+  torchrun --nproc-per-node 8 --no-python longalign train --config train.yaml    # several (standard env)
 
-Progress lines go to stdout (rank 0); the summary to the termination-message path. On failure the summary
-says ``"ok": false`` with the error, and the exit status is 1. On SIGTERM the run checkpoints after the
-current step and exits with 143, its summary saying ``"preempted": true``; started again, it resumes.
+Example configs: trainer/longalign_trainer/train/examples/ (every field is documented in
+trainer/longalign_trainer/train/config.py). Progress lines (JSON) go to stdout on rank 0, a progress bar to
+stderr when it is a terminal; rejected data lines are printed as found and all listed in
+OUTPUT_DIR/rejected-records.txt; the summary goes to the termination-message path. A killed run started
+again resumes from its newest checkpoint.
+
+Exit codes: 0 done; 1 failed (rerun: it resumes); 2 bad input (a missing or empty file, no usable
+record, a missing model folder, an invalid config: fix it, a rerun cannot help); 143 stopped by SIGTERM
+after a checkpoint (resumable). (3 is evaluation's: a checkpoint that cannot be served.)
 """
 
 from __future__ import annotations
 
+import argparse
 
-def add_arguments(parser) -> None:
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``longalign train``."""
-    parser.add_argument("--config", required=True, help="training config (YAML or JSON), see train/config.py")
+    parser.add_argument("--config", required=True,
+                        help="training config (YAML or JSON, or the operator's stage config); "
+                             "example: trainer/longalign_trainer/train/examples/")
 
 
-def run(args) -> int:
-    """Validate the config, run the recipe, write the summary."""
+def run(args: argparse.Namespace) -> int:
+    """Validate the config and inputs, run the recipe, write the summary, print the closing line."""
     import os
     import sys
 
-    from longalign_trainer.contract import write_summary
-    from longalign_trainer.train.config import load_config
+    from longalign_trainer.contract import EXIT_BAD_INPUT, EXIT_OK, report_bad_input, write_summary
+    from longalign_trainer.train.config import InputError, check_inputs, load_config
 
+    lead = os.environ.get("RANK", "0") == "0"
     try:
         cfg = load_config(args.config)
-    except (ValueError, OSError) as exc:
-        print(exc, file=sys.stderr)
-        write_summary({"stage": "train", "ok": False, "error": str(exc)[:2000]}, _summary_path(None))
-        return 2
+        check_inputs(cfg)
+    except InputError as exc:
+        return report_bad_input("train", str(exc)) if lead else EXIT_BAD_INPUT
     from longalign_trainer.train.recipe import Recipe
 
     try:
         summary = Recipe(cfg).run()
+    except InputError as exc:  # found while reading the data: every rank sees the same
+        return report_bad_input("train", str(exc), cfg.termination_message_path) if lead else EXIT_BAD_INPUT
     except Exception as exc:
-        if os.environ.get("RANK", "0") == "0":
+        if lead:
             write_summary({"stage": "train", "ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]},
-                          _summary_path(cfg.termination_message_path))
+                          cfg.termination_message_path)
         raise
-    return 143 if summary.get("preempted") else 0  # 128 + SIGTERM: stopped on request, resumable
+    if summary.get("preempted"):
+        return 143  # 128 + SIGTERM: stopped on request, resumable
+    if lead:
+        print(closing_line(summary), file=sys.stderr, flush=True)
+    return EXIT_OK
 
 
-def _summary_path(path):
-    from longalign_trainer.contract import termination_message_path
+def closing_line(summary: dict) -> str:
+    """The last line of a finished run, for people.
 
-    return path or termination_message_path()
+    >>> print(closing_line({"steps": 120, "final_loss": 1.234567, "tokens_per_s": 35123.4, "export": "/o/model",
+    ...     "data": {"kept": 60, "rejected": 3}, "rejected_records": "/o/rejected-records.txt"}))
+    train: done, 120 steps, final loss 1.235, 35123 tokens/s; model in /o/model; records used 60, rejected 3 (listed in /o/rejected-records.txt)
+    """
+    from longalign_trainer.contract import human
+
+    data = summary.get("data", {})
+    rejected = data.get("rejected", 0)
+    where = f" (listed in {summary['rejected_records']})" if rejected and summary.get("rejected_records") else ""
+    return (f"train: done, {summary['steps']} steps, final loss {human(summary.get('final_loss'))}, "
+            f"{human(summary.get('tokens_per_s'))} tokens/s; model in {summary.get('export')}; "
+            f"records used {data.get('kept', 0)}, rejected {rejected}{where}")

@@ -6,12 +6,13 @@ Every field is documented here, because this is where a user looks. Validation e
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
+
+from longalign_trainer.config_files import InputError, read_mapping
 
 
 class DataFile(BaseModel):
@@ -20,10 +21,11 @@ class DataFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: Path = Field(description="JSONL file, one {\"messages\": [...]} object per line")
-    ratio: float = Field(1.0, gt=0, description=(
-        "share of this file in the mixture, relative to the other files' ratios. The mixture is the largest set "
-        "with these proportions that repeats no record; a file with more records than its share gets a seeded "
-        "random subset"))
+    ratio: float | None = Field(None, gt=0, description=(
+        "share of this file in the mixture, relative to the other files' ratios. Unset on every file (the "
+        "default): every valid record of every file is used. Set: the mixture is the largest set with these "
+        "proportions that repeats no record; a file with more records than its share gets a seeded random "
+        "subset, and the summary says per file how many were used and why"))
 
 
 class TrainConfig(BaseModel):
@@ -117,6 +119,11 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.offload_params and self.zero_stage != 3:
             raise ValueError("offload_params: needs zero_stage 3")
+        given = [f.ratio is not None for f in self.data]
+        if any(given) and not all(given):
+            missing = ", ".join(f"data[{n}]" for n, g in enumerate(given) if not g)
+            raise ValueError(f"ratio: set on some files but not on {missing}; give every file a ratio, or none "
+                             "to use every record")
         return self
 
     @property
@@ -126,7 +133,7 @@ class TrainConfig(BaseModel):
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """Read a ``TrainConfig`` from a YAML or JSON file; raises ``ValueError`` with field-named messages.
+    """Read a ``TrainConfig`` from a YAML or JSON file; raises ``InputError`` with field-named messages.
 
     >>> import tempfile, os
     >>> with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
@@ -138,18 +145,36 @@ def load_config(path: str | Path) -> TrainConfig:
     invalid training config: max_tokens_per_pack: Value error, must be a multiple of 128, got 1000
     >>> os.unlink(f.name)
     """
-    import yaml
-
     from longalign_trainer.train import stage_config
 
-    text = Path(path).read_text()
-    raw = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-    if isinstance(raw, dict) and stage_config.is_envelope(raw):  # the operator's stage-config file
+    raw = read_mapping(Path(path))
+    if stage_config.is_envelope(raw):  # the operator's stage-config file
         raw = stage_config.to_train(raw)
     try:
-        return TrainConfig.model_validate(raw or {})
+        return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ValueError("invalid training config: " + "; ".join(_describe(e) for e in exc.errors())) from None
+        raise InputError("invalid training config: " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """Fail before any process group starts when an input is missing: the model folder and each data file.
+
+    ``InputError`` names the field, the path and the fix.
+    """
+    model = cfg.model_path
+    if not model.is_dir():
+        raise InputError(f"model_path: {model} is not a folder; give a local Hugging Face model folder (with "
+                         "config.json, weights and tokenizer), e.g. one made by `longalign tiny-model DIR`")
+    if not (model / "config.json").is_file():
+        raise InputError(f"model_path: {model} has no config.json; give a Hugging Face model folder")
+    for n, data in enumerate(cfg.data):
+        where = f"data[{n}].path: {data.path}"
+        if not data.path.exists():
+            raise InputError(f"{where} does not exist; check the path (a JSONL file of LongAlign records)")
+        if not data.path.is_file():
+            raise InputError(f"{where} is not a file; give a JSONL file of LongAlign records")
+        if data.path.stat().st_size == 0:
+            raise InputError(f"{where} is empty; it needs one LongAlign record per line")
 
 
 def _describe(error: ErrorDetails) -> str:

@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -31,7 +32,7 @@ from longalign_trainer.contract import ProgressReporter, write_summary
 from longalign_trainer.train import attention, checkpointing, fused_ops, resharding
 from longalign_trainer.train.batching import StepSampler
 from longalign_trainer.train.config import TrainConfig
-from longalign_trainer.train.data import load_examples
+from longalign_trainer.train.data import REJECTED_FILE, load_examples
 from longalign_trainer.train.loss import count_step, per_token_loss, weighted_loss
 from longalign_trainer.train.packing import IGNORE_INDEX, Pack, build_pack
 
@@ -112,7 +113,7 @@ class Recipe:
 
         self.examples, self.data_report = load_examples(
             [(f.path, f.ratio) for f in cfg.data], self.tokenizer, cfg.max_tokens_per_pack, cfg.overlong, cfg.seed,
-            self.rank, self.world, all_gather)
+            self.rank, self.world, all_gather, log=_log_line, rejected_path=cfg.output_dir / REJECTED_FILE)
         self.sampler = StepSampler(
             [len(e) for e in self.examples], strategy=cfg.strategy, global_batch_size=cfg.global_batch_size,
             capacity=cfg.max_tokens_per_pack, micro_batch_size=cfg.micro_batch_size, world_size=self.world,
@@ -149,6 +150,11 @@ class Recipe:
                                                     lr_scheduler=schedule)
         if resume_from is not None:
             self.resume(resume_from, reshard)
+            if self.rank == 0:
+                _log_line(f"resumed from step {self.sampler.position} of {self.sampler.total_steps}, checkpoint "
+                          f"{resume_from}" + (f" (written by {resharding.saved_world_size(resume_from)} ranks, "
+                                              f"resharded to {self.world})" if reshard else ""))
+        self._trim_log(self.sampler.position)
 
     def deepspeed_config(self) -> dict:
         """The DeepSpeed config from our settings (one micro-batch = one pack; we own accumulation)."""
@@ -231,13 +237,28 @@ class Recipe:
         """Ask the loop to checkpoint and stop at the end of the current step."""
         self.stop_requested = True
 
+    @property
+    def log_path(self) -> Path:
+        """This rank's training log, one JSON record per step."""
+        return self.cfg.output_dir / f"train-log-rank{self.rank}.jsonl"
+
     def _log_step(self, step: int, loss: float, local: float, counts) -> None:
         """Append this rank's view of the step to OUTPUT_DIR/train-log-rank{R}.jsonl."""
         record = {"step": step + 1, "loss": loss, "local_loss": local, "sequences": counts.sequences,
                   "micro_batches": counts.micro_batches, "target_tokens": counts.target_tokens}
         self.cfg.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.cfg.output_dir / f"train-log-rank{self.rank}.jsonl", "a") as log:
+        with open(self.log_path, "a") as log:
             log.write(json.dumps(record) + "\n")
+
+    def _trim_log(self, position: int) -> None:
+        """Keep only the log records of steps up to ``position`` (where this run starts): steps a killed run
+        logged after its last checkpoint are trained again, and must not appear twice."""
+        if not self.log_path.exists():
+            return
+        lines = self.log_path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and _logged_step(line) <= position]
+        if len(kept) != len(lines):
+            _atomic_write(self.log_path, "".join(kept))
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
@@ -337,6 +358,7 @@ class Recipe:
             "checkpoint_layers": self.cfg.checkpoint_layers if self.cfg.gradient_checkpointing else None,
             "checkpoint": str(getattr(self, "last_checkpoint", "")), "export": str(export) if export else None,
             "data": self.data_report.summary(),
+            "rejected_records": str(self.cfg.output_dir / REJECTED_FILE),
         }
 
     def cleanup(self) -> None:
@@ -376,6 +398,19 @@ def _model_shape(model) -> dict:
     total = sum(numel(p) for p in model.parameters())
     cfg = model.config
     return {"non_embedding_params": total - embed, "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size}
+
+
+def _logged_step(line: str) -> int:
+    """The step of one training-log record; a line cut short by a kill counts as past every step."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62
+
+
+def _log_line(text: str) -> None:
+    """One line for people on stderr (stdout carries the progress lines)."""
+    print(f"train: {text}", file=sys.stderr, flush=True)
 
 
 def _atomic_write(path: Path, text: str) -> None:
