@@ -116,9 +116,9 @@ class LocalCluster:
     def _start_real_nodes(self, pki: PKI, server: str, deadline: float) -> None:
         net = self.network
         dns = net.add("dns", 2)
-        self.real_nodes = [RealNode(f"{REAL_NODE_PREFIX}-{i}", net.add(f"n{i}", 10 + i, pod_range=i),
-                                    self.dir / "nodes" / f"{REAL_NODE_PREFIX}-{i}")
-                           for i in range(self.real_node_count)]
+        names = [f"{REAL_NODE_PREFIX}-{i}" for i in range(self.real_node_count)]
+        self.real_nodes = [RealNode(name, net.add(f"n{i}", 10 + i, pod_range=i), self.dir / "nodes" / name,
+                                    net.run_dir / name) for i, name in enumerate(names)]
         net.route_pod_ranges()
         self.kubectl("apply", "-f", "-", input=coredns.rbac_manifest())
         coredns.start_coredns(self._procs, self.bin, pki, dns, server, self.dir / "coredns")

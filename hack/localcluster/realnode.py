@@ -53,15 +53,17 @@ exec runc "$@"
 
 @dataclass
 class RealNode:
-    """One real node: its name, network namespace and folders."""
+    """One real node: its name, network namespace, folder, and a short folder for its sockets (a unix socket
+    path may not exceed 104 characters, and test data folders are deep)."""
 
     name: str
     netns: Namespace
     dir: Path
+    run_dir: Path
 
     @property
     def socket(self) -> Path:
-        return self.dir / "containerd" / "containerd.sock"
+        return self.run_dir / "containerd.sock"
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run ``ctr`` against this node's containerd, in the Kubernetes namespace."""
@@ -92,6 +94,7 @@ def start_containerd(procs: Processes, node: RealNode, pause_image: str, wrapper
     """Start the node's containerd in its namespace, with its own root, state, socket and CNI config."""
     d = node.dir / "containerd"
     (d / "cni").mkdir(parents=True, exist_ok=True)
+    node.run_dir.mkdir(parents=True, exist_ok=True)
     (d / "cni" / "10-pods.conflist").write_text(json.dumps({
         "cniVersion": "0.4.0", "name": "pods", "plugins": [{
             "type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
@@ -106,7 +109,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 [grpc]
   address = "{node.socket}"
 [ttrpc]
-  address = "{d / 'ttrpc.sock'}"
+  address = "{node.run_dir / 'ttrpc.sock'}"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{d / 'opt'}"
 [plugins."io.containerd.grpc.v1.cri"]
