@@ -1,11 +1,11 @@
 # The README's commands: `make demo` (set up, run the tiny example here), `make cluster-demo` (on a local
-# control plane) and `make test` (set up, run the tests).
+# control plane), `make test` (set up, run the tests) and `make images` (build the container images).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
 DEMO_DIR ?= build/tiny-local
 
-.PHONY: setup demo cluster-demo cluster test
+.PHONY: setup demo cluster-demo cluster test images
 
 setup:
 	bash hack/setup.sh
@@ -21,6 +21,12 @@ cluster-demo: setup
 
 cluster: setup
 	PYTHONPATH=hack $(PY) -m localcluster up
+
+# The container images (hack/localcluster/images.py): built with podman when missing, cached in ~/.cache/longalign/images/.
+# IMAGES="operator pause" builds only those.
+images:
+	bash hack/host-packages.sh
+	PYTHONPATH=hack python3 -m localcluster.images $(IMAGES)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
