@@ -12,6 +12,7 @@ reverse order with a timeout, so nothing outlives the cluster even when a test r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import ssl
@@ -116,9 +117,11 @@ class LocalCluster:
     def _start_real_nodes(self, pki: PKI, server: str, deadline: float) -> None:
         net = self.network
         dns = net.add("dns", 2)
+        state = realnode.state_root(net.slot)
+        realnode.remove_state(state)  # of a cluster that held this slot and was killed before it cleaned up
         names = [f"{REAL_NODE_PREFIX}-{i}" for i in range(self.real_node_count)]
-        self.real_nodes = [RealNode(name, net.add(f"n{i}", 10 + i, pod_range=i), self.dir / "nodes" / name,
-                                    net.run_dir / name) for i, name in enumerate(names)]
+        self.real_nodes = [RealNode(name, net.add(f"n{i}", 10 + i, pod_range=i), state / name)
+                           for i, name in enumerate(names)]
         net.route_pod_ranges()
         self.kubectl("apply", "-f", "-", input=coredns.rbac_manifest())
         coredns.start_coredns(self._procs, self.bin, pki, dns, server, self.dir / "coredns")
@@ -143,7 +146,8 @@ class LocalCluster:
         self._procs.stop(timeout=timeout)
         for node in self.real_nodes:
             realnode.kill_shims(node)
-            realnode.unmount_under(node.dir)
+        if self.network:
+            realnode.remove_state(realnode.state_root(self.network.slot))
         self.real_nodes = []
         self._images.clear()
         if self.network:
@@ -153,17 +157,16 @@ class LocalCluster:
     def _drain_real_nodes(self) -> None:
         """Delete the real nodes' pods and give their kubelets a moment to stop them (sandboxes, volumes) as
         they would; then kill whatever containers are left."""
-        names = {n.name for n in self.real_nodes}
-        pods = self.get("pods", "-A").get("items", []) if self._api_alive() else []
-        for p in pods:
-            if p["spec"].get("nodeName") in names:
-                self.kubectl("delete", "pod", p["metadata"]["name"], "-n", p["metadata"]["namespace"],
+        if self._api_alive():
+            for node in self.real_nodes:
+                self.kubectl("delete", "pods", "-A", f"--field-selector=spec.nodeName={node.name}",
                              "--grace-period=0", "--force", "--wait=false", check=False)
-        with_tasks = lambda: [n for n in self.real_nodes if n.ctr("tasks", "ls", "-q", check=False).stdout.strip()]
-        try:
-            wait_for(lambda: not with_tasks(), 20, "the real nodes' containers to stop")
-        except TimeoutError:
-            pass
+
+        def containers_left() -> bool:
+            return any(n.ctr("tasks", "ls", "-q", check=False).stdout.strip() for n in self.real_nodes)
+
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: not containers_left(), 20, "the real nodes' containers to stop")
         for node in self.real_nodes:
             realnode.remove_containers(node)
 
@@ -288,7 +291,7 @@ class LocalCluster:
             return False
 
     def _api_alive(self) -> bool:
-        return self.api_port and self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0
+        return bool(self.api_port) and self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0
 
     def _nodes_schedulable(self) -> bool:
         out = self.kubectl("get", "nodes", "-o", "json", check=False)

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 SLOTS = 50  # 10.200.0.0/16 ... 10.249.0.0/16 hold the pod ranges
 LOCK_DIR = Path("/tmp/longalign-cluster-slots")
-RUN_DIR = Path("/run/longalign")  # short paths for unix sockets, a folder per slot
 NETNS_DIR = Path("/var/run/netns")
 
 
@@ -62,7 +60,6 @@ class BridgeNetwork:
         else:
             raise RuntimeError(f"all {SLOTS} network slots are taken (lock files in {LOCK_DIR})")
         self.bridge = f"labr{self.slot}"
-        self.run_dir = RUN_DIR / str(self.slot)
         self.subnet = ipaddress.ip_network(f"10.250.{self.slot}.0/24")
         self.host_address = str(self.subnet[1])
         self.cluster_cidr = f"10.{200 + self.slot}.0.0/16"
@@ -110,4 +107,3 @@ class BridgeNetwork:
                 if path.name.startswith(prefix) and rest and not rest[0].isdigit():
                     ip("netns", "delete", path.name, check=False)
         ip("link", "delete", self.bridge, check=False)
-        shutil.rmtree(self.run_dir, ignore_errors=True)

@@ -32,6 +32,7 @@ from localcluster.process import ClusterError, Processes, wait_for
 CNI_BIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 TAINT = "longalign.dev/real-node"  # real nodes take only pods that tolerate it, so KWOK's pods never land there
 LABEL = {"type": "real"}  # KWOK's nodes carry type=kwok
+STATE_ROOT = Path("/run/longalign")
 
 RUNC_WRAPPER = """\
 #!/bin/sh
@@ -53,17 +54,15 @@ exec runc "$@"
 
 @dataclass
 class RealNode:
-    """One real node: its name, network namespace, folder, and a short folder for its sockets (a unix socket
-    path may not exceed 104 characters, and test data folders are deep)."""
+    """One real node: its name, network namespace and state folder (under ``state_root``)."""
 
     name: str
     netns: Namespace
     dir: Path
-    run_dir: Path
 
     @property
     def socket(self) -> Path:
-        return self.run_dir / "containerd.sock"
+        return self.dir / "containerd.sock"
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run ``ctr`` against this node's containerd, in the Kubernetes namespace."""
@@ -76,6 +75,20 @@ class RealNode:
     def import_image(self, archive: Path) -> None:
         """Import an image archive (docker or OCI) into this node's containerd, where its kubelet finds it."""
         self.ctr("images", "import", str(archive))
+
+
+def state_root(slot: int) -> Path:
+    """Where the real nodes of network slot ``slot`` keep their state (containerd's images and containers, the
+    kubelet's pods): a short path, as the kubelet's and containerd's unix sockets may not exceed 104 characters
+    (test data folders are deeper). Logs stay in the cluster's data dir."""
+    return STATE_ROOT / str(slot)
+
+
+def remove_state(folder: Path) -> None:
+    """Unmount whatever is mounted below ``folder`` (first: a bind-mounted volume must not be emptied), then
+    remove it."""
+    unmount_under(folder)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_host() -> None:
@@ -94,7 +107,6 @@ def start_containerd(procs: Processes, node: RealNode, pause_image: str, wrapper
     """Start the node's containerd in its namespace, with its own root, state, socket and CNI config."""
     d = node.dir / "containerd"
     (d / "cni").mkdir(parents=True, exist_ok=True)
-    node.run_dir.mkdir(parents=True, exist_ok=True)
     (d / "cni" / "10-pods.conflist").write_text(json.dumps({
         "cniVersion": "0.4.0", "name": "pods", "plugins": [{
             "type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
@@ -109,7 +121,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 [grpc]
   address = "{node.socket}"
 [ttrpc]
-  address = "{node.run_dir / 'ttrpc.sock'}"
+  address = "{node.dir / 'ttrpc.sock'}"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{d / 'opt'}"
 [plugins."io.containerd.grpc.v1.cri"]

@@ -181,7 +181,9 @@ def test_a_cluster_with_a_real_node_stops_without_leaving_containers_mounts_or_n
             and (str(node.socket).encode() in _cmdline(p) or _cmdline(p) == b"sleep\x003617\x00")]
     assert not left, "processes of the node (its shim, the pod's container) are left"
     with open("/proc/self/mountinfo") as f:
-        assert str(tmp_path) not in f.read()
+        mounts = f.read()
+    assert str(tmp_path) not in mounts and str(node.dir) not in mounts
+    assert not node.dir.exists()
     assert not [p for p in namespaces if p.exists()]
 
 

@@ -43,7 +43,6 @@ def test_the_helm_installed_operator_runs_in_a_pod_and_picks_up_a_run(cluster: L
     wait_for(lambda: cluster.get("lar", "tiny", "-n", namespace).get("status", {}).get("phase"), 60,
              "the in-cluster operator to reconcile the run", interval=1)
     assert cluster.get("jobs", "-n", namespace, "-l", "longalign.dev/run=tiny")["items"]
-    assert "tiny" in cluster.kubectl("logs", pod["metadata"]["name"], "-n", namespace).stdout
 
     # As the README documents: the pre-delete hook (a pod of the same image) releases the runs, then all goes.
     cluster.helm("uninstall", release, "-n", namespace, "--timeout", "120s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -99,3 +100,17 @@ def test_what_a_pod_writes_to_its_claim_survives_the_pod(cluster: LocalCluster, 
                                           volumes=("checkpoints",)))
     wait_phase(cluster, namespace, "reader", "Succeeded")
     assert cluster.kubectl("logs", "reader", "-n", namespace).stdout == f"{token}\n"
+
+
+def test_a_kubelet_has_only_the_rights_of_its_own_node(cluster: LocalCluster):
+    node, other = cluster.real_nodes[:2]
+    as_node = ("--kubeconfig", str(node.dir / "kubelet" / "kubeconfig"))
+    who = json.loads(cluster.kubectl("auth", "whoami", "-o", "json", *as_node).stdout)["status"]["userInfo"]
+    assert who["username"] == f"system:node:{node.name}" and "system:nodes" in who["groups"]
+    # NodeRestriction: a kubelet may change its own Node, never another's; the Node authorizer: no Secrets at large.
+    cluster.kubectl("label", "node", node.name, "example.com/touched=yes", *as_node)
+    refused = cluster.kubectl("label", "node", other.name, "example.com/touched=yes", *as_node, check=False)
+    assert refused.returncode != 0 and "Forbidden" in refused.stderr
+    refused = cluster.kubectl("get", "secrets", "-A", *as_node, check=False)
+    assert refused.returncode != 0 and "Forbidden" in refused.stderr
+    cluster.kubectl("label", "node", node.name, "example.com/touched-")
