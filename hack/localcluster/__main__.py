@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-nodes", type=int, default=2, help="simulated CPU-only nodes (default 2)")
     parser.add_argument("--real-nodes", type=int, default=2,
                         help="real CPU nodes (containerd + kubelet, each in its own network namespace; default 2)")
+    parser.add_argument("--image", action="append", default=[], metavar="NAME",
+                        help="also build (hack/localcluster/images.py) and import this image into the real nodes, "
+                             "e.g. operator (repeatable; pause and busybox always are)")
     parser.add_argument("--data-dir", type=Path,
                         help="where state, logs and the kubeconfig go (default: a temp dir, removed after `demo`)")
     args = parser.parse_args(argv)
@@ -71,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                       real_nodes=args.real_nodes) as cluster:
         print(f"cluster ready in {time.monotonic() - t0:.1f} s; kubeconfig: {cluster.kubeconfig}")
         print(cluster.kubectl("get", "nodes", "-o", NODE_COLUMNS).stdout, end="")
+        for name in ("busybox", *args.image) if cluster.real_nodes else ():
+            print(f"image {name} on the real nodes: {cluster.load_image(name)}", flush=True)
         if args.command == "demo":
             demo_run(cluster)
         else:
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 signal.pause()
             except KeyboardInterrupt:
                 pass
-    print("control plane stopped")
+    print("cluster stopped")
     return 0
 
 
