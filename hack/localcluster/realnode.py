@@ -5,12 +5,13 @@ The kubelet registers the Node itself, authenticated by a client certificate as 
 certificate the cluster CA signed, and accepts only clients that CA signed, authorized by the apiserver.
 Its pods run for real; their images come from ``ctr images import`` into this node's containerd.
 
-Two workarounds this machine kind needs, neither visible to what a user deploys:
+Workarounds this machine kind needs, none visible to what a user deploys:
 - ``runc-wrapper``: the VM gives root no CAP_SYS_RESOURCE, so a negative ``oom_score_adj`` (the kubelet asks
   -998 for pod sandboxes, -997 for Guaranteed pods) is refused and runc fails with "can't get final child's PID
   from pipe". containerd runs runc through a wrapper that raises a negative ``oomScoreAdj`` to 0.
 - the node lives in a network namespace: the kubelet refuses a loopback node IP, and without an InternalIP the
   apiserver cannot reach it for logs and exec.
+- no QoS cgroups (``cgroupsPerQOS: false``): two kubelets on one host would each remove the other's pod cgroups.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,7 +195,7 @@ def wait_for_containerd(procs: Processes, node: RealNode, timeout: float) -> Non
 
 
 def remove_containers(node: RealNode) -> None:
-    """Kill and delete every task (container) the node's containerd still runs, and the shims of its tasks."""
+    """Kill and delete every task (container, pod sandbox) the node's containerd still runs."""
     tasks = node.ctr("tasks", "ls", "-q", check=False).stdout.split()
     for task in tasks:
         node.ctr("tasks", "kill", "--signal", "SIGKILL", task, check=False)
@@ -226,4 +226,3 @@ def unmount_under(folder: Path) -> None:
             points.append(point)
     for point in sorted(set(points), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-    time.sleep(0.1)
