@@ -22,8 +22,8 @@ cluster-demo: setup
 cluster: setup
 	PYTHONPATH=hack $(PY) -m localcluster up
 
-# The container images (hack/localcluster/images.py): built with podman when missing, cached in ~/.cache/longalign/images/.
-# IMAGES="operator pause" builds only those.
+# The container images (hack/localcluster/images.py): built with podman when missing, cached in
+# ~/.cache/longalign/images/. IMAGES="operator pause" builds only those.
 images:
 	bash hack/host-packages.sh
 	PYTHONPATH=hack python3 -m localcluster.images $(IMAGES)

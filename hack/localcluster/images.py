@@ -23,6 +23,7 @@ import argparse
 import fcntl
 import fnmatch
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -31,12 +32,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = Path(__file__).resolve().parent / "image-sources"
-# PyPI is reached from inside builds through a proxy that this host's CA bundle trusts: mount it (never COPY it).
+# This host trusts an extra certificate authority for registry traffic (PyPI): builds mount its bundle read-only,
+# never COPY it into an image.
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
@@ -103,6 +105,9 @@ def ensure_image(name: str) -> BuiltImage:
     with tempfile.TemporaryDirectory(prefix=f"longalign-image-{name}-") as scratch, \
             open(cache / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build per name at a time, across processes
+        if recipe.dockerfile is not None:  # built from a copy too, like the context
+            copy = Path(scratch) / recipe.dockerfile.name
+            recipe = replace(recipe, dockerfile=Path(shutil.copy(recipe.dockerfile, copy)))
         context = _prepare_context(recipe, Path(scratch))
         build_args = {**({"BASE_IMAGE": base.reference} if base else {}), **recipe.build_args}
         key = content_key(recipe, context, build_args)
@@ -115,17 +120,19 @@ def ensure_image(name: str) -> BuiltImage:
                 _build(image, recipe, context, build_args, Path(scratch))
             partial = image.archive.with_suffix(".partial")
             partial.unlink(missing_ok=True)
-            _run(["podman", "save", "--format", "docker-archive", "-o", str(partial), image.reference], image,
-                 "podman save")
-            partial.replace(image.archive)
+            try:
+                _run(["podman", "save", "--format", "docker-archive", "-o", str(partial), image.reference], image,
+                     "podman save")
+                partial.replace(image.archive)
+            finally:
+                partial.unlink(missing_ok=True)
             _prune(name, cache)
     return image
 
 
 def _prepare_context(recipe: Recipe, scratch: Path) -> Path:
-    """The build context: the repository, or a scratch folder holding the one file the image is made of."""
-    if recipe.prepare is None:
-        return recipe.context
+    """The build context, a scratch folder: a copy of the files the Dockerfile copies (so the build sees exactly
+    what the key hashed, even if the repository changes meanwhile), or the one file the image is made of."""
     context = scratch / "context"
     context.mkdir()
     if recipe.prepare == "pause":
@@ -134,12 +141,17 @@ def _prepare_context(recipe: Recipe, scratch: Path) -> Path:
         if out.returncode != 0:
             raise ImageBuildError(f"pause: {shlex.join(cc)} failed (install gcc and libc6-dev: "
                                   f"hack/host-packages.sh):\n{out.stdout}{out.stderr}")
-    else:
+    elif recipe.prepare == "busybox":
         busybox = shutil.which("busybox") or "/bin/busybox"
         if subprocess.run(["ldd", busybox], capture_output=True).returncode == 0:  # ldd fails on static binaries
             raise ImageBuildError(f"busybox: {busybox} is not a static binary (install Debian's busybox-static: "
                                   "hack/host-packages.sh)")
         shutil.copy2(busybox, context / "busybox")
+    elif recipe.dockerfile is not None:
+        for path in _copied_files(recipe.dockerfile, recipe.context):
+            target = context / path.relative_to(recipe.context)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
     return context
 
 
@@ -169,13 +181,17 @@ def _copied_files(dockerfile: Path, context: Path) -> list[Path]:
                if line.startswith("**/")]
     sources: list[Path] = []
     for line in _instructions(dockerfile):
-        words = shlex.split(line)
-        if words[0].upper() == "COPY":
-            sources += [context / word for word in words[1:-1] if not word.startswith("--")]
+        instruction, _, rest = line.partition(" ")
+        if instruction.upper() == "ADD":
+            raise ImageBuildError(f"{dockerfile}: use COPY, not ADD (the image's key covers COPY sources only)")
+        if instruction.upper() == "COPY":
+            words = json.loads(rest) if rest.lstrip().startswith("[") else shlex.split(rest)
+            for word in [w for w in words if not w.startswith("--")][:-1]:
+                if not (matches := sorted(context.glob(word.strip("/")))):
+                    raise ImageBuildError(f"{dockerfile}: COPY source {word} is not in {context}")
+                sources += matches
     files = []
     for source in sources:
-        if not source.exists():
-            raise ImageBuildError(f"{dockerfile.name}: COPY source {source.relative_to(context)} is not in {context}")
         for path in sorted([source] if source.is_file() else source.rglob("*")):
             parts = path.relative_to(context).parts
             if path.is_file() and not any(fnmatch.fnmatch(p, pattern) for p in parts for pattern in ignored):
@@ -260,9 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := [name for name in args.names if name not in IMAGES]:
         parser.error(f"unknown image {', '.join(unknown)}: choose from {', '.join(IMAGES)}")
     try:
-        for image in ensure_images(args.names or IMAGES):
+        for name in args.names or IMAGES:
+            t0 = time.monotonic()
+            image = ensure_image(name)
             size = image.archive.stat().st_size / 2**20
-            print(f"{image.name:12} {image.reference:48} {image.archive} ({size:,.0f} MiB)", flush=True)
+            print(f"{name:12} {image.reference:48} {image.archive} ({size:,.0f} MiB, {time.monotonic() - t0:.1f} s)",
+                  flush=True)
     except ImageBuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

