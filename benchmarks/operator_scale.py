@@ -93,7 +93,7 @@ def main() -> None:
                              "completions overlap the creation burst; real training pods run for hours)")
     args = parser.parse_args()
 
-    with LocalCluster(gpu_nodes=args.gpu_nodes, cpu_nodes=0) as cluster:
+    with LocalCluster(gpu_nodes=args.gpu_nodes, cpu_nodes=0, real_nodes=0) as cluster:
         install_manifests(cluster)
         op = OperatorProcess(cluster.kubeconfig_for("longalign-operator", "longalign-system"),
                              cluster.dir / "operator.log", reconcile_interval=5)

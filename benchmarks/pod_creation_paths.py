@@ -33,7 +33,7 @@ POD_SPEC = {"restartPolicy": "Never",
 def measure(path: str, groups: int, per_group: int, gpu_nodes: int, rate: float = 0,
             complete: bool = False) -> list[float]:
     """Seconds from each group's create call to the last of its pods seen, on a fresh control plane."""
-    with LocalCluster(gpu_nodes=gpu_nodes, cpu_nodes=0) as cluster:
+    with LocalCluster(gpu_nodes=gpu_nodes, cpu_nodes=0, real_nodes=0) as cluster:
         cluster.kubectl("create", "namespace", NS)
         wait_for(lambda: cluster.kubectl("get", "sa", "default", "-n", NS, check=False).returncode == 0, 30,
                  "the namespace's ServiceAccount")

@@ -13,10 +13,10 @@ from localcluster import LocalCluster, wait_for
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory) -> LocalCluster:
-    """A real control plane with 8 GPU and 2 CPU KWOK nodes, fresh for this session, stopped at its end."""
+    """A real cluster with 8 GPU and 2 CPU KWOK nodes and 2 real nodes, fresh for this session, stopped at its end."""
     t0 = time.monotonic()
     with LocalCluster(data_dir=tmp_path_factory.mktemp("cluster")) as c:
-        print(f"\nlocal control plane ready in {time.monotonic() - t0:.1f} s; KUBECONFIG={c.kubeconfig}")
+        print(f"\nlocal cluster ready in {time.monotonic() - t0:.1f} s; KUBECONFIG={c.kubeconfig}")
         yield c
 
 

@@ -1,4 +1,4 @@
-"""The project's local Kubernetes control plane (real binaries, KWOK GPU nodes); see cluster.py."""
+"""The project's local Kubernetes cluster (real binaries, KWOK GPU nodes, real CPU nodes); see cluster.py."""
 
 from localcluster.cluster import ClusterError, LocalCluster, bin_dir, wait_for
 

@@ -1,7 +1,9 @@
 """Command line of the local control plane.
 
-    python -m localcluster demo   # start, show the GPU nodes, install the operator, take a run to the end, stop
+    python -m localcluster demo   # start, show the nodes, install the operator, take a run to the end, stop
     python -m localcluster up     # start, install the CRD and RBAC, keep running until Ctrl-C (prints how to use it)
+
+Both start the real nodes too (--real-nodes 0 leaves them out; they need root).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ EXAMPLE = REPO / "manifests" / "examples" / "tiny-run.yaml"
 NODE_COLUMNS = ("custom-columns=NAME:.metadata.name,READY:.status.conditions[?(@.type=='Ready')].status,"
                 "GPUS:.status.allocatable.nvidia\\.com/gpu,PRODUCT:.metadata.labels.nvidia\\.com/gpu\\.product,"
                 "CPU:.status.allocatable.cpu,MEMORY:.status.allocatable.memory,"
-                "ZONE:.metadata.labels.topology\\.kubernetes\\.io/zone")
+                "ZONE:.metadata.labels.topology\\.kubernetes\\.io/zone,TYPE:.metadata.labels.type,"
+                "INTERNAL-IP:.status.addresses[?(@.type=='InternalIP')].address")
 
 
 def demo_run(cluster: LocalCluster) -> None:
@@ -54,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["demo", "up"])
     parser.add_argument("--gpu-nodes", type=int, default=8, help="simulated 8-GPU nodes (default 8)")
     parser.add_argument("--cpu-nodes", type=int, default=2, help="simulated CPU-only nodes (default 2)")
+    parser.add_argument("--real-nodes", type=int, default=2,
+                        help="real CPU nodes (containerd + kubelet, each in its own network namespace; default 2)")
+    parser.add_argument("--image", action="append", default=[], metavar="NAME",
+                        help="also build (hack/localcluster/images.py) and import this image into the real nodes, "
+                             "e.g. operator (repeatable; pause and busybox always are)")
     parser.add_argument("--data-dir", type=Path,
                         help="where state, logs and the kubeconfig go (default: a temp dir, removed after `demo`)")
     args = parser.parse_args(argv)
@@ -63,20 +71,28 @@ def main(argv: list[str] | None = None) -> int:
         scratch = tempfile.TemporaryDirectory(prefix="longalign-demo-")
         args.data_dir = Path(scratch.name)
     t0 = time.monotonic()
-    with LocalCluster(binaries, args.data_dir, gpu_nodes=args.gpu_nodes, cpu_nodes=args.cpu_nodes) as cluster:
-        print(f"control plane ready in {time.monotonic() - t0:.1f} s; kubeconfig: {cluster.kubeconfig}")
+    with LocalCluster(binaries, args.data_dir, gpu_nodes=args.gpu_nodes, cpu_nodes=args.cpu_nodes,
+                      real_nodes=args.real_nodes) as cluster:
+        print(f"cluster ready in {time.monotonic() - t0:.1f} s; kubeconfig: {cluster.kubeconfig}")
         print(cluster.kubectl("get", "nodes", "-o", NODE_COLUMNS).stdout, end="")
+        for name in ("busybox", *args.image) if cluster.real_nodes else ():
+            print(f"image {name} on the real nodes: {cluster.load_image(name)}", flush=True)
         if args.command == "demo":
             demo_run(cluster)
         else:
             install_manifests(cluster)
-            print(f"installed manifests/crd and manifests/rbac\n\nexport KUBECONFIG={cluster.kubeconfig} "
-                  f"PATH={binaries}:$PATH\nthen: longalign operator\n"
+            operator = cluster.kubeconfig_for("longalign-operator", "longalign-system")
+            print(f"installed manifests/crd and manifests/rbac\n\n"
+                  f"as the operator's ServiceAccount (what manifests/rbac grants it):\n"
+                  f"  export KUBECONFIG={operator} PATH={binaries}:$PATH\n"
+                  f"then: longalign operator\n\n"
+                  f"as cluster admin (everything else, e.g. kubectl apply -f manifests/examples/tiny-run.yaml):\n"
+                  f"  export KUBECONFIG={cluster.kubeconfig} PATH={binaries}:$PATH\n"
                   "running until Ctrl-C (logs in the same folder)", flush=True)
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
             with contextlib.suppress(KeyboardInterrupt):
                 signal.pause()
-    print("control plane stopped")
+    print("cluster stopped")
     return 0
 
 

@@ -4,20 +4,23 @@
 #   hack/localcluster/build.sh          # prints the bin directory (builds what is missing)
 #
 # The cache is keyed by every version below; change a version and a fresh directory is built.
-# Binaries: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, helm; plus KWOK's own
-# node stages (kwok-node-stages.yaml) and Logs CRD (kwok-logs-crd.yaml), taken from the same kwok module.
+# Binaries: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, helm; for the real
+# nodes kubelet, kube-proxy and coredns; plus KWOK's own node stages (kwok-node-stages.yaml) and Logs CRD
+# (kwok-logs-crd.yaml), taken from the same kwok module.
 set -euo pipefail
 
-K8S_VERSION=v1.34.4        # kube-apiserver, controller manager, scheduler, kubectl
+K8S_VERSION=v1.34.4        # kube-apiserver, controller manager, scheduler, kubectl, kubelet, kube-proxy
 ETCD_VERSION=v3.6.16       # the 3.6 line Kubernetes 1.34 supports (>= 3.5.13)
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
+COREDNS_VERSION=v1.12.4
 
-KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_coredns-${COREDNS_VERSION}"
 CACHE_ROOT=${LONGALIGN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/longalign}
 BIN=$CACHE_ROOT/cluster-bin/$KEY
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ALL=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+K8S=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
+ALL=(etcd "${K8S[@]}" kwok helm coredns)
 
 missing=()
 for b in "${ALL[@]}"; do [ -x "$BIN/$b" ] || missing+=("$b"); done
@@ -30,7 +33,7 @@ mkdir -p "$BIN"
 log() { echo "[build $(date +%T)] $*" >&2; }
 start=$(date +%s)
 
-build_k8s() {
+build_k8s() {  # commands of k8s.io/kubernetes/cmd
   # k8s.io/kubernetes cannot be `go install`ed: its go.mod points the k8s.io/* staging modules at ./staging.
   # The wrapper module in gomod/k8s replaces each with its published v0.Y.Z tag.
   local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
@@ -39,10 +42,8 @@ build_k8s() {
     ldf+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
     ldf+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
   done
-  log "kubernetes $K8S_VERSION"
-  (cd "$HERE/gomod/k8s" && go build -p 2 -trimpath -ldflags "$ldf" -o "$BIN/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+  log "kubernetes $K8S_VERSION: $*"
+  (cd "$HERE/gomod/k8s" && go build -p 2 -trimpath -ldflags "$ldf" -o "$BIN/" "${@/#/k8s.io/kubernetes/cmd/}")
 }
 
 build_etcd() {
@@ -82,19 +83,21 @@ copy_kwok_logs_crd() {
   cp "$dir/kustomize/crd/bases/kwok.x-k8s.io_logs.yaml" "$BIN/kwok-logs-crd.yaml"
 }
 
+k8s_missing=()
 for b in "${missing[@]}"; do
   case $b in
     etcd) build_etcd ;;
-    kube-*|kubectl) [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kubectl" ] && [ -x "$BIN/kube-scheduler" ] \
-                      && [ -x "$BIN/kube-controller-manager" ] || build_k8s ;;
+    kube*) k8s_missing+=("$b") ;;  # built together below
     kwok) build_go_install kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" \
             "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" ;;
     helm) build_go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
             "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION $(helm_kube_version_flags)" ;;
+    coredns) build_go_install coredns "github.com/coredns/coredns@$COREDNS_VERSION" ;;
     kwok-node-stages) copy_kwok_node_stages ;;
     kwok-logs-crd) copy_kwok_logs_crd ;;
   esac
 done
+[ ${#k8s_missing[@]} -eq 0 ] || build_k8s "${k8s_missing[@]}"
 for b in "${ALL[@]}"; do [ -x "$BIN/$b" ] || { echo "build.sh: $b was not built" >&2; exit 1; }; done
 [ -s "$BIN/kwok-node-stages.yaml" ] || { echo "build.sh: kwok node stages missing" >&2; exit 1; }
 [ -s "$BIN/kwok-logs-crd.yaml" ] || { echo "build.sh: kwok Logs CRD missing" >&2; exit 1; }

@@ -1,10 +1,10 @@
-"""A real Kubernetes control plane on this machine, with simulated GPU nodes, for tests and demos.
+"""A real Kubernetes cluster on this machine, for tests and demos: the genuine control plane, simulated GPU
+nodes, and real CPU nodes that run pods.
 
-It runs the genuine binaries (built by ``build.sh`` from Go modules): etcd, kube-apiserver (TLS, RBAC,
-service-account signing), kube-controller-manager (Jobs -> Pods, garbage collection, ServiceAccounts),
-kube-scheduler, and KWOK, which plays the kubelet for fake nodes. Pods are scheduled for real; KWOK then
-moves them through the lifecycle that ``pod-stages.yaml`` describes, so a test decides whether a pod
-completes, fails, hangs or cannot pull its image.
+The parts, each in a module of its own: ``pki`` (certificates), ``etcd``, ``apiserver``, ``controller_manager``,
+``scheduler``, ``kwok`` (the simulated nodes), ``network`` (a bridge and a network namespace per real node),
+``realnode`` (containerd + kubelet), ``kube_proxy``, ``coredns``. ``build.sh`` builds the binaries from Go
+modules; ``images.py`` builds the images the real nodes run.
 
 Every process is started in its own process group with a parent-death signal, and ``stop()`` ends them in
 reverse order with a timeout, so nothing outlives the cluster even when a test run is killed.
@@ -13,85 +13,33 @@ reverse order with a timeout, so nothing outlives the cluster even when a test r
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
-import signal
-import socket
 import ssl
 import subprocess
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from localcluster import coredns, images, realnode
+from localcluster.apiserver import start_apiserver
+from localcluster.controller_manager import start_controller_manager
+from localcluster.etcd import start_etcd
+from localcluster.kube_proxy import start_kube_proxy
+from localcluster.kwok import CPU_NODE, GPU_NODE, fake_node, start_kwok
+from localcluster.network import BridgeNetwork
+from localcluster.pki import PKI
+from localcluster.process import ClusterError, Processes, free_port, wait_for
+from localcluster.realnode import RealNode
+from localcluster.scheduler import start_scheduler
+
+__all__ = ["ClusterError", "LocalCluster", "bin_dir", "free_port", "wait_for"]
 HERE = Path(__file__).resolve().parent
-ADMIN_TOKEN = "longalign-admin-token"  # noqa: S105 - a throwaway credential of a throwaway cluster
-# An address outside every private range and never routed, used only as the apiserver's advertised
-# address: the apiserver needs one on a host without a default route, and loopback is rejected there.
-ADVERTISE_ADDRESS = "192.0.2.10"
-SERVICE_CIDR = "10.96.0.0/16"
-POD_CIDR = "10.244.0.0/16"
-
-
-@dataclass(frozen=True)
-class NodeShape:
-    """One kind of simulated node: its name prefix, capacity and labels."""
-
-    prefix: str
-    cpu: str
-    memory: str
-    gpus: int = 0
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-GPU_NODE = NodeShape(
-    prefix="gpu-node",
-    cpu="192",
-    memory="2Ti",
-    gpus=8,
-    labels={
-        "nvidia.com/gpu.present": "true",
-        "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
-        "nvidia.com/gpu.count": "8",
-        "nvidia.com/gpu.memory": "81559",
-        "node.kubernetes.io/instance-type": "gpu-8xh100",
-    },
-)
-CPU_NODE = NodeShape(
-    prefix="cpu-node",
-    cpu="32",
-    memory="128Gi",
-    labels={"node.kubernetes.io/instance-type": "cpu-32"},
-)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """Runs in each child before exec: own process group, and SIGTERM if the parent dies."""
-    os.setsid()
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    """Call ``predicate`` until it returns something truthy and return that; TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+REAL_NODE_PREFIX = "real-node"
+# Components that schedule or make pods: stopped before the real nodes are drained, so nothing comes back.
+POD_MAKERS = {"kwok", "kube-scheduler", "kube-controller-manager"}
 
 
 def bin_dir() -> Path:
@@ -102,15 +50,13 @@ def bin_dir() -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
-class ClusterError(RuntimeError):
-    """The control plane did not come up; the message names the component and its log file."""
-
-
 class LocalCluster:
-    """etcd + kube-apiserver + controller manager + scheduler + KWOK nodes, started and stopped as one.
+    """The control plane + KWOK nodes + real nodes, started and stopped as one.
 
     Use as a context manager, or call ``start()`` and ``stop()``. ``kubeconfig`` is an admin kubeconfig
     (group ``system:masters``); ``env()`` gives an environment with ``KUBECONFIG`` and the binaries on PATH.
+    ``real_nodes`` real CPU nodes (``real-node-<i>``, label ``type: real``) run pods for real; they are
+    tainted ``longalign.dev/real-node=true:NoSchedule``, so only pods that tolerate it land there.
     """
 
     def __init__(
@@ -120,52 +66,109 @@ class LocalCluster:
         gpu_nodes: int = 8,
         cpu_nodes: int = 2,
         zones: tuple[str, ...] = ("zone-a", "zone-b"),
+        real_nodes: int = 2,
     ) -> None:
         self.bin = binaries or bin_dir()
         self.dir = Path(data_dir or tempfile.mkdtemp(prefix="longalign-cluster-"))
         self.nodes = [(GPU_NODE, i) for i in range(gpu_nodes)] + [(CPU_NODE, i) for i in range(cpu_nodes)]
         self.zones = zones
+        self.real_node_count = real_nodes
+        self.real_nodes: list[RealNode] = []
         self.kubeconfig = self.dir / "admin.kubeconfig"
         self.api_port = 0
-        self._procs: list[tuple[str, subprocess.Popen]] = []
-        self._logs: list = []
+        self.network: BridgeNetwork | None = None
+        self._procs = Processes(self.dir)
+        self._images: dict[str, str] = {}  # name -> reference, of the images imported into the real nodes
 
     # ----------------------------------------------------------------------------------------- lifecycle
-    def start(self, timeout: float = 60.0) -> LocalCluster:
-        """Start every component and return once nodes are Ready and schedulable."""
+    def start(self, timeout: float = 90.0) -> LocalCluster:
+        """Start every component and return once all nodes are Ready and schedulable."""
         deadline = time.monotonic() + timeout
         try:
-            self._write_certs()
-            etcd_port = self._start_etcd()
+            self.dir.mkdir(parents=True, exist_ok=True)
+            pki = PKI(self.dir / "pki")
+            if self.real_node_count:
+                realnode.check_host()
+                self.network = BridgeNetwork()
+            etcd_port = start_etcd(self._procs, self.bin, self.dir / "etcd")
             self._wait(lambda: self._http_ok(f"http://127.0.0.1:{etcd_port}/health"), deadline, "etcd")
-            self._start_apiserver(etcd_port)
-            self._wait(lambda: self._http_ok(f"https://127.0.0.1:{self.api_port}/readyz"), deadline,
-                       "kube-apiserver")
-            self._start_controllers()
-            self._create_nodes()
-            self._wait(self._nodes_schedulable, deadline, "kwok (nodes Ready, not-ready taint removed)")
+            api = start_apiserver(self._procs, self.bin, pki, etcd_port, self.kubeconfig,
+                                  self.network.host_address if self.network else None)
+            self.api_port = api.port
+            self._wait(lambda: self._http_ok(f"{api.url}/readyz", pki), deadline, "kube-apiserver")
+            start_controller_manager(self._procs, self.bin, pki, self.kubeconfig)
+            start_scheduler(self._procs, self.bin, self.kubeconfig)
+            self.kubectl("apply", "--server-side", "-f", str(self.bin / "kwok-logs-crd.yaml"))
+            wait_for(lambda: self.kubectl("get", "logs.kwok.x-k8s.io", "-A", check=False).returncode == 0, 30,
+                     "the KWOK Logs CRD")
+            start_kwok(self._procs, self.bin, self.dir, self.kubeconfig, pki.serving("kwok", ["127.0.0.1"]))
+            if self.nodes:
+                self.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+                    fake_node(shape, i, self.zones) for shape, i in self.nodes]}))
+            if self.network:
+                self._start_real_nodes(pki, api.url, deadline)
+            self._wait(self._nodes_schedulable, deadline, "the nodes (Ready, not-ready taint removed)")
             self._wait(self._default_service_account, deadline, "kube-controller-manager (default ServiceAccount)")
         except BaseException:
             self.stop()
             raise
         return self
 
+    def _start_real_nodes(self, pki: PKI, server: str, deadline: float) -> None:
+        net = self.network
+        dns = net.add("dns", 2)
+        state = realnode.state_root(net.slot)
+        realnode.remove_state(state)  # of a cluster that held this slot and was killed before it cleaned up
+        names = [f"{REAL_NODE_PREFIX}-{i}" for i in range(self.real_node_count)]
+        self.real_nodes = [RealNode(name, net.add(f"n{i}", 10 + i, pod_range=i), state / name)
+                           for i, name in enumerate(names)]
+        net.route_pod_ranges()
+        self.kubectl("apply", "-f", "-", input=coredns.rbac_manifest())
+        coredns.start_coredns(self._procs, self.bin, pki, dns, server, self.dir / "coredns")
+        wrapper = realnode.write_runc_wrapper(self.dir / "runc-wrapper")
+        pause = images.ensure_image("pause").reference
+        for node in self.real_nodes:
+            realnode.start_containerd(self._procs, node, pause, wrapper)
+        for node in self.real_nodes:
+            realnode.wait_for_containerd(self._procs, node, deadline - time.monotonic())
+        for name in ("pause", "busybox"):
+            self.load_image(name)
+        for node in self.real_nodes:
+            realnode.start_kubelet(self._procs, self.bin, pki, node, server, dns.address)
+            start_kube_proxy(self._procs, self.bin, pki, node, server, net.cluster_cidr)
+
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop components in reverse start order; SIGKILL whatever has not exited within ``timeout``."""
-        while self._procs:
-            name, proc = self._procs.pop()
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-        for f in self._logs:
-            f.close()
-        self._logs.clear()
+        """Stop everything in reverse start order (SIGKILL what outlives ``timeout``); remove what the real
+        nodes left: their containers, mounts and network namespaces."""
+        self._procs.stop(POD_MAKERS, timeout)
+        if self.real_nodes:
+            self._drain_real_nodes()
+        self._procs.stop(timeout=timeout)
+        for node in self.real_nodes:
+            realnode.kill_shims(node)
+        if self.network:
+            realnode.remove_state(realnode.state_root(self.network.slot))
+        self.real_nodes = []
+        self._images.clear()
+        if self.network:
+            self.network.close()
+            self.network = None
+
+    def _drain_real_nodes(self) -> None:
+        """Delete the real nodes' pods and give their kubelets a moment to stop them (sandboxes, volumes) as
+        they would; then kill whatever containers are left."""
+        if self._api_alive():
+            for node in self.real_nodes:
+                self.kubectl("delete", "pods", "-A", f"--field-selector=spec.nodeName={node.name}",
+                             "--grace-period=0", "--force", "--wait=false", check=False)
+
+        def containers_left() -> bool:
+            return any(n.ctr("tasks", "ls", "-q", check=False).stdout.strip() for n in self.real_nodes)
+
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: not containers_left(), 20, "the real nodes' containers to stop")
+        for node in self.real_nodes:
+            realnode.remove_containers(node)
 
     def __enter__(self) -> LocalCluster:
         return self.start()
@@ -176,7 +179,7 @@ class LocalCluster:
     @property
     def pids(self) -> list[int]:
         """Process ids of the running components."""
-        return [p.pid for _, p in self._procs]
+        return self._procs.pids
 
     # ------------------------------------------------------------------------------------------- helpers
     def env(self) -> dict[str, str]:
@@ -208,6 +211,16 @@ class LocalCluster:
         path.write_text(json.dumps(config, indent=2))
         return path
 
+    def load_image(self, name: str) -> str:
+        """Build image ``name`` (``images.ensure_image``) and import it into every real node, once; returns its
+        reference, for a pod spec (with ``imagePullPolicy: IfNotPresent`` or ``Never``)."""
+        if name not in self._images:
+            image = images.ensure_image(name)
+            for node in self.real_nodes:
+                node.import_image(image.archive)
+            self._images[name] = image.reference
+        return self._images[name]
+
     def set_log(self, namespace: str, pod: str, lines: list[str], container: str | None = None) -> None:
         """Make ``kubectl logs`` of a simulated pod print ``lines``, stamped now (call again to replace them).
 
@@ -223,14 +236,19 @@ class LocalCluster:
             "spec": {"logs": [log]}}))
 
     def create_bound_claims(self, namespace: str, names: tuple[str, ...] = ("models", "data", "checkpoints")) -> None:
-        """PersistentVolumeClaims bound to hostPath volumes, as a storage provisioner would leave them (the
-        scheduler does not place pods whose claims are unbound)."""
+        """PersistentVolumeClaims bound to static hostPath volumes, as a storage provisioner would leave them
+        (the scheduler does not place pods whose claims are unbound).
+
+        Each volume is a folder under the cluster's data dir, made on first use; every real node sees the same
+        folder (only network namespaces differ between nodes), so the volumes are truly ReadWriteMany.
+        """
         for name in names:
             pv = f"{namespace}-{name}"[:63]
             self.kubectl("create", "-f", "-", input=json.dumps({
                 "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
                 "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                         "persistentVolumeReclaimPolicy": "Delete", "hostPath": {"path": f"/tmp/{pv}"},
+                         "persistentVolumeReclaimPolicy": "Retain",
+                         "hostPath": {"path": str(self.dir / "volumes" / pv), "type": "DirectoryOrCreate"},
                          "claimRef": {"namespace": namespace, "name": name}}}))
             self.create(namespace, {
                 "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
@@ -253,126 +271,10 @@ class LocalCluster:
             raise subprocess.CalledProcessError(proc.returncode, [name, *args], proc.stdout, proc.stderr)
         return proc
 
-    # -------------------------------------------------------------------------------------- components
-    def _spawn(self, name: str, *args: str) -> None:
-        log = open(self.dir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
-        self._logs.append(log)
-        proc = subprocess.Popen([str(self.bin / name), *args], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-        self._procs.append((name, proc))
-
-    def _openssl(self, *args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=self.dir, check=True, capture_output=True)
-
-    def _write_certs(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
-                      "-subj", "/CN=longalign-local-ca", "-keyout", "ca.key", "-out", "ca.crt")
-        self._openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver",
-                      "-keyout", "apiserver.key", "-out", "apiserver.csr")
-        (self.dir / "san.ext").write_text(
-            f"subjectAltName=IP:127.0.0.1,DNS:localhost,IP:{ADVERTISE_ADDRESS},IP:10.96.0.1,"
-            "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n"
-        )
-        self._openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                      "-CAcreateserial", "-days", "3650", "-extfile", "san.ext", "-out", "apiserver.crt")
-        self._openssl("genrsa", "-out", "sa.key", "2048")
-        self._openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
-        (self.dir / "tokens.csv").write_text(f'{ADMIN_TOKEN},admin,admin,"system:masters"\n')
-
-    def _start_etcd(self) -> int:
-        client, peer = free_port(), free_port()
-        self._spawn(
-            "etcd", "--name=local", f"--data-dir={self.dir / 'etcd'}",
-            f"--listen-client-urls=http://127.0.0.1:{client}", f"--advertise-client-urls=http://127.0.0.1:{client}",
-            f"--listen-peer-urls=http://127.0.0.1:{peer}", f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-            f"--initial-cluster=local=http://127.0.0.1:{peer}", "--unsafe-no-fsync", "--log-level=warn",
-        )
-        return client
-
-    def _start_apiserver(self, etcd_port: int) -> None:
-        self.api_port = free_port()
-        d = self.dir
-        self._spawn(
-            "kube-apiserver", f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.api_port}", f"--advertise-address={ADVERTISE_ADDRESS}",
-            f"--cert-dir={d / 'apiserver-certs'}", f"--tls-cert-file={d / 'apiserver.crt'}",
-            f"--tls-private-key-file={d / 'apiserver.key'}", f"--client-ca-file={d / 'ca.crt'}",
-            f"--token-auth-file={d / 'tokens.csv'}", "--authorization-mode=RBAC",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={d / 'sa.pub'}", f"--service-account-signing-key-file={d / 'sa.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true", "--v=1",
-        )
-        self.kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "longalign-local",
-            "clusters": [{"name": "longalign-local", "cluster": {
-                "server": f"https://127.0.0.1:{self.api_port}", "certificate-authority": str(d / "ca.crt")}}],
-            "users": [{"name": "admin", "user": {"token": ADMIN_TOKEN}}],
-            "contexts": [{"name": "longalign-local", "context": {"cluster": "longalign-local", "user": "admin"}}],
-        }, indent=2))
-
-    def _start_controllers(self) -> None:
-        kc = f"--kubeconfig={self.kubeconfig}"
-        # Generous client rate limits: the control plane is scenery here, not what the tests measure.
-        limits = ("--kube-api-qps=1000", "--kube-api-burst=2000")
-        self._spawn(
-            "kube-controller-manager", kc, "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
-            "--controllers=*", f"--root-ca-file={self.dir / 'ca.crt'}",
-            f"--service-account-private-key-file={self.dir / 'sa.key'}", "--use-service-account-credentials=true",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--node-monitor-period=1s", *limits, "--v=1",
-            # The Job controller syncs 5 Jobs at a time by default; with hundreds of runs starting together it,
-            # not the operator, set the pace (benchmarks/operator_scale.py). Large clusters raise it the same way.
-            "--concurrent-job-syncs=50",
-        )
-        self._spawn("kube-scheduler", kc, "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
-                    *limits, "--v=1")
-        config = self.dir / "kwok.yaml"
-        config.write_text("\n---\n".join([
-            KWOK_OPTIONS,
-            (self.bin / "kwok-node-stages.yaml").read_text(),
-            (HERE / "pod-stages.yaml").read_text(),
-        ]))
-        # KWOK also plays the kubelet's API (container logs from files named in Logs objects), on loopback.
-        self.kubectl("apply", "--server-side", "-f", str(self.bin / "kwok-logs-crd.yaml"))
-        wait_for(lambda: self.kubectl("get", "logs.kwok.x-k8s.io", "-A", check=False).returncode == 0, 30,
-                 "the KWOK Logs CRD")
-        kubelet_port = free_port()
-        self._spawn("kwok", kc, f"--config={config}", "--manage-all-nodes=false",
-                    "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake", f"--cidr={POD_CIDR}",
-                    "--node-ip=127.0.0.1",  # nodes must never point the apiserver off this machine
-                    f"--node-port={kubelet_port}", f"--server-address=127.0.0.1:{kubelet_port}",
-                    f"--tls-cert-file={self.dir / 'apiserver.crt'}",
-                    f"--tls-private-key-file={self.dir / 'apiserver.key'}", "--enable-crds=Logs")
-
-    def _create_nodes(self) -> None:
-        items = [self._node(shape, i) for shape, i in self.nodes]
-        self.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
-
-    def _node(self, shape: NodeShape, index: int) -> dict:
-        name = f"{shape.prefix}-{index}"
-        capacity = {"cpu": shape.cpu, "memory": shape.memory, "pods": "110", "ephemeral-storage": "2Ti"}
-        if shape.gpus:
-            capacity["nvidia.com/gpu"] = str(shape.gpus)
-        return {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {
-                "name": name,
-                "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-                "labels": {
-                    "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                    "topology.kubernetes.io/zone": self.zones[index % len(self.zones)], "type": "kwok",
-                    **shape.labels,
-                },
-            },
-            "status": {"capacity": capacity, "allocatable": capacity},
-        }
-
     # ------------------------------------------------------------------------------------------- waits
     def _wait(self, ready, deadline: float, component: str) -> None:
         def up() -> bool:
-            for name, proc in self._procs:
-                if proc.poll() is not None:
-                    raise ClusterError(f"{name} exited with code {proc.returncode}; see {self.dir / name}.log")
+            self._procs.check()
             return ready()
 
         try:
@@ -380,38 +282,27 @@ class LocalCluster:
         except TimeoutError as e:
             raise ClusterError(f"{e}; logs are in {self.dir}") from None
 
-    def _http_ok(self, url: str) -> bool:
-        ctx = ssl.create_default_context(cafile=str(self.dir / "ca.crt"))
+    def _http_ok(self, url: str, pki: PKI | None = None) -> bool:
+        ctx = ssl.create_default_context(cafile=str(pki.ca.cert)) if pki else None
         try:
-            with urllib.request.urlopen(url, timeout=2, context=ctx if url.startswith("https") else None) as r:
+            with urllib.request.urlopen(url, timeout=2, context=ctx) as r:
                 return r.status == 200
         except OSError:
             return False
+
+    def _api_alive(self) -> bool:
+        return bool(self.api_port) and self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0
 
     def _nodes_schedulable(self) -> bool:
         out = self.kubectl("get", "nodes", "-o", "json", check=False)
         if out.returncode != 0:
             return False
         nodes = json.loads(out.stdout)["items"]
-        return len(nodes) == len(self.nodes) and all(
+        return len(nodes) == len(self.nodes) + len(self.real_nodes) and all(
             any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
-            and not n["spec"].get("taints")
+            and not any(t["key"].startswith("node.kubernetes.io/") for t in n["spec"].get("taints", []))
             for n in nodes
         )
 
     def _default_service_account(self) -> bool:
         return self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
-
-
-KWOK_OPTIONS = """\
-apiVersion: config.kwok.x-k8s.io/v1alpha1
-kind: KwokConfiguration
-options:
-  # With a config file KWOK applies none of its option defaults, and zero parallelism is rejected.
-  podPlayStageParallelism: 8
-  nodePlayStageParallelism: 4
-  nodeLeaseParallelism: 4
-  podsOnNodeSyncParallelism: 4
-  nodeLeaseDurationSeconds: 40
-  enableDebuggingHandlers: true  # container logs (kubectl logs) for simulated pods
-"""

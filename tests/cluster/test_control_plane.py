@@ -151,7 +151,7 @@ def test_a_service_account_without_permission_is_refused(cluster: LocalCluster, 
 
 
 def test_a_cluster_stops_without_leaving_processes_or_ports(tmp_path):
-    c = LocalCluster(data_dir=tmp_path, gpu_nodes=1, cpu_nodes=0).start()
+    c = LocalCluster(data_dir=tmp_path, gpu_nodes=1, cpu_nodes=0, real_nodes=0).start()
     pids, port = c.pids, c.api_port
     assert len(pids) == 5  # etcd, apiserver, controller manager, scheduler, kwok
     c.stop()
@@ -160,3 +160,36 @@ def test_a_cluster_stops_without_leaving_processes_or_ports(tmp_path):
             os.kill(pid, 0)
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # the apiserver's port is free again
+
+
+def test_a_cluster_with_a_real_node_stops_without_leaving_containers_mounts_or_namespaces(tmp_path):
+    c = LocalCluster(data_dir=tmp_path, gpu_nodes=0, cpu_nodes=0, real_nodes=1).start()
+    try:
+        [node] = c.real_nodes
+        c.kubectl("run", "sleeper", "--image", c.load_image("busybox"), "--image-pull-policy=Never",
+                  "--overrides", json.dumps({"spec": {"tolerations": [{"operator": "Exists"}]}}),
+                  "--", "sleep", "3617")
+        wait_for(lambda: c.get("pod", "sleeper").get("status", {}).get("phase") == "Running", 60, "the pod to run")
+        namespaces = [ns.path for ns in c.network.namespaces]
+        pids = c.pids
+    finally:
+        c.stop()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    left = [p for p in os.listdir("/proc") if p.isdigit()
+            and (str(node.socket).encode() in _cmdline(p) or _cmdline(p) == b"sleep\x003617\x00")]
+    assert not left, "processes of the node (its shim, the pod's container) are left"
+    with open("/proc/self/mountinfo") as f:
+        mounts = f.read()
+    assert str(tmp_path) not in mounts and str(node.dir) not in mounts
+    assert not node.dir.exists()
+    assert not [p for p in namespaces if p.exists()]
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
