@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from longalign_trainer.train.batching import StepSampler
 from longalign_trainer.train.loss import count_step, per_token_loss, weighted_loss
 from longalign_trainer.train.packing import IGNORE_INDEX, build_pack
 
@@ -71,6 +72,23 @@ def test_one_rank_any_packing_gives_the_reference(weighting):
     layout = [[mb for rank in LAYOUT for mb in rank]]
     assert rank_loss(seqs, 0, weighting, layout[0], 1) == pytest.approx(reference(seqs, 0, weighting, layout),
                                                                         rel=1e-6)
+
+
+def test_weighting_stays_exact_when_steps_take_whole_packs_of_the_set():
+    """The sampler packs the whole set and deals packs to steps (a step's sequence count floats): every step's
+    loss is still the mean over that step's sequences of their mean token loss, and each sequence counts in
+    exactly one step of each epoch."""
+    lengths = (3, 40, 7, 18, 2, 25, 9, 12, 30, 5, 16, 22, 8, 35)
+    seqs = make_sequences(3, lengths)
+    sampler = StepSampler(list(lengths), strategy="packing", global_batch_size=4, capacity=48, seed=1, epochs=2)
+    seen: list[int] = []
+    for plan in sampler:
+        (micro_batches,) = plan.per_rank
+        members = [i for mb in micro_batches for i in mb]
+        seen += members
+        expected = reference([seqs[i] for i in members], 0, True, None)
+        assert rank_loss(seqs, 0, True, micro_batches, 1) == pytest.approx(expected, rel=1e-6)
+    assert sorted(seen) == sorted(list(range(len(lengths))) * 2)
 
 
 def test_weighting_on_differs_from_plain_packing():

@@ -103,7 +103,9 @@ def test_loss_falls_and_both_ranks_agree(reference):
     for a, b in zip(*ranks):  # each rank ran its own share of the step, and the shares add up to the step
         assert a["local_loss"] != b["local_loss"]
         assert (a["local_loss"] + b["local_loss"]) / 2 == pytest.approx(a["loss"], rel=1e-9)
-        assert a["sequences"] == 16 and a["micro_batches"] >= 2
+        assert a["micro_batches"] >= 2
+    # A step holds whole packs of the set, so its sequence count floats; each epoch holds every sequence once.
+    assert sum(r["sequences"] for r in ranks[0][:STEPS // 2]) == 96
 
 
 def test_progress_lines_and_summary_follow_the_stage_contract(reference):
@@ -204,19 +206,20 @@ def test_a_bad_config_is_refused_by_field_name(tmp_path):
 
 
 def test_weighted_loss_trajectory_does_not_depend_on_packing_or_rank_count(reference, tmp_path, tiny_model, data):
-    """LongAlign's point: with loss weighting, the objective is the same however sequences are packed.
+    """LongAlign's point: with loss weighting, the objective is the same however a step's sequences are packed.
 
-    One local process (no torchrun) with packs twice as large must follow the 2-rank run's losses.
+    One local process (no torchrun) must follow the 2-rank run's losses, although the 2 ranks split packs of
+    the steps whose pack count is odd (which sequences a step holds depends on the pack size, not on the ranks).
     """
     ref_out, _ = reference
     out = tmp_path / "one-process"
-    config = write_config(out, tiny_model, data, max_tokens_per_pack=1024)
+    config = write_config(out, tiny_model, data)
     done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
                           capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     logs = [[json.loads(x) for x in (o / "train-log-rank0.jsonl").read_text().splitlines()] for o in (ref_out, out)]
     differently_packed = sum(a["micro_batches"] != b["micro_batches"] for a, b in zip(*logs))
-    assert differently_packed >= STEPS // 2
+    assert differently_packed >= 1
     for a, b in zip(*logs):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), a["step"]
     assert json.loads((out / "summary.json").read_text())["world_size"] == 1
