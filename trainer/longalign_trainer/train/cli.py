@@ -4,7 +4,8 @@
     longalign train --config train.yaml          # one local process (CPU or one GPU)
 
 Progress lines go to stdout (rank 0); the summary to the termination-message path. On failure the summary
-says ``"ok": false`` with the error, and the exit status is 1. On SIGTERM the run checkpoints after the
+says ``"ok": false`` with the error, and the exit status is 1 (2 for a config that is invalid or cannot fit
+in memory, refused before anything loads). On SIGTERM the run checkpoints after the
 current step and exits with 143, its summary saying ``"preempted": true``; started again, it resumes.
 """
 
@@ -30,10 +31,17 @@ def run(args) -> int:
         print(exc, file=sys.stderr)
         write_summary({"stage": "train", "ok": False, "error": str(exc)[:2000]}, _summary_path(None))
         return 2
+    from longalign_trainer.train.memory_estimate import DoesNotFit
     from longalign_trainer.train.recipe import Recipe
 
     try:
         summary = Recipe(cfg).run()
+    except DoesNotFit as exc:  # refused before loading anything: a config error, like a bad field
+        print(exc, file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            write_summary({"stage": "train", "ok": False, "error": str(exc)[:2000]},
+                          _summary_path(cfg.termination_message_path))
+        return 2
     except Exception as exc:
         if os.environ.get("RANK", "0") == "0":
             write_summary({"stage": "train", "ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]},
