@@ -135,3 +135,31 @@ def test_chunked_loss_equals_the_whole_one_with_its_gradient(compiled):
     (chunked_grad,) = torch.autograd.grad(chunked.square().sum(), logits)
     torch.testing.assert_close(chunked, whole)
     torch.testing.assert_close(chunked_grad, grad)
+
+
+def test_the_loss_inside_the_head_equals_the_loss_of_the_logits_with_its_gradients():
+    """linear_loss: the LM head returns per-token losses chunk by chunk, never the full logits; the same losses
+    and parameter gradients as the cross-entropy of the model's own logits."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from longalign_trainer.train import linear_loss
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
+    pack = build_pack(make_sequences(0))
+    logits = model(**pack.as_model_inputs()).logits[0]
+    expected = per_token_loss(logits, pack.targets)
+    expected_grads = torch.autograd.grad(expected.sum(), list(model.parameters()))
+    linear_loss.apply(model)
+    torch.testing.assert_close(model(**pack.as_model_inputs()).logits[0], logits)  # outside targets: logits
+    with linear_loss.targets(pack.targets):
+        got = model(**pack.as_model_inputs()).logits[0]
+    grads = torch.autograd.grad(got.sum(), list(model.parameters()))
+    torch.testing.assert_close(got, expected)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e)
+    hidden = torch.randn(23, 32, requires_grad=True)
+    chunked = linear_loss.per_token_linear_loss(hidden, model.lm_head.weight, pack.targets[:23], chunk=5)
+    whole = per_token_loss(hidden @ model.lm_head.weight.t(), pack.targets[:23])
+    torch.testing.assert_close(chunked, whole)

@@ -183,7 +183,8 @@ def test_other_strategies_and_zero_stages_train(tmp_path, tiny_model, data, over
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and summary["steps"] == 3 and summary["strategy"] == overrides["strategy"]
     assert (summary["packing_efficiency"] is None) == (overrides["strategy"] != "packing")
-    keeps = "nothing" if overrides["zero_stage"] == 3 else "attention"  # selective checkpointing below ZeRO-3
+    # below ZeRO-3 selective checkpointing, as much as fits (the estimate on CPU: no GPU limit, the most)
+    keeps = "nothing" if overrides["zero_stage"] == 3 else "matmuls"
     assert summary["checkpoint_keeps"] == (keeps if overrides.get("gradient_checkpointing", True) else None)
     losses = step_losses(out, 0)
     assert losses[3] < losses[1]

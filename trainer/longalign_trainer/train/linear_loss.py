@@ -53,11 +53,16 @@ def per_token_linear_loss(hidden: torch.Tensor, weight: torch.Tensor, next_token
     import torch
     from torch.utils.checkpoint import checkpoint
 
-    rows = chunk or max(256, min(8192, ROWS_PER_CHUNK_ELEMENTS // weight.shape[0]))
+    rows = chunk or rows_per_chunk(weight.shape[0])
     ce = fused_ops.compiled(_cross_entropy) if compiled else _cross_entropy
     parts = [checkpoint(_chunk_loss, h, weight, t, ce, use_reentrant=False)
              for h, t in zip(hidden.split(rows), next_tokens.split(rows))]
     return torch.cat(parts)
+
+
+def rows_per_chunk(vocab: int) -> int:
+    """Rows of one loss chunk: 8192 for a 32k vocabulary, 2048 for 128k."""
+    return max(256, min(8192, ROWS_PER_CHUNK_ELEMENTS // vocab))
 
 
 def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, next_tokens: torch.Tensor, ce: object) -> torch.Tensor:

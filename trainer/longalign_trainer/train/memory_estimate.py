@@ -8,7 +8,7 @@ of them, per pack of ``T`` tokens (bf16, one pack per micro-step, every Llama-st
   counted in the layer's widths: hidden ``h``, key/value width ``kv``, MLP width ``i``): its input, plus the
   attention output, plus the MLP's gate/up projections, plus the attention projections;
 * a layer left unchecked keeps everything its backward needs, as does the one layer being recomputed;
-* the logits and their gradient (``T × vocab`` each, bf16) and the loss's fp32 chunk.
+* one chunk of the loss's logits (train/linear_loss.py: the full logits never exist).
 
 On the host, every rank loads the whole model (bf16) before DeepSpeed partitions it, and ZeRO-Offload keeps
 the fp32 master weights, AdamW states and gradients there. ``choose`` picks the fastest ZeRO stage and
@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from longalign_trainer.train import linear_loss
+
 if TYPE_CHECKING:
     from longalign_trainer.train.config import TrainConfig
 
 GIB = 2**30
-LOSS_CHUNK = 8192  # rows per chunk of the cross-entropy (loss.per_token_loss)
 PROCESS_HOST_BYTES = 3 * GIB  # one rank's Python, torch, CUDA and NCCL before any tensor
 GPU_RESERVE_BYTES = 2 * GIB  # CUDA context, cuBLAS/cuDNN workspaces, allocator slack
 # Fastest first: keeping more activations recomputes less; ZeRO-3 forbids selective checkpointing (recipe.py).
@@ -141,10 +142,9 @@ def estimate(shape: ModelShape, s: Setting) -> Estimate:
                                                          else s.checkpoint_layers)
     keeps = s.checkpoint_keeps if s.zero_stage < 3 else "nothing"
     per_token = (checked * saved_per_token(shape, keeps) + (layers - checked) * full_layer_per_token(shape)
-                 + full_layer_per_token(shape)  # the layer being recomputed / backpropagated
-                 + 2 * 2 * (shape.hidden + shape.intermediate)  # its gradients in flight
-                 + 2 * 2 * shape.vocab)  # logits and their gradient
-    activations = t * per_token + min(t, LOSS_CHUNK) * shape.vocab * 4 * 3  # the loss chunk: fp32 logits, softmax, grad
+                 + full_layer_per_token(shape))  # the layer being recomputed / backpropagated
+    rows = min(t, linear_loss.rows_per_chunk(shape.vocab))
+    activations = t * per_token + rows * shape.vocab * (2 + 4)  # one loss chunk: bf16 logits, fp32 softmax
     return Estimate(int(gpu_states), int(activations), int(host))
 
 
@@ -171,16 +171,17 @@ def check(e: Estimate, s: Setting, gpu_bytes: int | None, host_bytes: int | None
     if gpu_bytes is not None and e.gpu > gpu_bytes:
         problems.append(f"GPU memory per rank: needs ~{e.gpu / GIB:.1f} GiB (model states "
                         f"{e.gpu_model_states / GIB:.1f} + activations at {s.pack_tokens} tokens per pack "
-                        f"{e.gpu_activations / GIB:.1f}), the GPU has {gpu_bytes / GIB:.1f} GiB")
+                        f"{e.gpu_activations / GIB:.1f}), the GPU has {gpu_bytes / GIB:.1f} GiB; fixes: more GPUs "
+                        "(ZeRO partitions the model states over them), zero_stage 3, offload_optimizer, a smaller "
+                        "max_tokens_per_pack or checkpoint_keeps: nothing")
     if host_bytes is not None and e.host > host_bytes:
         problems.append(f"host memory: the {s.gpus_per_node} rank(s) of a node need ~{e.host / GIB:.1f} GiB, "
-                        f"the node has {host_bytes / GIB:.1f} GiB available")
+                        f"the node has {host_bytes / GIB:.1f} GiB available; fixes: offload off (with more GPUs "
+                        "if the GPU memory needs it), fewer ranks per node or a node with more memory")
     if problems:
         raise DoesNotFit(
             f"this config cannot fit (ZeRO-{s.zero_stage}, offload_optimizer={s.offload_optimizer}, "
-            f"offload_params={s.offload_params}, checkpoint_keeps={s.checkpoint_keeps}): " + "; ".join(problems)
-            + ". Fixes: more GPUs (ZeRO partitions the model states over them), zero_stage 3, a smaller "
-              "max_tokens_per_pack, checkpoint_keeps: nothing, or (host) offload off / fewer ranks per node")
+            f"offload_params={s.offload_params}, checkpoint_keeps={s.checkpoint_keeps}): " + "; ".join(problems))
 
 
 def host_memory_available() -> int | None:
