@@ -16,8 +16,13 @@ them), then runs, each in a process of its own (one GPU, so every row has the GP
   same length mix and shape (their own synthetic tokens: the same mix, not the same sequences).
 
     python benchmarks/train_product.py --shape 0.79b                      # on the GPU machine
-    python benchmarks/train_product.py --shape 8b-width --sequences 100
+    python benchmarks/train_product.py --shape 8b-width --variants zero_stage=3 --peers hf_liger
     python benchmarks/train_product.py --smoke                            # tiny shapes on CPU, minutes
+
+On the device tool's image (no DeepSpeed, pydantic or Liger): ``bash benchmarks/train_gpu_check.sh fetch`` and
+``bash benchmarks/flash_attn_3.sh fetch`` here; there, carrying ``.dswhl`` and ``.fa3``: ``source
+benchmarks/flash_attn_3.sh install /tmp/fa3; python3 -m pip install -q --no-index --no-deps --target /tmp/dswhl
+.dswhl/*.whl; PYTHONPATH=$PYTHONPATH:/tmp/dswhl python3 benchmarks/train_product.py ...``.
 
 It also asks the trainer's memory estimate about ``--refuse`` configs (key=value,... overrides), which must be
 refused before loading: e.g. ``--refuse zero_stage=3,offload_optimizer=true --refuse-shape 8b-full``.
@@ -42,6 +47,9 @@ from train_throughput import SHAPES, synthetic_lengths  # noqa: E402
 
 SHAPES_EXTRA = {"8b-full": (4096, 32, 32, 8, 14336, 128256), "smoke": (128, 2, 2, 1, 256, 4096)}
 PEAK = 989e12
+# The trainer's processes import this checkout's sources (an installed longalign wheel gives only its metadata).
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
+    [str(HERE.parent / "trainer"), str(HERE.parent / "operator"), *filter(None, [os.environ.get("PYTHONPATH")])])}
 WORDS = ("alpha beta gamma delta model token sequence pack train long context answer question data "
          "value result paper method figure table loss step epoch rank batch").split()
 
@@ -131,7 +139,7 @@ def run_product(work: Path, name: str, model: Path, data: Path, args, overrides:
            "train", "--config", str(out / "train.yaml")]
     t0 = time.monotonic()
     with open(out / "log", "w") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV).returncode
     row: dict = {"row": f"longalign train {name}", "overrides": overrides, "rc": rc,
                  "process_s": round(time.monotonic() - t0, 1)}
     try:
@@ -161,7 +169,7 @@ def run_peer(work: Path, strategy: str, args) -> dict:
     cmd = [sys.executable, str(HERE / "train_throughput.py"), "--strategies", strategy, "--json", str(out),
            "--sequences", str(args.sequences), "--skip-pack-check", "--global-batch", str(args.global_batch)]
     cmd += ["--smoke"] if args.smoke else ["--shape", args.shape]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     try:
         (r,) = json.loads(out.read_text())["results"]
     except (OSError, ValueError):
@@ -183,7 +191,7 @@ def refusal(work: Path, shape: str, overrides: dict, args) -> dict:
         "termination_message_path": str(out / "summary.json"), **overrides}))
     t0 = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(out / "train.yaml")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=ENV)
     return {"row": f"refuse {shape} {overrides}", "rc": done.returncode, "seconds": round(time.monotonic() - t0, 1),
             "message": done.stderr.strip().splitlines()[-1][:700] if done.stderr.strip() else ""}
 

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from longalign_trainer.train.packing import plan_packs
 
@@ -129,12 +129,12 @@ class StepSampler:
         self.position = 0  # next step to run
         self._cached: tuple[int, list[StepPlan]] | None = None
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must keep (the plan itself is recomputed from the seed)."""
         return {"position": self.position, "seed": self.seed, "strategy": self.strategy,
                 "world_size": self.world_size, "num_sequences": len(self.lengths)}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint; refuses one made for different data, seed or strategy."""
         mine = self.state_dict()
         for key in ("seed", "strategy", "num_sequences"):
@@ -142,7 +142,7 @@ class StepSampler:
                 raise ValueError(f"checkpoint was made with {key}={state[key]!r}, this run has {mine[key]!r}")
         self.position = int(state["position"])
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[StepPlan]:
         """Step plans from the current position to the end; the position advances as each is taken."""
         while self.position < self.total_steps:
             plan = self.plan(self.position)

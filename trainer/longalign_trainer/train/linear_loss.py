@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from longalign_trainer.train import fused_ops
@@ -56,7 +56,7 @@ def per_token_linear_loss(hidden: torch.Tensor, weight: torch.Tensor, next_token
     rows = chunk or rows_per_chunk(weight.shape[0])
     ce = fused_ops.compiled(_cross_entropy) if compiled else _cross_entropy
     parts = [checkpoint(_chunk_loss, h, weight, t, ce, use_reentrant=False)
-             for h, t in zip(hidden.split(rows), next_tokens.split(rows))]
+             for h, t in zip(torch.split(hidden, rows), torch.split(next_tokens, rows))]
     return torch.cat(parts)
 
 
@@ -65,8 +65,9 @@ def rows_per_chunk(vocab: int) -> int:
     return max(256, min(8192, ROWS_PER_CHUNK_ELEMENTS // vocab))
 
 
-def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, next_tokens: torch.Tensor, ce: object) -> torch.Tensor:
-    return ce(hidden @ weight.t(), next_tokens)  # type: ignore[operator]
+def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, next_tokens: torch.Tensor,
+                ce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    return ce(hidden @ weight.t(), next_tokens)
 
 
 def _cross_entropy(logits: torch.Tensor, next_tokens: torch.Tensor) -> torch.Tensor:
