@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from longalign_trainer.train import fused_ops
 from longalign_trainer.train.packing import IGNORE_INDEX
 
 
@@ -51,29 +50,6 @@ def count_step(micro_batches, group=None) -> StepCounts:
         dist.all_reduce(local, group=group)
     m, k, t = (int(x) for x in local.cpu().tolist())
     return StepCounts(sequences=m, micro_batches=k, target_tokens=t)
-
-
-def per_token_loss(logits, targets, chunk: int = 8192, compiled: bool = False):
-    """Cross-entropy per position in fp32, 0 where the target is ignored; ``logits [T, V]``, ``targets [T]``.
-
-    Computed ``chunk`` rows at a time, each recomputed in the backward pass, so the fp32 copy of the logits
-    (8 GB for 64k tokens × 32k vocabulary) and its softmax never exist whole. ``compiled`` (the trainer's
-    ``fused_ops``, on GPUs): each chunk in one kernel per direction that reads the bf16 logits once.
-    """
-    import torch
-    from torch.utils.checkpoint import checkpoint
-
-    ce = fused_ops.compiled(_cross_entropy) if compiled else _cross_entropy
-    if logits.shape[0] <= chunk:
-        return ce(logits, targets)
-    return torch.cat([checkpoint(ce, rows, wanted, use_reentrant=False)
-                      for rows, wanted in zip(logits.split(chunk), targets.split(chunk))])
-
-
-def _cross_entropy(logits, targets):
-    import torch
-
-    return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
 
 
 def weighted_loss(token_loss, targets, seq_index, counts: StepCounts, world_size: int, weighting: bool = True):
