@@ -219,7 +219,7 @@ def plan(cfg: TrainConfig, world_size: int, gpu_bytes: int | None, host_bytes: i
                    pack_tokens=cfg.max_tokens_per_pack, gpus_per_node=local, nodes=max(1, world_size // local),
                    offload_optimizer=cfg.offload_optimizer, offload_params=cfg.offload_params,
                    gradient_checkpointing=cfg.gradient_checkpointing, checkpoint_layers=cfg.checkpoint_layers,
-                   bf16=cfg.bf16 is not False and gpu_bytes is not None)
+                   bf16=cfg.bf16 if cfg.bf16 is not None else gpu_bytes is not None)  # as the recipe decides
     chosen = choose(shape, base, gpu_bytes if gpu_bytes is not None else 1 << 62, cfg.zero_stage,
                     cfg.checkpoint_keeps)
     e = estimate(shape, chosen)
