@@ -14,7 +14,7 @@ fetch() {
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .dswhl \
         "pydantic==$(.venv/bin/python -c 'import pydantic; print(pydantic.VERSION)')" \
         "pydantic-core==$(.venv/bin/python -c 'import pydantic_core; print(pydantic_core.__version__)')" \
-        annotated-types typing-inspection hjson
+        annotated-types typing-inspection hjson liger-kernel==0.8.5  # Liger: train_product.py's strongest peer
     du -sh .dswhl
 }
 

@@ -21,9 +21,13 @@ how many micro-steps ran, since a partial epoch's length mix differs from the wh
 * hf_packing: the peer baseline, transformers' own padding-free packing: first-fit-decreasing 64k packs,
   restarting position_ids, attn_implementation="flex_attention", use_cache=False, the model's token-mean loss,
   full gradient checkpointing;
+* hf_liger: the strongest peer (what a LLaMA-Factory or TRL user runs): hf_packing with Liger's kernels
+  (``apply_liger_kernel_to_llama``: RoPE, RMSNorm, SwiGLU, fused linear cross-entropy; liger-kernel from PyPI),
+  run in a process of its own since Liger patches transformers' classes;
 * ours_packing / ours_packing_weighted: the trainer's code as ``longalign train`` runs it: our sampler
   (best-fit decreasing), the ``longalign_packed`` attention (auto backend), selective checkpointing, fused
-  pointwise kernels, chunked loss (plain pack mean / LongAlign weighting); ours_sorted: sorted batching, one
+  pointwise kernels, the loss inside the LM head (train/linear_loss.py; plain pack mean / LongAlign
+  weighting); ours_sorted: sorted batching, one
   sequence per micro-step.
 
 Packing efficiency is real tokens / (packs × capacity); the bound printed beside it is what the fewest
@@ -57,13 +61,16 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "trainer"))
 
-from longalign_trainer.train import attention, checkpointing, fused_ops  # noqa: E402
+from longalign_trainer.train import attention, checkpointing, fused_ops, linear_loss  # noqa: E402
 from longalign_trainer.train.batching import StepSampler  # noqa: E402
-from longalign_trainer.train.loss import count_step, per_token_loss, weighted_loss  # noqa: E402
+from longalign_trainer.train.loss import count_step, weighted_loss  # noqa: E402
 from longalign_trainer.train.packing import IGNORE_INDEX, build_pack  # noqa: E402
 
 PEAK_DENSE, PEAK_MEASURED = 989e12, 790e12
-STRATEGIES = ("naive", "hf_packing", "ours_packing", "ours_packing_weighted", "ours_sorted")
+STRATEGIES = ("naive", "hf_packing", "hf_liger", "ours_packing", "ours_packing_weighted", "ours_sorted")
+# (hidden, layers, heads, kv heads, MLP width, vocabulary) of the benchmark's model shapes
+SHAPES = {"0.79b": (2048, 16, 16, 4, 5632, 32000),  # issue 9's
+          "8b-width": (4096, 8, 32, 8, 14336, 128256)}  # Llama-3.1-8B's width, 8 of its 32 layers: 2.8 B
 
 
 def synthetic_lengths(n: int, seed: int, cap: int, long_lo: int, short_hi: int, median: int) -> list[int]:
@@ -99,8 +106,8 @@ def first_fit_decreasing(lengths, cap: int) -> list[list[int]]:
     return packs
 
 
-def build_model(args, attn: str, device, ours: bool = False):
-    """The random Llama; ``ours``: with the trainer's checkpointing policy and fused kernels, as ``longalign train``."""
+def build_model(args, attn: str, device, ours: bool = False, liger: bool = False):
+    """The random Llama; ``ours``: with the trainer's checkpointing policy and fused kernels (as ``longalign train``)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp,
@@ -108,12 +115,18 @@ def build_model(args, attn: str, device, ours: bool = False):
                       head_dim=args.hidden // args.heads, max_position_embeddings=args.cap + 1,
                       rope_theta=500000.0, tie_word_embeddings=False, use_cache=False)
     torch.manual_seed(0)
+    if liger:  # patches transformers' Llama classes for the rest of the process: run it alone
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=True)
     with torch.device(device):
         model = LlamaForCausalLM._from_config(cfg, attn_implementation=attn, dtype=args.dtype)
     if ours:
         checkpointing.enable(model, args.checkpoint_keeps, args.checkpoint_layers)
         if args.fused_ops and device.type == "cuda":
             fused_ops.apply(model)
+        linear_loss.apply(model)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -147,7 +160,7 @@ def pack_equivalence(args, device) -> dict:
     # The 5,000-token sequence takes the cuDNN path of the ``cudnn`` backend (padded), the others its varlen path.
     seqs = make_sequences([30, 50, 7] if args.smoke else [5000, 300, 1000, 57], args.vocab, 1)
     pack = build_pack(seqs).to(device)
-    with torch.no_grad():
+    with torch.no_grad():  # outside linear_loss.targets the head returns logits
         packed = model(**pack.as_model_inputs()).logits[0].float()
         alone = torch.cat([plain(input_ids=torch.tensor([s], device=device), use_cache=False).logits[0]
                            for s, _ in seqs]).float()
@@ -163,7 +176,7 @@ def pack_equivalence(args, device) -> dict:
 
 def micro_batches_for(strategy: str, seqs, lengths, args, rank: int, world: int):
     """[(global-batch number, [sequence indices], kind)] of this rank, in run order."""
-    if strategy == "hf_packing":
+    if strategy in ("hf_packing", "hf_liger"):
         packs = first_fit_decreasing(lengths, args.cap)
         random.Random(args.seed).shuffle(packs)
         mine = packs[rank::world]
@@ -177,8 +190,9 @@ def micro_batches_for(strategy: str, seqs, lengths, args, rank: int, world: int)
 
 
 def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: int) -> dict:
-    attn = {"naive": "sdpa", "hf_packing": args.hf_attn}.get(strategy, attention.NAME)
-    model, non_embedding = build_model(args, attn, device, ours=strategy.startswith("ours"))
+    attn = {"naive": "sdpa", "hf_packing": args.hf_attn, "hf_liger": args.hf_attn}.get(strategy, attention.NAME)
+    model, non_embedding = build_model(args, attn, device, ours=strategy.startswith("ours"),
+                                       liger=strategy == "hf_liger")
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0, fused=fused)
     plan = micro_batches_for(strategy, seqs, lengths, args, rank, world)
@@ -211,18 +225,17 @@ def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: i
             x = torch.tensor([ids], device=device)
             y = torch.tensor([labels], device=device)
             loss = model(input_ids=x, labels=y, use_cache=False).loss / args.global_batch
-        elif strategy == "hf_packing":
+        elif strategy in ("hf_packing", "hf_liger"):
             pack = build_pack([seqs[i] for i in mb]).to(device)
             labels = torch.cat([torch.tensor([IGNORE_INDEX] + seqs[i][1][1:]) for i in mb]).to(device)
             loss = model(input_ids=pack.input_ids[None], position_ids=pack.position_ids[None],
                          labels=labels[None], use_cache=False).loss
         else:
             pack = build_pack([seqs[i] for i in mb]).to(device)
-            logits = model(**pack.as_model_inputs()).logits[0]
-            token_loss = per_token_loss(logits, pack.targets, compiled=args.fused_ops and device.type == "cuda")
+            with linear_loss.targets(pack.targets, compiled=args.fused_ops and device.type == "cuda"):
+                token_loss = model(**pack.as_model_inputs()).logits[0]
             loss = weighted_loss(token_loss, pack.targets, pack.seq_index, counts[b], world,
                                  weighting=strategy != "ours_packing")
-            del logits
         loss.backward()
         return loss.detach()
 
@@ -372,6 +385,8 @@ def main() -> int:
                    help="skip building cuDNN's plans for every padded shape before timing (then the first "
                         "cuDNN strategy of a process pays for them and later ones inherit them)")
     p.add_argument("--smoke", action="store_true", help="tiny model and lengths, on CPU")
+    p.add_argument("--shape", default="0.79b", choices=SHAPES, help="the model's widths (see SHAPES)")
+    p.add_argument("--skip-pack-check", action="store_true", help="no pack-equivalence check before timing")
     p.add_argument("--profile", action="store_true", help="print the GPU kernel time by kind at the end")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "train_throughput.json"))
     args = p.parse_args()
@@ -380,7 +395,7 @@ def main() -> int:
         args.cap, long_lo, short_hi, median, args.dtype, args.hf_attn = 1024, 256, 256, 40, torch.float32, "sdpa"
         args.sequences = min(args.sequences, 40)
     else:
-        args.hidden, args.layers, args.heads, args.kv_heads, args.mlp, args.vocab = 2048, 16, 16, 4, 5632, 32000
+        args.hidden, args.layers, args.heads, args.kv_heads, args.mlp, args.vocab = SHAPES[args.shape]
         args.cap, long_lo, short_hi, median, args.dtype, args.hf_attn = 65536, 8192, 8192, 900, torch.bfloat16, "flex_attention"
     args.packing_batch = args.packing_batch or args.sequences
 
@@ -406,7 +421,7 @@ def main() -> int:
            "naive_sdpa_kernel": naive_sdpa_kernel(args, device)}
     log(json.dumps(env))
     try:
-        check = pack_equivalence(args, device)
+        check = {"backend": backend, "skipped": True} if args.skip_pack_check else pack_equivalence(args, device)
     except Exception as exc:  # the varlen kernel may refuse (an older torch): fall back to FlexAttention
         log(f"pack check with {backend} failed: {type(exc).__name__}: {exc}; falling back to flex")
         backend = attention.register("flex", device.type)

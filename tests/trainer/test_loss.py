@@ -10,7 +10,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from longalign_trainer.train.loss import count_step, per_token_loss, weighted_loss
+from longalign_trainer.train.batching import StepSampler
+from longalign_trainer.train.linear_loss import per_token_linear_loss
+from longalign_trainer.train.loss import count_step, weighted_loss
 from longalign_trainer.train.packing import IGNORE_INDEX, build_pack
 
 VOCAB = 50
@@ -25,6 +27,11 @@ def make_sequences(seed: int, lengths=(3, 40, 7, 18, 2, 25, 9, 12)):
         prompt = max(1, n // 3)
         seqs.append((ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
     return seqs
+
+
+def per_token_loss(logits, targets):
+    """The plain definition: fp32 cross-entropy per position, 0 where the target is ignored."""
+    return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
 
 
 def fixed_logits(pack, seed: int):
@@ -73,6 +80,23 @@ def test_one_rank_any_packing_gives_the_reference(weighting):
                                                                         rel=1e-6)
 
 
+def test_weighting_stays_exact_when_steps_take_whole_packs_of_the_set():
+    """The sampler packs the whole set and deals packs to steps (a step's sequence count floats): every step's
+    loss is still the mean over that step's sequences of their mean token loss, and each sequence counts in
+    exactly one step of each epoch."""
+    lengths = (3, 40, 7, 18, 2, 25, 9, 12, 30, 5, 16, 22, 8, 35)
+    seqs = make_sequences(3, lengths)
+    sampler = StepSampler(list(lengths), strategy="packing", global_batch_size=4, capacity=48, seed=1, epochs=2)
+    seen: list[int] = []
+    for plan in sampler:
+        (micro_batches,) = plan.per_rank
+        members = [i for mb in micro_batches for i in mb]
+        seen += members
+        expected = reference([seqs[i] for i in members], 0, True, None)
+        assert rank_loss(seqs, 0, True, micro_batches, 1) == pytest.approx(expected, rel=1e-6)
+    assert sorted(seen) == sorted(list(range(len(lengths))) * 2)
+
+
 def test_weighting_on_differs_from_plain_packing():
     seqs = make_sequences(0)
     layout = [[mb for rank in LAYOUT for mb in rank]]
@@ -104,16 +128,42 @@ def test_two_real_ranks_give_the_reference(weighting):
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_chunked_loss_equals_the_whole_one_with_its_gradient(compiled):
-    """Chunks (recomputed in the backward pass), eager or compiled (the trainer's ``fused_ops`` on GPUs; here
-    on CPU): the same losses and gradients as one eager cross-entropy over all rows."""
+def test_chunked_linear_loss_equals_the_whole_one_with_its_gradients(compiled):
+    """Chunks of rows (each one's logits recomputed in the backward pass), eager or compiled (the trainer's
+    ``fused_ops`` on GPUs; here on CPU): the same losses and gradients as the cross-entropy of all logits."""
     torch.manual_seed(3)
-    logits = torch.randn(23, VOCAB, requires_grad=True)
+    hidden = torch.randn(23, 16, requires_grad=True)
+    weight = torch.randn(VOCAB, 16, requires_grad=True)
     targets = torch.randint(0, VOCAB, (23,))
     targets[::4] = IGNORE_INDEX
-    whole = per_token_loss(logits, targets, chunk=1000)
-    (grad,) = torch.autograd.grad(whole.square().sum(), logits)
-    chunked = per_token_loss(logits, targets, chunk=5, compiled=compiled)
-    (chunked_grad,) = torch.autograd.grad(chunked.square().sum(), logits)
+    whole = per_token_loss(hidden @ weight.t(), targets)
+    grads = torch.autograd.grad(whole.square().sum(), [hidden, weight])
+    chunked = per_token_linear_loss(hidden, weight, targets, compiled=compiled, chunk=5)
+    chunked_grads = torch.autograd.grad(chunked.square().sum(), [hidden, weight])
     torch.testing.assert_close(chunked, whole)
-    torch.testing.assert_close(chunked_grad, grad)
+    for got, expected in zip(chunked_grads, grads):  # the weight's gradient sums the chunks in another order
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_the_loss_inside_the_head_equals_the_loss_of_the_logits_with_its_gradients():
+    """linear_loss: the LM head returns per-token losses chunk by chunk, never the full logits; the same losses
+    and parameter gradients as the cross-entropy of the model's own logits."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from longalign_trainer.train import linear_loss
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
+    pack = build_pack(make_sequences(0))
+    logits = model(**pack.as_model_inputs()).logits[0]
+    expected = per_token_loss(logits, pack.targets)
+    expected_grads = torch.autograd.grad(expected.sum(), list(model.parameters()))
+    linear_loss.apply(model)
+    torch.testing.assert_close(model(**pack.as_model_inputs()).logits[0], logits)  # outside targets: logits
+    with linear_loss.targets(pack.targets):
+        got = model(**pack.as_model_inputs()).logits[0]
+    grads = torch.autograd.grad(got.sum(), list(model.parameters()))
+    torch.testing.assert_close(got, expected)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e)

@@ -10,8 +10,9 @@ OUTPUT_DIR/rejected-records.txt; the summary goes to the termination-message pat
 again resumes from its newest checkpoint.
 
 Exit codes: 0 done; 1 failed (rerun: it resumes); 2 bad input (a missing or empty file, no usable
-record, a missing model folder, an invalid config: fix it, a rerun cannot help); 143 stopped by SIGTERM
-after a checkpoint (resumable). (3 is evaluation's: a checkpoint that cannot be served.)
+record, a missing model folder, an invalid config, a config that cannot fit in memory, refused with the
+numbers before anything loads: fix it, a rerun cannot help); 143 stopped by SIGTERM after a checkpoint
+(resumable). (3 is evaluation's: a checkpoint that cannot be served.)
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = Recipe(cfg).run()
-    except InputError as exc:  # found while reading the data: every rank sees the same
+    except InputError as exc:  # found while reading the data or refused by the memory estimate: every rank agrees
         return report_bad_input("train", str(exc), cfg.termination_message_path) if lead else EXIT_BAD_INPUT
     except Exception as exc:
         if lead:

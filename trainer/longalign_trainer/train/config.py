@@ -52,7 +52,9 @@ class TrainConfig(BaseModel):
         "what to do with a sequence longer than max_tokens_per_pack: drop it, or cut it from the right"))
     micro_batch_size: int = Field(1, ge=1, description=(
         "sequences per micro-step for naive and sorted batching (ignored by packing, which fills packs)"))
-    global_batch_size: int = Field(96, ge=1, description="sequences per optimizer step, over all ranks")
+    global_batch_size: int = Field(96, ge=1, description=(
+        "sequences per optimizer step, over all ranks; packing: on average (an epoch has "
+        "ceil(sequences / global_batch_size) steps, each taking whole packs of the set)"))
     epochs: int = Field(2, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (default: all epochs)")
     seed: int = 42
@@ -67,20 +69,22 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping; 0 turns it off")
 
     # Distribution and memory.
-    zero_stage: Literal[1, 2, 3] = 3
+    zero_stage: Literal[1, 2, 3] | None = Field(None, description=(
+        "DeepSpeed ZeRO stage; default: chosen by what fits (train/memory_estimate.py): ZeRO-2 where the model "
+        "states and activations fit each GPU, since ZeRO-3 recomputes every layer in full, else ZeRO-3. The "
+        "summary says which was chosen. A config that cannot fit is refused before loading (exit status 2)"))
     offload_optimizer: bool = Field(False, description="ZeRO-Offload: keep optimizer states in CPU memory")
     offload_params: bool = Field(False, description="keep parameters in CPU memory (ZeRO-3 only)")
     bf16: bool | None = Field(None, description="bf16 training; default: on with a GPU, off (fp32) on CPU")
     gradient_checkpointing: bool = True
-    checkpoint_keeps: Literal["nothing", "attention", "attention_and_mlp", "matmuls"] = Field("attention", description=(
+    checkpoint_keeps: Literal["nothing", "attention", "attention_and_mlp", "matmuls"] | None = Field(None, description=(
         "what gradient checkpointing keeps instead of recomputing: nothing (full recompute), the attention "
         "kernels' outputs (~2·hidden bytes per token and layer), those and the MLP's gate/up projections "
         "(another 4·intermediate bytes), or every matrix product but the MLP's down projection (only pointwise "
         "work is recomputed; another 4·(hidden + kv width) bytes): see train/checkpointing.py. ZeRO stage 3 "
-        "always recomputes everything. Issue 9's 0.79 B model, 64k packs, one H100 (benchmark, FlashAttention-3): "
-        "matmuls 40.2k tokens/s at 53 GiB; attention was ~5 % slower at 24 GiB when last measured. The default, "
-        "attention, fits any model that fits with full recomputation plus a few GiB; matmuls is faster where "
-        "memory allows"))
+        "always recomputes everything. Default: the most that fits the GPU by the memory estimate (matmuls first, "
+        "nothing last). Issue 9's 0.79 B model, 64k packs, one H100 (benchmark, FlashAttention-3): matmuls 40.2k "
+        "tokens/s at 53 GiB; attention was ~5 % slower at 24 GiB when last measured"))
     checkpoint_layers: int | None = Field(None, ge=0, description=(
         "checkpoint only the first N decoder layers; the rest keep all their activations (no recomputation, "
         "the most memory: ~2 GiB more per layer for issue 9's model at 64k tokens). Default: every layer"))
@@ -117,7 +121,7 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.offload_params and self.zero_stage != 3:
+        if self.offload_params and self.zero_stage not in (3, None):
             raise ValueError("offload_params: needs zero_stage 3")
         given = [f.ratio is not None for f in self.data]
         if any(given) and not all(given):

@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from longalign_trainer.train import fused_ops
 from longalign_trainer.train.packing import IGNORE_INDEX
 
 if TYPE_CHECKING:  # torch is imported where tensors are made
@@ -58,30 +57,6 @@ def count_step(micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
         dist.all_reduce(local, group=group)
     m, k, t = (int(x) for x in local.cpu().tolist())
     return StepCounts(sequences=m, micro_batches=k, target_tokens=t)
-
-
-def per_token_loss(logits: torch.Tensor, targets: torch.Tensor, chunk: int = 8192,
-                   compiled: bool = False) -> torch.Tensor:
-    """Cross-entropy per position in fp32, 0 where the target is ignored; ``logits [T, V]``, ``targets [T]``.
-
-    Computed ``chunk`` rows at a time, each recomputed in the backward pass, so the fp32 copy of the logits
-    (8 GB for 64k tokens × 32k vocabulary) and its softmax never exist whole. ``compiled`` (the trainer's
-    ``fused_ops``, on GPUs): each chunk in one kernel per direction that reads the bf16 logits once.
-    """
-    import torch
-    from torch.utils.checkpoint import checkpoint
-
-    ce = fused_ops.compiled(_cross_entropy) if compiled else _cross_entropy
-    if logits.shape[0] <= chunk:
-        return ce(logits, targets)
-    return torch.cat([checkpoint(ce, rows, wanted, use_reentrant=False)
-                      for rows, wanted in zip(logits.split(chunk), targets.split(chunk), strict=True)])
-
-
-def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
 
 
 def weighted_loss(token_loss: torch.Tensor, targets: torch.Tensor, seq_index: torch.Tensor, counts: StepCounts,

@@ -29,11 +29,11 @@ import warnings
 from pathlib import Path
 
 from longalign_trainer.contract import ProgressReporter, write_summary
-from longalign_trainer.train import attention, checkpointing, fused_ops, resharding
+from longalign_trainer.train import attention, checkpointing, fused_ops, linear_loss, memory_estimate, resharding
 from longalign_trainer.train.batching import StepSampler
 from longalign_trainer.train.config import TrainConfig
 from longalign_trainer.train.data import REJECTED_FILE, load_examples
-from longalign_trainer.train.loss import count_step, per_token_loss, weighted_loss
+from longalign_trainer.train.loss import count_step, weighted_loss
 from longalign_trainer.train.packing import IGNORE_INDEX, Pack, build_pack
 
 H100_DENSE_BF16_TFLOPS = 989.0
@@ -102,6 +102,12 @@ class Recipe:
         self.bf16 = self.cuda if cfg.bf16 is None else cfg.bf16
         self.backend = attention.register(cfg.attention_backend, self.device.type)
         torch.manual_seed(cfg.seed)
+        # ZeRO stage and checkpointing as the config says or, where it leaves them open, by what fits; a config
+        # that cannot fit stops here, before anything is loaded.
+        gpu_bytes = torch.cuda.mem_get_info(self.device)[1] if self.cuda else None
+        self.memory, self.memory_estimate = memory_estimate.plan(
+            cfg, self.world, gpu_bytes, memory_estimate.host_memory_available())
+        self.zero_stage = self.memory.zero_stage
 
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
         objects_group = dist.new_group(backend="gloo")  # examples travel as pickled objects, on the CPU
@@ -135,11 +141,12 @@ class Recipe:
         self.model_shape = _model_shape(model)
         # ZeRO-3 gathers parameters inside each layer, and not the same number of times in the forward pass and
         # its recomputation, which selective checkpointing's op-by-op replay refuses: it gets full checkpointing.
-        self.checkpoint_keeps = cfg.checkpoint_keeps if cfg.zero_stage < 3 else "nothing"
+        self.checkpoint_keeps = self.memory.checkpoint_keeps if self.zero_stage < 3 else "nothing"
         if cfg.gradient_checkpointing:
             checkpointing.enable(model, self.checkpoint_keeps, cfg.checkpoint_layers)
         if cfg.fused_ops and self.cuda:
             fused_ops.apply(model)
+        linear_loss.apply(model)
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
         no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -159,7 +166,7 @@ class Recipe:
     def deepspeed_config(self) -> dict:
         """The DeepSpeed config from our settings (one micro-batch = one pack; we own accumulation)."""
         cfg = self.cfg
-        zero: dict = {"stage": cfg.zero_stage, "stage3_gather_16bit_weights_on_model_save": True}
+        zero: dict = {"stage": self.zero_stage, "stage3_gather_16bit_weights_on_model_save": True}
         if cfg.offload_optimizer:
             zero["offload_optimizer"] = {"device": "cpu", "pin_memory": self.cuda}
         if cfg.offload_params:
@@ -200,8 +207,8 @@ class Recipe:
             local = torch.zeros((), dtype=torch.float64, device=self.device)
             for pack in packs:
                 pack = pack.to(self.device)
-                logits = engine(**pack.as_model_inputs()).logits[0]
-                token_loss = per_token_loss(logits, pack.targets, compiled=cfg.fused_ops and self.cuda)
+                with linear_loss.targets(pack.targets, compiled=cfg.fused_ops and self.cuda):
+                    token_loss = engine(**pack.as_model_inputs()).logits[0]  # per token: the head computes the loss
                 loss = weighted_loss(token_loss, pack.targets, pack.seq_index, counts, self.world, cfg.loss_weighting)
                 engine.backward(loss, scale_wrt_gas=False)
                 local += loss.detach().double()
@@ -221,7 +228,7 @@ class Recipe:
                 flops = training_flops(self.model_shape["non_embedding_params"], self.model_shape["layers"],
                                        self.model_shape["hidden"], lengths)
                 mfu = flops / elapsed / (peak * 1e12 * self.world)
-            self._log_step(plan.step, step_loss, float(local), counts)
+            self._log_step(plan.step, step_loss, float(local), counts, sum(lengths), elapsed)
             if reporter:
                 reporter.update(self.sampler.position, loss=step_loss, tokens_per_s=sum(lengths) / elapsed,
                                 mfu=mfu, lr=engine.get_lr()[0])
@@ -242,10 +249,11 @@ class Recipe:
         """This rank's training log, one JSON record per step."""
         return self.cfg.output_dir / f"train-log-rank{self.rank}.jsonl"
 
-    def _log_step(self, step: int, loss: float, local: float, counts) -> None:
+    def _log_step(self, step: int, loss: float, local: float, counts, tokens: int, seconds: float) -> None:
         """Append this rank's view of the step to OUTPUT_DIR/train-log-rank{R}.jsonl."""
         record = {"step": step + 1, "loss": loss, "local_loss": local, "sequences": counts.sequences,
-                  "micro_batches": counts.micro_batches, "target_tokens": counts.target_tokens}
+                  "micro_batches": counts.micro_batches, "target_tokens": counts.target_tokens, "tokens": tokens,
+                  "seconds": round(seconds, 4)}
         self.cfg.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a") as log:
             log.write(json.dumps(record) + "\n")
@@ -327,7 +335,7 @@ class Recipe:
         import torch.distributed as dist
 
         out, tmp = self.cfg.output_dir / "model", self.cfg.output_dir / ".tmp-model"
-        if self.cfg.zero_stage == 3:
+        if self.zero_stage == 3:
             state = self.engine._zero3_consolidated_16bit_state_dict()  # collective; full dict on rank 0
         else:
             state = self.engine.module.state_dict()
@@ -353,9 +361,12 @@ class Recipe:
             "wall_s": round(wall_s, 1),
             "tokens_per_s": round(self.run_tokens / self.train_s, 1) if getattr(self, "train_s", 0) else None,
             "strategy": self.cfg.strategy, "loss_weighting": self.cfg.loss_weighting,
-            "attention_backend": self.backend, "world_size": self.world, "zero_stage": self.cfg.zero_stage,
+            "attention_backend": self.backend, "world_size": self.world, "zero_stage": self.zero_stage,
             "checkpoint_keeps": self.checkpoint_keeps if self.cfg.gradient_checkpointing else None,
             "checkpoint_layers": self.cfg.checkpoint_layers if self.cfg.gradient_checkpointing else None,
+            "chosen_by_fit": [k for k, v in (("zero_stage", self.cfg.zero_stage),
+                                             ("checkpoint_keeps", self.cfg.checkpoint_keeps)) if v is None],
+            "memory_estimate": self.memory_estimate.as_dict(), "peak_gpu_gib": _peak_gpu_gib(self.cuda),
             "checkpoint": str(getattr(self, "last_checkpoint", "")), "export": str(export) if export else None,
             "data": self.data_report.summary(),
             "rejected_records": str(self.cfg.output_dir / REJECTED_FILE),
@@ -411,6 +422,13 @@ def _logged_step(line: str) -> int:
 def _log_line(text: str) -> None:
     """One line for people on stderr (stdout carries the progress lines)."""
     print(f"train: {text}", file=sys.stderr, flush=True)
+
+
+def _peak_gpu_gib(cuda: bool) -> float | None:
+    """The most GPU memory this process allocated (what the memory estimate predicts)."""
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None
 
 
 def _atomic_write(path: Path, text: str) -> None:

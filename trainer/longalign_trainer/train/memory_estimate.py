@@ -1,0 +1,228 @@
+"""Will a training config fit? GPU and host memory per rank, estimated from the model's shape before loading it.
+
+Model states (parameters, gradients, AdamW states, as ZeRO partitions them) come from DeepSpeed's own
+estimators (``estimate_zero2_model_states_mem_needs`` and the ZeRO-3 twin, without their 1.5× buffer). On top
+of them, per pack of ``T`` tokens (bf16, one pack per micro-step, every Llama-style decoder layer alike):
+
+* what each checkpointed layer keeps until the backward pass, by ``checkpoint_keeps`` (``SAVED_PER_TOKEN``,
+  counted in the layer's widths: hidden ``h``, key/value width ``kv``, MLP width ``i``): its input, plus the
+  attention output, plus the MLP's gate/up projections, plus the attention projections;
+* a layer left unchecked keeps everything its backward needs, as does the one layer being recomputed;
+* one chunk of the loss's logits (train/linear_loss.py: the full logits never exist).
+
+On the host, every rank loads the whole model (bf16) before DeepSpeed partitions it, and ZeRO-Offload keeps
+the fp32 master weights, AdamW states and gradients there. ``choose`` picks the fastest ZeRO stage and
+checkpointing that fit (ZeRO-2 and selective checkpointing before ZeRO-3, which recomputes everything);
+``check`` refuses a config that cannot fit, with the numbers, before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from longalign_trainer.config_files import InputError
+from longalign_trainer.train import linear_loss
+
+if TYPE_CHECKING:
+    from longalign_trainer.train.config import TrainConfig
+
+GIB = 2**30
+PROCESS_HOST_BYTES = 3 * GIB  # one rank's Python, torch, CUDA and NCCL before any tensor
+GPU_RESERVE_BYTES = 2 * GIB  # CUDA context, cuBLAS/cuDNN workspaces, allocator slack
+# Fastest first: keeping more activations recomputes less; ZeRO-3 forbids selective checkpointing (recipe.py).
+KEEPS_FASTEST_FIRST = ("matmuls", "attention_and_mlp", "attention", "nothing")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimate needs of a Llama-style model: its widths and parameter counts."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_width: int  # key/value heads × head dimension
+    intermediate: int
+    vocab: int
+    params: int  # all parameters
+    largest_layer_params: int  # the biggest single weight (ZeRO-3 gathers one at a time): embedding or LM head
+
+    @classmethod
+    def from_config(cls, config: object) -> ModelShape:
+        """From a transformers config (``AutoConfig.from_pretrained(model_path)``)."""
+        h, layers = int(getattr(config, "hidden_size")), int(getattr(config, "num_hidden_layers"))
+        heads = int(getattr(config, "num_attention_heads"))
+        kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(config, "head_dim", None) or h // heads)
+        i, vocab = int(getattr(config, "intermediate_size")), int(getattr(config, "vocab_size"))
+        tied = bool(getattr(config, "tie_word_embeddings", False))
+        per_layer = h * heads * head_dim * 2 + h * kv_heads * head_dim * 2 + 3 * h * i + 2 * h
+        params = layers * per_layer + vocab * h * (1 if tied else 2) + h
+        return cls(h, layers, heads, kv_heads * head_dim, i, vocab, params, vocab * h)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The memory-relevant part of a training config, for one rank."""
+
+    zero_stage: int
+    checkpoint_keeps: str  # nothing / attention / attention_and_mlp / matmuls; ignored without checkpointing
+    pack_tokens: int
+    gpus_per_node: int = 1
+    nodes: int = 1
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    gradient_checkpointing: bool = True
+    checkpoint_layers: int | None = None  # checkpoint only the first N layers (None: all)
+    bf16: bool = True
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes per rank (GPU) and per node (host), with their parts, for the summary and a refusal."""
+
+    gpu_model_states: int
+    gpu_activations: int
+    host: int
+
+    @property
+    def gpu(self) -> int:
+        """Peak GPU memory one rank allocates."""
+        return self.gpu_model_states + self.gpu_activations
+
+    def as_dict(self) -> dict[str, float]:
+        """GiB, rounded, for the summary."""
+        return {"gpu_gib": round(self.gpu / GIB, 1), "gpu_model_states_gib": round(self.gpu_model_states / GIB, 1),
+                "gpu_activations_gib": round(self.gpu_activations / GIB, 1), "host_gib": round(self.host / GIB, 1)}
+
+
+class DoesNotFit(InputError):
+    """The config needs more GPU or host memory than there is; the message gives the numbers and the fixes (exit 2)."""
+
+
+def saved_per_token(shape: ModelShape, keeps: str) -> int:
+    """Bytes one checkpointed layer keeps per token until its backward pass (bf16; fp32 log-sum-exp)."""
+    h, kv, i = shape.hidden, shape.kv_width, shape.intermediate
+    saved = {"nothing": 2 * h,
+             "attention": 2 * h + 2 * h + 4 * shape.heads,
+             "attention_and_mlp": 2 * h + 2 * h + 4 * shape.heads + 4 * i,
+             "matmuls": 2 * (4 * h + 2 * kv + 2 * i) + 4 * shape.heads}
+    if keeps not in saved:
+        raise ValueError(f"checkpoint_keeps: {keeps!r} is not one of {tuple(saved)}")
+    return saved[keeps]
+
+
+def full_layer_per_token(shape: ModelShape) -> int:
+    """Bytes per token an unchecked layer keeps for its backward (norm outputs, q/k/v, attention, MLP)."""
+    h, kv, i = shape.hidden, shape.kv_width, shape.intermediate
+    return 2 * (6 * h + 2 * kv + 3 * i) + 4 * shape.heads + 8
+
+
+def estimate(shape: ModelShape, s: Setting) -> Estimate:
+    """GPU bytes per rank and host bytes per node for ``s`` (see the module docstring)."""
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    offload = s.offload_optimizer or s.offload_params
+    if s.zero_stage == 3:
+        cpu_states, gpu_states, _ = estimate_zero3_model_states_mem_needs(
+            shape.params, shape.largest_layer_params, s.gpus_per_node, s.nodes, cpu_offload=offload,
+            cpu_offload_params=s.offload_params, zero_init=False, additional_buffer_factor=1.0)
+    else:  # DeepSpeed's ZeRO-2 formula; ZeRO-1 partitions no gradients (2 more bytes per parameter, unsplit)
+        cpu_states, gpu_states = estimate_zero2_model_states_mem_needs(
+            shape.params, s.gpus_per_node, s.nodes, cpu_offload=offload, additional_buffer_factor=1.0)
+        if s.zero_stage == 1:
+            gpu_states += 2 * shape.params
+    load = (2 if s.bf16 else 4) * shape.params  # what from_pretrained holds on each rank before partitioning
+    host = s.gpus_per_node * (load + PROCESS_HOST_BYTES) + (int(cpu_states) if offload else 0)
+
+    t, layers = s.pack_tokens, shape.layers
+    checked = 0 if not s.gradient_checkpointing else min(layers, layers if s.checkpoint_layers is None
+                                                         else s.checkpoint_layers)
+    keeps = s.checkpoint_keeps if s.zero_stage < 3 else "nothing"
+    per_token = (checked * saved_per_token(shape, keeps) + (layers - checked) * full_layer_per_token(shape)
+                 + full_layer_per_token(shape))  # the layer being recomputed / backpropagated
+    rows = min(t, linear_loss.rows_per_chunk(shape.vocab))
+    activations = t * per_token + rows * shape.vocab * (2 + 4)  # one loss chunk: bf16 logits, fp32 softmax
+    return Estimate(int(gpu_states), int(activations), int(host))
+
+
+def choose(shape: ModelShape, s: Setting, gpu_bytes: int, zero_stage: int | None,
+           checkpoint_keeps: str | None) -> Setting:
+    """``s`` with what the config leaves open (``None``: ZeRO stage, checkpointing) filled in: the fastest
+    option that fits ``gpu_bytes`` with 10 % to spare (ZeRO-2 with the most kept activations first, ZeRO-3
+    last), else the one that needs least."""
+    from dataclasses import replace
+
+    stages = [zero_stage] if zero_stage is not None else [3] if s.offload_params else [2, 3]
+    keeps = [checkpoint_keeps] if checkpoint_keeps is not None else list(KEEPS_FASTEST_FIRST)
+    candidates = [replace(s, zero_stage=z, checkpoint_keeps=k if z < 3 else "nothing")
+                  for z in stages for k in (keeps if z < 3 else keeps[-1:])]
+    for c in candidates:
+        if estimate(shape, c).gpu * 1.1 <= gpu_bytes:
+            return c
+    return min(candidates, key=lambda c: estimate(shape, c).gpu)
+
+
+def check(e: Estimate, s: Setting, gpu_bytes: int | None, host_bytes: int | None) -> None:
+    """Raise ``DoesNotFit`` when the estimate exceeds the GPU's memory or the host's, naming the fixes."""
+    problems = []
+    if gpu_bytes is not None and e.gpu > gpu_bytes:
+        problems.append(f"GPU memory per rank: needs ~{e.gpu / GIB:.1f} GiB (model states "
+                        f"{e.gpu_model_states / GIB:.1f} + activations at {s.pack_tokens} tokens per pack "
+                        f"{e.gpu_activations / GIB:.1f}), the GPU has {gpu_bytes / GIB:.1f} GiB; fixes: more GPUs "
+                        "(ZeRO partitions the model states over them), zero_stage 3, offload_optimizer, a smaller "
+                        "max_tokens_per_pack or checkpoint_keeps: nothing")
+    if host_bytes is not None and e.host > host_bytes:
+        problems.append(f"host memory: the {s.gpus_per_node} rank(s) of a node need ~{e.host / GIB:.1f} GiB, "
+                        f"the node has {host_bytes / GIB:.1f} GiB available; fixes: offload off (with more GPUs "
+                        "if the GPU memory needs it), fewer ranks per node or a node with more memory")
+    if problems:
+        raise DoesNotFit(
+            f"this config cannot fit (ZeRO-{s.zero_stage}, offload_optimizer={s.offload_optimizer}, "
+            f"offload_params={s.offload_params}, checkpoint_keeps={s.checkpoint_keeps}): " + "; ".join(problems))
+
+
+def host_memory_available() -> int | None:
+    """Bytes this node's processes may use: the cgroup's limit (a pod's) or MemAvailable, whichever is less."""
+    limits = []
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:
+            limits.append(int(text))
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                limits.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    return min(limits) if limits else None
+
+
+def gpus_per_node() -> int:
+    """Ranks on this node (torchrun's LOCAL_WORLD_SIZE; 1 outside torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+
+
+def plan(cfg: TrainConfig, world_size: int, gpu_bytes: int | None, host_bytes: int | None) -> tuple[Setting, Estimate]:
+    """The setting a run uses (its ZeRO stage and checkpointing chosen by ``choose`` where ``cfg`` leaves them
+    open) and its estimate; raises ``DoesNotFit`` before anything is loaded when it cannot fit."""
+    from transformers import AutoConfig
+
+    shape = ModelShape.from_config(AutoConfig.from_pretrained(cfg.model_path))
+    local = gpus_per_node()
+    base = Setting(zero_stage=cfg.zero_stage or 2, checkpoint_keeps=cfg.checkpoint_keeps or "attention",
+                   pack_tokens=cfg.max_tokens_per_pack, gpus_per_node=local, nodes=max(1, world_size // local),
+                   offload_optimizer=cfg.offload_optimizer, offload_params=cfg.offload_params,
+                   gradient_checkpointing=cfg.gradient_checkpointing, checkpoint_layers=cfg.checkpoint_layers,
+                   bf16=cfg.bf16 if cfg.bf16 is not None else gpu_bytes is not None)  # as the recipe decides
+    chosen = choose(shape, base, gpu_bytes if gpu_bytes is not None else 1 << 62, cfg.zero_stage,
+                    cfg.checkpoint_keeps)
+    e = estimate(shape, chosen)
+    check(e, chosen, gpu_bytes, host_bytes)
+    return chosen, e
