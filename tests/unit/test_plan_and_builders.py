@@ -17,8 +17,9 @@ STORAGE = {"models": {"claimName": "models"}, "data": {"claimName": "data", "sub
 
 
 def make_run(labels=None, **spec) -> Run:
+    # Training reads the generated data when there is data generation, else a file of its own.
     body = {"image": "trainer:1", "baseModelPath": "/models/m", "storage": STORAGE,
-            "training": {"datasetPath": "/data/d.jsonl"}, **spec}
+            "training": {} if "dataGeneration" in spec else {"datasetPath": "/data/d.jsonl"}, **spec}
     return Run(name="r", namespace="ns", uid="u-1", labels=labels or {}, spec=parse(body))
 
 
@@ -149,7 +150,7 @@ def test_progress_lines_reach_the_status_and_silence_marks_the_stage_stalled():
     _, status = advance(run, status, [running], now=T0 + timedelta(minutes=6))
     st = status["stages"]["training"]
     assert (status["progress"], status["eta"], st["state"]) == ("45%", "9m10s", "Running")
-    assert st["metrics"] == {"loss": 1.7, "tokens_per_s": 35000.0}
+    assert st["metrics"] == {"loss": 1.7, "tokensPerS": 35000.0}
     p, status = advance(run, status, [running], now=T0 + timedelta(minutes=15, seconds=1))
     assert (status["stages"]["training"]["state"], status["stages"]["training"]["reason"]) == ("Stalled", "NoProgress")
     assert ("Warning", "StageStalled") == p.events[0][:2]
