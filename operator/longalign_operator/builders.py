@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from longalign_operator.spec import GROUP, KIND, VERSION, LongAlignRunSpec, PodOptions, StageOptions
+from longalign_operator.spec import GROUP, KIND, MOUNTS, VERSION, LongAlignRunSpec, PodOptions, StageOptions
 from longalign_trainer.contract import JUDGE_KEY_ENV, TEACHER_URL_ENV
 
 LABEL_RUN = f"{GROUP}/run"
@@ -30,8 +30,6 @@ VLLM_PORT = 8000
 RAY_PORT = 6379
 MAX_ATTEMPTS = 999
 """Attempts of one stage at most (the planner fails the stage beyond): the attempt number is part of names."""
-MOUNTS = {"models": "/models", "data": "/data", "checkpoints": "/checkpoints", "results": "/results",
-          "documents": "/documents"}
 
 STAGE_SHORT = {"dataGeneration": "datagen", "training": "train", "evaluation": "eval"}
 STAGE_COMMAND = {"dataGeneration": "datagen", "training": "train", "evaluation": "eval"}
@@ -281,8 +279,8 @@ def teacher_urls(run: Run) -> str:
     reuses the document; a load-balanced Service would scatter them.
 
     >>> from longalign_operator.spec import parse
-    >>> spec = parse({"image": "i", "baseModelPath": "/m", "dataGeneration": {"teacher": {"modelPath": "/t",
-    ...     "replicas": 2, "nodesPerReplica": 2}}, "storage": {"models": {"claimName": "m"},
+    >>> spec = parse({"image": "i", "baseModelPath": "/models/m", "dataGeneration": {"teacher": {
+    ...     "modelPath": "/models/t", "replicas": 2, "nodesPerReplica": 2}}, "storage": {"models": {"claimName": "m"},
     ...     "data": {"claimName": "d"}, "checkpoints": {"claimName": "c"}}})
     >>> teacher_urls(Run("r", "ns", "uid", {}, spec))
     'http://r-teacher-0.r-teacher.ns.svc:8000/v1,http://r-teacher-2.r-teacher.ns.svc:8000/v1'
@@ -364,9 +362,9 @@ def run_name_limit() -> tuple[int, str, str]:
         return int(next(m.le for m in model.model_fields[field].metadata if getattr(m, "le", None) is not None))
 
     name = "n" * 20
-    spec = parse({"image": "i", "baseModelPath": "/m", "storage": {
+    spec = parse({"image": "i", "baseModelPath": "/models/m", "storage": {
         "models": {"claimName": "m"}, "data": {"claimName": "d"}, "checkpoints": {"claimName": "c"}},
-        "dataGeneration": {"teacher": {"modelPath": "/t", "replicas": most(Teacher, "replicas"),
+        "dataGeneration": {"teacher": {"modelPath": "/models/t", "replicas": most(Teacher, "replicas"),
                                        "nodesPerReplica": most(Teacher, "nodes_per_replica")}},
         "training": {"nodes": most(Training, "nodes")}, "evaluation": {"needle": {}}})
     names = capped_names(Run(name, "ns", "uid", {}, spec))

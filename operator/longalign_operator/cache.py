@@ -167,7 +167,8 @@ class GonePods:
 
         >>> gone = GonePods(clock=lambda: 0.0)
         >>> gone.record("ns", "r", "r-train-1", PodView("r-train-1-0", "Running"))
-        >>> [(job, p.name, p.deleted) for job, p in gone.add_to("ns", "r", [("r-train-1", PodView("r-train-1-1", "Running"))])]
+        >>> seen = [("r-train-1", PodView("r-train-1-1", "Running"))]
+        >>> [(job, p.name, p.deleted) for job, p in gone.add_to("ns", "r", seen)]
         [('r-train-1', 'r-train-1-1', False), ('r-train-1', 'r-train-1-0', True)]
         """
         out = list(pods)

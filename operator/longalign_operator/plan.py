@@ -293,10 +293,10 @@ def _fail_stage(obs: Observed, p: Plan, stage: str, st: StageStatus, reason: str
     p.events.append(Event("Warning", "StageFailed", p.status.message, stage))
 
 
-def _pods_state(pods: tuple[PodView, ...], servers: tuple[PodView, ...], expected_servers: int
-                ) -> tuple[StageState, str, str | None]:
-    """(state, reason, message) of an attempt whose Job is active: its pods and, for data generation, the teacher
-    servers' pods, which must all exist and be ready."""
+def _pods_state(pods: tuple[PodView, ...], expected: int, servers: tuple[PodView, ...] = (),
+                expected_servers: int = 0) -> tuple[StageState, str, str | None]:
+    """(state, reason, message) of an attempt whose Job is active: its ``expected`` pods and, for data
+    generation, the teacher servers' pods, which must all exist and be ready."""
     blocked = [(pod, pod.reason) for pod in (*pods, *servers) if pod.reason and pod.phase in ("Pending", "Running")]
     if blocked:
         pod, reason = blocked[0]
@@ -307,7 +307,7 @@ def _pods_state(pods: tuple[PodView, ...], servers: tuple[PodView, ...], expecte
         ready = sum(pod.ready for pod in servers)
         return "Starting", "TeacherStarting", f"{ready} of {expected_servers} teacher servers ready"
     # Pods that already succeeded still count as running: the Job completes a moment later.
-    if pods and all(pod.phase in ("Running", "Succeeded") for pod in pods):
+    if len(pods) >= expected and all(pod.phase in ("Running", "Succeeded") for pod in pods):
         return "Running", "Running", None
     return "Starting", "PodsStarting", None
 
@@ -321,9 +321,10 @@ def _observe_active(obs: Observed, p: Plan, stage: str, options, st: StageStatus
     elif stage == "dataGeneration":
         teacher = obs.run.spec.data_generation.teacher
         expected = teacher.replicas * teacher.nodes_per_replica if teacher else 0
-        state, reason, message = _pods_state(job.pods, obs.servers, expected)
+        state, reason, message = _pods_state(job.pods, 1, obs.servers, expected)
     else:
-        state, reason, message = _pods_state(job.pods, (), 0)
+        group = obs.run.spec.training.nodes if stage == "training" else 1
+        state, reason, message = _pods_state(job.pods, group)
     if state != "Running" and st.start_time:
         waited = (obs.now - parse_time(st.start_time)).total_seconds()
         if waited > options.startup_deadline_seconds:

@@ -36,6 +36,12 @@ RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NNODES", "NODE_RA
 RESERVED_ENV = (*OPERATOR_ENV, *RENDEZVOUS_ENV, "POD_INDEX")
 """Every variable the operator sets on some stage pod: no stage's ``pod.env`` may name one."""
 GPU_RESOURCE = "nvidia.com/gpu"
+MOUNTS = {"models": "/models", "data": "/data", "checkpoints": "/checkpoints", "results": "/results",
+          "documents": "/documents"}
+"""Where every stage container mounts the run's volumes (``storage``); every path in the spec is below one."""
+VolumePath = Annotated[str, Field(min_length=2, max_length=4096,
+                                  pattern=r"^/(" + "|".join(MOUNTS) + r")(/.*)?$")]
+"""A path inside a stage's pod: below one of the run's mounts (a path anywhere else does not exist there)."""
 
 
 class Model(BaseModel):
@@ -83,8 +89,8 @@ class PodOptions(Model):
     env: list[EnvVar] | None = Field(default=None, max_length=128)
     """Extra environment variables; not those the operator sets (``RESERVED_ENV``), and secrets
     (``SECRET_ENV``) only through ``valueFrom``."""
-    labels: dict[str, str] | None = None
-    """Extra labels on the stage's pods."""
+    labels: dict[str, Annotated[str, Field(max_length=63)]] | None = None
+    """Extra labels on the stage's pods; not under ``longalign.dev/`` (the operator's own, which find the pods)."""
     annotations: dict[str, str] | None = None
     """Extra annotations on the stage's pods."""
 
@@ -108,7 +114,7 @@ class StageOptions(Model):
 class Teacher(Model):
     """The model that writes the instruction data, served by vLLM."""
 
-    model_path: str = Field(min_length=1)
+    model_path: VolumePath
     """Folder of the teacher model on the models volume."""
     served_name: str = Field(default="teacher", min_length=1, max_length=253)
     replicas: int = Field(default=1, ge=1, le=64)
@@ -122,7 +128,7 @@ class Teacher(Model):
 
 
 class ShortDataMix(Model):
-    path: str = Field(min_length=1)
+    path: VolumePath
     """JSONL of short general chat data on the data volume."""
     ratio: float = Field(gt=0, le=10)
     """Short samples per long sample."""
@@ -130,7 +136,7 @@ class ShortDataMix(Model):
 
 class DataGeneration(StageOptions):
     teacher: Teacher | None = None
-    documents_path: str = "/documents"
+    documents_path: VolumePath = "/documents"
     """Folder of long documents (.txt, .md, .jsonl, .parquet) on the documents volume."""
     task_types: list[Literal["general", "summary", "reasoning", "extraction", "comparison", "code"]] = Field(
         default=["general", "summary", "reasoning", "extraction"], min_length=1, max_length=6)
@@ -154,7 +160,7 @@ class Optimizer(Model):
 
 
 class Training(StageOptions):
-    dataset_path: str | None = None
+    dataset_path: VolumePath | None = None
     """Bring your own LongAlign JSONL (on the data volume) instead of generating it."""
     nodes: int = Field(default=1, ge=1, le=512)
     gpus_per_node: int = Field(default=8, ge=1, le=16)
@@ -181,9 +187,9 @@ class JudgeOptions(Model):
 
 
 class LongBenchChat(Model):
-    path: str = Field(min_length=1)
+    path: VolumePath
     """Benchmark JSONL on the data volume (idx, prompt, query, answer)."""
-    few_shot_path: str | None = None
+    few_shot_path: VolumePath | None = None
 
 
 class Needle(Model):
@@ -194,7 +200,7 @@ class Needle(Model):
 
 
 class Evaluation(StageOptions):
-    checkpoint_path: str | None = None
+    checkpoint_path: VolumePath | None = None
     """Evaluate this existing checkpoint (on the checkpoints volume) instead of the one training produces."""
     gpus: int = Field(default=1, ge=1, le=16)
     long_bench_chat: LongBenchChat | None = None
@@ -222,7 +228,7 @@ class Storage(Model):
 class LongAlignRunSpec(Model):
     """A LongAlign run: generate long instruction data, train on it, evaluate the result."""
 
-    base_model_path: str = Field(min_length=1)
+    base_model_path: VolumePath
     """Folder of the model to align, on the models volume."""
     image: str = Field(min_length=1)
     """The trainer image that runs every stage."""
@@ -334,7 +340,11 @@ def _pod_rules(stage: str, attr: str) -> list[Rule]:
 
     gpus = {"dataGeneration": "dataGeneration.teacher.gpusPerReplica", "training": "training.gpusPerNode",
             "evaluation": "evaluation.gpus"}[stage]
+    labels = f"{stage}.pod.labels"
     return [
+        Rule(labels, f"!({_has(labels)}) || self.{labels}.all(k, !k.startsWith('{GROUP}/'))",
+             f"must not use the prefix {GROUP}/: the operator's own labels find the stage's pods",
+             lambda s: all(not k.startswith(f"{GROUP}/") for k in getattr(s, attr).pod.labels or {})),
         Rule(env, f"!({_has(env)}) || self.{env}.all(e, !(e.name in {_cel_list(RESERVED_ENV)}))",
              f"must not set {', '.join(RESERVED_ENV)}: the operator sets them (the stage contract and "
              "torchrun's rendezvous)",

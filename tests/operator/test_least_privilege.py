@@ -17,7 +17,8 @@ def can_i(cluster: LocalCluster, verb: str, resource: str, namespace: str) -> bo
 
 
 @pytest.mark.parametrize("verb, resource, allowed", [
-    ("create", "jobs.batch", True), ("create", "statefulsets.apps", True), ("patch", "longalignruns.longalign.dev/status", True),
+    ("create", "jobs.batch", True), ("create", "statefulsets.apps", True),
+    ("patch", "longalignruns.longalign.dev/status", True),
     ("get", "pods/log", True), ("watch", "nodes", True), ("create", "events", True),
     ("get", "secrets", False), ("list", "secrets", False), ("create", "pods", False), ("delete", "pods", False),
     ("create", "pods/exec", False), ("create", "serviceaccounts/token", False), ("patch", "nodes", False),

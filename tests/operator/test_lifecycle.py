@@ -94,10 +94,13 @@ def test_a_run_goes_through_every_stage_to_succeeded(cluster, operator, volumes)
     assert row[1] == "Succeeded" and row[-3:-1] == ["1.23", "6.40"]  # LOSS, SCORE
     # Every Event is a real transition, from the operator by name.
     posted = cluster.get("events", "-n", ns, "--field-selector", f"involvedObject.name={full}")["items"]
-    # Normal Events are the transitions (a stage done in a blink may not be seen Running); Warnings name a real
-    # trouble on the way, e.g. StageQueued while the scheduler has not yet seen the claims bound.
+    # Normal Events are the transitions (a stage done in a blink may not be seen Running); a Warning names a real
+    # trouble on the way, e.g. StageQueued while the scheduler has not yet seen the claims bound, and the stage
+    # may then go on Starting. A pod ending before its Job adds nothing (the unit tests show the order).
+    troubles = sum(e["type"] == "Warning" for e in posted)
     normal = Counter(e["reason"] for e in posted if e["type"] == "Normal")
-    assert normal - Counter({"StageRunning": 3}) == Counter({"StageStarted": 3, "StageSucceeded": 3, "Succeeded": 1})
+    assert normal - Counter({"StageRunning": 3, "StageStarting": troubles}) == Counter(
+        {"StageStarted": 3, "StageSucceeded": 3, "Succeeded": 1}), posted
     assert {(e["source"]["component"], e["reportingComponent"]) for e in posted} == {("longalign-operator",) * 2}
 
 

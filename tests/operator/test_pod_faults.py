@@ -42,8 +42,8 @@ def test_a_lost_node_fails_the_attempt_at_once_naming_the_node(cluster, operator
         "name": node, "labels": labels, "annotations": {"kwok.x-k8s.io/node": "fake"}},
         "status": {"capacity": shape["status"]["capacity"], "allocatable": shape["status"]["allocatable"]}}))
     try:
-        spec = {**BASE, "training": {**training(labels={OUTCOME: "hang"}, nodeSelector={"sim.longalign.dev/node": node}),
-                                     "nodes": 1, "backoffLimit": 0}}
+        pinned = training(labels={OUTCOME: "hang"}, nodeSelector={"sim.longalign.dev/node": node})
+        spec = {**BASE, "training": {**pinned, "nodes": 1, "backoffLimit": 0}}
         apply_run(cluster, ns, "stranded", spec)
         pod = lead_pod(cluster, ns, "stranded-train-1")["metadata"]["name"]
         t0 = time.monotonic()

@@ -131,6 +131,13 @@ REFUSED_SAYING = [
      "spec.training.pod.resources", "must not ask for nvidia.com/gpu: training.gpusPerNode sets the stage's GPUs"),
     ("claim-name-not-a-name", spec_with(storage={**VALID["storage"], "data": {"claimName": "Team_A data"}}),
      "spec.storage.data.claimName", "should match"),
+    ("path-outside-the-mounts", training_with(datasetPath="/mnt/nfs/longalign.jsonl"), "spec.training.datasetPath",
+     "'^/(models|data|checkpoints|results|documents)(/.*)?$'"),
+    ("relative-model-path", spec_with(baseModelPath="llama-8b"), "spec.baseModelPath",
+     "'^/(models|data|checkpoints|results|documents)(/.*)?$'"),
+    ("label-of-the-operators-own", training_with(**pod(labels={"longalign.dev/run": "other"})),
+     "spec.training.pod.labels", ("must not use the prefix longalign.dev/: the operator's own labels find the "
+     "stage's pods")),
 ]
 
 GOOD_SPECS = [
@@ -139,7 +146,7 @@ GOOD_SPECS = [
                                 evaluation={"longBenchChat": {"path": "/data/lbc.jsonl"}, "needle": {},
                                             "judge": JUDGE})),
     ("evaluate-existing-checkpoint",
-     spec_with(training={"enabled": False}, evaluation={"checkpointPath": "/ckpt/final", "needle": {}})),
+     spec_with(training={"enabled": False}, evaluation={"checkpointPath": "/checkpoints/final", "needle": {}})),
     ("zero3-offload", spec_with(training={**VALID["training"], "deepspeed": {"offloadParams": True}})),
     ("teacher-key-from-a-secret", spec_with(training={}, dataGeneration={
         "teacher": TEACHER, **pod(env=[{"name": "OPENAI_API_KEY", "valueFrom": FROM_SECRET},

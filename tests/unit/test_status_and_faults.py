@@ -23,8 +23,8 @@ def test_the_longest_run_name_is_derived_from_the_children_and_every_child_fits_
     limit, what, suffix = builders.run_name_limit()
     assert what == "label controller-revision-hash of StatefulSet <name>-teacher's pods"
     assert (limit, suffix) == (63 - len("-teacher-") - builders.REVISION_HASH, "-teacher-" + "h" * 10)
-    spec = parse({"image": "i", "baseModelPath": "/m", "storage": STORAGE, "evaluation": {"needle": {}},
-                  "dataGeneration": {"teacher": {"modelPath": "/t", "replicas": 64, "nodesPerReplica": 16}},
+    spec = parse({"image": "i", "baseModelPath": "/models/m", "storage": STORAGE, "evaluation": {"needle": {}},
+                  "dataGeneration": {"teacher": {"modelPath": "/models/t", "replicas": 64, "nodesPerReplica": 16}},
                   "training": {"nodes": 512}})
     for length, fits in ((limit, True), (limit + 1, False)):
         names = builders.capped_names(Run("a" * length, "ns", "u", {}, spec))
@@ -104,7 +104,7 @@ NODE_UP = {"gpu-node-0": "True", "gpu-node-1": "True"}
      "pod r-train-1-1: PodGC: node no longer exists"),
 ])
 def test_a_lost_pod_ends_the_attempt_at_once_naming_the_cause(pod, nodes, reason, message):
-    run = make_run(training={"datasetPath": "/d", "nodes": 2, "backoffLimit": 1})
+    run = make_run(training={"datasetPath": "/data/d.jsonl", "nodes": 2, "backoffLimit": 1})
     _, status = advance(run, {})
     job = running("r-train-1", PodView("r-train-1-0", "Running", node="gpu-node-0"), pod)
     p = plan(Observed(run=run, status=status, generation=1, now=T0, jobs={job.name: job}, nodes=nodes))
@@ -131,7 +131,7 @@ def test_nodes_not_watched_are_no_signal():
      "PodEvicted", "pod r-train-1-0: The node was low on resource: memory."),
 ])
 def test_a_failed_job_names_its_pods_cause_not_backoff_limit_exceeded(pod, reason, message):
-    run = make_run(training={"datasetPath": "/d", "backoffLimit": 0})
+    run = make_run(training={"datasetPath": "/data/d.jsonl", "backoffLimit": 0})
     _, status = advance(run, {})
     failed = JobView("r-train-1", "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit",
                      pods=(pod,))
@@ -150,7 +150,7 @@ def test_a_pod_that_failed_in_a_job_not_yet_failed_waits_for_the_job():
 
 
 def test_the_jobs_own_reason_wins_when_it_is_not_the_backoff_limit():
-    run = make_run(training={"datasetPath": "/d", "backoffLimit": 0})
+    run = make_run(training={"datasetPath": "/data/d.jsonl", "backoffLimit": 0})
     _, status = advance(run, {})
     late = JobView("r-train-1", "Failed", "DeadlineExceeded", "Job was active longer than specified deadline",
                    pods=(PodView("r-train-1-0", "Running", deleted=True),))
@@ -184,3 +184,14 @@ def test_the_teachers_pods_are_watched_like_the_stages_own():
         'not all pods running after 601 s (ImagePullBackOff: r-teacher-1: Back-off pulling image "vllm:1")')
     _, seen = step((PodView("r-teacher-0", "Running", ready=True), PodView("r-teacher-1", "Running", ready=True)), 10)
     assert seen["stages"]["dataGeneration"]["state"] == "Running"
+
+
+def test_a_group_runs_only_once_all_its_pods_do():
+    run = make_run(training={"datasetPath": "/data/d.jsonl", "nodes": 2})
+    _, status = advance(run, {})
+    one_of_two = running("r-train-1", PodView("r-train-1-0", "Running"))
+    _, status = advance(run, status, [one_of_two])
+    assert status["stages"]["training"]["state"] == "Starting"
+    _, status = advance(run, status, [running("r-train-1", PodView("r-train-1-0", "Running"),
+                                              PodView("r-train-1-1", "Running"))])
+    assert status["stages"]["training"]["state"] == "Running"
