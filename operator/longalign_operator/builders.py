@@ -10,11 +10,13 @@ Inside every stage container the run's volumes are mounted at fixed places, and 
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from longalign_operator.spec import GROUP, KIND, VERSION, LongAlignRunSpec, PodOptions, StageOptions
+from longalign_operator.spec import GROUP, KIND, MOUNTS, VERSION, LongAlignRunSpec, PodOptions, StageOptions
 from longalign_trainer.contract import JUDGE_KEY_ENV, TEACHER_URL_ENV
 
 LABEL_RUN = f"{GROUP}/run"
@@ -26,11 +28,8 @@ TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 MASTER_PORT = 29500
 VLLM_PORT = 8000
 RAY_PORT = 6379
-# Set by the operator on training pods; a user env var of the same name would break the rendezvous.
-RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NNODES", "NODE_RANK", "RANK", "LOCAL_RANK",
-                  "LOCAL_WORLD_SIZE")
-MOUNTS = {"models": "/models", "data": "/data", "checkpoints": "/checkpoints", "results": "/results",
-          "documents": "/documents"}
+MAX_ATTEMPTS = 999
+"""Attempts of one stage at most (the planner fails the stage beyond): the attempt number is part of names."""
 
 STAGE_SHORT = {"dataGeneration": "datagen", "training": "train", "evaluation": "eval"}
 STAGE_COMMAND = {"dataGeneration": "datagen", "training": "train", "evaluation": "eval"}
@@ -101,6 +100,11 @@ def _volumes(spec: LongAlignRunSpec, config_map: str | None) -> tuple[list[dict[
     return volumes, mounts
 
 
+def _env(options: PodOptions) -> list[dict[str, Any]]:
+    """The user's variables of a stage's pods, as EnvVar objects."""
+    return [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in options.env or []]
+
+
 def _resources(options: PodOptions, gpus: int) -> dict[str, Any]:
     """The user's requests/limits (quantities as strings, as the API wants them) plus the stage's GPUs."""
     resources = {kind: {name: str(q) for name, q in amounts.items()} for kind, amounts in
@@ -119,7 +123,7 @@ def pod_template(run: Run, stage: str, attempt: int, options: StageOptions, *, c
     volumes, mounts = _volumes(spec, config_map)
     container = {
         "name": STAGE_SHORT[stage], "image": spec.image, "command": command,
-        "env": [*env, *(pod.env or [])], "volumeMounts": mounts, "resources": _resources(pod, gpus),
+        "env": [*env, *_env(pod)], "volumeMounts": mounts, "resources": _resources(pod, gpus),
         "terminationMessagePath": TERMINATION_MESSAGE_PATH, "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     template_meta = {"labels": {**(pod.labels or {}), **_labels(run, stage, attempt)}}
@@ -127,6 +131,7 @@ def pod_template(run: Run, stage: str, attempt: int, options: StageOptions, *, c
         template_meta["annotations"] = dict(pod.annotations)
     pod_spec = {"restartPolicy": "Never", "containers": [container], "volumes": volumes, **(extra or {}),
                 **_placement(run, pod)}
+    pod_spec["automountServiceAccountToken"] = False  # stages need no API access
     return {"metadata": template_meta, "spec": pod_spec}
 
 
@@ -238,7 +243,7 @@ def teacher_objects(run: Run) -> list[dict[str, Any]]:
             "--tensor-parallel-size", str(teacher.gpus_per_replica), "--port", str(VLLM_PORT),
             "--enable-prefix-caching"]
     ports = [{"name": "http", "containerPort": VLLM_PORT}]
-    env = list(dg.pod.env or [])
+    env = _env(dg.pod)
     probe: dict[str, Any] = {"httpGet": {"path": "/health", "port": VLLM_PORT}}
     if nodes > 1:
         group = ["longalign", "teacher-server", "--nodes", str(nodes), "--gpus", str(teacher.gpus_per_replica),
@@ -254,7 +259,8 @@ def teacher_objects(run: Run) -> list[dict[str, Any]]:
         "volumeMounts": mounts, "resources": _resources(dg.pod, teacher.gpus_per_replica), "ports": ports,
         "readinessProbe": {**probe, "periodSeconds": 10, "timeoutSeconds": 5},
     }
-    pod_spec = {"containers": [container], "volumes": volumes, **_placement(run, dg.pod)}
+    pod_spec = {"containers": [container], "volumes": volumes, **_placement(run, dg.pod),
+                "automountServiceAccountToken": False}
     meta = _meta(run, name, "teacher")
     servers = {
         "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta,
@@ -277,8 +283,8 @@ def teacher_urls(run: Run) -> str:
     reuses the document; a load-balanced Service would scatter them.
 
     >>> from longalign_operator.spec import parse
-    >>> spec = parse({"image": "i", "baseModelPath": "/m", "dataGeneration": {"teacher": {"modelPath": "/t",
-    ...     "replicas": 2, "nodesPerReplica": 2}}, "storage": {"models": {"claimName": "m"},
+    >>> spec = parse({"image": "i", "baseModelPath": "/models/m", "dataGeneration": {"teacher": {
+    ...     "modelPath": "/models/t", "replicas": 2, "nodesPerReplica": 2}}, "storage": {"models": {"claimName": "m"},
     ...     "data": {"claimName": "d"}, "checkpoints": {"claimName": "c"}}})
     >>> teacher_urls(Run("r", "ns", "uid", {}, spec))
     'http://r-teacher-0.r-teacher.ns.svc:8000/v1,http://r-teacher-2.r-teacher.ns.svc:8000/v1'
@@ -311,3 +317,78 @@ def stage_objects(run: Run, stage: str, attempt: int) -> list[dict[str, Any]]:
     else:
         objects.append(single_pod_job(run, stage, attempt, gpus=run.spec.evaluation.gpus, env=judge_env(run)))
     return objects
+
+
+# ------------------------------------------------------------------------------------------ names that must fit
+DNS_LABEL = 63
+"""Longest Service name, pod hostname and label value Kubernetes accepts."""
+REVISION_HASH = 10
+"""Characters of the hash the StatefulSet controller appends to its name in its pods' controller-revision-hash."""
+RUN_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+"""A run's name names its Services, so it must be a DNS-1035 label: a letter first, no dots."""
+
+
+def capped_names(run: Run) -> dict[str, str]:
+    """Each name and label value of the run's children that Kubernetes caps at 63 characters, by what it is:
+    those the builders write (Services, labels) and those Kubernetes derives from them (an Indexed Job's pod
+    hostnames and job-name label, a StatefulSet's pod names and controller-revision-hash label)."""
+    out: dict[str, str] = {}
+    for stage in STAGE_SHORT:
+        if not getattr(run.spec, {"dataGeneration": "data_generation"}.get(stage, stage)).enabled:
+            continue
+        for obj in stage_objects(run, stage, MAX_ATTEMPTS):
+            kind, name, spec = obj["kind"], obj["metadata"]["name"], obj.get("spec", {})
+            if kind == "Service":
+                out[f"Service {name}"] = name
+            labels = {**obj["metadata"]["labels"], **spec.get("template", {}).get("metadata", {}).get("labels", {})}
+            out.update({f"label {key} of {kind} {name}": value for key, value in labels.items()})
+            if kind == "Job":
+                out[f"label job-name of Job {name}'s pods"] = name
+                if spec.get("completionMode") == "Indexed":
+                    host = f"{name}-{spec['completions'] - 1}"
+                    out[f"hostname {host} of Job {name}'s last pod"] = host
+            if kind == "StatefulSet":
+                pod = f"{name}-{spec['replicas'] - 1}"
+                out[f"name of StatefulSet {name}'s last pod"] = pod
+                out[f"label controller-revision-hash of StatefulSet {name}'s pods"] = f"{name}-{'h' * REVISION_HASH}"
+    return out
+
+
+@functools.cache
+def run_name_limit() -> tuple[int, str, str]:
+    """The longest run name whose children can all exist, with what limits it: (length, what, its suffix).
+
+    Computed from the builders for the largest run the spec allows (every stage, the most teacher pods and
+    training nodes, the last attempt)."""
+    from longalign_operator.spec import Model, Teacher, Training, parse
+
+    def most(model: type[Model], field: str) -> int:
+        return int(next(m.le for m in model.model_fields[field].metadata if getattr(m, "le", None) is not None))
+
+    name = "n" * 20
+    spec = parse({"image": "i", "baseModelPath": "/models/m", "storage": {
+        "models": {"claimName": "m"}, "data": {"claimName": "d"}, "checkpoints": {"claimName": "c"}},
+        "dataGeneration": {"teacher": {"modelPath": "/models/t", "replicas": most(Teacher, "replicas"),
+                                       "nodesPerReplica": most(Teacher, "nodes_per_replica")}},
+        "training": {"nodes": most(Training, "nodes")}, "evaluation": {"needle": {}}})
+    names = capped_names(Run(name, "ns", "uid", {}, spec))
+    what, longest = max(((w, v) for w, v in names.items() if v.startswith(name)), key=lambda item: len(item[1]))
+    return DNS_LABEL - (len(longest) - len(name)), what.replace(name, "<name>"), longest.removeprefix(name)
+
+
+def run_name_problems(name: str) -> list[tuple[str, str]]:
+    """What is wrong with a run's name, as (field, message) pairs naming the limit; empty when it is fine."""
+    limit, what, _ = run_name_limit()
+    problems = []
+    if len(name) > limit:
+        problems.append(("metadata.name", RUN_NAME_MESSAGES["length"].format(limit=limit, what=what)))
+    if not re.fullmatch(RUN_NAME_PATTERN, name):
+        problems.append(("metadata.name", RUN_NAME_MESSAGES["pattern"]))
+    return problems
+
+
+RUN_NAME_MESSAGES = {
+    "length": "must be at most {limit} characters: the longest name made from it, the {what}, must fit in 63",
+    "pattern": "must start with a lowercase letter and hold only lowercase letters, digits and "
+               "'-' (it names the run's Services)",
+}

@@ -6,7 +6,9 @@ picture (it would start an attempt whose Job it created a moment ago, or recreat
 like Kubernetes' own controllers, the operator remembers its recent writes until the watches show them:
 
 - ``Expectations``: Jobs created or deleted and not yet seen so by the Job index;
-- ``WrittenStatus``: the status last patched onto each run, used while the live body is older than it.
+- ``WrittenStatus``: the status last patched onto each run, used while the live body is older than it;
+- ``GonePods``: Job pods seen deleted before they finished, kept after the pod index forgets them (the Job
+  fails a moment later, and only the pod showed why).
 
 Also here: reducing Job and pod bodies (plain JSON, as the watches deliver them) to the planner's views.
 """
@@ -15,10 +17,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from longalign_operator.builders import LABEL_STAGE, teacher_name
 from longalign_operator.plan import JobView, PodView
 
 EXPECT_FOR_S = 120.0
@@ -31,29 +34,50 @@ def job_record(job: Mapping[str, Any]) -> JobView:
     """A Job body reduced to what the planner needs (its pods are added from the pod index)."""
     state, reason, message = "Active", None, None
     for c in (job.get("status") or {}).get("conditions") or []:
-        if c.get("status") == "True" and c.get("type") in ("Complete", "Failed"):
-            state, reason, message = c["type"], c.get("reason"), c.get("message")
+        # FailureTarget: the Job controller has decided the Job fails and is terminating its pods.
+        if c.get("status") == "True" and c.get("type") in ("Complete", "Failed", "FailureTarget"):
+            state = "Complete" if c["type"] == "Complete" else "Failed"
+            reason, message = c.get("reason"), c.get("message")
     if state == "Active" and (job.get("spec") or {}).get("suspend"):
         state = "Suspended"
     return JobView(name=job["metadata"]["name"], state=state, reason=reason, message=message)
 
 
-def pod_record(pod: Mapping[str, Any]) -> PodView:
-    """A pod body reduced to its phase, why it is not running, and how its container ended."""
+def pod_record(pod: Mapping[str, Any], deleted: bool = False) -> PodView:
+    """A pod body reduced to its phase, why it is not running, how its container ended, where it runs and
+    whether Kubernetes is ending it (``deleted``: the pod is known to be gone)."""
     status = pod.get("status") or {}
-    reason = message = termination = exit_code = None
+    phase = status.get("phase") or "Pending"
+    reason = message = termination = exit_code = exit_reason = disruption = None
+    ready = False
     for c in status.get("conditions") or []:
         if c.get("type") == "PodScheduled" and c.get("status") == "False":
             reason, message = c.get("reason"), c.get("message")
+        elif c.get("type") == "Ready":
+            ready = c.get("status") == "True"
+        elif c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+            disruption = (c.get("reason") or "DisruptionTarget", c.get("message") or "")
+    if phase == "Failed" and status.get("reason") and disruption is None:  # e.g. Evicted by the kubelet
+        disruption = (status["reason"], status.get("message") or "")
     for cs in status.get("containerStatuses") or []:
         state = cs.get("state") or {}
         waiting, terminated = state.get("waiting"), state.get("terminated")
         if waiting and waiting.get("reason") and waiting["reason"] not in WAITING_REASONS_OK:
             reason, message = waiting["reason"], waiting.get("message")
         if terminated:
-            termination, exit_code = terminated.get("message"), terminated.get("exitCode")
-    return PodView(name=pod["metadata"]["name"], phase=status.get("phase") or "Pending", reason=reason,
-                   message=message, termination_message=termination, exit_code=exit_code)
+            termination, exit_code, exit_reason = terminated.get("message"), terminated.get("exitCode"), \
+                terminated.get("reason")
+    meta = pod.get("metadata") or {}
+    return PodView(name=meta["name"], phase=phase, reason=reason, message=message, termination_message=termination,
+                   exit_code=exit_code, exit_reason=exit_reason, node=(pod.get("spec") or {}).get("nodeName"),
+                   ready=ready, deleted=deleted or bool(meta.get("deletionTimestamp")), disruption=disruption)
+
+
+def pod_group(labels: Mapping[str, str], run: str) -> str | None:
+    """The group a run's pod belongs to: its Job's name, or the teacher's StatefulSet name."""
+    if JOB_NAME_LABEL in labels:
+        return labels[JOB_NAME_LABEL]
+    return teacher_name(run) if labels.get(LABEL_STAGE) == "teacher" else None
 
 
 def assemble(jobs: Iterable[JobView], pods: Iterable[tuple[str, PodView]]) -> dict[str, JobView]:
@@ -123,6 +147,45 @@ class Expectations:
                 else:
                     out.pop(name, None)
         return out
+
+
+class GonePods:
+    """Job pods seen deleted before they finished, by (namespace, run), for ``EXPECT_FOR_S`` (thread-safe)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._pods: dict[tuple[str, str], dict[str, tuple[float, str, PodView]]] = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    def record(self, namespace: str, run: str, job: str, pod: PodView) -> None:
+        """Remember a pod of ``job`` that is being deleted (or was) while it had not finished."""
+        with self._lock:
+            self._pods.setdefault((namespace, run), {})[pod.name] = (self._clock(), job, replace(pod, deleted=True))
+
+    def add_to(self, namespace: str, run: str, pods: Iterable[tuple[str, PodView]]) -> list[tuple[str, PodView]]:
+        """``pods`` ((job, pod) pairs from the index) plus the remembered ones the index no longer holds.
+
+        >>> gone = GonePods(clock=lambda: 0.0)
+        >>> gone.record("ns", "r", "r-train-1", PodView("r-train-1-0", "Running"))
+        >>> seen = [("r-train-1", PodView("r-train-1-1", "Running"))]
+        >>> [(job, p.name, p.deleted) for job, p in gone.add_to("ns", "r", seen)]
+        [('r-train-1', 'r-train-1-1', False), ('r-train-1', 'r-train-1-0', True)]
+        """
+        out = list(pods)
+        now, present = self._clock(), {pod.name for _, pod in out}
+        with self._lock:
+            remembered = self._pods.get((namespace, run), {})
+            for name, (since, job, pod) in list(remembered.items()):
+                if now - since > EXPECT_FOR_S:
+                    del remembered[name]
+                elif name not in present:
+                    out.append((job, pod))
+        return out
+
+    def forget(self, namespace: str, run: str) -> None:
+        """The run is gone."""
+        with self._lock:
+            self._pods.pop((namespace, run), None)
 
 
 class WrittenStatus:

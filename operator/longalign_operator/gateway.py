@@ -18,7 +18,7 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from longalign_operator.cache import Expectations, WrittenStatus
+from longalign_operator.cache import Expectations, GonePods, WrittenStatus
 from longalign_operator.plan import JobView
 from longalign_operator.spec import GROUP, PLURAL, VERSION
 from longalign_trainer.contract import parse_progress
@@ -44,6 +44,7 @@ class Gateway:
         self.custom = client.CustomObjectsApi(self.api)
         self.expectations = Expectations()
         self.written = WrittenStatus()
+        self.gone = GonePods()
         self.progress_every_s = progress_every_s
         self._progress: dict[tuple[str, str], tuple[float, JobView]] = {}
         self._progress_lock = threading.Lock()
@@ -112,6 +113,7 @@ class Gateway:
     def forget(self, uid: str, name: str, ns: str) -> None:
         """Drop what is remembered of a deleted run."""
         self.written.forget(uid)
+        self.gone.forget(ns, name)
         with self._progress_lock:
             for key in [k for k in self._progress if k[0] == ns and k[1].startswith(f"{name}-")]:
                 del self._progress[key]

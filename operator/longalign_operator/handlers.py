@@ -1,10 +1,10 @@
 """Kopf handlers: one daemon per run reconciles it, level-based, as soon as its spec or one of its children
 changes and at least every ``LONGALIGN_RECONCILE_INTERVAL`` seconds (deadlines, stalls, TTL, live progress).
 
-    longalign operator                       # all namespaces
+    longalign operator                       # all namespaces (but kube-system, kube-public, kube-node-lease)
     longalign operator --namespace team-a    # one namespace (repeatable)
 
-A step reads the run and its children from watch-fed caches (Kopf indexes of Jobs, pods and claims: no API
+A step reads the run and its children from watch-fed caches (Kopf indexes of Jobs, pods, claims and nodes: no API
 reads, so a step costs nothing while nothing changes), asks the pure planner what to do, does it through the
 gateway and patches the status only when it changed. Children are found by label, never remembered across
 restarts: Kopf fills the indexes before any run is reconciled, so a restarted operator carries on where the last
@@ -16,17 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import fnmatch
 import logging
 import os
+import socket
 import time
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
 import kopf
 
-from longalign_operator.builders import LABEL_RUN, Run
-from longalign_operator.cache import JOB_NAME_LABEL, assemble, job_record, merge_patch, pod_record
+from longalign_operator.builders import LABEL_RUN, Run, run_name_problems, teacher_name
+from longalign_operator.cache import JOB_NAME_LABEL, assemble, job_record, merge_patch, pod_group, pod_record
 from longalign_operator.gateway import Gateway
 from longalign_operator.metrics import Metrics
 from longalign_operator.plan import Observed, plan
@@ -39,6 +42,12 @@ STALE_AFTER_S = max(60.0, 10 * INTERVAL)
 """Liveness fails when runs exist but none was reconciled for this long (e.g. a watch silently died)."""
 WORKERS = 16
 """Reconcile steps run at once (their API calls block a thread; the steps themselves are short)."""
+EXCLUDED = [n for n in os.environ.get("LONGALIGN_EXCLUDE_NAMESPACES", "kube-system,kube-public,kube-node-lease")
+            .split(",") if n]
+"""Namespaces (globs) whose runs are refused, with a status and an Event: pods made there could use what the
+namespace holds (kube-system's Secrets, ...); `longalign operator --exclude-namespaces` sets it."""
+COMPONENT = "longalign-operator"
+"""The reporting component of our Events (``From`` in ``kubectl describe``)."""
 
 
 @kopf.on.startup()
@@ -48,6 +57,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = COMPONENT
+    settings.posting.reporting_instance = os.environ.get("HOSTNAME") or socket.gethostname()
     settings.scanning.disabled = True  # no need to list CRDs and namespaces (and no RBAC for it)
     # A watch that silently stops delivering events is a known Kopf failure: bound every watch request.
     settings.watching.server_timeout = 300
@@ -98,10 +109,17 @@ async def run_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: An
     return {(namespace, labels[LABEL_RUN]): job_record(body)}
 
 
-@kopf.index("v1", "pods", labels={LABEL_RUN: kopf.PRESENT, JOB_NAME_LABEL: kopf.PRESENT})  # type: ignore[arg-type]  # namespace: see above
+@kopf.index("v1", "pods", labels={LABEL_RUN: kopf.PRESENT})  # type: ignore[arg-type]  # namespace: see above
 async def run_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
-    """Every run's Job pods, by (namespace, run), as (Job name, pod)."""
-    return {(namespace, labels[LABEL_RUN]): (labels[JOB_NAME_LABEL], pod_record(body))}
+    """Every run's pods, by (namespace, run), as (group, pod): the group is the Job's name, or the teacher's."""
+    return {(namespace, labels[LABEL_RUN]): (pod_group(labels, labels[LABEL_RUN]), pod_record(body))}
+
+
+@kopf.index("v1", "nodes")
+async def nodes(name: str, status: kopf.Status, **_: Any) -> dict:
+    """Each node's Ready condition status ("True", "False", "Unknown"), by name."""
+    ready = next((c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"), "Unknown")
+    return {name: ready}
 
 
 @kopf.index("v1", "persistentvolumeclaims")  # type: ignore[arg-type]  # namespace: see above
@@ -111,10 +129,30 @@ async def claims(namespace: str, name: str, **_: Any) -> dict:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT})
-@kopf.on.event("v1", "pods", labels={LABEL_RUN: kopf.PRESENT})  # type: ignore[arg-type]  # namespace: see above
-async def child_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    """A run's Job or pod changed: step the run now."""
+async def job_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    """A run's Job changed: step the run now."""
     _wake(memo, (namespace, labels[LABEL_RUN]))
+
+
+@kopf.on.event("v1", "pods", labels={LABEL_RUN: kopf.PRESENT})  # type: ignore[arg-type]  # namespace: see above
+async def pod_changed(event: kopf.RawEvent, namespace: str, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo,
+                      **_: Any) -> None:
+    """A run's pod changed: step the run now. A Job pod going away unfinished is remembered (``GonePods``)."""
+    run = labels[LABEL_RUN]
+    if JOB_NAME_LABEL in labels and (event["type"] == "DELETED" or body["metadata"].get("deletionTimestamp")):
+        pod = pod_record(body, deleted=True)
+        if pod.phase not in ("Succeeded", "Failed"):
+            memo.gateway.gone.record(namespace, run, labels[JOB_NAME_LABEL], pod)
+    _wake(memo, (namespace, run))
+
+
+@kopf.on.event("v1", "nodes")
+async def node_changed(event: kopf.RawEvent, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+    """A node went away or stopped being Ready: step every run (those with pods there fail the attempt)."""
+    ready = next((c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    if event["type"] == "DELETED" or ready != "True":
+        for wake in memo.wakeups.values():
+            wake.set()
 
 
 @kopf.on.event("v1", "persistentvolumeclaims")  # type: ignore[arg-type]  # namespace: see above
@@ -146,7 +184,8 @@ def _wake(memo: kopf.Memo, key: tuple[str, str]) -> None:
 # ------------------------------------------------------------------------------------------------ the loop
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)  # type: ignore[arg-type]  # Kopf passes the indexes by name
 async def drive(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: kopf.Logger,
-                run_jobs: kopf.Index, run_pods: kopf.Index, claims: kopf.Index, **_: Any) -> None:
+                run_jobs: kopf.Index, run_pods: kopf.Index, claims: kopf.Index, nodes: kopf.Index,
+                **_: Any) -> None:
     """Step the run whenever woken, and at least every INTERVAL seconds, until it is deleted."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     wake = memo.wakeups.setdefault(key, asyncio.Event())
@@ -155,7 +194,8 @@ async def drive(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, l
         wake.clear()
         context = contextvars.copy_context()  # lets kopf.event() post from the worker thread
         try:
-            await loop.run_in_executor(memo.pool, context.run, reconcile, body, memo, run_jobs, run_pods, claims)
+            await loop.run_in_executor(memo.pool, context.run, reconcile, body, memo, run_jobs, run_pods, claims,
+                                       nodes)
         except Exception:  # an API error or a bug: log it, keep the run's loop alive, try again later
             logger.exception("reconcile failed; retrying in %.0f s", INTERVAL)
             await stopped.wait(INTERVAL)
@@ -165,19 +205,26 @@ async def drive(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, l
 
 
 def reconcile(body: kopf.Body, memo: kopf.Memo, run_jobs: kopf.Index, run_pods: kopf.Index,
-              claims: kopf.Index) -> None:
+              claims: kopf.Index, nodes: kopf.Index) -> None:
     """One level-based reconcile step of a LongAlignRun."""
     gateway: Gateway = memo.gateway
     meta = dict(body["metadata"])
     if meta.get("deletionTimestamp"):
         return
     status = gateway.written.current(meta["uid"], meta["resourceVersion"], _to_dict(body.get("status") or {}))
+    if excluded := next((p for p in EXCLUDED if fnmatch.fnmatchcase(meta["namespace"], p)), None):
+        _refuse(body, meta, status, gateway, "NamespaceExcluded",
+                f"runs in namespace {meta['namespace']} are refused: this operator excludes {excluded!r} "
+                "(longalign operator --exclude-namespaces; the chart's excludeNamespaces)")
+        return
     try:
+        if problems := run_name_problems(meta["name"]):  # the CRD refuses these; a CRD older than the operator may not
+            raise SpecError(problems)
         spec = parse(_to_dict(body["spec"]))
     except SpecError as e:
-        _invalid(body, meta, status, gateway, e)
+        _refuse(body, meta, status, gateway, "InvalidSpec", f"invalid spec: {e}")
         return
-    observed = _observe(meta, status, spec, gateway, run_jobs, run_pods, claims)
+    observed = _observe(meta, status, spec, gateway, run_jobs, run_pods, claims, nodes)
     result = plan(observed)
     for kind, name in result.delete:
         gateway.delete(kind, name, meta["namespace"])
@@ -194,15 +241,34 @@ def reconcile(body: kopf.Body, memo: kopf.Memo, run_jobs: kopf.Index, run_pods: 
 
 
 def _observe(meta: dict[str, Any], status: dict[str, Any], spec: LongAlignRunSpec, gateway: Gateway,
-             run_jobs: kopf.Index, run_pods: kopf.Index, claims: kopf.Index) -> Observed:
+             run_jobs: kopf.Index, run_pods: kopf.Index, claims: kopf.Index, nodes: kopf.Index) -> Observed:
     """The run and its children as the caches show them, corrected by this process's own recent writes."""
     ns, name = meta["namespace"], meta["name"]
     run = Run(name=name, namespace=ns, uid=meta["uid"], labels=dict(meta.get("labels") or {}), spec=spec)
-    seen = assemble(run_jobs.get((ns, name), ()), run_pods.get((ns, name), ()))
+    pods = gateway.gone.add_to(ns, name, run_pods.get((ns, name), ()))
+    seen = assemble(run_jobs.get((ns, name), ()), pods)
     jobs = gateway.expectations.correct(ns, seen, name)
     jobs = {n: gateway.with_progress(j, ns) if j.state == "Active" else j for n, j in jobs.items()}
+    servers = tuple(sorted((p for group, p in pods if group == teacher_name(name)), key=lambda p: p.name))
     return Observed(run=run, status=status, generation=meta.get("generation", 0), now=datetime.now(timezone.utc),
-                    jobs=jobs, missing=tuple(_missing(ns, spec, claims)))
+                    jobs=jobs, missing=tuple(_missing(ns, spec, claims)), servers=servers,
+                    nodes=NodeStates(nodes) if len(nodes) else None)
+
+
+class NodeStates(Mapping[str, str]):
+    """The nodes index as node name -> Ready status, read where the planner looks (no copy per step)."""
+
+    def __init__(self, index: kopf.Index) -> None:
+        self.index = index
+
+    def __getitem__(self, name: str) -> str:
+        return next(iter(self.index[name]))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.index)
+
+    def __len__(self) -> int:
+        return len(self.index)
 
 
 def _missing(ns: str, spec: LongAlignRunSpec, claims: kopf.Index):
@@ -213,11 +279,12 @@ def _missing(ns: str, spec: LongAlignRunSpec, claims: kopf.Index):
             yield f"PersistentVolumeClaim {source.claim_name!r} (spec.storage.{field}.claimName)"
 
 
-def _invalid(body: kopf.Body, meta: dict[str, Any], status: dict[str, Any], gateway: Gateway,
-             error: SpecError) -> None:
-    new = {"phase": "Failed", "message": f"invalid spec: {error}"}
+def _refuse(body: kopf.Body, meta: dict[str, Any], status: dict[str, Any], gateway: Gateway, reason: str,
+            message: str) -> None:
+    """A run the operator will not start: Failed with the message, and one Warning Event."""
+    new = {"phase": "Failed", "message": message}
     if status.get("phase") != "Failed":
-        kopf.event(body, type="Warning", reason="InvalidSpec", message=str(error))
+        kopf.event(body, type="Warning", reason=reason, message=message)
     if patch := merge_patch({k: status.get(k) for k in new}, new):
         gateway.patch_status(meta, patch)
 

@@ -6,7 +6,10 @@ at its attempt's Job and pods and decides:
 
     no Job yet ............ start attempt n+1 (status records the attempt before the Job is created)
     Job complete .......... stage Succeeded, summary from the pod's termination message, next stage
-    Job failed ............ retry (new attempt) while failures <= backoffLimit, else the run Fails
+    Job failed ............ retry (new attempt) while failures <= backoffLimit, else the run Fails; the reason
+                            is the cause (``fault``): a lost node, an eviction, a deleted pod, an exit code
+    a pod lost ............ the same at once, the Job deleted, without waiting for Kubernetes to fail it
+                            (node deleted or not reporting, pod evicted, preempted or deleted)
     pods not all running .. Queued / Starting with the pods' reason; past startupDeadlineSeconds the attempt
                             is deleted (releasing every GPU it holds) and counts as a failure
     spec.suspend .......... delete the active attempt; resuming starts a new attempt (not a failure)
@@ -15,9 +18,12 @@ at its attempt's Job and pods and decides:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, NamedTuple
+
+from pydantic.alias_generators import to_camel
 
 from longalign_operator import builders
 from longalign_operator.builders import Run
@@ -31,7 +37,11 @@ ATTR = {"dataGeneration": "data_generation", "training": "training", "evaluation
 # cannot be served. Any other failure (crash, OOM, lost node, preemption) is retried up to backoffLimit.
 TERMINAL_EXIT_CODES = {2: "InvalidStageConfig", 3: "CheckpointUnusable"}
 START_FAILURES = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
-                  "CreateContainerError"}
+                  "CreateContainerError", "CrashLoopBackOff"}
+# The reasons of a pod's DisruptionTarget condition (and of a kubelet eviction), as the stage's reason.
+DISRUPTIONS = {"DeletionByPodGC": "NodeLost", "DeletionByTaintManager": "NodeLost", "Evicted": "PodEvicted",
+               "EvictionByEvictionAPI": "PodEvicted", "PreemptionByScheduler": "PodPreempted",
+               "TerminationByKubelet": "PodTerminatedByKubelet"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,15 @@ class PodView:
     message: str | None = None
     termination_message: str | None = None
     exit_code: int | None = None
+    exit_reason: str | None = None
+    """How its container ended: Error, OOMKilled, ..."""
+    node: str | None = None
+    """The node it was placed on."""
+    ready: bool = False
+    deleted: bool = False
+    """Being deleted, or seen deleted, before it finished."""
+    disruption: tuple[str, str] | None = None
+    """(reason, message) of its DisruptionTarget condition or eviction: why Kubernetes ends it."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,18 @@ class Observed:
     jobs: dict[str, JobView] = field(default_factory=dict)
     missing: tuple[str, ...] = ()
     """Objects the spec refers to that do not exist (PVCs, Secrets), each naming the field that refers to it."""
+    servers: tuple[PodView, ...] = ()
+    """The teacher servers' pods (its StatefulSet's), while data generation runs."""
+    nodes: Mapping[str, str] | None = None
+    """Each node's Ready condition status ("True", "False", "Unknown"); None when nodes are not known."""
+
+
+class Fault(NamedTuple):
+    """Why an attempt cannot succeed any more."""
+
+    reason: str
+    message: str
+    pod: PodView
 
 
 class Event(NamedTuple):
@@ -136,10 +167,12 @@ def plan(obs: Observed) -> Plan:
         if st.state == "Succeeded":
             continue
         status.phase, status.current_stage = PHASE[stage], stage
-        if not _advance(obs, p, stage, options, st):
+        advanced = _advance(obs, p, stage, options, st)
+        status.attempt = st.attempts
+        if not advanced:
             break
     else:
-        status.phase, status.current_stage = "Succeeded", None
+        status.phase, status.current_stage, status.attempt = "Succeeded", None, None
         status.completion_time = ts(obs.now)
         status.message = "all stages succeeded"
         status.progress, status.eta = "100%", None
@@ -164,18 +197,56 @@ def _advance(obs: Observed, p: Plan, stage: str, options: StageOptions, st: Stag
     if job.state == "Complete":
         _succeed(obs, p, stage, st, job)
         return True
-    if job.state == "Failed":
-        failed_pod = next((pod for pod in job.pods if pod.phase == "Failed"), None)
-        detail = _failure_detail(job, failed_pod)
-        terminal = TERMINAL_EXIT_CODES.get(failed_pod.exit_code) if failed_pod and failed_pod.exit_code else None
-        _fail_attempt(obs, p, stage, options, st, terminal or job.reason or "Failed", detail, delete=None,
-                      terminal=terminal is not None)
+    found = fault(job.pods, obs.nodes)
+    # A pod that failed on its own fails the Job within moments: wait for that and keep the Job (and the pod's
+    # log); a pod Kubernetes lost or took away ends the attempt now, deleting the Job and the rest of its pods.
+    if job.state == "Failed" or (found is not None and found.pod.phase != "Failed"):
+        if found is None or (job.state == "Failed" and job.reason not in (None, "BackoffLimitExceeded")):
+            reason, detail = job.reason or "Failed", job.message or "the stage's Job failed"
+        else:
+            reason, detail = found.reason, found.message
+        code = found.pod.exit_code if found is not None and found.pod.phase == "Failed" else None
+        terminal = TERMINAL_EXIT_CODES.get(code) if code is not None else None
+        _fail_attempt(obs, p, stage, options, st, terminal or reason, detail,
+                      delete=None if job.state == "Failed" else job.name, terminal=terminal is not None)
         return False
     _observe_active(obs, p, stage, options, st, job)
     return False
 
 
+def fault(pods: tuple[PodView, ...], nodes: Mapping[str, str] | None) -> Fault | None:
+    """Why a pod group cannot succeed any more, from the pods' and nodes' own signals, or None.
+
+    In order of cause: a pod's node was deleted or stopped reporting (NodeLost); Kubernetes is ending a pod
+    (eviction, preemption, its node's pods garbage-collected: the DisruptionTarget condition); a container
+    failed (its exit code and last output); a pod was deleted before it finished (PodDeleted).
+    """
+    unfinished = [pod for pod in pods if pod.phase not in ("Succeeded", "Failed")]
+    for pod in unfinished:
+        if nodes and pod.node and nodes.get(pod.node, "Deleted") in ("Deleted", "Unknown"):
+            how = "was deleted" if pod.node not in nodes else "stopped reporting (Ready: Unknown)"
+            return Fault("NodeLost", f"node {pod.node} {how} while pod {pod.name} ran on it", pod)
+    for pod in pods:
+        if pod.disruption is not None and pod.phase != "Succeeded":
+            reason, message = pod.disruption
+            return Fault(DISRUPTIONS.get(reason, reason), f"pod {pod.name}: {message or reason}", pod)
+    for pod in pods:
+        if pod.phase == "Failed":
+            detail = f"pod {pod.name} exited with code {pod.exit_code}"
+            if pod.termination_message:
+                detail += "; last output: " + pod.termination_message.strip()[-500:]
+            return Fault("OOMKilled" if pod.exit_reason == "OOMKilled" else "ContainerFailed", detail, pod)
+    for pod in unfinished:
+        if pod.deleted:
+            return Fault("PodDeleted", f"pod {pod.name} was deleted before it finished", pod)
+    return None
+
+
 def _start_attempt(obs: Observed, p: Plan, stage: str, st: StageStatus) -> None:
+    if st.attempts >= builders.MAX_ATTEMPTS:
+        _fail_stage(obs, p, stage, st, "TooManyAttempts",
+                    f"{st.attempts} attempts started, the most a stage may have (attempt numbers are part of names)")
+        return
     st.attempts += 1
     st.state, st.reason, st.message = "Starting", "Creating", f"attempt {st.attempts}"
     st.start_time = ts(obs.now)
@@ -206,12 +277,7 @@ def _fail_attempt(obs: Observed, p: Plan, stage: str, options: StageOptions, st:
     if delete:
         p.delete.append(("Job", delete))
     if terminal or st.failures > options.backoff_limit:
-        st.state, st.reason, st.message = "Failed", reason, detail
-        st.end_time = ts(obs.now)
-        p.status.phase = "Failed"
-        p.status.completion_time = ts(obs.now)
-        p.status.message = f"{stage} failed after {st.attempts} attempt(s): {reason}: {detail}"
-        p.events.append(Event("Warning", "StageFailed", p.status.message, stage))
+        _fail_stage(obs, p, stage, st, reason, detail)
         return
     p.events.append(Event("Warning", "StageRetrying",
                           f"{stage}: attempt {st.attempts} failed ({reason}: {detail}); retrying "
@@ -219,22 +285,49 @@ def _fail_attempt(obs: Observed, p: Plan, stage: str, options: StageOptions, st:
     _start_attempt(obs, p, stage, st)
 
 
-def _observe_active(obs: Observed, p: Plan, stage: str, options: StageOptions, st: StageStatus, job: JobView) -> None:
+def _fail_stage(obs: Observed, p: Plan, stage: str, st: StageStatus, reason: str, detail: str) -> None:
+    """The stage fails for good, and with it the run."""
+    st.state, st.reason, st.message = "Failed", reason, detail
+    st.end_time = ts(obs.now)
+    p.status.phase = "Failed"
+    p.status.completion_time = ts(obs.now)
+    p.status.message = f"{stage} failed after {st.attempts} attempt(s): {reason}: {detail}"
+    p.events.append(Event("Warning", "StageFailed", p.status.message, stage))
+
+
+def _pods_state(pods: tuple[PodView, ...], expected: int, servers: tuple[PodView, ...] = (),
+                expected_servers: int = 0) -> tuple[StageState, str, str | None]:
+    """(state, reason, message) of an attempt whose Job is active: its ``expected`` pods and, for data
+    generation, the teacher servers' pods, which must all exist and be ready."""
+    blocked = [(pod, pod.reason) for pod in (*pods, *servers) if pod.reason and pod.phase in ("Pending", "Running")]
+    if blocked:
+        pod, reason = blocked[0]
+        return "Queued" if reason == "Unschedulable" else "Starting", reason, f"{pod.name}: {pod.message or reason}"
+    if len(servers) < expected_servers:
+        return "Starting", "TeacherPodsMissing", f"{len(servers)} of {expected_servers} teacher pods exist"
+    if not all(pod.ready for pod in servers):
+        ready = sum(pod.ready for pod in servers)
+        return "Starting", "TeacherStarting", f"{ready} of {expected_servers} teacher servers ready"
+    # Pods that already succeeded still count as running: the Job completes a moment later.
+    if len(pods) >= expected and all(pod.phase in ("Running", "Succeeded") for pod in pods):
+        return "Running", "Running", None
+    return "Starting", "PodsStarting", None
+
+
+def _observe_active(obs: Observed, p: Plan, stage: str, options: StageOptions, st: StageStatus,
+                    job: JobView) -> None:
     state: StageState
-    reason: str | None
+    reason: str
     message: str | None
     if job.state == "Suspended":
         state, reason, message = "Queued", "WaitingForAdmission", "the Job waits for a queue (Kueue) to admit it"
+    elif stage == "dataGeneration":
+        teacher = obs.run.spec.data_generation.teacher
+        expected = teacher.replicas * teacher.nodes_per_replica if teacher else 0
+        state, reason, message = _pods_state(job.pods, 1, obs.servers, expected)
     else:
-        blocked = [pod for pod in job.pods if pod.phase == "Pending" and pod.reason]
-        if blocked:
-            pod = blocked[0]
-            state = "Queued" if pod.reason == "Unschedulable" else "Starting"
-            reason, message = pod.reason, f"{pod.name}: {pod.message or pod.reason}"
-        elif job.pods and all(pod.phase == "Running" for pod in job.pods):
-            state, reason, message = "Running", "Running", None
-        else:
-            state, reason, message = "Starting", "PodsStarting", None
+        group = obs.run.spec.training.nodes if stage == "training" else 1
+        state, reason, message = _pods_state(job.pods, group)
     if state != "Running" and st.start_time:
         waited = (obs.now - parse_time(st.start_time)).total_seconds()
         if waited > options.startup_deadline_seconds:
@@ -247,8 +340,8 @@ def _observe_active(obs: Observed, p: Plan, stage: str, options: StageOptions, s
         quiet = (obs.now - parse_time(quiet_since)).total_seconds() if quiet_since else 0
         if quiet > options.stall_seconds:
             state, reason, message = "Stalled", "NoProgress", f"no progress reported for {int(quiet)} s"
-    if (st.state, st.reason) != (state, reason):
-        warning = reason in START_FAILURES or reason in ("Unschedulable", "NoProgress")
+    warning = reason in START_FAILURES or reason in ("Unschedulable", "NoProgress")
+    if st.state != state or (st.reason != reason and warning):  # a new state, or a new trouble in it
         p.events.append(Event("Warning" if warning else "Normal", f"Stage{state}", f"{stage}: {message or state}",
                               stage))
     st.state, st.reason, st.message = state, reason, message
@@ -261,11 +354,24 @@ def _record_progress(p: Plan, st: StageStatus, job: JobView) -> None:
     if not line or not line.get("total"):
         return
     st.progress_percent = round(100.0 * line["done"] / line["total"], 1)
-    st.eta_seconds = line.get("eta_s")
-    st.metrics = {k: v for k, v in (line.get("metrics") or {}).items() if isinstance(v, (int, float)) or v is None}
+    eta = line.get("eta_s")
+    st.eta_seconds = None if eta is None else round(eta)
+    st.metrics = {to_camel(k): v for k, v in (line.get("metrics") or {}).items()
+                  if isinstance(v, (int, float)) or v is None}
     st.last_progress_time = job.progress_time
     p.status.progress = f"{st.progress_percent:.0f}%"
     p.status.eta = None if st.eta_seconds is None else format_duration(st.eta_seconds)
+    if line.get("stage") == "train" and isinstance(loss := st.metrics.get("loss"), (int, float)):
+        p.status.loss = significant(loss)
+
+
+def significant(value: float) -> str:
+    """A loss for people: 4 significant digits.
+
+    >>> [significant(v) for v in (6.940693378448486, 1.23, 0.000123456, 12345.6)]
+    ['6.941', '1.23', '0.0001235', '1.235e+04']
+    """
+    return f"{value:.4g}"
 
 
 def format_duration(seconds: float) -> str:
@@ -323,28 +429,22 @@ def _record_results(status: LongAlignRunStatus, stage: str, summary: dict[str, A
     pick = {
         "dataGeneration": {"samples_generated": "samples"},
         "training": {"final_loss": "final_loss", "tokens_per_second": "tokens_per_s", "mfu": "mfu",
-                     "checkpoint_path": "export", "last_checkpoint_step": "steps"},
+                     "checkpoint_path": "export", "last_checkpoint_step": "steps", "zero_stage": "zero_stage",
+                     "checkpoint_keeps": "checkpoint_keeps"},
         "evaluation": {"long_bench_chat_score": "longbench_chat_score", "needle_accuracy": "needle_accuracy"},
     }[stage]
     for attr, key in pick.items():
         if summary.get(key) is not None:
             setattr(r, attr, summary[key])
+    if r.final_loss is not None:
+        status.loss = significant(r.final_loss)
+    if r.long_bench_chat_score is not None:
+        status.score = f"{r.long_bench_chat_score:.2f}"
 
 
-def _failure_detail(job: JobView, pod: PodView | None) -> str:
-    parts = []
-    if pod is not None:
-        parts.append(f"pod {pod.name} exited with code {pod.exit_code}")
-        if pod.termination_message:
-            parts.append("last output: " + pod.termination_message.strip()[-500:])
-    elif job.message:
-        parts.append(job.message)
-    return "; ".join(parts) or "the stage's Job failed"
-
-
-def _set_condition(obs: Observed, status: LongAlignRunStatus, type_: str, value: bool, reason: str,
-                   message: str = "") -> None:
-    new: Literal["True", "False"] = "True" if value else "False"
+def _set_condition(obs: Observed, status: LongAlignRunStatus, type_: str,
+                   value: bool | Literal["True", "False", "Unknown"], reason: str, message: str = "") -> None:
+    new: Literal["True", "False", "Unknown"] = value if isinstance(value, str) else "True" if value else "False"
     for c in status.conditions:
         if c.type == type_:
             if (c.status, c.reason, c.message) != (new, reason, message):
@@ -359,7 +459,9 @@ def _set_condition(obs: Observed, status: LongAlignRunStatus, type_: str, value:
 
 def _finish_conditions(obs: Observed, p: Plan) -> Plan:
     s = p.status
-    _set_condition(obs, s, "Succeeded", s.phase == "Succeeded", s.phase)
+    # Unknown while the run is undecided (the Kubernetes convention), not False.
+    decided: dict[str, Literal["True", "False"]] = {"Succeeded": "True", "Failed": "False"}
+    _set_condition(obs, s, "Succeeded", decided.get(s.phase, "Unknown"), s.phase)
     _set_condition(obs, s, "Failed", s.phase == "Failed", s.phase, (s.message or "") if s.phase == "Failed" else "")
     _set_condition(obs, s, "Suspended", s.phase == "Suspended", "Suspended" if s.phase == "Suspended" else "Active")
     return p

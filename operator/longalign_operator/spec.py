@@ -11,8 +11,9 @@ Field names are camelCase on the wire (as Kubernetes users expect) and snake_cas
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
+from longalign_trainer.contract import OPERATOR_ENV, SECRET_ENV
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
@@ -23,6 +24,24 @@ PLURAL = "longalignruns"
 SHORT_NAMES = ["lar"]
 
 Quantity = int | str  # a Kubernetes resource quantity: 8, "500m", "64Gi"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""What Kubernetes accepts as the name of a claim, Secret, ServiceAccount or PriorityClass."""
+MAX_TOKENS = 1_048_576
+"""Longest sequence, pack or document any field may ask for (2^20 tokens): beyond the longest context any
+model trained or served on today's GPUs uses (a pack is one sequence's activations on one GPU)."""
+DAY = 86_400
+RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NNODES", "NODE_RANK", "RANK", "LOCAL_RANK",
+                  "LOCAL_WORLD_SIZE")
+"""Set by the operator on training pods (torchrun's rendezvous); a user variable of the same name breaks it."""
+RESERVED_ENV = (*OPERATOR_ENV, *RENDEZVOUS_ENV, "POD_INDEX")
+"""Every variable the operator sets on some stage pod: no stage's ``pod.env`` may name one."""
+GPU_RESOURCE = "nvidia.com/gpu"
+MOUNTS = {"models": "/models", "data": "/data", "checkpoints": "/checkpoints", "results": "/results",
+          "documents": "/documents"}
+"""Where every stage container mounts the run's volumes (``storage``); every path in the spec is below one."""
+VolumePath = Annotated[str, Field(min_length=2, max_length=4096,
+                                  pattern=r"^/(" + "|".join(MOUNTS) + r")(/.*)?$")]
+"""A path inside a stage's pod: below one of the run's mounts (a path anywhere else does not exist there)."""
 
 
 class Model(BaseModel):
@@ -33,17 +52,27 @@ class Model(BaseModel):
 
 
 class SecretKeyRef(Model):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     """Name of a Secret in the run's namespace."""
-    key: str = Field(min_length=1)
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
     """Key inside the Secret."""
 
 
 class VolumeSource(Model):
-    claim_name: str = Field(min_length=1, max_length=253)
+    claim_name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     """A PersistentVolumeClaim in the run's namespace."""
     sub_path: str | None = None
     """Folder inside the claim to use instead of its root."""
+
+
+class EnvVar(Model):
+    """An environment variable of a stage's pods (a Kubernetes EnvVar)."""
+
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str | None = None
+    """Plain text, stored in the run and its Jobs: never a secret (use valueFrom)."""
+    value_from: dict[str, Any] | None = None
+    """A Kubernetes EnvVarSource, e.g. {secretKeyRef: {name, key}}."""
 
 
 class PodOptions(Model):
@@ -54,13 +83,14 @@ class PodOptions(Model):
     node_selector: dict[str, str] | None = None
     tolerations: list[dict[str, Any]] | None = None
     affinity: dict[str, Any] | None = None
-    priority_class_name: str | None = None
-    service_account_name: str | None = None
-    """Account the stage's pods run as; it needs no Kubernetes API rights."""
-    env: list[dict[str, Any]] | None = None
-    """Extra environment variables (Kubernetes EnvVar objects)."""
-    labels: dict[str, str] | None = None
-    """Extra labels on the stage's pods."""
+    priority_class_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
+    service_account_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
+    """Account the stage's pods run as; it needs no Kubernetes API rights (its token is not mounted)."""
+    env: list[EnvVar] | None = Field(default=None, max_length=128)
+    """Extra environment variables; not those the operator sets (``RESERVED_ENV``), and secrets
+    (``SECRET_ENV``) only through ``valueFrom``."""
+    labels: dict[str, Annotated[str, Field(max_length=63)]] | None = None
+    """Extra labels on the stage's pods; not under ``longalign.dev/`` (the operator's own, which find the pods)."""
     annotations: dict[str, str] | None = None
     """Extra annotations on the stage's pods."""
 
@@ -71,12 +101,12 @@ class StageOptions(Model):
     enabled: bool = True
     backoff_limit: int = Field(default=2, ge=0, le=100)
     """Retries of the stage after a failure before the run fails."""
-    startup_deadline_seconds: int = Field(default=1800, ge=30)
+    startup_deadline_seconds: int = Field(default=1800, ge=30, le=7 * DAY)
     """How long the stage's pods may stay unscheduled or unable to start (e.g. ImagePullBackOff) before
     the attempt is torn down and counted as failed."""
-    active_deadline_seconds: int | None = Field(default=None, ge=60)
+    active_deadline_seconds: int | None = Field(default=None, ge=60, le=90 * DAY)
     """Longest time one attempt may run."""
-    stall_seconds: int = Field(default=1800, ge=60)
+    stall_seconds: int = Field(default=1800, ge=60, le=7 * DAY)
     """A running stage that reports no progress for this long is marked Stalled."""
     pod: PodOptions = PodOptions()
 
@@ -84,21 +114,21 @@ class StageOptions(Model):
 class Teacher(Model):
     """The model that writes the instruction data, served by vLLM."""
 
-    model_path: str = Field(min_length=1)
+    model_path: VolumePath
     """Folder of the teacher model on the models volume."""
-    served_name: str = "teacher"
+    served_name: str = Field(default="teacher", min_length=1, max_length=253)
     replicas: int = Field(default=1, ge=1, le=64)
     gpus_per_replica: int = Field(default=8, ge=1, le=16)
     """GPUs per pod of a replica (tensor parallel)."""
     nodes_per_replica: int = Field(default=1, ge=1, le=16)
     """Pods (one per node) per replica: more than one forms a Ray cluster, pipeline parallel across the pods."""
-    max_model_len: int = Field(default=65536, ge=1024)
+    max_model_len: int = Field(default=65536, ge=1024, le=MAX_TOKENS)
     image: str | None = None
     """vLLM image; default: the run's image."""
 
 
 class ShortDataMix(Model):
-    path: str = Field(min_length=1)
+    path: VolumePath
     """JSONL of short general chat data on the data volume."""
     ratio: float = Field(gt=0, le=10)
     """Short samples per long sample."""
@@ -106,13 +136,13 @@ class ShortDataMix(Model):
 
 class DataGeneration(StageOptions):
     teacher: Teacher | None = None
-    documents_path: str = "/documents"
+    documents_path: VolumePath = "/documents"
     """Folder of long documents (.txt, .md, .jsonl, .parquet) on the documents volume."""
     task_types: list[Literal["general", "summary", "reasoning", "extraction", "comparison", "code"]] = Field(
-        default=["general", "summary", "reasoning", "extraction"], min_length=1)
+        default=["general", "summary", "reasoning", "extraction"], min_length=1, max_length=6)
     samples_per_document: int = Field(default=1, ge=1, le=20)
-    min_document_tokens: int = Field(default=8192, ge=1)
-    max_document_tokens: int = Field(default=65536, ge=1)
+    min_document_tokens: int = Field(default=8192, ge=1, le=MAX_TOKENS)
+    max_document_tokens: int = Field(default=65536, ge=1, le=MAX_TOKENS)
     short_data: ShortDataMix | None = None
 
     def required_teacher(self) -> Teacher:
@@ -123,7 +153,9 @@ class DataGeneration(StageOptions):
 
 
 class DeepSpeed(Model):
-    zero_stage: Literal[1, 2, 3] = 3
+    zero_stage: Literal[1, 2, 3] | None = None
+    """Unset: the trainer takes the fastest stage its memory estimate fits (ZeRO-2 before ZeRO-3), and
+    status.results.zeroStage says which."""
     offload_optimizer: bool = False
     offload_params: bool = False
     """Only with ZeRO stage 3."""
@@ -136,22 +168,22 @@ class Optimizer(Model):
 
 
 class Training(StageOptions):
-    dataset_path: str | None = None
+    dataset_path: VolumePath | None = None
     """Bring your own LongAlign JSONL (on the data volume) instead of generating it."""
     nodes: int = Field(default=1, ge=1, le=512)
     gpus_per_node: int = Field(default=8, ge=1, le=16)
     deepspeed: DeepSpeed = DeepSpeed()
-    max_tokens_per_pack: int = Field(default=65536, ge=128, multiple_of=128)
+    max_tokens_per_pack: int = Field(default=65536, ge=128, le=MAX_TOKENS, multiple_of=128)
     batching: Literal["packing", "sorted", "naive"] = "packing"
     """packing: sequences packed up to maxTokensPerPack; sorted: batches of similar length; naive: padded."""
     loss_weighting: bool = True
     """LongAlign's loss weighting: every sequence counts equally, however it was packed."""
-    global_batch_size: int = Field(default=8, ge=1)
+    global_batch_size: int = Field(default=8, ge=1, le=65536)
     """Sequences per optimiser step."""
     epochs: int = Field(default=2, ge=1, le=100)
     optimizer: Optimizer = Optimizer()
     gradient_checkpointing: bool = True
-    checkpoint_every_steps: int = Field(default=100, ge=1)
+    checkpoint_every_steps: int = Field(default=100, ge=1, le=1_000_000)
 
 
 class JudgeOptions(Model):
@@ -163,25 +195,27 @@ class JudgeOptions(Model):
 
 
 class LongBenchChat(Model):
-    path: str = Field(min_length=1)
+    path: VolumePath
     """The cases on the data volume: the published test_cases.json (a JSON list) or JSONL (idx, prompt, query,
     answer)."""
-    few_shot_path: str | None = None
+    few_shot_path: VolumePath | None = None
     """few_shots.json: 3 scored example answers per case."""
     judge_prompt: Literal["published", "ours"] = "published"
     """published: LongBench-Chat's own judge prompt, used exactly as THUDM/LongAlign's LongBench_Chat/eval.py
     does (needs promptPath and fewShotPath; scores compare with the paper's); ours: this project's rewording."""
-    prompt_path: str | None = None
+    prompt_path: VolumePath | None = None
     """prompt_fs.txt of THUDM/LongAlign's LongBench_Chat/ (bring it: it is not shipped)."""
 
 
 class Needle(Model):
-    context_lengths: list[int] = Field(default=[1000, 8000, 16000, 32000, 60000], min_length=1)
-    depths_percent: list[int] = Field(default=[10, 30, 50, 70, 90], min_length=1)
+    context_lengths: list[Annotated[int, Field(ge=1, le=MAX_TOKENS)]] = Field(
+        default=[1000, 8000, 16000, 32000, 60000], min_length=1, max_length=64)
+    depths_percent: list[Annotated[int, Field(ge=0, le=100)]] = Field(default=[10, 30, 50, 70, 90], min_length=1,
+                                                                       max_length=101)
 
 
 class Evaluation(StageOptions):
-    checkpoint_path: str | None = None
+    checkpoint_path: VolumePath | None = None
     """Evaluate this existing checkpoint (on the checkpoints volume) instead of the one training produces."""
     gpus: int = Field(default=1, ge=1, le=16)
     long_bench_chat: LongBenchChat | None = None
@@ -209,18 +243,19 @@ class Storage(Model):
 class LongAlignRunSpec(Model):
     """A LongAlign run: generate long instruction data, train on it, evaluate the result."""
 
-    base_model_path: str = Field(min_length=1)
+    base_model_path: VolumePath
     """Folder of the model to align, on the models volume."""
     image: str = Field(min_length=1)
     """The trainer image that runs every stage."""
-    image_pull_secrets: list[str] | None = None
+    image_pull_secrets: list[Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]] | None = Field(
+        default=None, max_length=16)
     storage: Storage
     data_generation: DataGeneration = DataGeneration(enabled=False)
     training: Training = Training()
     evaluation: Evaluation = Evaluation(enabled=False)
     suspend: bool = False
     """Stop the active stage's pods (releasing their GPUs); set back to false to continue from the last checkpoint."""
-    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=365 * DAY)
     """Delete the finished run (and everything it made) this long after it succeeded or failed."""
 
 
@@ -236,6 +271,7 @@ def _stage_on(stage: str, default_present: bool) -> str:
     return f"(!has(self.{stage}) || {enabled})" if default_present else f"(has(self.{stage}) && {enabled})"
 
 
+STAGE_ATTRS = {"dataGeneration": "data_generation", "training": "training", "evaluation": "evaluation"}
 DATAGEN_ON = _stage_on("dataGeneration", default_present=False)
 TRAINING_ON = _stage_on("training", default_present=True)
 EVALUATION_ON = _stage_on("evaluation", default_present=False)
@@ -268,20 +304,37 @@ RULES: list[Rule] = [
          "required when training is enabled and dataGeneration is not: bring a LongAlign JSONL on the data "
          "volume, or enable dataGeneration",
          lambda s: not s.training.enabled or s.data_generation.enabled or s.training.dataset_path is not None),
+    Rule("training.datasetPath", f"!({DATAGEN_ON} && {TRAINING_ON} && {_has('training.datasetPath')})",
+         "must not be set when dataGeneration is enabled: training reads the data generation writes "
+         "(/data/<run>/data.jsonl); disable dataGeneration to train on your own file",
+         lambda s: not (s.data_generation.enabled and s.training.enabled and s.training.dataset_path is not None)),
     Rule("training.deepspeed.offloadParams",
          f"!({_has('training.deepspeed.offloadParams')}) || !self.training.deepspeed.offloadParams"
          " || (has(self.training.deepspeed.zeroStage) && self.training.deepspeed.zeroStage == 3)"
          " || !has(self.training.deepspeed.zeroStage)",
          "needs zeroStage 3 (only ZeRO-3 partitions parameters)",
-         lambda s: not s.training.deepspeed.offload_params or s.training.deepspeed.zero_stage == 3),
+         lambda s: not s.training.deepspeed.offload_params or s.training.deepspeed.zero_stage in (3, None)),
     Rule("evaluation.checkpointPath",
          f"!{EVALUATION_ON} || {TRAINING_ON} || ({_has('evaluation.checkpointPath')})",
          "required when evaluation is enabled and training is not: the checkpoint to evaluate",
          lambda s: not s.evaluation.enabled or s.training.enabled or s.evaluation.checkpoint_path is not None),
+    Rule("evaluation.checkpointPath",
+         f"!({TRAINING_ON} && {EVALUATION_ON} && {_has('evaluation.checkpointPath')})",
+         "must not be set when training is enabled: evaluation evaluates the model training exports "
+         "(/checkpoints/<run>/model); disable training to evaluate an existing checkpoint",
+         lambda s: not (s.training.enabled and s.evaluation.enabled and s.evaluation.checkpoint_path is not None)),
     Rule("evaluation", f"!{EVALUATION_ON} || has(self.evaluation.longBenchChat) || has(self.evaluation.needle)",
          "needs a benchmark when enabled: set longBenchChat and/or needle",
          lambda s: not s.evaluation.enabled or s.evaluation.long_bench_chat is not None
          or s.evaluation.needle is not None),
+    Rule("evaluation.longBenchChat.promptPath",
+         f"!{EVALUATION_ON} || !has(self.evaluation.longBenchChat)"
+         " || (has(self.evaluation.longBenchChat.judgePrompt) && self.evaluation.longBenchChat.judgePrompt == 'ours')"
+         " || (has(self.evaluation.longBenchChat.promptPath) && has(self.evaluation.longBenchChat.fewShotPath))",
+         "the published judge prompt needs promptPath (LongBench_Chat's prompt_fs.txt) and fewShotPath "
+         "(its few_shots.json) on the data volume; or set judgePrompt: ours",
+         lambda s: not s.evaluation.enabled or (lbc := s.evaluation.long_bench_chat) is None
+         or lbc.judge_prompt == "ours" or (lbc.prompt_path is not None and lbc.few_shot_path is not None)),
     Rule("evaluation.judge",
          f"!{EVALUATION_ON} || !has(self.evaluation.longBenchChat)"
          " || (has(self.evaluation.judge) && has(self.evaluation.judge.apiKeySecretRef))",
@@ -289,6 +342,47 @@ RULES: list[Rule] = [
          lambda s: not s.evaluation.enabled or s.evaluation.long_bench_chat is None
          or (s.evaluation.judge is not None and s.evaluation.judge.api_key_secret_ref is not None)),
 ]
+
+
+
+
+def _cel_list(names: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
+
+
+def _pod_rules(stage: str, attr: str) -> list[Rule]:
+    """Rules on one stage's pod options: no variable the operator sets, no secret in plain text, no GPUs (the
+    stage's own fields size those)."""
+    env, resources = f"{stage}.pod.env", f"{stage}.pod.resources"
+
+    def env_of(s: LongAlignRunSpec) -> list[EnvVar]:
+        return getattr(s, attr).pod.env or []
+
+    def resources_of(s: LongAlignRunSpec) -> dict[str, dict[str, Quantity]]:
+        return getattr(s, attr).pod.resources or {}
+
+    gpus = {"dataGeneration": "dataGeneration.teacher.gpusPerReplica", "training": "training.gpusPerNode",
+            "evaluation": "evaluation.gpus"}[stage]
+    labels = f"{stage}.pod.labels"
+    return [
+        Rule(labels, f"!({_has(labels)}) || self.{labels}.all(k, !k.startsWith('{GROUP}/'))",
+             f"must not use the prefix {GROUP}/: the operator's own labels find the stage's pods",
+             lambda s: all(not k.startswith(f"{GROUP}/") for k in getattr(s, attr).pod.labels or {})),
+        Rule(env, f"!({_has(env)}) || self.{env}.all(e, !(e.name in {_cel_list(RESERVED_ENV)}))",
+             f"must not set {', '.join(RESERVED_ENV)}: the operator sets them (the stage contract and "
+             "torchrun's rendezvous)",
+             lambda s: all(e.name not in RESERVED_ENV for e in env_of(s))),
+        Rule(env, f"!({_has(env)}) || self.{env}.all(e, !(e.name in {_cel_list(SECRET_ENV)}) || !has(e.value))",
+             f"{' and '.join(SECRET_ENV)} hold secrets: set them with valueFrom.secretKeyRef, never as value "
+             "(the spec is stored in plain text)",
+             lambda s: all(e.name not in SECRET_ENV or e.value is None for e in env_of(s))),
+        Rule(resources, f"!({_has(resources)}) || self.{resources}.all(k, !('{GPU_RESOURCE}' in "
+             f"self.{resources}[k]))", f"must not ask for {GPU_RESOURCE}: {gpus} sets the stage's GPUs",
+             lambda s: all(GPU_RESOURCE not in amounts for amounts in resources_of(s).values())),
+    ]
+
+
+RULES += [rule for stage, attr in STAGE_ATTRS.items() for rule in _pod_rules(stage, attr)]
 
 
 class SpecError(ValueError):

@@ -49,10 +49,12 @@ class StageStatus(Model):
     start_time: str | None = None
     end_time: str | None = None
     progress_percent: float | None = None
-    eta_seconds: float | None = None
+    eta_seconds: int | None = None
+    """Estimated seconds left in the stage, whole."""
     last_progress_time: str | None = None
     metrics: dict[str, float | None] | None = None
-    """The stage's latest reported metrics (loss, tokens/s, samples, ...)."""
+    """The stage's latest reported metrics at full precision, keys in camelCase (loss, tokensPerS, mfu, lr,
+    gradNorm, ...)."""
     summary: dict[str, Any] | None = None
     """The stage's final summary, as it wrote it to its termination message."""
 
@@ -75,15 +77,26 @@ class Results(Model):
     checkpoint_path: str | None = None
     last_checkpoint_step: int | None = None
     last_checkpoint_time: str | None = None
+    zero_stage: int | None = None
+    """The ZeRO stage training ran with (chosen by fit unless the spec set it)."""
+    checkpoint_keeps: str | None = None
+    """What gradient checkpointing kept (chosen by fit unless the stage settings set it)."""
 
 
 class LongAlignRunStatus(Model):
     phase: Phase = "Pending"
     current_stage: str | None = None
+    attempt: int | None = None
+    """The current stage's attempt (1 is the first try)."""
     progress: str | None = None
     """Progress of the current stage, e.g. "45%"."""
     eta: str | None = None
     """Estimated time left in the current stage, e.g. "1h20m"."""
+    loss: str | None = None
+    """Training loss for people, 4 significant digits: live while training, then the final one (full
+    precision: stages.training.metrics.loss, results.finalLoss)."""
+    score: str | None = None
+    """LongBench-Chat mean score for people, 2 decimals (full precision: results.longBenchChatScore)."""
     message: str | None = None
     observed_generation: int | None = None
     completion_time: str | None = None

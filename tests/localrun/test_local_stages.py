@@ -108,13 +108,14 @@ def test_the_operators_planner_retries_a_stage_up_to_its_backoff_limit(tmp_path,
 
 
 def test_the_table_has_the_crds_wide_columns():
-    status = {"phase": "Succeeded", "progress": "100%", "message": "all stages succeeded",
-              "results": {"finalLoss": 7.25, "longBenchChatScore": 4.0},
+    status = {"phase": "Succeeded", "progress": "100%", "message": "all stages succeeded", "loss": "7.251",
+              "score": "4.00", "results": {"finalLoss": 7.250613, "longBenchChatScore": 4.0},
               "conditions": [{"type": "Failed", "status": "False"}, {"type": "Succeeded", "status": "True"}]}
     resource = {"metadata": {"name": "tiny", "creationTimestamp": "2026-01-01T00:00:00Z"}, "status": status}
     header, row = table.render(resource, now=parse_time("2026-01-01T00:07:30Z")).splitlines()
-    assert header.split() == ["NAME", "PHASE", "STAGE", "PROGRESS", "ETA", "SCORE", "SUCCEEDED", "LOSS", "MESSAGE", "AGE"]
-    assert row.split() == ["tiny", "Succeeded", "<none>", "100%", "<none>", "4.0", "True", "7.25", "all", "stages",
-                           "succeeded", "7m30s"]
-    assert table.render(resource, wide=False).splitlines()[0].split() == ["NAME", "PHASE", "STAGE", "PROGRESS", "ETA",
-                                                                           "SCORE", "AGE"]
+    assert header.split() == ["NAME", "PHASE", "STAGE", "ATTEMPT", "PROGRESS", "ETA", "LOSS", "SCORE", "SUCCEEDED",
+                              "MESSAGE", "AGE"]
+    assert row.split() == ["tiny", "Succeeded", "<none>", "<none>", "100%", "<none>", "7.251", "4.00", "True", "all",
+                           "stages", "succeeded", "7m30s"]
+    assert table.render(resource, wide=False).splitlines()[0].split() == [
+        "NAME", "PHASE", "STAGE", "ATTEMPT", "PROGRESS", "ETA", "LOSS", "SCORE", "AGE"]

@@ -13,6 +13,12 @@ def apply_run(cluster: LocalCluster, namespace: str, name: str, spec: dict, labe
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(run))
 
 
+def events(cluster: LocalCluster, namespace: str, name: str) -> list[str]:
+    """The reasons of the Events posted about the run."""
+    items = cluster.get("events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")["items"]
+    return [e["reason"] for e in items]
+
+
 def run_status(cluster: LocalCluster, namespace: str, name: str) -> dict:
     return cluster.get("lar", name, "-n", namespace).get("status") or {}
 

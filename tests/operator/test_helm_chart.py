@@ -47,8 +47,8 @@ def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
     return found
 
 
-def manifest(path: str, kind: str) -> dict:
-    return one(list(yaml.safe_load_all((REPO / "manifests" / path).read_text())), kind)
+def manifest(path: str, kind: str, name: str | None = None) -> dict:
+    return one(list(yaml.safe_load_all((REPO / "manifests" / path).read_text())), kind, name)
 
 
 # ------------------------------------------------------------------------------------------ rendering only
@@ -77,9 +77,24 @@ def test_the_operators_rights_are_exactly_those_of_manifests_rbac(scope, kind):
     grants = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == "longalign-longalign-operator"]
     assert [o["metadata"].get("namespace") for o in grants] == ([None] if scope == "cluster" else ["team-a", "team-b"])
     for grant in grants:
-        assert grant["rules"] == manifest("rbac/operator.yaml", "ClusterRole")["rules"]
+        assert grant["rules"] == manifest("rbac/operator.yaml", "ClusterRole", "longalign-operator")["rules"]
+    # Nodes are cluster-scoped: read through a ClusterRole of their own in either scope.
+    nodes = one(objects, "ClusterRole", "longalign-longalign-operator-nodes")
+    assert nodes["rules"] == manifest("rbac/operator.yaml", "ClusterRole", "longalign-operator-nodes")["rules"]
+    assert one(objects, "ClusterRoleBinding", "longalign-longalign-operator-nodes")["subjects"][0]["name"] == (
+        "longalign-longalign-operator")
     args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert ("--namespace" in args) == (scope == "namespace")
+
+
+def test_excluded_namespaces_reach_the_operators_command_line():
+    def excluded(*sets: str) -> str:
+        args = one(render(*sets), "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        return args[args.index("--exclude-namespaces") + 1]
+
+    assert excluded() == "kube-system,kube-public,kube-node-lease"
+    assert excluded("excludeNamespaces={kube-*,prod-*}") == "kube-*,prod-*"
+    assert excluded("excludeNamespaces=null") == ""
 
 
 def test_the_operator_pod_is_locked_down_and_the_same_as_in_manifests():
@@ -96,7 +111,8 @@ def test_the_operator_pod_is_locked_down_and_the_same_as_in_manifests():
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "probes"}
     assert container["command"] + container["args"] == [
-        "longalign", "operator", "--liveness", "http://0.0.0.0:8080/healthz", "--metrics-port", "9090"]
+        "longalign", "operator", "--liveness", "http://0.0.0.0:8080/healthz",
+        "--exclude-namespaces", "kube-system,kube-public,kube-node-lease", "--metrics-port", "9090"]
     assert manifest("operator/deployment.yaml", "Deployment")["spec"]["template"]["spec"] == pod
 
 
@@ -133,7 +149,9 @@ def test_kubectl_apply_k_manifests_installs_crd_rbac_and_operator(cluster):
     assert sorted(line.split()[0] for line in out.splitlines()) == sorted([
         "namespace/longalign-system", f"customresourcedefinition.apiextensions.k8s.io/{CRD}",
         "serviceaccount/longalign-operator", "clusterrole.rbac.authorization.k8s.io/longalign-operator",
-        "clusterrolebinding.rbac.authorization.k8s.io/longalign-operator", "deployment.apps/longalign-operator"])
+        "clusterrolebinding.rbac.authorization.k8s.io/longalign-operator",
+        "clusterrole.rbac.authorization.k8s.io/longalign-operator-nodes",
+        "clusterrolebinding.rbac.authorization.k8s.io/longalign-operator-nodes", "deployment.apps/longalign-operator"])
 
 
 def local_command(container: dict, **options: str) -> list[str]:
@@ -262,6 +280,12 @@ def test_namespace_scope_watches_only_its_namespace(cluster, namespace):
                                f"--as=system:serviceaccount:{namespace}:{name}", check=False).stdout.strip()
 
     assert (can_list_runs("-n", namespace), can_list_runs("--all-namespaces")) == ("yes", "no")
+    def can(verb: str, resource: str, where: str) -> str:
+        return cluster.kubectl("auth", "can-i", verb, resource, "-n", where,
+                               f"--as=system:serviceaccount:{namespace}:{name}", check=False).stdout.strip()
+
+    assert (can("create", "jobs.batch", namespace), can("create", "jobs.batch", "kube-system")) == ("yes", "no")
+    assert can("watch", "nodes", namespace) == "yes"
 
     other = f"{namespace}-other"
     cluster.kubectl("create", "namespace", other)

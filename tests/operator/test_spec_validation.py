@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from longalign_operator import crd
+from longalign_operator.builders import run_name_limit
 from longalign_operator.spec import SpecError, parse
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,14 +83,84 @@ BAD_SPECS = [
     ("unknown-field", spec_with(training={**VALID["training"], "learningRate": 1e-5}), "spec.training.learningRate"),
 ]
 
+
+def training_with(**fields) -> dict:
+    return spec_with(training={**VALID["training"], **fields})
+
+
+def pod(**options) -> dict:
+    return {"pod": options}
+
+
+RESERVED = ("must not set LONGALIGN_TERMINATION_MESSAGE_PATH, LONGALIGN_TEACHER_URL, LONGALIGN_JUDGE_API_KEY, "
+            "MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NNODES, NODE_RANK, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE, POD_INDEX: "
+            "the operator sets them (the stage contract and torchrun's rendezvous)")
+SECRET = ("LONGALIGN_JUDGE_API_KEY and OPENAI_API_KEY hold secrets: set them with valueFrom.secretKeyRef, never as "
+          "value (the spec is stored in plain text)")
+FROM_SECRET = {"secretKeyRef": {"name": "teacher", "key": "api-key"}}
+# (case id, spec, field path, what the message must say): the same words from the model and from kubectl.
+REFUSED_SAYING = [
+    ("generated-and-own-dataset", spec_with(dataGeneration={"teacher": TEACHER}), "spec.training.datasetPath",
+     ("must not be set when dataGeneration is enabled: training reads the data generation writes "
+     "(/data/<run>/data.jsonl); disable dataGeneration to train on your own file")),
+    ("trained-and-own-checkpoint", spec_with(evaluation={"checkpointPath": "/checkpoints/x", "needle": {}}),
+     "spec.evaluation.checkpointPath", ("must not be set when training is enabled: evaluation evaluates the model "
+     "training exports (/checkpoints/<run>/model); disable training to evaluate an existing checkpoint")),
+    ("pack-no-gpu-holds", training_with(maxTokensPerPack=1_000_000_000), "spec.training.maxTokensPerPack",
+     "less than or equal to 1048576"),
+    ("teacher-context-no-gpu-holds", spec_with(training={}, dataGeneration={
+        "teacher": {**TEACHER, "maxModelLen": 4_194_304}}), "spec.dataGeneration.teacher.maxModelLen",
+     "less than or equal to 1048576"),
+    ("needle-context-no-gpu-holds", spec_with(evaluation={"needle": {"contextLengths": [8000, 10**9]}}),
+     "spec.evaluation.needle.contextLengths[1]", "less than or equal to 1048576"),
+    ("batch-of-millions", training_with(globalBatchSize=10**7), "spec.training.globalBatchSize",
+     "less than or equal to 65536"),
+    ("startup-deadline-of-years", training_with(startupDeadlineSeconds=10**9), "spec.training.startupDeadlineSeconds",
+     "less than or equal to 604800"),
+    ("ttl-of-decades", spec_with(ttlSecondsAfterFinished=10**9), "spec.ttlSecondsAfterFinished",
+     "less than or equal to 31536000"),
+    ("rendezvous-env-overridden", training_with(**pod(env=[{"name": "MASTER_ADDR", "value": "elsewhere"}])),
+     "spec.training.pod.env", RESERVED),
+    ("judge-key-overriding-the-secret", spec_with(evaluation={
+        "needle": {}, **pod(env=[{"name": "LONGALIGN_JUDGE_API_KEY", "valueFrom": FROM_SECRET}])}),
+     "spec.evaluation.pod.env", RESERVED),
+    ("teacher-key-in-plain-text", spec_with(training={}, dataGeneration={
+        "teacher": TEACHER, **pod(env=[{"name": "OPENAI_API_KEY", "value": "sk-123"}])}),
+     "spec.dataGeneration.pod.env", SECRET),
+    ("gpus-through-resources", training_with(**pod(resources={"limits": {"nvidia.com/gpu": 4}})),
+     "spec.training.pod.resources", "must not ask for nvidia.com/gpu: training.gpusPerNode sets the stage's GPUs"),
+    ("claim-name-not-a-name", spec_with(storage={**VALID["storage"], "data": {"claimName": "Team_A data"}}),
+     "spec.storage.data.claimName", "should match"),
+    ("path-outside-the-mounts", training_with(datasetPath="/mnt/nfs/longalign.jsonl"), "spec.training.datasetPath",
+     "'^/(models|data|checkpoints|results|documents)(/.*)?$'"),
+    ("relative-model-path", spec_with(baseModelPath="llama-8b"), "spec.baseModelPath",
+     "'^/(models|data|checkpoints|results|documents)(/.*)?$'"),
+    ("published-judge-without-its-prompt", spec_with(training={"enabled": False}, evaluation={
+        "checkpointPath": "/checkpoints/final", "longBenchChat": {"path": "/data/lbc/test_cases.json"},
+        "judge": JUDGE}), "spec.evaluation.longBenchChat.promptPath",
+     ("the published judge prompt needs promptPath (LongBench_Chat's prompt_fs.txt) and fewShotPath (its "
+      "few_shots.json) on the data volume; or set judgePrompt: ours")),
+    ("label-of-the-operators-own", training_with(**pod(labels={"longalign.dev/run": "other"})),
+     "spec.training.pod.labels", ("must not use the prefix longalign.dev/: the operator's own labels find the "
+     "stage's pods")),
+]
+
 GOOD_SPECS = [
     ("byo-dataset-training-only", VALID),
-    ("full-pipeline", spec_with(dataGeneration={"teacher": {**TEACHER, "replicas": 2}},
-                                evaluation={"longBenchChat": {"path": "/data/lbc.jsonl"}, "needle": {},
-                                            "judge": JUDGE})),
+    ("full-pipeline", spec_with(training={}, dataGeneration={"teacher": {**TEACHER, "replicas": 2}},
+                                evaluation={"longBenchChat": {"path": "/data/lbc/test_cases.json",
+                                                              "fewShotPath": "/data/lbc/few_shots.json",
+                                                              "promptPath": "/data/lbc/prompt_fs.txt"},
+                                            "needle": {}, "judge": JUDGE})),
+    ("our-judge-prompt", spec_with(training={"enabled": False}, evaluation={
+        "checkpointPath": "/checkpoints/final", "longBenchChat": {"path": "/data/lbc.jsonl", "judgePrompt": "ours"},
+        "judge": JUDGE})),
     ("evaluate-existing-checkpoint",
-     spec_with(training={"enabled": False}, evaluation={"checkpointPath": "/ckpt/final", "needle": {}})),
+     spec_with(training={"enabled": False}, evaluation={"checkpointPath": "/checkpoints/final", "needle": {}})),
     ("zero3-offload", spec_with(training={**VALID["training"], "deepspeed": {"offloadParams": True}})),
+    ("teacher-key-from-a-secret", spec_with(training={}, dataGeneration={
+        "teacher": TEACHER, **pod(env=[{"name": "OPENAI_API_KEY", "valueFrom": FROM_SECRET},
+                                       {"name": "HF_HUB_OFFLINE", "value": "1"}])})),
 ]
 
 
@@ -102,6 +173,13 @@ def test_the_model_refuses_a_bad_spec_naming_the_field(case, spec, field):
     with pytest.raises(SpecError) as e:
         parse(spec)
     assert field in [path for path, _ in e.value.problems], e.value.problems
+
+
+@pytest.mark.parametrize("case, spec, field, message", REFUSED_SAYING, ids=[c[0] for c in REFUSED_SAYING])
+def test_the_model_refuses_a_bad_spec_naming_the_field_and_the_limit(case, spec, field, message):
+    with pytest.raises(SpecError) as e:
+        parse(spec)
+    assert any(path == field and message in text for path, text in e.value.problems), e.value.problems
 
 
 @pytest.mark.parametrize("case, spec", GOOD_SPECS, ids=[c[0] for c in GOOD_SPECS])
@@ -138,11 +216,40 @@ def test_kubectl_apply_refuses_every_bad_spec_naming_the_field(crd_installed, na
 
 
 @pytest.mark.cluster
+def test_kubectl_apply_refuses_each_bad_spec_saying_why(crd_installed, namespace):
+    for case, spec, field, message in REFUSED_SAYING:
+        out = crd_installed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(lar(case, spec)),
+                                    check=False)
+        assert out.returncode != 0, f"{case}: accepted by the apiserver"
+        line = next((text for text in out.stderr.split(f"{field}:")[1:] if message in text.split(", spec.")[0]),
+                    None)
+        assert line is not None, f"{case}: {out.stderr}"
+
+
+@pytest.mark.cluster
+def test_kubectl_apply_refuses_run_names_whose_children_cannot_exist(crd_installed, namespace):
+    limit, what, _ = run_name_limit()
+    full = spec_with(training={}, dataGeneration={"teacher": TEACHER}, evaluation={"needle": {}})
+    out = crd_installed.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
+                                input=json.dumps(lar("a" * limit, full)))
+    assert "created (server dry run)" in out.stdout
+    for name, message in [
+            ("a" * (limit + 1), (f"must be at most {limit} characters: the longest name made from it, the {what}, "
+                                "must fit in 63")),
+            ("run.v2", ("must start with a lowercase letter and hold only lowercase letters, digits and '-' (it names "
+                       "the run's Services)"))]:
+        out = crd_installed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(lar(name, full)),
+                                    check=False)
+        assert out.returncode != 0 and "metadata.name: Invalid value: " in out.stderr, out.stderr
+        assert message in out.stderr, out.stderr
+
+
+@pytest.mark.cluster
 def test_kubectl_apply_accepts_good_specs_and_get_shows_the_columns(crd_installed, namespace):
     for case, spec in GOOD_SPECS:
         crd_installed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(lar(case, spec)))
     table = crd_installed.kubectl("get", "lar", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "STAGE", "PROGRESS", "ETA", "SCORE", "AGE"]
+    assert table[0].split() == ["NAME", "PHASE", "STAGE", "ATTEMPT", "PROGRESS", "ETA", "LOSS", "SCORE", "AGE"]
     assert sorted(line.split()[0] for line in table[1:]) == sorted(c for c, _ in GOOD_SPECS)
 
 

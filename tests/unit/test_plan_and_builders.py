@@ -17,8 +17,9 @@ STORAGE = {"models": {"claimName": "models"}, "data": {"claimName": "data", "sub
 
 
 def make_run(labels=None, **spec) -> Run:
+    # Training reads the generated data when there is data generation, else a file of its own.
     body = {"image": "trainer:1", "baseModelPath": "/models/m", "storage": STORAGE,
-            "training": {"datasetPath": "/data/d.jsonl"}, **spec}
+            "training": {} if "dataGeneration" in spec else {"datasetPath": "/data/d.jsonl"}, **spec}
     return Run(name="r", namespace="ns", uid="u-1", labels=labels or {}, spec=parse(body))
 
 
@@ -91,7 +92,7 @@ def test_a_completed_stage_records_its_summary_and_the_next_stage_starts_in_the_
 
 
 def test_failures_are_retried_up_to_the_backoff_limit_then_the_run_fails_naming_the_reason():
-    run = make_run(training={"datasetPath": "/d", "backoffLimit": 1})
+    run = make_run(training={"datasetPath": "/data/d.jsonl", "backoffLimit": 1})
     _, status = advance(run, {})
     failed = PodView("r-train-1-0", "Failed", termination_message="NCCL timeout", exit_code=1)
     p, status = advance(run, status, [JobView("r-train-1", "Failed", "BackoffLimitExceeded", pods=(failed,))])
@@ -104,7 +105,7 @@ def test_failures_are_retried_up_to_the_backoff_limit_then_the_run_fails_naming_
 
 
 def test_pods_that_cannot_start_are_reported_then_torn_down_at_the_startup_deadline():
-    run = make_run(training={"datasetPath": "/d", "startupDeadlineSeconds": 600, "backoffLimit": 0})
+    run = make_run(training={"datasetPath": "/data/d.jsonl", "startupDeadlineSeconds": 600, "backoffLimit": 0})
     _, status = advance(run, {})
     stuck = JobView("r-train-1", "Active", pods=(
         PodView("r-train-1-0", "Running"),
@@ -140,7 +141,7 @@ def test_missing_claims_hold_the_run_and_ttl_deletes_a_finished_one():
 
 
 def test_progress_lines_reach_the_status_and_silence_marks_the_stage_stalled():
-    run = make_run(training={"datasetPath": "/d", "stallSeconds": 600})
+    run = make_run(training={"datasetPath": "/data/d.jsonl", "stallSeconds": 600})
     _, status = advance(run, {})
     line = {"longalign": "progress", "stage": "train", "done": 45, "total": 100, "unit": "steps", "rate": 0.1,
             "eta_s": 550.0, "metrics": {"loss": 1.7, "tokens_per_s": 35000.0}}
@@ -149,7 +150,7 @@ def test_progress_lines_reach_the_status_and_silence_marks_the_stage_stalled():
     _, status = advance(run, status, [running], now=T0 + timedelta(minutes=6))
     st = status["stages"]["training"]
     assert (status["progress"], status["eta"], st["state"]) == ("45%", "9m10s", "Running")
-    assert st["metrics"] == {"loss": 1.7, "tokens_per_s": 35000.0}
+    assert st["metrics"] == {"loss": 1.7, "tokensPerS": 35000.0}
     p, status = advance(run, status, [running], now=T0 + timedelta(minutes=15, seconds=1))
     assert (status["stages"]["training"]["state"], status["stages"]["training"]["reason"]) == ("Stalled", "NoProgress")
     assert ("Warning", "StageStalled") == p.events[0][:2]
@@ -172,7 +173,7 @@ def test_liveness_fails_when_runs_exist_but_reconciling_stopped():
 
 @pytest.mark.parametrize("exit_code, reason", [(2, "InvalidStageConfig"), (3, "CheckpointUnusable")])
 def test_a_failure_no_retry_can_fix_fails_the_run_at_once(exit_code, reason):
-    run = make_run(training={"datasetPath": "/d", "backoffLimit": 5})
+    run = make_run(training={"datasetPath": "/data/d.jsonl", "backoffLimit": 5})
     _, status = advance(run, {})
     bad = PodView("r-train-1-0", "Failed", termination_message='{"ok": false}', exit_code=exit_code)
     p, status = advance(run, status, [JobView("r-train-1", "Failed", "BackoffLimitExceeded", pods=(bad,))])

@@ -33,6 +33,12 @@ TEACHER_URL_ENV = "LONGALIGN_TEACHER_URL"
 """The teacher servers' base URLs (comma-separated) that the operator gives the data generation pod."""
 JUDGE_KEY_ENV = "LONGALIGN_JUDGE_API_KEY"
 """The judge's API key, which the operator gives the evaluation pod from the run's Secret."""
+TEACHER_KEY_ENV = "OPENAI_API_KEY"
+"""The teacher's API key, which data generation reads when its teacher needs one (vLLM needs none)."""
+OPERATOR_ENV = (TERMINATION_MESSAGE_PATH_ENV, TEACHER_URL_ENV, JUDGE_KEY_ENV)
+"""Variables the operator sets on stage pods itself: a stage pod's own ``env`` may not name them."""
+SECRET_ENV = (JUDGE_KEY_ENV, TEACHER_KEY_ENV)
+"""Variables holding secrets: they may come from a Secret (``valueFrom``), never as a ``value`` in a spec."""
 MAX_SUMMARY_BYTES = 4096  # Kubernetes truncates termination messages beyond 4096 bytes
 
 
