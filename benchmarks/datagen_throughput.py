@@ -37,24 +37,43 @@ def write_documents(root: Path, n: int, chars: int) -> None:
 
 def measure(work: Path, base_url: str, model: str, tokenizer: str, concurrency: int, answer_tokens: int) -> dict:
     out = work / f"out-c{concurrency}"
-    cfg = parse_config({
-        "documents_dir": str(work / "docs"), "min_tokens": 100, "max_tokens": 3000,
-        "teacher": {"base_urls": [base_url], "model": model, "tokenizer": tokenizer, "temperature": 1.0,
-                    "question_max_tokens": 700, "answer_max_tokens": answer_tokens},
-        "question_max_chars": 60, "keep_truncated_answers": True, "min_answer_chars": 0,
-        "engine": {"concurrency": concurrency}, "output_dir": str(out), "seed": 0,
-    })
+    cfg = parse_config(
+        {
+            "documents_dir": str(work / "docs"),
+            "min_tokens": 100,
+            "max_tokens": 3000,
+            "teacher": {
+                "base_urls": [base_url],
+                "model": model,
+                "tokenizer": tokenizer,
+                "temperature": 1.0,
+                "question_max_tokens": 700,
+                "answer_max_tokens": answer_tokens,
+            },
+            "question_max_chars": 60,
+            "keep_truncated_answers": True,
+            "min_answer_chars": 0,
+            "engine": {"concurrency": concurrency},
+            "output_dir": str(out),
+            "seed": 0,
+        }
+    )
     t0, cpu0 = time.monotonic(), time.process_time()
     summary = asyncio.run(run_async(cfg, summary_path=out / "termination-log"))
     wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
     assert summary["status"] == "complete", summary
-    return {"concurrency": concurrency, "documents": summary["documents_done"], "samples": summary["samples"],
-            "requests": summary["requests"], "wall_s": round(wall, 2),
-            "requests_per_s": round(summary["requests"] / wall, 2),
-            "generated_tokens_per_s": round(summary["completion_tokens"] / wall, 1),
-            # the generator's own CPU time (reading, tokenizing, requests, writing): far below the wall time
-            # means the server, not the generator, sets the pace
-            "generator_cpu_s": round(cpu, 2)}
+    return {
+        "concurrency": concurrency,
+        "documents": summary["documents_done"],
+        "samples": summary["samples"],
+        "requests": summary["requests"],
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(summary["requests"] / wall, 2),
+        "generated_tokens_per_s": round(summary["completion_tokens"] / wall, 1),
+        # the generator's own CPU time (reading, tokenizing, requests, writing): far below the wall time
+        # means the server, not the generator, sets the pace
+        "generator_cpu_s": round(cpu, 2),
+    }
 
 
 def main() -> None:
@@ -79,12 +98,17 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
-    result = {"concurrency_1": one, f"concurrency_{args.concurrency}": many,
-              "ratio_requests_per_s": round(many["requests_per_s"] / one["requests_per_s"], 2),
-              "ratio_generated_tokens_per_s": round(many["generated_tokens_per_s"] / one["generated_tokens_per_s"], 2)}
+    result = {
+        "concurrency_1": one,
+        f"concurrency_{args.concurrency}": many,
+        "ratio_requests_per_s": round(many["requests_per_s"] / one["requests_per_s"], 2),
+        "ratio_generated_tokens_per_s": round(many["generated_tokens_per_s"] / one["generated_tokens_per_s"], 2),
+    }
     print(json.dumps(result, indent=1))
-    print(f"concurrency {args.concurrency} vs 1: {result['ratio_requests_per_s']}x requests/s, "
-          f"{result['ratio_generated_tokens_per_s']}x generated tokens/s")
+    print(
+        f"concurrency {args.concurrency} vs 1: {result['ratio_requests_per_s']}x requests/s, "
+        f"{result['ratio_generated_tokens_per_s']}x generated tokens/s"
+    )
 
 
 if __name__ == "__main__":

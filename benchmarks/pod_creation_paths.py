@@ -21,28 +21,39 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from kubernetes import client, config
-from localcluster import LocalCluster, wait_for
 from operator_scale import percentiles, watch_first_seen
+
+from localcluster import LocalCluster, wait_for
 
 NS = "paths"
 HANG = {"sim.longalign.dev/outcome": "hang"}  # KWOK keeps the pod running (hack/localcluster/pod-stages.yaml)
-POD_SPEC = {"restartPolicy": "Never",
-            "containers": [{"name": "train", "image": "trainer:1", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}
+POD_SPEC = {
+    "restartPolicy": "Never",
+    "containers": [{"name": "train", "image": "trainer:1", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+}
 
 
-def measure(path: str, groups: int, per_group: int, gpu_nodes: int, rate: float = 0,
-            complete: bool = False) -> list[float]:
+def measure(
+    path: str, groups: int, per_group: int, gpu_nodes: int, rate: float = 0, complete: bool = False
+) -> list[float]:
     """Seconds from each group's create call to the last of its pods seen, on a fresh control plane."""
     with LocalCluster(gpu_nodes=gpu_nodes, cpu_nodes=0, real_nodes=0) as cluster:
         cluster.kubectl("create", "namespace", NS)
-        wait_for(lambda: cluster.kubectl("get", "sa", "default", "-n", NS, check=False).returncode == 0, 30,
-                 "the namespace's ServiceAccount")
+        wait_for(
+            lambda: cluster.kubectl("get", "sa", "default", "-n", NS, check=False).returncode == 0,
+            30,
+            "the namespace's ServiceAccount",
+        )
         config.load_kube_config(str(cluster.kubeconfig))
         core, batch = client.CoreV1Api(), client.BatchV1Api()
         seen: dict[str, float] = {}
         stop = threading.Event()
-        threading.Thread(target=watch_first_seen, daemon=True, kwargs={"label_selector": "group"},
-                         args=(core.list_namespaced_pod, (NS,), seen, stop)).start()
+        threading.Thread(
+            target=watch_first_seen,
+            daemon=True,
+            kwargs={"label_selector": "group"},
+            args=(core.list_namespaced_pod, (NS,), seen, stop),
+        ).start()
         time.sleep(1)
         started: dict[str, float] = {}
         t0 = time.monotonic()
@@ -54,15 +65,37 @@ def measure(path: str, groups: int, per_group: int, gpu_nodes: int, rate: float 
             started[group] = time.monotonic()
             template = {"metadata": {"labels": {"group": group, **({} if complete else HANG)}}, "spec": POD_SPEC}
             if path == "job":
-                batch.create_namespaced_job(NS, {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": group},
-                                                 "spec": {"completionMode": "Indexed", "completions": per_group,
-                                                          "parallelism": per_group, "backoffLimit": 0,
-                                                          "template": template}})
+                batch.create_namespaced_job(
+                    NS,
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "metadata": {"name": group},
+                        "spec": {
+                            "completionMode": "Indexed",
+                            "completions": per_group,
+                            "parallelism": per_group,
+                            "backoffLimit": 0,
+                            "template": template,
+                        },
+                    },
+                )
             else:
                 with ThreadPoolExecutor(per_group) as pods:
-                    list(pods.map(lambda j: core.create_namespaced_pod(NS, {
-                        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{group}-{j}", **template["metadata"]},
-                        "spec": POD_SPEC}), range(per_group)))
+                    list(
+                        pods.map(
+                            lambda j: core.create_namespaced_pod(
+                                NS,
+                                {
+                                    "apiVersion": "v1",
+                                    "kind": "Pod",
+                                    "metadata": {"name": f"{group}-{j}", **template["metadata"]},
+                                    "spec": POD_SPEC,
+                                },
+                            ),
+                            range(per_group),
+                        )
+                    )
 
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(create, range(groups)))
@@ -88,8 +121,11 @@ def main() -> None:
         latencies = measure(path, args.groups, args.pods_per_group, args.gpu_nodes, args.rate, args.complete)
         q = percentiles(latencies)
         arrival = (f"{args.rate:g}/s" if args.rate else "at once") + (", completing" if args.complete else "")
-        print(f"{path:<7} {args.groups} groups x {args.pods_per_group} pods ({arrival}): group created -> all its "
-              f"pods created p50 {q[49]:.2f} s, p99 {q[98]:.2f} s, max {max(latencies):.2f} s", flush=True)
+        print(
+            f"{path:<7} {args.groups} groups x {args.pods_per_group} pods ({arrival}): group created -> all its "
+            f"pods created p50 {q[49]:.2f} s, p99 {q[98]:.2f} s, max {max(latencies):.2f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

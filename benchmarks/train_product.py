@@ -48,10 +48,40 @@ from train_throughput import SHAPES, synthetic_lengths  # noqa: E402
 SHAPES_EXTRA = {"8b-full": (4096, 32, 32, 8, 14336, 128256), "smoke": (128, 2, 2, 1, 256, 4096)}
 PEAK = 989e12
 # The trainer's processes import this checkout's sources (an installed longalign wheel gives only its metadata).
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
-    [str(HERE.parent / "trainer"), str(HERE.parent / "operator"), *filter(None, [os.environ.get("PYTHONPATH")])])}
-WORDS = ("alpha beta gamma delta model token sequence pack train long context answer question data "
-         "value result paper method figure table loss step epoch rank batch").split()
+ENV = {
+    **os.environ,
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONPATH": os.pathsep.join(
+        [str(HERE.parent / "trainer"), str(HERE.parent / "operator"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    ),
+}
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "model",
+    "token",
+    "sequence",
+    "pack",
+    "train",
+    "long",
+    "context",
+    "answer",
+    "question",
+    "data",
+    "value",
+    "result",
+    "paper",
+    "method",
+    "figure",
+    "table",
+    "loss",
+    "step",
+    "epoch",
+    "rank",
+    "batch",
+]
 
 
 def write_model(out: Path, shape: str, cap: int, on_gpu: bool) -> Path:
@@ -62,10 +92,21 @@ def write_model(out: Path, shape: str, cap: int, on_gpu: bool) -> Path:
     from longalign_trainer.tiny_model import build_tokenizer
 
     h, layers, heads, kv, mlp, vocab = {**SHAPES, **SHAPES_EXTRA}[shape]
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=h, intermediate_size=mlp, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv, head_dim=h // heads,
-                      max_position_embeddings=cap + 1, rope_theta=500000.0, tie_word_embeddings=False,
-                      bos_token_id=1, eos_token_id=7, pad_token_id=3)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=h,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=h // heads,
+        max_position_embeddings=cap + 1,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=7,
+        pad_token_id=3,
+    )
     out.mkdir(parents=True, exist_ok=True)
     build_tokenizer(out)
     torch.manual_seed(0)
@@ -81,8 +122,15 @@ def config_only(out: Path, shape: str) -> Path:
     from transformers import LlamaConfig
 
     h, layers, heads, kv, mlp, vocab = {**SHAPES, **SHAPES_EXTRA}[shape]
-    LlamaConfig(vocab_size=vocab, hidden_size=h, intermediate_size=mlp, num_hidden_layers=layers,
-                num_attention_heads=heads, num_key_value_heads=kv, tie_word_embeddings=False).save_pretrained(out)
+    LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=h,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        tie_word_embeddings=False,
+    ).save_pretrained(out)
     return out
 
 
@@ -99,8 +147,14 @@ def write_set(path: Path, model: Path, lengths: list[int], seed: int) -> list[in
     for n in lengths:
         words = [rng.choice(WORDS) for _ in range(max(2, int((n - 8) / per_word)))]
         half = len(words) // 2
-        records.append({"messages": [{"role": "user", "content": " ".join(words[:half])},
-                                     {"role": "assistant", "content": " ".join(words[half:])}]})
+        records.append(
+            {
+                "messages": [
+                    {"role": "user", "content": " ".join(words[:half])},
+                    {"role": "assistant", "content": " ".join(words[half:])},
+                ]
+            }
+        )
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     examples, _ = load_examples([(path, 1.0)], tok, 1 << 30, "drop", seed)
     return [len(e) for e in examples]
@@ -115,8 +169,9 @@ def parse_overrides(text: str) -> dict:
 
 def flops(model: Path, lengths: list[int]) -> float:
     """train_throughput.py's count: 6·non-embedding params·tokens + 6·layers·hidden·Σ s²."""
-    from longalign_trainer.train.memory_estimate import ModelShape
     from transformers import AutoConfig
+
+    from longalign_trainer.train.memory_estimate import ModelShape
 
     cfg = AutoConfig.from_pretrained(model)
     shape = ModelShape.from_config(cfg)
@@ -130,18 +185,41 @@ def run_product(work: Path, name: str, model: Path, data: Path, args, overrides:
 
     out = work / name
     out.mkdir(parents=True)
-    cfg = {"model_path": str(model), "data": [{"path": str(data)}], "output_dir": str(out),
-           "max_tokens_per_pack": args.cap, "global_batch_size": args.global_batch, "epochs": 1,
-           "checkpoint_every_steps": 10**6, "keep_checkpoints": 1, "progress_interval_s": 0,
-           "termination_message_path": str(out / "summary.json"), **overrides}
+    cfg = {
+        "model_path": str(model),
+        "data": [{"path": str(data)}],
+        "output_dir": str(out),
+        "max_tokens_per_pack": args.cap,
+        "global_batch_size": args.global_batch,
+        "epochs": 1,
+        "checkpoint_every_steps": 10**6,
+        "keep_checkpoints": 1,
+        "progress_interval_s": 0,
+        "termination_message_path": str(out / "summary.json"),
+        **overrides,
+    }
     (out / "train.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "longalign_operator.cli",
-           "train", "--config", str(out / "train.yaml")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "1",
+        "-m",
+        "longalign_operator.cli",
+        "train",
+        "--config",
+        str(out / "train.yaml"),
+    ]
     t0 = time.monotonic()
     with open(out / "log", "w") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV).returncode
-    row: dict = {"row": f"longalign train {name}", "overrides": overrides, "rc": rc,
-                 "process_s": round(time.monotonic() - t0, 1)}
+    row: dict = {
+        "row": f"longalign train {name}",
+        "overrides": overrides,
+        "rc": rc,
+        "process_s": round(time.monotonic() - t0, 1),
+    }
     try:
         s = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
@@ -152,12 +230,22 @@ def run_product(work: Path, name: str, model: Path, data: Path, args, overrides:
     steps = [json.loads(x) for x in (out / "train-log-rank0.jsonl").read_text().splitlines()]
     train_s = sum(r["seconds"] for r in steps)
     steady = steps[1:] or steps
-    row.update({
-        "tokens_per_s": s["tokens_per_s"], "steady_tokens_per_s": sum(r["tokens"] for r in steady) / sum(
-            r["seconds"] for r in steady), "mfu_989": total_flops / train_s / PEAK, "peak_gib": s["peak_gpu_gib"],
-        "estimate_gib": s["memory_estimate"]["gpu_gib"], "packing_efficiency": s["packing_efficiency"],
-        "zero_stage": s["zero_stage"], "checkpoint_keeps": s["checkpoint_keeps"], "chosen_by_fit": s["chosen_by_fit"],
-        "steps": s["steps"], "attention": s["attention_backend"], "train_s": round(train_s, 1)})
+    row.update(
+        {
+            "tokens_per_s": s["tokens_per_s"],
+            "steady_tokens_per_s": sum(r["tokens"] for r in steady) / sum(r["seconds"] for r in steady),
+            "mfu_989": total_flops / train_s / PEAK,
+            "peak_gib": s["peak_gpu_gib"],
+            "estimate_gib": s["memory_estimate"]["gpu_gib"],
+            "packing_efficiency": s["packing_efficiency"],
+            "zero_stage": s["zero_stage"],
+            "checkpoint_keeps": s["checkpoint_keeps"],
+            "chosen_by_fit": s["chosen_by_fit"],
+            "steps": s["steps"],
+            "attention": s["attention_backend"],
+            "train_s": round(train_s, 1),
+        }
+    )
     for junk in (out / "checkpoints", out / "model"):  # tens of GB at 8 B width
         subprocess.run(["rm", "-rf", str(junk)])
     return row
@@ -166,16 +254,29 @@ def run_product(work: Path, name: str, model: Path, data: Path, args, overrides:
 def run_peer(work: Path, strategy: str, args) -> dict:
     """One train_throughput.py strategy in a process of its own; its row from its JSON."""
     out = work / f"peer-{strategy}.json"
-    cmd = [sys.executable, str(HERE / "train_throughput.py"), "--strategies", strategy, "--json", str(out),
-           "--sequences", str(args.sequences), "--skip-pack-check", "--global-batch", str(args.global_batch)]
+    cmd = [
+        sys.executable,
+        str(HERE / "train_throughput.py"),
+        "--strategies",
+        strategy,
+        "--json",
+        str(out),
+        "--sequences",
+        str(args.sequences),
+        "--skip-pack-check",
+        "--global-batch",
+        str(args.global_batch),
+    ]
     cmd += ["--smoke"] if args.smoke else ["--shape", args.shape]
     done = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     try:
         (r,) = json.loads(out.read_text())["results"]
     except (OSError, ValueError):
         return {"row": strategy, "error": (done.stdout + done.stderr)[-600:]}
-    return {"row": strategy, **{k: r.get(k) for k in ("tokens_per_s", "mfu_989", "peak_gib", "packing_efficiency",
-                                                       "error")}}
+    return {
+        "row": strategy,
+        **{k: r.get(k) for k in ("tokens_per_s", "mfu_989", "peak_gib", "packing_efficiency", "error")},
+    }
 
 
 def refusal(work: Path, shape: str, overrides: dict, args) -> dict:
@@ -185,15 +286,34 @@ def refusal(work: Path, shape: str, overrides: dict, args) -> dict:
     out = work / f"refuse-{shape}"
     model = config_only(out / "model", shape)
     data = out / "one.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}) + "\n")
-    (out / "train.yaml").write_text(yaml.safe_dump({
-        "model_path": str(model), "data": [{"path": str(data)}], "output_dir": str(out), "max_tokens_per_pack": args.cap,
-        "termination_message_path": str(out / "summary.json"), **overrides}))
+    data.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}) + "\n"
+    )
+    (out / "train.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model_path": str(model),
+                "data": [{"path": str(data)}],
+                "output_dir": str(out),
+                "max_tokens_per_pack": args.cap,
+                "termination_message_path": str(out / "summary.json"),
+                **overrides,
+            }
+        )
+    )
     t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(out / "train.yaml")],
-                          capture_output=True, text=True, env=ENV)
-    return {"row": f"refuse {shape} {overrides}", "rc": done.returncode, "seconds": round(time.monotonic() - t0, 1),
-            "message": done.stderr.strip().splitlines()[-1][:700] if done.stderr.strip() else ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(out / "train.yaml")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+    return {
+        "row": f"refuse {shape} {overrides}",
+        "rc": done.returncode,
+        "seconds": round(time.monotonic() - t0, 1),
+        "message": done.stderr.strip().splitlines()[-1][:700] if done.stderr.strip() else "",
+    }
 
 
 def main() -> int:
@@ -201,8 +321,11 @@ def main() -> int:
     p.add_argument("--shape", default="0.79b", choices=list(SHAPES))
     p.add_argument("--sequences", type=int, default=200)
     p.add_argument("--global-batch", type=int, default=96)
-    p.add_argument("--variants", default="zero_stage=3;checkpoint_keeps=attention;checkpoint_keeps=nothing",
-                   help="';'-separated override sets for extra longalign train rows (the defaults always run)")
+    p.add_argument(
+        "--variants",
+        default="zero_stage=3;checkpoint_keeps=attention;checkpoint_keeps=nothing",
+        help="';'-separated override sets for extra longalign train rows (the defaults always run)",
+    )
     p.add_argument("--peers", default="hf_packing,hf_liger,ours_packing_weighted")
     p.add_argument("--refuse", default="", help="override set that must be refused up front (see above)")
     p.add_argument("--refuse-shape", default="8b-full", choices=[*SHAPES, *SHAPES_EXTRA])
@@ -231,13 +354,20 @@ def main() -> int:
     lengths = write_set(work / "set.jsonl", model, synthetic_lengths(args.sequences, 0, args.cap, *mix), 0)
     kept = [n for n in lengths if n <= args.cap]
     bound = sum(kept) / (math.ceil(sum(kept) / args.cap) * args.cap)
-    env = {"device": torch.cuda.get_device_name() if on_gpu else "cpu", "torch": torch.__version__,
-           "shape": args.shape, "sequences": len(kept), "tokens": sum(kept), "packing_bound": bound,
-           "setup_s": round(time.monotonic() - t0, 1)}
+    env = {
+        "device": torch.cuda.get_device_name() if on_gpu else "cpu",
+        "torch": torch.__version__,
+        "shape": args.shape,
+        "sequences": len(kept),
+        "tokens": sum(kept),
+        "packing_bound": bound,
+        "setup_s": round(time.monotonic() - t0, 1),
+    }
     print(json.dumps(env), flush=True)
     total_flops = flops(model, kept)
-    for name, overrides in [("defaults", {})] + [(v.replace("=", "-").replace(",", "+"), parse_overrides(v))
-                                                 for v in args.variants.split(";") if v]:
+    for name, overrides in [("defaults", {})] + [
+        (v.replace("=", "-").replace(",", "+"), parse_overrides(v)) for v in args.variants.split(";") if v
+    ]:
         rows.append(run_product(work, name, model, work / "set.jsonl", args, overrides, total_flops))
         print(json.dumps(rows[-1]), flush=True)
     for strategy in [s for s in args.peers.split(",") if s]:
@@ -248,8 +378,10 @@ def main() -> int:
 
     liger = next((r.get("tokens_per_s") for r in rows if r["row"] == "hf_liger" and r.get("tokens_per_s")), None)
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    print(f"\n{env['device']}, {args.shape}, {env['sequences']} sequences, {env['tokens']:,} tokens, "
-          f"packing bound {bound:.3f}")
+    print(
+        f"\n{env['device']}, {args.shape}, {env['sequences']} sequences, {env['tokens']:,} tokens, "
+        f"packing bound {bound:.3f}"
+    )
     print(f"{'row':<44}{'tok/s':>8}{'steady':>8}{'MFU':>6}{'peak':>7}{'est.':>7}{'pack':>7}{'×Liger':>7}  chosen")
     for r in rows:
         if "error" in r and r.get("error"):
@@ -260,10 +392,12 @@ def main() -> int:
             continue
         tps = r.get("tokens_per_s")
         chosen = f"ZeRO-{r['zero_stage']} keeps {r['checkpoint_keeps']}" if "zero_stage" in r else ""
-        print(f"{r['row']:<44}{fmt(tps, ',.0f'):>8}{fmt(r.get('steady_tokens_per_s'), ',.0f'):>8}"
-              f"{fmt(r.get('mfu_989') and 100 * r['mfu_989'], '.1f'):>6}{fmt(r.get('peak_gib'), '.1f'):>7}"
-              f"{fmt(r.get('estimate_gib'), '.1f'):>7}{fmt(r.get('packing_efficiency'), '.3f'):>7}"
-              f"{fmt(liger and tps and tps / liger, '.2f'):>7}  {chosen}")
+        print(
+            f"{r['row']:<44}{fmt(tps, ',.0f'):>8}{fmt(r.get('steady_tokens_per_s'), ',.0f'):>8}"
+            f"{fmt(r.get('mfu_989') and 100 * r['mfu_989'], '.1f'):>6}{fmt(r.get('peak_gib'), '.1f'):>7}"
+            f"{fmt(r.get('estimate_gib'), '.1f'):>7}{fmt(r.get('packing_efficiency'), '.3f'):>7}"
+            f"{fmt(liger and tps and tps / liger, '.2f'):>7}  {chosen}"
+        )
     return 0
 
 

@@ -69,15 +69,21 @@ from longalign_trainer.train.packing import IGNORE_INDEX, build_pack  # noqa: E4
 PEAK_DENSE, PEAK_MEASURED = 989e12, 790e12
 STRATEGIES = ("naive", "hf_packing", "hf_liger", "ours_packing", "ours_packing_weighted", "ours_sorted")
 # (hidden, layers, heads, kv heads, MLP width, vocabulary) of the benchmark's model shapes
-SHAPES = {"0.79b": (2048, 16, 16, 4, 5632, 32000),  # issue 9's
-          "8b-width": (4096, 8, 32, 8, 14336, 128256)}  # Llama-3.1-8B's width, 8 of its 32 layers: 2.8 B
+SHAPES = {
+    "0.79b": (2048, 16, 16, 4, 5632, 32000),  # issue 9's
+    "8b-width": (4096, 8, 32, 8, 14336, 128256),
+}  # Llama-3.1-8B's width, 8 of its 32 layers: 2.8 B
 
 
 def synthetic_lengths(n: int, seed: int, cap: int, long_lo: int, short_hi: int, median: int) -> list[int]:
     """LongAlign's mix: 12 % uniform long_lo..cap, the rest log-normal(median, σ=1) clipped to 32..short_hi."""
     rng = random.Random(seed)
-    return [rng.randint(long_lo, cap) if rng.random() < 0.12 else
-            int(min(short_hi, max(32, rng.lognormvariate(math.log(median), 1.0)))) for _ in range(n)]
+    return [
+        rng.randint(long_lo, cap)
+        if rng.random() < 0.12
+        else int(min(short_hi, max(32, rng.lognormvariate(math.log(median), 1.0))))
+        for _ in range(n)
+    ]
 
 
 def make_sequences(lengths, vocab: int, seed: int):
@@ -107,19 +113,29 @@ def first_fit_decreasing(lengths, cap: int) -> list[list[int]]:
 
 
 def build_model(args, attn: str, device, ours: bool = False, liger: bool = False):
-    """The random Llama; ``ours``: with the trainer's checkpointing policy and fused kernels (as ``longalign train``)."""
+    """The random Llama; ``ours``: with the trainer's checkpointing policy and fused kernels (as in training)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp,
-                      num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-                      head_dim=args.hidden // args.heads, max_position_embeddings=args.cap + 1,
-                      rope_theta=500000.0, tie_word_embeddings=False, use_cache=False)
+    cfg = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.mlp,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        head_dim=args.hidden // args.heads,
+        max_position_embeddings=args.cap + 1,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+        use_cache=False,
+    )
     torch.manual_seed(0)
     if liger:  # patches transformers' Llama classes for the rest of the process: run it alone
         from liger_kernel.transformers import apply_liger_kernel_to_llama
 
-        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                    fused_linear_cross_entropy=True)
+        apply_liger_kernel_to_llama(
+            rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=True
+        )
     with torch.device(device):
         model = LlamaForCausalLM._from_config(cfg, attn_implementation=attn, dtype=args.dtype)
     if ours:
@@ -162,14 +178,20 @@ def pack_equivalence(args, device) -> dict:
     pack = build_pack(seqs).to(device)
     with torch.no_grad():  # outside linear_loss.targets the head returns logits
         packed = model(**pack.as_model_inputs()).logits[0].float()
-        alone = torch.cat([plain(input_ids=torch.tensor([s], device=device), use_cache=False).logits[0]
-                           for s, _ in seqs]).float()
+        alone = torch.cat(
+            [plain(input_ids=torch.tensor([s], device=device), use_cache=False).logits[0] for s, _ in seqs]
+        ).float()
         leaky = plain(input_ids=pack.input_ids[None], use_cache=False).logits[0].float()
     model.train()  # the kernel must also train: one backward through the pack
     model(**pack.as_model_inputs()).logits.float().square().mean().backward()
     grad_ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
-    result = {"backend": attention.chosen_backend(), "backward_finite": grad_ok, "max_abs_diff": float((packed - alone).abs().max()),
-              "leaky_row_max_abs_diff": float((leaky - alone).abs().max()), "logit_abs_max": float(alone.abs().max())}
+    result = {
+        "backend": attention.chosen_backend(),
+        "backward_finite": grad_ok,
+        "max_abs_diff": float((packed - alone).abs().max()),
+        "leaky_row_max_abs_diff": float((leaky - alone).abs().max()),
+        "logit_abs_max": float(alone.abs().max()),
+    }
     del model, plain
     return result
 
@@ -184,15 +206,24 @@ def micro_batches_for(strategy: str, seqs, lengths, args, rank: int, world: int)
         return [(j // per_step, p) for j, p in enumerate(mine)]
     sampler_strategy = {"naive": "naive", "ours_sorted": "sorted"}.get(strategy, "packing")
     batch = args.global_batch if sampler_strategy != "packing" else args.packing_batch
-    sampler = StepSampler(lengths, strategy=sampler_strategy, global_batch_size=batch, capacity=args.cap,
-                          world_size=world, rank=rank, seed=args.seed, epochs=1)
+    sampler = StepSampler(
+        lengths,
+        strategy=sampler_strategy,
+        global_batch_size=batch,
+        capacity=args.cap,
+        world_size=world,
+        rank=rank,
+        seed=args.seed,
+        epochs=1,
+    )
     return [(plan.step, list(mb)) for plan in sampler for mb in sampler.my_micro_batches(plan)]
 
 
 def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: int) -> dict:
     attn = {"naive": "sdpa", "hf_packing": args.hf_attn, "hf_liger": args.hf_attn}.get(strategy, attention.NAME)
-    model, non_embedding = build_model(args, attn, device, ours=strategy.startswith("ours"),
-                                       liger=strategy == "hf_liger")
+    model, non_embedding = build_model(
+        args, attn, device, ours=strategy.startswith("ours"), liger=strategy == "hf_liger"
+    )
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0, fused=fused)
     plan = micro_batches_for(strategy, seqs, lengths, args, rank, world)
@@ -228,27 +259,35 @@ def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: i
         elif strategy in ("hf_packing", "hf_liger"):
             pack = build_pack([seqs[i] for i in mb]).to(device)
             labels = torch.cat([torch.tensor([IGNORE_INDEX] + seqs[i][1][1:]) for i in mb]).to(device)
-            loss = model(input_ids=pack.input_ids[None], position_ids=pack.position_ids[None],
-                         labels=labels[None], use_cache=False).loss
+            loss = model(
+                input_ids=pack.input_ids[None],
+                position_ids=pack.position_ids[None],
+                labels=labels[None],
+                use_cache=False,
+            ).loss
         else:
             pack = build_pack([seqs[i] for i in mb]).to(device)
             with linear_loss.targets(pack.targets, compiled=args.fused_ops and device.type == "cuda"):
                 token_loss = model(**pack.as_model_inputs()).logits[0]
-            loss = weighted_loss(token_loss, pack.targets, pack.seq_index, counts[b], world,
-                                 weighting=strategy != "ours_packing")
+            loss = weighted_loss(
+                token_loss, pack.targets, pack.seq_index, counts[b], world, weighting=strategy != "ours_packing"
+            )
         loss.backward()
         return loss.detach()
 
     # Warm-up (compilation, kernel autotuning) on the first micro-batches, gradients discarded; then the whole
     # epoch is timed, so every strategy is measured on all of its data in its own order.
-    for b, mb in [(b, mb) for b, mb in plan if mb][:args.warmup_micro_steps]:
+    for b, mb in [(b, mb) for b, mb in plan if mb][: args.warmup_micro_steps]:
         micro_step(b, mb)
     model.zero_grad(set_to_none=True)
     # cuDNN plans per padded shape: build them all now, so no strategy inherits another's (see --no-cudnn-warmup).
     t_plans = time.monotonic()
     try:
-        plans = attention.warm_up_cudnn(lengths, args.heads, args.kv_heads, args.hidden // args.heads, args.dtype,
-                                        device) if attn == attention.NAME and args.cudnn_warmup else 0
+        plans = (
+            attention.warm_up_cudnn(lengths, args.heads, args.kv_heads, args.hidden // args.heads, args.dtype, device)
+            if attn == attention.NAME and args.cudnn_warmup
+            else 0
+        )
     except Exception as exc:  # timing without warm plans is still a measurement: say so and go on
         print(f"cuDNN warm-up failed: {type(exc).__name__}: {exc}", flush=True)
         plans = -1
@@ -285,16 +324,25 @@ def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: i
     peak_mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     real_packs = [mb for _, mb in plan if mb]
     result = {
-        "strategy": strategy, "micro_steps_run": done, "of": len(plan), "optimizer_steps": steps,
-        "timed_tokens": timed_tokens, "timed_s": round(timed_s, 2),
+        "strategy": strategy,
+        "micro_steps_run": done,
+        "of": len(plan),
+        "optimizer_steps": steps,
+        "timed_tokens": timed_tokens,
+        "timed_s": round(timed_s, 2),
         "tokens_per_s": timed_tokens / timed_s if timed_s else None,
         "mfu_989": timed_flops / timed_s / PEAK_DENSE if timed_s else None,
         "mfu_790": timed_flops / timed_s / PEAK_MEASURED if timed_s else None,
-        "peak_gib": peak_mem, "packing_efficiency": (sum(lengths) / (args.cap * len(real_packs)) * world
-                                                     if strategy in ("hf_packing", "ours_packing",
-                                                                     "ours_packing_weighted") else None),
-        "first_loss": losses[0] if losses else None, "attention": attn if attn != attention.NAME else attention.chosen_backend(),
-        "cudnn_plans_warmed": plans, "cudnn_warmup_s": round(plans_s, 2) if plans else 0,
+        "peak_gib": peak_mem,
+        "packing_efficiency": (
+            sum(lengths) / (args.cap * len(real_packs)) * world
+            if strategy in ("hf_packing", "ours_packing", "ours_packing_weighted")
+            else None
+        ),
+        "first_loss": losses[0] if losses else None,
+        "attention": attn if attn != attention.NAME else attention.chosen_backend(),
+        "cudnn_plans_warmed": plans,
+        "cudnn_warmup_s": round(plans_s, 2) if plans else 0,
     }
     if per_seq:
         result["per_seq"] = per_seq
@@ -314,10 +362,14 @@ def run_logged(strategy: str, seqs, lengths, args, device, rank: int, world: int
 
 
 KERNEL_KINDS = (  # (kind, substrings of a kernel's name), first match wins
-    ("attention (cuDNN)", ("cudnn", "fmha")), ("attention (flash)", ("flash",)),
-    ("matmul", ("nvjet", "gemm", "xmma", "cutlass")), ("compiled (triton)", ("triton",)),
-    ("optimizer", ("adam",)), ("copy / cat / fill", ("copy", "memcpy", "cat", "fill", "memset")),
-    ("softmax / reduce", ("softmax", "reduce")), ("other pointwise", ("elementwise",)),
+    ("attention (cuDNN)", ("cudnn", "fmha")),
+    ("attention (flash)", ("flash",)),
+    ("matmul", ("nvjet", "gemm", "xmma", "cutlass")),
+    ("compiled (triton)", ("triton",)),
+    ("optimizer", ("adam",)),
+    ("copy / cat / fill", ("copy", "memcpy", "cat", "fill", "memset")),
+    ("softmax / reduce", ("softmax", "reduce")),
+    ("other pointwise", ("elementwise",)),
 )
 
 
@@ -341,7 +393,9 @@ def kernel_time_table(prof, cuda: bool) -> str:
         kernels.append((spent, event.count, event.key[:100]))
     total = sum(kinds.values()) or 1.0
     lines = [f"kernel time by kind (total {total / 1e6:.1f} s):"]
-    lines += [f"  {k:<20}{t / 1e6:>8.1f} s {100 * t / total:>5.1f} %" for k, t in sorted(kinds.items(), key=lambda x: -x[1])]
+    lines += [
+        f"  {k:<20}{t / 1e6:>8.1f} s {100 * t / total:>5.1f} %" for k, t in sorted(kinds.items(), key=lambda x: -x[1])
+    ]
     lines += [f"  {t / 1e6:>8.2f} s {n:>7}×  {name}" for t, n, name in sorted(kernels, reverse=True)[:10]]
     return "\n".join(lines)
 
@@ -358,9 +412,12 @@ def simulate_8gpu(per_seq, lengths, seed: int, sort: bool) -> float | None:
     coef = torch.linalg.lstsq(xs, ys[:, None]).solution[:, 0].tolist()
     floor = min(t for _, t in per_seq)  # a fit on few points can dip below zero for short sequences
     t = lambda s: max(floor, coef[0] + coef[1] * s + coef[2] * s * s)  # noqa: E731
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i]) if sort else \
-        random.Random(seed).sample(range(len(lengths)), len(lengths))
-    groups = [order[i:i + 8] for i in range(0, len(order), 8)]
+    order = (
+        sorted(range(len(lengths)), key=lambda i: lengths[i])
+        if sort
+        else random.Random(seed).sample(range(len(lengths)), len(lengths))
+    )
+    groups = [order[i : i + 8] for i in range(0, len(order), 8)]
     wall = sum(max(t(lengths[i]) for i in g) for g in groups)
     return sum(lengths) / wall / 8
 
@@ -368,22 +425,38 @@ def simulate_8gpu(per_seq, lengths, seed: int, sort: bool) -> float | None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--strategies", default=",".join(STRATEGIES))
-    p.add_argument("--seconds-per-strategy", type=float, default=0.0,
-                   help="stop a strategy after this many seconds (0: run its whole epoch)")
+    p.add_argument(
+        "--seconds-per-strategy",
+        type=float,
+        default=0.0,
+        help="stop a strategy after this many seconds (0: run its whole epoch)",
+    )
     p.add_argument("--warmup-micro-steps", type=int, default=2, help="untimed micro-steps first, grads discarded")
     p.add_argument("--sequences", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--global-batch", type=int, default=96, help="sequences per optimizer step (naive, sorted)")
     p.add_argument("--packing-batch", type=int, default=0, help="sequences per step for our packing (0: all)")
     p.add_argument("--attention-backend", default="auto")
-    p.add_argument("--checkpoint-keeps", default="matmuls", choices=checkpointing.KEEPS,
-                   help="what our strategies' gradient checkpointing keeps (the trainer's checkpoint_keeps)")
-    p.add_argument("--checkpoint-layers", type=int, default=None,
-                   help="checkpoint only the first N decoder layers (the trainer's checkpoint_layers; default all)")
+    p.add_argument(
+        "--checkpoint-keeps",
+        default="matmuls",
+        choices=checkpointing.KEEPS,
+        help="what our strategies' gradient checkpointing keeps (the trainer's checkpoint_keeps)",
+    )
+    p.add_argument(
+        "--checkpoint-layers",
+        type=int,
+        default=None,
+        help="checkpoint only the first N decoder layers (the trainer's checkpoint_layers; default all)",
+    )
     p.add_argument("--no-fused-ops", dest="fused_ops", action="store_false", help="the trainer's fused_ops: false")
-    p.add_argument("--no-cudnn-warmup", dest="cudnn_warmup", action="store_false",
-                   help="skip building cuDNN's plans for every padded shape before timing (then the first "
-                        "cuDNN strategy of a process pays for them and later ones inherit them)")
+    p.add_argument(
+        "--no-cudnn-warmup",
+        dest="cudnn_warmup",
+        action="store_false",
+        help="skip building cuDNN's plans for every padded shape before timing (then the first "
+        "cuDNN strategy of a process pays for them and later ones inherit them)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny model and lengths, on CPU")
     p.add_argument("--shape", default="0.79b", choices=SHAPES, help="the model's widths (see SHAPES)")
     p.add_argument("--skip-pack-check", action="store_true", help="no pack-equivalence check before timing")
@@ -396,7 +469,14 @@ def main() -> int:
         args.sequences = min(args.sequences, 40)
     else:
         args.hidden, args.layers, args.heads, args.kv_heads, args.mlp, args.vocab = SHAPES[args.shape]
-        args.cap, long_lo, short_hi, median, args.dtype, args.hf_attn = 65536, 8192, 8192, 900, torch.bfloat16, "flex_attention"
+        args.cap, long_lo, short_hi, median, args.dtype, args.hf_attn = (
+            65536,
+            8192,
+            8192,
+            900,
+            torch.bfloat16,
+            "flex_attention",
+        )
     args.packing_batch = args.packing_batch or args.sequences
 
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -414,11 +494,18 @@ def main() -> int:
     backend = attention.register(args.attention_backend, device.type)
     lengths = synthetic_lengths(args.sequences, args.seed, args.cap, long_lo, short_hi, median)
     seqs = make_sequences(lengths, args.vocab, args.seed)
-    env = {"torch": torch.__version__, "transformers": transformers.__version__, "world_size": world,
-           "device": torch.cuda.get_device_name(device) if cuda else "cpu", "sequences": len(lengths),
-           "tokens": sum(lengths), "longest": max(lengths), "chosen_backend": backend,
-           "packing_bound": sum(lengths) / (math.ceil(sum(lengths) / args.cap) * args.cap),
-           "naive_sdpa_kernel": naive_sdpa_kernel(args, device)}
+    env = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "world_size": world,
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "sequences": len(lengths),
+        "tokens": sum(lengths),
+        "longest": max(lengths),
+        "chosen_backend": backend,
+        "packing_bound": sum(lengths) / (math.ceil(sum(lengths) / args.cap) * args.cap),
+        "naive_sdpa_kernel": naive_sdpa_kernel(args, device),
+    }
     log(json.dumps(env))
     try:
         check = {"backend": backend, "skipped": True} if args.skip_pack_check else pack_equivalence(args, device)
@@ -442,22 +529,28 @@ def main() -> int:
         sims["sorted_8gpu_simulated"] = simulate_8gpu(naive["per_seq"], lengths, args.seed, sort=True)
     base = naive.get("tokens_per_s") if naive else None
     hf = next((r.get("tokens_per_s") for r in results if r["strategy"] == "hf_packing"), None)
-    log(f"\n{env['device']} × {world}, torch {env['torch']}, transformers {env['transformers']}; "
+    log(
+        f"\n{env['device']} × {world}, torch {env['torch']}, transformers {env['transformers']}; "
         f"{env['sequences']} sequences, {env['tokens']:,} tokens; attention {check['backend']}; "
-        f"packing efficiency bound {env['packing_bound']:.3f} ({math.ceil(env['tokens'] / args.cap)} packs)")
-    log(f"{'strategy':<24}{'tokens/s':>10}{'epoch s':>9}{'MFU989':>8}{'MFU790':>8}{'peak GiB':>9}{'pack eff':>9}"
-        f"{'× naive':>8}{'× HF':>6}{'micro-steps':>13}")
+        f"packing efficiency bound {env['packing_bound']:.3f} ({math.ceil(env['tokens'] / args.cap)} packs)"
+    )
+    log(
+        f"{'strategy':<24}{'tokens/s':>10}{'epoch s':>9}{'MFU989':>8}{'MFU790':>8}{'peak GiB':>9}{'pack eff':>9}"
+        f"{'× naive':>8}{'× HF':>6}{'micro-steps':>13}"
+    )
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for r in results:
         if "error" in r:
             log(f"{r['strategy']:<24} ERROR {r['error']}")
             continue
         tps = r["tokens_per_s"] or 0
-        log(f"{r['strategy']:<24}{tps * world:>10,.0f}{fmt(sum(lengths) / (tps * world) if tps else None, '.0f'):>9}"
+        log(
+            f"{r['strategy']:<24}{tps * world:>10,.0f}{fmt(sum(lengths) / (tps * world) if tps else None, '.0f'):>9}"
             f"{fmt(r['mfu_989'] and r['mfu_989'] * 100, '.1f'):>8}{fmt(r['mfu_790'] and r['mfu_790'] * 100, '.1f'):>8}"
             f"{fmt(r['peak_gib'], '.1f'):>9}{fmt(r['packing_efficiency'], '.3f'):>9}"
             f"{fmt(base and tps / base, '.2f'):>8}{fmt(hf and tps / hf, '.2f'):>6}"
-            f"{str(r['micro_steps_run']) + '/' + str(r['of']):>13}")
+            f"{str(r['micro_steps_run']) + '/' + str(r['of']):>13}"
+        )
     for k, v in sims.items():
         log(f"{k:<24}{fmt(v, ',.0f'):>10}  (tokens/s per GPU)")
     if rank == 0:

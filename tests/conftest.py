@@ -8,6 +8,7 @@ import time
 import uuid
 
 import pytest
+
 from localcluster import LocalCluster, wait_for
 
 
@@ -27,12 +28,18 @@ def namespace(cluster: LocalCluster, request) -> str:
     name = f"{base}-{uuid.uuid4().hex[:5]}"
     cluster.kubectl("create", "namespace", name)
     # Pods are refused until the controller manager has made the namespace's default ServiceAccount.
-    wait_for(lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
-             30, f"the default ServiceAccount in {name}")
+    wait_for(
+        lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+        30,
+        f"the default ServiceAccount in {name}",
+    )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false")
-    wait_for(lambda: cluster.kubectl("get", "namespace", name, check=False).returncode != 0,
-             120, f"namespace {name} to be deleted")
+    wait_for(
+        lambda: cluster.kubectl("get", "namespace", name, check=False).returncode != 0,
+        120,
+        f"namespace {name} to be deleted",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -75,8 +82,12 @@ def vllm_server(tiny_model_dir, tmp_path_factory):
         yield SimpleNamespace(base_url=REUSE_URL)
         return
     t0 = time.monotonic()
-    server = VLLMServer(tiny_model_dir, served_name="tiny", max_model_len=SERVER_CONTEXT,
-                        log_path=tmp_path_factory.mktemp("vllm") / "server.log")
+    server = VLLMServer(
+        tiny_model_dir,
+        served_name="tiny",
+        max_model_len=SERVER_CONTEXT,
+        log_path=tmp_path_factory.mktemp("vllm") / "server.log",
+    )
     with server:
         print(f"\nvLLM server ready in {time.monotonic() - t0:.0f} s at {server.base_url}")
         yield server
@@ -115,13 +126,24 @@ class FaultProxy:
                     with proxy.lock:
                         n = proxy.completions
                         proxy.completions += 1
-                        proxy.requests.append({"body": json.loads(body or b"{}"),
-                                               "authorization": self.headers.get("Authorization")})
+                        proxy.requests.append(
+                            {"body": json.loads(body or b"{}"), "authorization": self.headers.get("Authorization")}
+                        )
                     action = proxy.fault(n)
                     if isinstance(action, int):
-                        return self._reply(action, json.dumps({"error": {
-                            "message": f"injected fault {action}", "type": "server_error", "code": action}}).encode(),
-                            {"Retry-After": "0"} if action == 429 else {})
+                        return self._reply(
+                            action,
+                            json.dumps(
+                                {
+                                    "error": {
+                                        "message": f"injected fault {action}",
+                                        "type": "server_error",
+                                        "code": action,
+                                    }
+                                }
+                            ).encode(),
+                            {"Retry-After": "0"} if action == 429 else {},
+                        )
                     if isinstance(action, tuple) and action[0] == "delay":
                         time.sleep(action[1])
                     if action == "drop":  # the connection closes without an answer, as when a server crashes
@@ -132,8 +154,9 @@ class FaultProxy:
 
             def _forward(self, body):
                 root = proxy.upstream.removesuffix("/v1")  # self.path already starts with /v1
-                req = urllib.request.Request(root + self.path, data=body, method=self.command,
-                                             headers={"Content-Type": "application/json"})
+                req = urllib.request.Request(
+                    root + self.path, data=body, method=self.command, headers={"Content-Type": "application/json"}
+                )
                 try:
                     with urllib.request.urlopen(req, timeout=120) as resp:
                         self._reply(resp.status, resp.read())

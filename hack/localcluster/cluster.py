@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from localcluster import coredns, images, realnode
@@ -44,9 +44,7 @@ POD_MAKERS = {"kwok", "kube-scheduler", "kube-controller-manager"}
 
 def bin_dir() -> Path:
     """Build (once, cached outside the repo) and return the directory holding the cluster's binaries."""
-    out = subprocess.run(
-        ["bash", str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True
-    ).stdout
+    out = subprocess.run(["bash", str(HERE / "build.sh")], check=True, stdout=subprocess.PIPE, text=True).stdout
     return Path(out.strip().splitlines()[-1])
 
 
@@ -92,19 +90,38 @@ class LocalCluster:
                 self.network = BridgeNetwork()
             etcd_port = start_etcd(self._procs, self.bin, self.dir / "etcd")
             self._wait(lambda: self._http_ok(f"http://127.0.0.1:{etcd_port}/health"), deadline, "etcd")
-            api = start_apiserver(self._procs, self.bin, pki, etcd_port, self.kubeconfig,
-                                  self.network.host_address if self.network else None)
+            api = start_apiserver(
+                self._procs,
+                self.bin,
+                pki,
+                etcd_port,
+                self.kubeconfig,
+                self.network.host_address if self.network else None,
+            )
             self.api_port = api.port
             self._wait(lambda: self._http_ok(f"{api.url}/readyz", pki), deadline, "kube-apiserver")
             start_controller_manager(self._procs, self.bin, pki, self.kubeconfig)
             start_scheduler(self._procs, self.bin, self.kubeconfig)
             self.kubectl("apply", "--server-side", "-f", str(self.bin / "kwok-logs-crd.yaml"))
-            wait_for(lambda: self.kubectl("get", "logs.kwok.x-k8s.io", "-A", check=False).returncode == 0, 30,
-                     "the KWOK Logs CRD")
+            wait_for(
+                lambda: self.kubectl("get", "logs.kwok.x-k8s.io", "-A", check=False).returncode == 0,
+                30,
+                "the KWOK Logs CRD",
+            )
             start_kwok(self._procs, self.bin, self.dir, self.kubeconfig, pki.serving("kwok", ["127.0.0.1"]))
             if self.nodes:
-                self.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
-                    fake_node(shape, i, self.zones) for shape, i in self.nodes]}))
+                self.kubectl(
+                    "create",
+                    "-f",
+                    "-",
+                    input=json.dumps(
+                        {
+                            "apiVersion": "v1",
+                            "kind": "List",
+                            "items": [fake_node(shape, i, self.zones) for shape, i in self.nodes],
+                        }
+                    ),
+                )
             if self.network:
                 self._start_real_nodes(pki, api.url, deadline)
             self._wait(self._nodes_schedulable, deadline, "the nodes (Ready, not-ready taint removed)")
@@ -116,12 +133,15 @@ class LocalCluster:
 
     def _start_real_nodes(self, pki: PKI, server: str, deadline: float) -> None:
         net = self.network
+        if net is None:
+            raise RuntimeError("real nodes need the cluster's bridge network")
         dns = net.add("dns", 2)
         state = realnode.state_root(net.slot)
         realnode.remove_state(state)  # of a cluster that held this slot and was killed before it cleaned up
         names = [f"{REAL_NODE_PREFIX}-{i}" for i in range(self.real_node_count)]
-        self.real_nodes = [RealNode(name, net.add(f"n{i}", 10 + i, pod_range=i), state / name)
-                           for i, name in enumerate(names)]
+        self.real_nodes = [
+            RealNode(name, net.add(f"n{i}", 10 + i, pod_range=i), state / name) for i, name in enumerate(names)
+        ]
         net.route_pod_ranges()
         self.kubectl("apply", "-f", "-", input=coredns.rbac_manifest())
         coredns.start_coredns(self._procs, self.bin, pki, dns, server, self.dir / "coredns")
@@ -159,8 +179,16 @@ class LocalCluster:
         they would; then kill whatever containers are left."""
         if self._api_alive():
             for node in self.real_nodes:
-                self.kubectl("delete", "pods", "-A", f"--field-selector=spec.nodeName={node.name}",
-                             "--grace-period=0", "--force", "--wait=false", check=False)
+                self.kubectl(
+                    "delete",
+                    "pods",
+                    "-A",
+                    f"--field-selector=spec.nodeName={node.name}",
+                    "--grace-period=0",
+                    "--force",
+                    "--wait=false",
+                    check=False,
+                )
 
         def containers_left() -> bool:
             return any(n.ctr("tasks", "ls", "-q", check=False).stdout.strip() for n in self.real_nodes)
@@ -228,12 +256,24 @@ class LocalCluster:
         """
         path = self.dir / "pod-logs" / namespace / f"{pod}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
         path.write_text("".join(f"{stamp} stdout F {line}\n" for line in lines))
         log = {"logsFile": str(path), **({"containers": [container]} if container else {})}
-        self.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps({
-            "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Logs", "metadata": {"name": pod},
-            "spec": {"logs": [log]}}))
+        self.kubectl(
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": "kwok.x-k8s.io/v1alpha1",
+                    "kind": "Logs",
+                    "metadata": {"name": pod},
+                    "spec": {"logs": [log]},
+                }
+            ),
+        )
 
     def create_bound_claims(self, namespace: str, names: tuple[str, ...] = ("models", "data", "checkpoints")) -> None:
         """PersistentVolumeClaims bound to static hostPath volumes, as a storage provisioner would leave them
@@ -244,29 +284,60 @@ class LocalCluster:
         """
         for name in names:
             pv = f"{namespace}-{name}"[:63]
-            self.kubectl("create", "-f", "-", input=json.dumps({
-                "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                         "persistentVolumeReclaimPolicy": "Retain",
-                         "hostPath": {"path": str(self.dir / "volumes" / pv), "type": "DirectoryOrCreate"},
-                         "claimRef": {"namespace": namespace, "name": name}}}))
-            self.create(namespace, {
-                "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
-                "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
-                         "resources": {"requests": {"storage": "1Gi"}}}})
+            self.kubectl(
+                "create",
+                "-f",
+                "-",
+                input=json.dumps(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "PersistentVolume",
+                        "metadata": {"name": pv},
+                        "spec": {
+                            "capacity": {"storage": "1Gi"},
+                            "accessModes": ["ReadWriteMany"],
+                            "storageClassName": "",
+                            "persistentVolumeReclaimPolicy": "Retain",
+                            "hostPath": {"path": str(self.dir / "volumes" / pv), "type": "DirectoryOrCreate"},
+                            "claimRef": {"namespace": namespace, "name": name},
+                        },
+                    }
+                ),
+            )
+            self.create(
+                namespace,
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "accessModes": ["ReadWriteMany"],
+                        "storageClassName": "",
+                        "volumeName": pv,
+                        "resources": {"requests": {"storage": "1Gi"}},
+                    },
+                },
+            )
 
     def create(self, namespace: str, *objects: dict) -> None:
         """Create objects (as dicts) in a namespace."""
-        self.kubectl("create", "-n", namespace, "-f", "-",
-                     input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
+        self.kubectl(
+            "create",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}),
+        )
 
     def get(self, *args: str) -> dict:
         """``kubectl get ARGS -o json``, parsed."""
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
     def _tool(self, name: str, args: tuple[str, ...], check: bool, input: str | None):
-        proc = subprocess.run([str(self.bin / name), *args], env=self.env(), input=input,
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [str(self.bin / name), *args], env=self.env(), input=input, capture_output=True, text=True, timeout=300
+        )
         if check and proc.returncode != 0:
             raise subprocess.CalledProcessError(proc.returncode, [name, *args], proc.stdout, proc.stderr)
         return proc

@@ -82,9 +82,8 @@ IMAGES: dict[str, Recipe] = {
 def cache_dir() -> Path:
     """Where the image archives live: ``$LONGALIGN_CACHE/images`` (default ``~/.cache/longalign/images``)."""
     root = os.environ.get("LONGALIGN_CACHE")
-    if not root:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "longalign"
-    return Path(root) / "images"
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "longalign"
+    return (Path(root) if root else default) / "images"
 
 
 def ensure_images(names: Iterable[str] = tuple(IMAGES)) -> list[BuiltImage]:
@@ -102,8 +101,10 @@ def ensure_image(name: str) -> BuiltImage:
     base = ensure_image(recipe.base) if recipe.base else None
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"longalign-image-{name}-") as scratch, \
-            open(cache / f"{name}.lock", "w") as lock:
+    with (
+        tempfile.TemporaryDirectory(prefix=f"longalign-image-{name}-") as scratch,
+        open(cache / f"{name}.lock", "w") as lock,
+    ):
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build per name at a time, across processes
         if recipe.dockerfile is not None:  # built from a copy too, like the context
             copy = Path(scratch) / recipe.dockerfile.name
@@ -121,8 +122,11 @@ def ensure_image(name: str) -> BuiltImage:
             partial = image.archive.with_suffix(".partial")
             partial.unlink(missing_ok=True)
             try:
-                _run(["podman", "save", "--format", "docker-archive", "-o", str(partial), image.reference], image,
-                     "podman save")
+                _run(
+                    ["podman", "save", "--format", "docker-archive", "-o", str(partial), image.reference],
+                    image,
+                    "podman save",
+                )
                 partial.replace(image.archive)
             finally:
                 partial.unlink(missing_ok=True)
@@ -139,13 +143,16 @@ def _prepare_context(recipe: Recipe, scratch: Path) -> Path:
         cc = ["gcc", "-static", "-Os", "-s", "-Wall", "-Werror", "-o", str(context / "pause"), str(SOURCES / "pause.c")]
         out = subprocess.run(cc, capture_output=True, text=True)
         if out.returncode != 0:
-            raise ImageBuildError(f"pause: {shlex.join(cc)} failed (install gcc and libc6-dev: "
-                                  f"hack/host-packages.sh):\n{out.stdout}{out.stderr}")
+            raise ImageBuildError(
+                f"pause: {shlex.join(cc)} failed (install gcc and libc6-dev: "
+                f"hack/host-packages.sh):\n{out.stdout}{out.stderr}"
+            )
     elif recipe.prepare == "busybox":
         busybox = shutil.which("busybox") or "/bin/busybox"
         if subprocess.run(["ldd", busybox], capture_output=True).returncode == 0:  # ldd fails on static binaries
-            raise ImageBuildError(f"busybox: {busybox} is not a static binary (install Debian's busybox-static: "
-                                  "hack/host-packages.sh)")
+            raise ImageBuildError(
+                f"busybox: {busybox} is not a static binary (install Debian's busybox-static: hack/host-packages.sh)"
+            )
         shutil.copy2(busybox, context / "busybox")
     elif recipe.dockerfile is not None:
         for path in _copied_files(recipe.dockerfile, recipe.context):
@@ -177,8 +184,11 @@ def content_key(recipe: Recipe, context: Path, build_args: dict[str, str]) -> st
 def _copied_files(dockerfile: Path, context: Path) -> list[Path]:
     """Every file the Dockerfile's COPY instructions take from ``context``, minus .dockerignore's ``**/`` patterns."""
     ignore_file = context / ".dockerignore"
-    ignored = [line[3:] for line in (ignore_file.read_text().splitlines() if ignore_file.exists() else [])
-               if line.startswith("**/")]
+    ignored = [
+        line[3:]
+        for line in (ignore_file.read_text().splitlines() if ignore_file.exists() else [])
+        if line.startswith("**/")
+    ]
     sources: list[Path] = []
     for line in _instructions(dockerfile):
         instruction, _, rest = line.partition(" ")
@@ -248,7 +258,9 @@ def _run(command: list[str], image: BuiltImage, step: str) -> None:
         try:
             returncode = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
         except FileNotFoundError:
-            raise ImageBuildError(f"{image.name}: {command[0]} is not installed (hack/host-packages.sh installs it)")
+            raise ImageBuildError(
+                f"{image.name}: {command[0]} is not installed (hack/host-packages.sh installs it)"
+            ) from None
     if returncode != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:])
         raise ImageBuildError(f"{image.name}: {step} failed (exit {returncode}); log {log} ends:\n{tail}")
@@ -262,15 +274,18 @@ def _prune(name: str, cache: Path) -> None:
     """Keep the KEEP newest archives of ``name``; older ones go, with their logs and podman images."""
     archives = sorted(cache.glob(f"{name}-????????????.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in archives[KEEP:]:
-        subprocess.run(["podman", "rmi", "--ignore", f"localhost/longalign-{name}:{old.stem.rsplit('-', 1)[1]}"],
-                       capture_output=True)
+        subprocess.run(
+            ["podman", "rmi", "--ignore", f"localhost/longalign-{name}:{old.stem.rsplit('-', 1)[1]}"],
+            capture_output=True,
+        )
         old.unlink(missing_ok=True)
         old.with_suffix(".log").unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localcluster.images", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m localcluster.images", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"images to build (default: all): {', '.join(IMAGES)}")
     args = parser.parse_args(argv)
     if unknown := [name for name in args.names if name not in IMAGES]:
@@ -280,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             image = ensure_image(name)
             size = image.archive.stat().st_size / 2**20
-            print(f"{name:12} {image.reference:48} {image.archive} ({size:,.0f} MiB, {time.monotonic() - t0:.1f} s)",
-                  flush=True)
+            print(
+                f"{name:12} {image.reference:48} {image.archive} ({size:,.0f} MiB, {time.monotonic() - t0:.1f} s)",
+                flush=True,
+            )
     except ImageBuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -65,20 +65,34 @@ CPU_NODE = NodeShape(
 def start_kwok(procs: Processes, binaries: Path, data_dir: Path, kubeconfig: Path, serving: KeyPair) -> None:
     """Start KWOK for the nodes annotated ``kwok.x-k8s.io/node: fake`` (the Logs CRD must be served already)."""
     config = data_dir / "kwok.yaml"
-    config.write_text("\n---\n".join([
-        KWOK_OPTIONS,
-        (binaries / "kwok-node-stages.yaml").read_text(),
-        (HERE / "pod-stages.yaml").read_text(),
-    ]))
+    config.write_text(
+        "\n---\n".join(
+            [
+                KWOK_OPTIONS,
+                (binaries / "kwok-node-stages.yaml").read_text(),
+                (HERE / "pod-stages.yaml").read_text(),
+            ]
+        )
+    )
     # KWOK also plays the kubelet's API (container logs from files named in Logs objects), on loopback.
     kubelet_port = free_port()
-    procs.spawn("kwok", [
-        str(binaries / "kwok"), f"--kubeconfig={kubeconfig}", f"--config={config}", "--manage-all-nodes=false",
-        f"--manage-nodes-with-annotation-selector={ANNOTATION_SELECTOR}", f"--cidr={POD_CIDR}",
-        "--node-ip=127.0.0.1",  # simulated nodes must never point the apiserver off this machine
-        f"--node-port={kubelet_port}", f"--server-address=127.0.0.1:{kubelet_port}",
-        f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}", "--enable-crds=Logs",
-    ])
+    procs.spawn(
+        "kwok",
+        [
+            str(binaries / "kwok"),
+            f"--kubeconfig={kubeconfig}",
+            f"--config={config}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={ANNOTATION_SELECTOR}",
+            f"--cidr={POD_CIDR}",
+            "--node-ip=127.0.0.1",  # simulated nodes must never point the apiserver off this machine
+            f"--node-port={kubelet_port}",
+            f"--server-address=127.0.0.1:{kubelet_port}",
+            f"--tls-cert-file={serving.cert}",
+            f"--tls-private-key-file={serving.key}",
+            "--enable-crds=Logs",
+        ],
+    )
 
 
 def fake_node(shape: NodeShape, index: int, zones: tuple[str, ...]) -> dict:
@@ -88,13 +102,17 @@ def fake_node(shape: NodeShape, index: int, zones: tuple[str, ...]) -> dict:
     if shape.gpus:
         capacity["nvidia.com/gpu"] = str(shape.gpus)
     return {
-        "apiVersion": "v1", "kind": "Node",
+        "apiVersion": "v1",
+        "kind": "Node",
         "metadata": {
             "name": name,
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
             "labels": {
-                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                "topology.kubernetes.io/zone": zones[index % len(zones)], "type": "kwok",
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "topology.kubernetes.io/zone": zones[index % len(zones)],
+                "type": "kwok",
                 **shape.labels,
             },
         },

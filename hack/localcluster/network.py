@@ -71,8 +71,11 @@ class BridgeNetwork:
 
     def add(self, role: str, host_number: int, pod_range: int | None = None) -> Namespace:
         """A namespace ``la<slot><role>`` at 10.250.<slot>.<host_number>, serving pod range ``pod_range`` if given."""
-        ns = Namespace(f"la{self.slot}{role}", str(self.subnet[host_number]),
-                       f"10.{200 + self.slot}.{pod_range}.0/24" if pod_range is not None else None)
+        ns = Namespace(
+            f"la{self.slot}{role}",
+            str(self.subnet[host_number]),
+            f"10.{200 + self.slot}.{pod_range}.0/24" if pod_range is not None else None,
+        )
         outer, inner = f"{ns.name}h", f"{ns.name}c"
         ip("netns", "add", ns.name)
         ip("link", "add", outer, "type", "veth", "peer", "name", inner)
@@ -86,12 +89,19 @@ class BridgeNetwork:
 
     def route_pod_ranges(self) -> None:
         """Routes to every node's pod range via that node, in every namespace (but the node's own) and the host."""
-        nodes = [n for n in self.namespaces if n.pod_cidr]
+        nodes = [(n, n.pod_cidr) for n in self.namespaces if n.pod_cidr]
         for where in [None, *self.namespaces]:
-            for node in nodes:
+            for node, pod_cidr in nodes:
                 if where is not node:
-                    ip("route", "replace", node.pod_cidr, "via", node.address,
-                       *(() if where else ("dev", self.bridge)), netns=where.name if where else None)
+                    ip(
+                        "route",
+                        "replace",
+                        pod_cidr,
+                        "via",
+                        node.address,
+                        *(() if where else ("dev", self.bridge)),
+                        netns=where.name if where else None,
+                    )
 
     def close(self) -> None:
         """Remove the namespaces (their veths go with them) and the bridge, and release the slot."""
@@ -103,7 +113,7 @@ class BridgeNetwork:
         prefix = f"la{self.slot}"
         if NETNS_DIR.is_dir():
             for path in NETNS_DIR.iterdir():
-                rest = path.name[len(prefix):]
+                rest = path.name[len(prefix) :]
                 if path.name.startswith(prefix) and rest and not rest[0].isdigit():
                     ip("netns", "delete", path.name, check=False)
         ip("link", "delete", self.bridge, check=False)

@@ -23,8 +23,16 @@ class OperatorProcess:
 
     def argv(self) -> list[str]:
         """The operator's command line."""
-        return [sys.executable, "-m", "longalign_operator.cli", "operator", "--metrics-port", str(self.metrics_port),
-                "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"]
+        return [
+            sys.executable,
+            "-m",
+            "longalign_operator.cli",
+            "operator",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--liveness",
+            f"http://127.0.0.1:{self.liveness_port}/healthz",
+        ]
 
     def _started(self) -> subprocess.Popen[bytes]:
         if self.proc is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +31,25 @@ class PKI:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ca = KeyPair(self.dir / "ca.crt", self.dir / "ca.key")
-        self._openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                      "-days", "3650", "-subj", "/CN=longalign-local-ca", "-keyout", "ca.key", "-out", "ca.crt")
+        self._openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=longalign-local-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        )
 
-    def serving(self, name: str, ips: list[str], dns: list[str] = ()) -> KeyPair:
+    def serving(self, name: str, ips: Sequence[str], dns: Sequence[str] = ()) -> KeyPair:
         """A server certificate for these IP addresses and DNS names."""
         sans = ",".join([*(f"IP:{ip}" for ip in ips), *(f"DNS:{d}" for d in dns)])
         return self._sign(name, f"/CN={name}", f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n")
@@ -52,23 +68,68 @@ class PKI:
 
     def kubeconfig(self, path: Path, server: str, *, pair: KeyPair | None = None, token: str | None = None) -> Path:
         """Write a kubeconfig for ``server`` that trusts this CA and authenticates with ``pair`` or ``token``."""
-        user = {"token": token} if token else {"client-certificate": str(pair.cert), "client-key": str(pair.key)}
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "longalign-local",
-            "clusters": [{"name": "longalign-local", "cluster": {"server": server,
-                                                                 "certificate-authority": str(self.ca.cert)}}],
-            "users": [{"name": "admin", "user": user}],
-            "contexts": [{"name": "longalign-local", "context": {"cluster": "longalign-local", "user": "admin"}}],
-        }, indent=2))
+        if token:
+            user = {"token": token}
+        elif pair is not None:
+            user = {"client-certificate": str(pair.cert), "client-key": str(pair.key)}
+        else:
+            raise ValueError("a kubeconfig needs a key pair or a token")
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "longalign-local",
+                    "clusters": [
+                        {
+                            "name": "longalign-local",
+                            "cluster": {"server": server, "certificate-authority": str(self.ca.cert)},
+                        }
+                    ],
+                    "users": [{"name": "admin", "user": user}],
+                    "contexts": [
+                        {"name": "longalign-local", "context": {"cluster": "longalign-local", "user": "admin"}}
+                    ],
+                },
+                indent=2,
+            )
+        )
         return path
 
     def _sign(self, name: str, subject: str, extensions: str) -> KeyPair:
         pair = KeyPair(self.dir / f"{name}.crt", self.dir / f"{name}.key")
         (self.dir / f"{name}.ext").write_text(extensions)
-        self._openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", subject,
-                      "-keyout", pair.key.name, "-out", f"{name}.csr")
-        self._openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                      "-days", "3650", "-extfile", f"{name}.ext", "-out", pair.cert.name)
+        self._openssl(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            subject,
+            "-keyout",
+            pair.key.name,
+            "-out",
+            f"{name}.csr",
+        )
+        self._openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "3650",
+            "-extfile",
+            f"{name}.ext",
+            "-out",
+            pair.cert.name,
+        )
         return pair
 
     def _openssl(self, *args: str) -> None:

@@ -60,8 +60,9 @@ class Processes:
             argv = ["nsenter", f"--net={netns}", "--", *argv]
         log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
         self._procs.append((name, proc))
         return proc
 

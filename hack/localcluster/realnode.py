@@ -66,8 +66,13 @@ class RealNode:
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run ``ctr`` against this node's containerd, in the Kubernetes namespace."""
-        proc = subprocess.run(["ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args],
-                              capture_output=True, text=True, timeout=600, check=False)
+        proc = subprocess.run(
+            ["ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         if check and proc.returncode != 0:
             raise RuntimeError(f"ctr {' '.join(args)} on {self.name} failed: {proc.stderr.strip()}")
         return proc
@@ -94,36 +99,59 @@ def remove_state(folder: Path) -> None:
 def check_host() -> None:
     """Raise ClusterError naming what this host lacks to run real nodes."""
     if os.geteuid() != 0:
-        raise ClusterError("real nodes need root (network namespaces, containerd); start with real_nodes=0 "
-                           "(python -m localcluster --real-nodes 0) to run without them")
+        raise ClusterError(
+            "real nodes need root (network namespaces, containerd); start with real_nodes=0 "
+            "(python -m localcluster --real-nodes 0) to run without them"
+        )
     missing = [tool for tool in ("containerd", "ctr", "runc", "nsenter", "ip", "iptables") if not shutil.which(tool)]
     missing += [str(p) for p in (Path(CNI_BIN_DIR) / "bridge", Path(CNI_BIN_DIR) / "host-local") if not p.exists()]
     if missing:
-        raise ClusterError(f"real nodes need {', '.join(missing)}: install them with hack/host-packages.sh "
-                           "(or start with real_nodes=0)")
+        raise ClusterError(
+            f"real nodes need {', '.join(missing)}: install them with hack/host-packages.sh "
+            "(or start with real_nodes=0)"
+        )
 
 
 def start_containerd(procs: Processes, node: RealNode, pause_image: str, wrapper: Path) -> None:
     """Start the node's containerd in its namespace, with its own root, state, socket and CNI config."""
     d = node.dir / "containerd"
     (d / "cni").mkdir(parents=True, exist_ok=True)
-    (d / "cni" / "10-pods.conflist").write_text(json.dumps({
-        "cniVersion": "0.4.0", "name": "pods", "plugins": [{
-            "type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": node.netns.pod_cidr}]],
-                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(d / "ipam")}}]}, indent=2))
+    (d / "cni" / "10-pods.conflist").write_text(
+        json.dumps(
+            {
+                "cniVersion": "0.4.0",
+                "name": "pods",
+                "plugins": [
+                    {
+                        "type": "bridge",
+                        "bridge": "cni0",
+                        "isGateway": True,
+                        "ipMasq": False,
+                        "hairpinMode": True,
+                        "ipam": {
+                            "type": "host-local",
+                            "ranges": [[{"subnet": node.netns.pod_cidr}]],
+                            "routes": [{"dst": "0.0.0.0/0"}],
+                            "dataDir": str(d / "ipam"),
+                        },
+                    }
+                ],
+            },
+            indent=2,
+        )
+    )
     (d / "config.toml").write_text(f"""\
 version = 2
-root = "{d / 'root'}"
-state = "{d / 'state'}"
+root = "{d / "root"}"
+state = "{d / "state"}"
 disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
                     "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
 [grpc]
   address = "{node.socket}"
 [ttrpc]
-  address = "{node.dir / 'ttrpc.sock'}"
+  address = "{node.dir / "ttrpc.sock"}"
 [plugins."io.containerd.internal.v1.opt"]
-  path = "{d / 'opt'}"
+  path = "{d / "opt"}"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{pause_image}"
   [plugins."io.containerd.grpc.v1.cri".containerd]
@@ -134,7 +162,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         BinaryName = "{wrapper}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{CNI_BIN_DIR}"
-    conf_dir = "{d / 'cni'}"
+    conf_dir = "{d / "cni"}"
 """)
     procs.spawn(f"containerd-{node.name}", ["containerd", "--config", str(d / "config.toml")], netns=node.netns.path)
 
@@ -154,39 +182,68 @@ def start_kubelet(procs: Processes, binaries: Path, pki: PKI, node: RealNode, se
     serving = pki.serving(f"kubelet-serving-{node.name}", [node.netns.address], [node.name])
     kubeconfig = pki.kubeconfig(d / "kubeconfig", server, pair=client)
     config = d / "config.yaml"
-    config.write_text(json.dumps({
-        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        "address": node.netns.address, "port": 10250, "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
-        "tlsCertFile": str(serving.cert), "tlsPrivateKeyFile": str(serving.key),
-        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
-                           "x509": {"clientCAFile": str(pki.ca.cert)}},
-        "authorization": {"mode": "Webhook"},
-        "containerRuntimeEndpoint": f"unix://{node.socket}",
-        "cgroupDriver": "cgroupfs",
-        # Two kubelets on one host must not share the QoS cgroups: each would remove the other's pod cgroups
-        # as orphans. Without them every container still gets its own cgroup (with its limits) from runc.
-        "cgroupsPerQOS": False, "enforceNodeAllocatable": [],
-        "failSwapOn": False,
-        "clusterDNS": [cluster_dns], "clusterDomain": "cluster.local", "resolvConf": "",
-        "podLogsDir": str(node.dir / "pod-logs"),
-        "volumePluginDir": str(d / "volume-plugins"),
-        "maxPods": 30, "serializeImagePulls": False,
-        # The host's disk is shared with everything else on it: never evict or collect images for its sake.
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
-        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-        "rotateCertificates": False, "serverTLSBootstrap": False,
-    }, indent=2))
-    procs.spawn(f"kubelet-{node.name}", [
-        str(binaries / "kubelet"), f"--config={config}", f"--kubeconfig={kubeconfig}", f"--root-dir={d / 'root'}",
-        f"--hostname-override={node.name}", f"--node-ip={node.netns.address}",
-        f"--node-labels={','.join(f'{k}={v}' for k, v in LABEL.items())}",
-        f"--register-with-taints={TAINT}=true:NoSchedule", "--v=1",
-    ], netns=node.netns.path)
+    config.write_text(
+        json.dumps(
+            {
+                "apiVersion": "kubelet.config.k8s.io/v1beta1",
+                "kind": "KubeletConfiguration",
+                "address": node.netns.address,
+                "port": 10250,
+                "readOnlyPort": 0,
+                "healthzBindAddress": "127.0.0.1",
+                "healthzPort": 10248,
+                "tlsCertFile": str(serving.cert),
+                "tlsPrivateKeyFile": str(serving.key),
+                "authentication": {
+                    "anonymous": {"enabled": False},
+                    "webhook": {"enabled": True},
+                    "x509": {"clientCAFile": str(pki.ca.cert)},
+                },
+                "authorization": {"mode": "Webhook"},
+                "containerRuntimeEndpoint": f"unix://{node.socket}",
+                "cgroupDriver": "cgroupfs",
+                # Two kubelets on one host must not share the QoS cgroups: each would remove the other's pod cgroups
+                # as orphans. Without them every container still gets its own cgroup (with its limits) from runc.
+                "cgroupsPerQOS": False,
+                "enforceNodeAllocatable": [],
+                "failSwapOn": False,
+                "clusterDNS": [cluster_dns],
+                "clusterDomain": "cluster.local",
+                "resolvConf": "",
+                "podLogsDir": str(node.dir / "pod-logs"),
+                "volumePluginDir": str(d / "volume-plugins"),
+                "maxPods": 30,
+                "serializeImagePulls": False,
+                # The host's disk is shared with everything else on it: never evict or collect images for its sake.
+                "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+                "imageGCHighThresholdPercent": 100,
+                "imageGCLowThresholdPercent": 99,
+                "rotateCertificates": False,
+                "serverTLSBootstrap": False,
+            },
+            indent=2,
+        )
+    )
+    procs.spawn(
+        f"kubelet-{node.name}",
+        [
+            str(binaries / "kubelet"),
+            f"--config={config}",
+            f"--kubeconfig={kubeconfig}",
+            f"--root-dir={d / 'root'}",
+            f"--hostname-override={node.name}",
+            f"--node-ip={node.netns.address}",
+            f"--node-labels={','.join(f'{k}={v}' for k, v in LABEL.items())}",
+            f"--register-with-taints={TAINT}=true:NoSchedule",
+            "--v=1",
+        ],
+        netns=node.netns.path,
+    )
 
 
 def wait_for_containerd(procs: Processes, node: RealNode, timeout: float) -> None:
     """Until the node's containerd answers."""
+
     def up() -> bool:
         procs.check()
         return node.socket.exists() and node.ctr("version", check=False).returncode == 0

@@ -10,6 +10,15 @@ from localcluster.process import Processes
 
 def start_scheduler(procs: Processes, binaries: Path, kubeconfig: Path) -> None:
     """Start kube-scheduler with the admin kubeconfig."""
-    procs.spawn("kube-scheduler", [str(binaries / "kube-scheduler"), f"--kubeconfig={kubeconfig}",
-                                   "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
-                                   *CLIENT_LIMITS, "--v=1"])
+    procs.spawn(
+        "kube-scheduler",
+        [
+            str(binaries / "kube-scheduler"),
+            f"--kubeconfig={kubeconfig}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            "--secure-port=0",
+            *CLIENT_LIMITS,
+            "--v=1",
+        ],
+    )

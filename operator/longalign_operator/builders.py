@@ -46,8 +46,14 @@ class Run:
     spec: LongAlignRunSpec
 
     def owner(self) -> dict[str, Any]:
-        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": self.name, "uid": self.uid,
-                "controller": True, "blockOwnerDeletion": True}
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
 
 
 def attempt_name(run: str, stage: str, attempt: int) -> str:
@@ -74,8 +80,12 @@ def _labels(run: Run, stage: str, attempt: int | None = None) -> dict[str, str]:
 
 
 def _meta(run: Run, name: str, stage: str, attempt: int | None = None) -> dict[str, Any]:
-    return {"name": name, "namespace": run.namespace, "labels": _labels(run, stage, attempt),
-            "ownerReferences": [run.owner()]}
+    return {
+        "name": name,
+        "namespace": run.namespace,
+        "labels": _labels(run, stage, attempt),
+        "ownerReferences": [run.owner()],
+    }
 
 
 def _volumes(spec: LongAlignRunSpec, config_map: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -107,70 +117,117 @@ def _env(options: PodOptions) -> list[dict[str, Any]]:
 
 def _resources(options: PodOptions, gpus: int) -> dict[str, Any]:
     """The user's requests/limits (quantities as strings, as the API wants them) plus the stage's GPUs."""
-    resources = {kind: {name: str(q) for name, q in amounts.items()} for kind, amounts in
-                 (options.resources or {}).items()}
+    resources = {
+        kind: {name: str(q) for name, q in amounts.items()} for kind, amounts in (options.resources or {}).items()
+    }
     if gpus:
         resources.setdefault("limits", {})["nvidia.com/gpu"] = str(gpus)
     return resources
 
 
-def pod_template(run: Run, stage: str, attempt: int, options: StageOptions, *, command: list[str],
-                 env: list[dict[str, Any]], gpus: int, config_map: str,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def pod_template(
+    run: Run,
+    stage: str,
+    attempt: int,
+    options: StageOptions,
+    *,
+    command: list[str],
+    env: list[dict[str, Any]],
+    gpus: int,
+    config_map: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The pod template of a stage's pods: the run's image, volumes, config, GPUs and the user's pod options."""
     spec = run.spec
     pod = options.pod
     volumes, mounts = _volumes(spec, config_map)
     container = {
-        "name": STAGE_SHORT[stage], "image": spec.image, "command": command,
-        "env": [*env, *_env(pod)], "volumeMounts": mounts, "resources": _resources(pod, gpus),
-        "terminationMessagePath": TERMINATION_MESSAGE_PATH, "terminationMessagePolicy": "FallbackToLogsOnError",
+        "name": STAGE_SHORT[stage],
+        "image": spec.image,
+        "command": command,
+        "env": [*env, *_env(pod)],
+        "volumeMounts": mounts,
+        "resources": _resources(pod, gpus),
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     template_meta = {"labels": {**(pod.labels or {}), **_labels(run, stage, attempt)}}
     if pod.annotations:
         template_meta["annotations"] = dict(pod.annotations)
-    pod_spec = {"restartPolicy": "Never", "containers": [container], "volumes": volumes, **(extra or {}),
-                **_placement(run, pod)}
+    pod_spec = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+        **(extra or {}),
+        **_placement(run, pod),
+    }
     pod_spec["automountServiceAccountToken"] = False  # stages need no API access
     return {"metadata": template_meta, "spec": pod_spec}
 
 
 def _placement(run: Run, pod: PodOptions) -> dict[str, Any]:
     """The pod-spec fields the user sets for a stage's pods (only those set), plus the run's pull secrets."""
-    fields = {"nodeSelector": pod.node_selector, "tolerations": pod.tolerations, "affinity": pod.affinity,
-              "priorityClassName": pod.priority_class_name, "serviceAccountName": pod.service_account_name,
-              "imagePullSecrets": [{"name": n} for n in run.spec.image_pull_secrets or []]}
+    fields = {
+        "nodeSelector": pod.node_selector,
+        "tolerations": pod.tolerations,
+        "affinity": pod.affinity,
+        "priorityClassName": pod.priority_class_name,
+        "serviceAccountName": pod.service_account_name,
+        "imagePullSecrets": [{"name": n} for n in run.spec.image_pull_secrets or []],
+    }
     return {key: value for key, value in fields.items() if value}
 
 
 def stage_config(run: Run, stage: str, attempt: int) -> dict[str, Any]:
     """The stage-config file the stage command reads (``longalign <stage> --config``)."""
     spec = run.spec
-    section = {"dataGeneration": spec.data_generation, "training": spec.training,
-               "evaluation": spec.evaluation}[stage]
-    body = section.model_dump(mode="json", by_alias=True, exclude={"pod", "enabled", "backoff_limit",
-                              "startup_deadline_seconds", "active_deadline_seconds", "stall_seconds"},
-                              exclude_none=True)
+    section = {"dataGeneration": spec.data_generation, "training": spec.training, "evaluation": spec.evaluation}[stage]
+    body = section.model_dump(
+        mode="json",
+        by_alias=True,
+        exclude={
+            "pod",
+            "enabled",
+            "backoff_limit",
+            "startup_deadline_seconds",
+            "active_deadline_seconds",
+            "stall_seconds",
+        },
+        exclude_none=True,
+    )
     output_dir, data_dir = f"{MOUNTS['checkpoints']}/{run.name}", f"{MOUNTS['data']}/{run.name}"
     # Stages hand over through the volumes: generation writes DATA/data.jsonl, training exports OUTPUT/model.
     if stage == "training" and "datasetPath" not in body:
         body["datasetPath"] = f"{data_dir}/data.jsonl"
     if stage == "evaluation" and "checkpointPath" not in body:
         body["checkpointPath"] = f"{output_dir}/model"
-    return {"stage": stage, "run": run.name, "attempt": attempt, "baseModelPath": spec.base_model_path,
-            "outputDir": output_dir, "resultsDir": f"{MOUNTS['results']}/{run.name}", "dataDir": data_dir,
-            "terminationMessagePath": TERMINATION_MESSAGE_PATH, stage: body}
+    return {
+        "stage": stage,
+        "run": run.name,
+        "attempt": attempt,
+        "baseModelPath": spec.base_model_path,
+        "outputDir": output_dir,
+        "resultsDir": f"{MOUNTS['results']}/{run.name}",
+        "dataDir": data_dir,
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        stage: body,
+    }
 
 
 def config_map(run: Run, stage: str, attempt: int) -> dict[str, Any]:
     """The ConfigMap holding one attempt's stage config."""
     name = attempt_name(run.name, stage, attempt)
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(run, name, stage, attempt),
-            "data": {"config.json": json.dumps(stage_config(run, stage, attempt), indent=2, sort_keys=True)}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(run, name, stage, attempt),
+        "data": {"config.json": json.dumps(stage_config(run, stage, attempt), indent=2, sort_keys=True)},
+    }
 
 
-def _job(run: Run, stage: str, attempt: int, options: StageOptions, template: dict[str, Any],
-         **spec: Any) -> dict[str, Any]:
+def _job(
+    run: Run, stage: str, attempt: int, options: StageOptions, template: dict[str, Any], **spec: Any
+) -> dict[str, Any]:
     name = attempt_name(run.name, stage, attempt)
     job_spec = {"backoffLimit": 0, "template": template, **spec}
     if options.active_deadline_seconds:
@@ -184,23 +241,32 @@ def stage_command(stage: str) -> list[str]:
     return ["longalign", STAGE_COMMAND[stage], "--config", f"{CONFIG_DIR}/config.json"]
 
 
-def single_pod_job(run: Run, stage: str, attempt: int, gpus: int,
-                   env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def single_pod_job(
+    run: Run, stage: str, attempt: int, gpus: int, env: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The Job of a one-pod stage (data generation, evaluation)."""
     options = getattr(run.spec, {"dataGeneration": "data_generation", "evaluation": "evaluation"}[stage])
     name = attempt_name(run.name, stage, attempt)
-    template = pod_template(run, stage, attempt, options, command=stage_command(stage), env=env or [],
-                            gpus=gpus, config_map=name)
+    template = pod_template(
+        run, stage, attempt, options, command=stage_command(stage), env=env or [], gpus=gpus, config_map=name
+    )
     return _job(run, stage, attempt, options, template)
 
 
 def training_service(run: Run) -> dict[str, Any]:
     """Headless Service giving training pods stable DNS names (``<job>-<index>.<service>``)."""
     name = f"{run.name}-train"
-    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(run, name, "training"),
-            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
-                     "selector": {LABEL_RUN: run.name, LABEL_STAGE: "training"},
-                     "ports": [{"name": "rendezvous", "port": MASTER_PORT}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(run, name, "training"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_RUN: run.name, LABEL_STAGE: "training"},
+            "ports": [{"name": "rendezvous", "port": MASTER_PORT}],
+        },
+    }
 
 
 def training_job(run: Run, attempt: int) -> dict[str, Any]:
@@ -214,18 +280,41 @@ def training_job(run: Run, attempt: int) -> dict[str, Any]:
         {"name": "NNODES", "value": str(t.nodes)},
         {"name": "LOCAL_WORLD_SIZE", "value": str(t.gpus_per_node)},
         {"name": "WORLD_SIZE", "value": str(t.nodes * t.gpus_per_node)},
-        {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
-            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+        {
+            "name": "NODE_RANK",
+            "valueFrom": {
+                "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+            },
+        },
     ]
     # torchrun waits for every node at the rendezvous, so workers started before the master keep waiting
     # (up to the join timeout) instead of crashing.
-    command = ["torchrun", f"--nnodes={t.nodes}", f"--nproc-per-node={t.gpus_per_node}",
-               "--node-rank=$(NODE_RANK)", "--rdzv-backend=c10d", "--rdzv-endpoint=$(MASTER_ADDR):$(MASTER_PORT)",
-               f"--rdzv-id={name}", "--rdzv-conf=join_timeout=1800", "--no-python", *stage_command("training")]
-    template = pod_template(run, "training", attempt, t, command=command, env=env, gpus=t.gpus_per_node,
-                            config_map=name, extra={"subdomain": service})
-    return _job(run, "training", attempt, t, template, completionMode="Indexed", completions=t.nodes,
-                parallelism=t.nodes)
+    command = [
+        "torchrun",
+        f"--nnodes={t.nodes}",
+        f"--nproc-per-node={t.gpus_per_node}",
+        "--node-rank=$(NODE_RANK)",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=$(MASTER_ADDR):$(MASTER_PORT)",
+        f"--rdzv-id={name}",
+        "--rdzv-conf=join_timeout=1800",
+        "--no-python",
+        *stage_command("training"),
+    ]
+    template = pod_template(
+        run,
+        "training",
+        attempt,
+        t,
+        command=command,
+        env=env,
+        gpus=t.gpus_per_node,
+        config_map=name,
+        extra={"subdomain": service},
+    )
+    return _job(
+        run, "training", attempt, t, template, completionMode="Indexed", completions=t.nodes, parallelism=t.nodes
+    )
 
 
 def teacher_objects(run: Run) -> list[dict[str, Any]]:
@@ -238,41 +327,87 @@ def teacher_objects(run: Run) -> list[dict[str, Any]]:
     nodes = teacher.nodes_per_replica
     name = teacher_name(run.name)
     selector = {LABEL_RUN: run.name, LABEL_STAGE: "teacher"}
-    vllm = ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", teacher.model_path,
-            "--served-model-name", teacher.served_name, "--max-model-len", str(teacher.max_model_len),
-            "--tensor-parallel-size", str(teacher.gpus_per_replica), "--port", str(VLLM_PORT),
-            "--enable-prefix-caching"]
+    vllm = [
+        "python",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        teacher.model_path,
+        "--served-model-name",
+        teacher.served_name,
+        "--max-model-len",
+        str(teacher.max_model_len),
+        "--tensor-parallel-size",
+        str(teacher.gpus_per_replica),
+        "--port",
+        str(VLLM_PORT),
+        "--enable-prefix-caching",
+    ]
     ports = [{"name": "http", "containerPort": VLLM_PORT}]
     env = _env(dg.pod)
     probe: dict[str, Any] = {"httpGet": {"path": "/health", "port": VLLM_PORT}}
     if nodes > 1:
-        group = ["longalign", "teacher-server", "--nodes", str(nodes), "--gpus", str(teacher.gpus_per_replica),
-                 "--leader", f"{name}-{{index}}.{name}.{run.namespace}.svc"]
+        group = [
+            "longalign",
+            "teacher-server",
+            "--nodes",
+            str(nodes),
+            "--gpus",
+            str(teacher.gpus_per_replica),
+            "--leader",
+            f"{name}-{{index}}.{name}.{run.namespace}.svc",
+        ]
         vllm = [*group, "--", *vllm]
         probe = {"exec": {"command": [*group, "--probe"]}}
         ports.append({"name": "ray", "containerPort": RAY_PORT})
-        env.append({"name": "POD_INDEX",
-                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}})
+        env.append(
+            {
+                "name": "POD_INDEX",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}},
+            }
+        )
     volumes, mounts = _volumes(run.spec, None)
     container = {
-        "name": "vllm", "image": teacher.image or run.spec.image, "command": vllm, "env": env,
-        "volumeMounts": mounts, "resources": _resources(dg.pod, teacher.gpus_per_replica), "ports": ports,
+        "name": "vllm",
+        "image": teacher.image or run.spec.image,
+        "command": vllm,
+        "env": env,
+        "volumeMounts": mounts,
+        "resources": _resources(dg.pod, teacher.gpus_per_replica),
+        "ports": ports,
         "readinessProbe": {**probe, "periodSeconds": 10, "timeoutSeconds": 5},
     }
-    pod_spec = {"containers": [container], "volumes": volumes, **_placement(run, dg.pod),
-                "automountServiceAccountToken": False}
+    pod_spec = {
+        "containers": [container],
+        "volumes": volumes,
+        **_placement(run, dg.pod),
+        "automountServiceAccountToken": False,
+    }
     meta = _meta(run, name, "teacher")
     servers = {
-        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta,
-        "spec": {"replicas": teacher.replicas * nodes, "serviceName": name, "podManagementPolicy": "Parallel",
-                 "selector": {"matchLabels": selector},
-                 "template": {"metadata": {"labels": {**(dg.pod.labels or {}), **meta["labels"]}},
-                              "spec": pod_spec}},
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": meta,
+        "spec": {
+            "replicas": teacher.replicas * nodes,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector},
+            "template": {"metadata": {"labels": {**(dg.pod.labels or {}), **meta["labels"]}}, "spec": pod_spec},
+        },
     }
     # Not-ready pods must resolve too: a replica's pods find their leader before its server is up.
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": _meta(run, name, "teacher"),
-               "spec": {"clusterIP": "None", "selector": selector, "publishNotReadyAddresses": True,
-                        "ports": [{"name": p["name"], "port": p["containerPort"]} for p in ports]}}
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(run, name, "teacher"),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector,
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": p["name"], "port": p["containerPort"]} for p in ports],
+        },
+    }
     return [servers, service]
 
 
@@ -291,8 +426,10 @@ def teacher_urls(run: Run) -> str:
     """
     name = teacher_name(run.name)
     teacher = run.spec.data_generation.required_teacher()
-    return ",".join(f"http://{name}-{i * teacher.nodes_per_replica}.{name}.{run.namespace}.svc:{VLLM_PORT}/v1"
-                    for i in range(teacher.replicas))
+    return ",".join(
+        f"http://{name}-{i * teacher.nodes_per_replica}.{name}.{run.namespace}.svc:{VLLM_PORT}/v1"
+        for i in range(teacher.replicas)
+    )
 
 
 def judge_env(run: Run) -> list[dict[str, Any]]:
@@ -301,8 +438,7 @@ def judge_env(run: Run) -> list[dict[str, Any]]:
     if judge is None or judge.api_key_secret_ref is None:
         return []
     ref = judge.api_key_secret_ref
-    return [{"name": JUDGE_KEY_ENV,
-             "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+    return [{"name": JUDGE_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
 
 
 def stage_objects(run: Run, stage: str, attempt: int) -> list[dict[str, Any]]:
@@ -310,8 +446,9 @@ def stage_objects(run: Run, stage: str, attempt: int) -> list[dict[str, Any]]:
     objects = [config_map(run, stage, attempt)]
     if stage == "dataGeneration":
         objects += teacher_objects(run)
-        objects.append(single_pod_job(run, stage, attempt, gpus=0,
-                                      env=[{"name": TEACHER_URL_ENV, "value": teacher_urls(run)}]))
+        objects.append(
+            single_pod_job(run, stage, attempt, gpus=0, env=[{"name": TEACHER_URL_ENV, "value": teacher_urls(run)}])
+        )
     elif stage == "training":
         objects += [training_service(run), training_job(run, attempt)]
     else:
@@ -366,11 +503,22 @@ def run_name_limit() -> tuple[int, str, str]:
         return int(next(m.le for m in model.model_fields[field].metadata if getattr(m, "le", None) is not None))
 
     name = "n" * 20
-    spec = parse({"image": "i", "baseModelPath": "/models/m", "storage": {
-        "models": {"claimName": "m"}, "data": {"claimName": "d"}, "checkpoints": {"claimName": "c"}},
-        "dataGeneration": {"teacher": {"modelPath": "/models/t", "replicas": most(Teacher, "replicas"),
-                                       "nodesPerReplica": most(Teacher, "nodes_per_replica")}},
-        "training": {"nodes": most(Training, "nodes")}, "evaluation": {"needle": {}}})
+    spec = parse(
+        {
+            "image": "i",
+            "baseModelPath": "/models/m",
+            "storage": {"models": {"claimName": "m"}, "data": {"claimName": "d"}, "checkpoints": {"claimName": "c"}},
+            "dataGeneration": {
+                "teacher": {
+                    "modelPath": "/models/t",
+                    "replicas": most(Teacher, "replicas"),
+                    "nodesPerReplica": most(Teacher, "nodes_per_replica"),
+                }
+            },
+            "training": {"nodes": most(Training, "nodes")},
+            "evaluation": {"needle": {}},
+        }
+    )
     names = capped_names(Run(name, "ns", "uid", {}, spec))
     what, longest = max(((w, v) for w, v in names.items() if v.startswith(name)), key=lambda item: len(item[1]))
     return DNS_LABEL - (len(longest) - len(name)), what.replace(name, "<name>"), longest.removeprefix(name)
@@ -390,5 +538,5 @@ def run_name_problems(name: str) -> list[tuple[str, str]]:
 RUN_NAME_MESSAGES = {
     "length": "must be at most {limit} characters: the longest name made from it, the {what}, must fit in 63",
     "pattern": "must start with a lowercase letter and hold only lowercase letters, digits and "
-               "'-' (it names the run's Services)",
+    "'-' (it names the run's Services)",
 }

@@ -65,12 +65,25 @@ def pod_record(pod: Mapping[str, Any], deleted: bool = False) -> PodView:
         if waiting and waiting.get("reason") and waiting["reason"] not in WAITING_REASONS_OK:
             reason, message = waiting["reason"], waiting.get("message")
         if terminated:
-            termination, exit_code, exit_reason = terminated.get("message"), terminated.get("exitCode"), \
-                terminated.get("reason")
+            termination, exit_code, exit_reason = (
+                terminated.get("message"),
+                terminated.get("exitCode"),
+                terminated.get("reason"),
+            )
     meta = pod.get("metadata") or {}
-    return PodView(name=meta["name"], phase=phase, reason=reason, message=message, termination_message=termination,
-                   exit_code=exit_code, exit_reason=exit_reason, node=(pod.get("spec") or {}).get("nodeName"),
-                   ready=ready, deleted=deleted or bool(meta.get("deletionTimestamp")), disruption=disruption)
+    return PodView(
+        name=meta["name"],
+        phase=phase,
+        reason=reason,
+        message=message,
+        termination_message=termination,
+        exit_code=exit_code,
+        exit_reason=exit_reason,
+        node=(pod.get("spec") or {}).get("nodeName"),
+        ready=ready,
+        deleted=deleted or bool(meta.get("deletionTimestamp")),
+        disruption=disruption,
+    )
 
 
 def pod_group(labels: Mapping[str, str], run: str) -> str | None:

@@ -21,23 +21,53 @@ from longalign_operator.builders import RUN_NAME_MESSAGES, RUN_NAME_PATTERN, run
 from longalign_operator.spec import GROUP, KIND, PLURAL, RULES, SHORT_NAMES, VERSION, LongAlignRunSpec
 from longalign_operator.status import LongAlignRunStatus
 
-_KEEP = {"type", "properties", "items", "required", "description", "enum", "minimum", "maximum", "minLength",
-         "maxLength", "pattern", "minItems", "maxItems", "multipleOf"}
+_KEEP = {
+    "type",
+    "properties",
+    "items",
+    "required",
+    "description",
+    "enum",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "multipleOf",
+}
 
 # Numbers people read come pre-rounded as strings (status.loss, status.score); status.results keeps full precision.
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage"},
-    {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt",
-     "description": "attempt of the current stage (1 is the first try)"},
+    {
+        "name": "Attempt",
+        "type": "integer",
+        "jsonPath": ".status.attempt",
+        "description": "attempt of the current stage (1 is the first try)",
+    },
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
     {"name": "ETA", "type": "string", "jsonPath": ".status.eta"},
-    {"name": "Loss", "type": "string", "jsonPath": ".status.loss",
-     "description": "training loss, live while training, then the final one (4 significant digits)"},
-    {"name": "Score", "type": "string", "jsonPath": ".status.score",
-     "description": "LongBench-Chat mean score (1-10, 2 decimals)"},
-    {"name": "Succeeded", "type": "string", "priority": 1,
-     "jsonPath": '.status.conditions[?(@.type=="Succeeded")].status'},
+    {
+        "name": "Loss",
+        "type": "string",
+        "jsonPath": ".status.loss",
+        "description": "training loss, live while training, then the final one (4 significant digits)",
+    },
+    {
+        "name": "Score",
+        "type": "string",
+        "jsonPath": ".status.score",
+        "description": "LongBench-Chat mean score (1-10, 2 decimals)",
+    },
+    {
+        "name": "Succeeded",
+        "type": "string",
+        "priority": 1,
+        "jsonPath": '.status.conditions[?(@.type=="Succeeded")].status',
+    },
     {"name": "Message", "type": "string", "priority": 1, "jsonPath": ".status.message"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
@@ -101,10 +131,18 @@ def spec_schema() -> dict[str, Any]:
 def name_rules() -> list[dict[str, str]]:
     """CEL rules on the run's name (the only metadata a CRD may check): its children's names must be valid."""
     limit, what, _ = run_name_limit()
-    return [{"rule": f"size(self.metadata.name) <= {limit}", "fieldPath": ".metadata.name",
-             "message": RUN_NAME_MESSAGES["length"].format(limit=limit, what=what)},
-            {"rule": f"self.metadata.name.matches('{RUN_NAME_PATTERN}')", "fieldPath": ".metadata.name",
-             "message": RUN_NAME_MESSAGES["pattern"]}]
+    return [
+        {
+            "rule": f"size(self.metadata.name) <= {limit}",
+            "fieldPath": ".metadata.name",
+            "message": RUN_NAME_MESSAGES["length"].format(limit=limit, what=what),
+        },
+        {
+            "rule": f"self.metadata.name.matches('{RUN_NAME_PATTERN}')",
+            "fieldPath": ".metadata.name",
+            "message": RUN_NAME_MESSAGES["pattern"],
+        },
+    ]
 
 
 def crd() -> dict[str, Any]:
@@ -116,26 +154,38 @@ def crd() -> dict[str, Any]:
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
-            "names": {"kind": KIND, "plural": PLURAL, "singular": KIND.lower(), "listKind": f"{KIND}List",
-                      "shortNames": SHORT_NAMES, "categories": ["all", "longalign"]},
-            "versions": [{
-                "name": VERSION, "served": True, "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": PRINTER_COLUMNS,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "A LongAlign run: long instruction data generation, packed SFT, evaluation.",
-                    "required": ["spec"],
-                    "x-kubernetes-validations": name_rules(),
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
-                        "spec": spec_schema(),
-                        "status": model_schema(LongAlignRunStatus),
+            "names": {
+                "kind": KIND,
+                "plural": PLURAL,
+                "singular": KIND.lower(),
+                "listKind": f"{KIND}List",
+                "shortNames": SHORT_NAMES,
+                "categories": ["all", "longalign"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A LongAlign run: long instruction data generation, packed SFT, evaluation.",
+                            "required": ["spec"],
+                            "x-kubernetes-validations": name_rules(),
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
+                                "spec": spec_schema(),
+                                "status": model_schema(LongAlignRunStatus),
+                            },
+                        }
                     },
-                }},
-            }],
+                }
+            ],
         },
     }
 
@@ -156,8 +206,10 @@ def render_helm() -> str:
         raise ValueError("the CRD contains '{{', which Helm would read as a template action")
     labels = '  labels:\n    {{- include "longalign-operator.labels" . | nindent 4 }}\n'
     body = body.replace("\nspec:\n", f"\n{labels}spec:\n", 1)  # the end of metadata
-    header = ("{{- /* Generated by `python -m longalign_operator.crd --helm` from the spec and status models."
-              " Do not edit. */}}\n{{- if .Values.crds.enabled }}\n")
+    header = (
+        "{{- /* Generated by `python -m longalign_operator.crd --helm` from the spec and status models."
+        " Do not edit. */}}\n{{- if .Values.crds.enabled }}\n"
+    )
     return header + body + "{{- end }}\n"
 
 

@@ -30,8 +30,9 @@ TIMEOUT_S = 30  # no API call may block a reconcile for longer (the client's def
 class Gateway:
     """Kubernetes I/O for one operator process (a thin layer over the official client)."""
 
-    def __init__(self, api_client: client.ApiClient | None = None, progress_every_s: float = 5.0,
-                 connections: int = 16) -> None:
+    def __init__(
+        self, api_client: client.ApiClient | None = None, progress_every_s: float = 5.0, connections: int = 16
+    ) -> None:
         if api_client is None:
             config.load_config()  # in a pod: its ServiceAccount; elsewhere: KUBECONFIG
             configuration = client.Configuration.get_default_copy()
@@ -63,8 +64,9 @@ class Gateway:
             return replace(job, progress=last.progress, progress_time=last.progress_time)
         seen = job
         try:
-            log = self.core.read_namespaced_pod_log(lead.name, ns, tail_lines=LOG_TAIL_LINES, timestamps=True,
-                                                    _request_timeout=TIMEOUT_S)
+            log = self.core.read_namespaced_pod_log(
+                lead.name, ns, tail_lines=LOG_TAIL_LINES, timestamps=True, _request_timeout=TIMEOUT_S
+            )
         except ApiException:
             log = ""  # no log yet (or the node cannot serve it): progress stays as it was
         for text in reversed(log.splitlines()):
@@ -83,8 +85,10 @@ class Gateway:
         """Create an object; False when it already existed (left untouched)."""
         ns, kind = obj["metadata"]["namespace"], obj["kind"]
         create = {
-            "ConfigMap": self.core.create_namespaced_config_map, "Service": self.core.create_namespaced_service,
-            "Job": self.batch.create_namespaced_job, "StatefulSet": self.apps.create_namespaced_stateful_set,
+            "ConfigMap": self.core.create_namespaced_config_map,
+            "Service": self.core.create_namespaced_service,
+            "Job": self.batch.create_namespaced_job,
+            "StatefulSet": self.apps.create_namespaced_stateful_set,
         }[kind]
         created = unless(409, create, ns, obj)
         if kind == "Job":
@@ -94,8 +98,10 @@ class Gateway:
     def delete(self, kind: str, name: str, ns: str) -> bool:
         """Delete an object and its dependents in the background; False when it was already gone."""
         delete = {
-            "ConfigMap": self.core.delete_namespaced_config_map, "Service": self.core.delete_namespaced_service,
-            "Job": self.batch.delete_namespaced_job, "StatefulSet": self.apps.delete_namespaced_stateful_set,
+            "ConfigMap": self.core.delete_namespaced_config_map,
+            "Service": self.core.delete_namespaced_service,
+            "Job": self.batch.delete_namespaced_job,
+            "StatefulSet": self.apps.delete_namespaced_stateful_set,
         }[kind]
         deleted = unless(404, delete, name, ns, propagation_policy="Background")
         if kind == "Job":
@@ -106,8 +112,12 @@ class Gateway:
 
     def patch_status(self, meta: dict[str, Any], patch: dict[str, Any]) -> None:
         """Merge-patch the run's status subresource and remember the result until the watch delivers it."""
-        result = cast(dict[str, Any], self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": patch}, _request_timeout=TIMEOUT_S))
+        result = cast(
+            dict[str, Any],
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": patch}, _request_timeout=TIMEOUT_S
+            ),
+        )
         self.written.record(meta["uid"], result["metadata"]["resourceVersion"], result.get("status") or {})
 
     def forget(self, uid: str, name: str, ns: str) -> None:
@@ -120,8 +130,16 @@ class Gateway:
 
     def delete_run(self, name: str, ns: str) -> None:
         """Delete the run itself (its children follow through their owner references)."""
-        unless(404, self.custom.delete_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
-               propagation_policy="Background")
+        unless(
+            404,
+            self.custom.delete_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            ns,
+            PLURAL,
+            name,
+            propagation_policy="Background",
+        )
 
 
 def unless(status: int, call, *args: Any, **kwargs: Any) -> bool:

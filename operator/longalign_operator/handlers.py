@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -42,8 +42,9 @@ STALE_AFTER_S = max(60.0, 10 * INTERVAL)
 """Liveness fails when runs exist but none was reconciled for this long (e.g. a watch silently died)."""
 WORKERS = 16
 """Reconcile steps run at once (their API calls block a thread; the steps themselves are short)."""
-EXCLUDED = [n for n in os.environ.get("LONGALIGN_EXCLUDE_NAMESPACES", "kube-system,kube-public,kube-node-lease")
-            .split(",") if n]
+EXCLUDED = [
+    n for n in os.environ.get("LONGALIGN_EXCLUDE_NAMESPACES", "kube-system,kube-public,kube-node-lease").split(",") if n
+]
 """Namespaces (globs) whose runs are refused, with a status and an Event: pods made there could use what the
 namespace holds (kube-system's Secrets, ...); `longalign operator --exclude-namespaces` sets it."""
 COMPONENT = "longalign-operator"
@@ -128,15 +129,16 @@ async def claims(namespace: str, name: str, **_: Any) -> dict:
     return {(namespace, name): True}
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT})
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT})  # type: ignore[arg-type]  # namespace: see above
 async def job_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """A run's Job changed: step the run now."""
     _wake(memo, (namespace, labels[LABEL_RUN]))
 
 
 @kopf.on.event("v1", "pods", labels={LABEL_RUN: kopf.PRESENT})  # type: ignore[arg-type]  # namespace: see above
-async def pod_changed(event: kopf.RawEvent, namespace: str, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo,
-                      **_: Any) -> None:
+async def pod_changed(
+    event: kopf.RawEvent, namespace: str, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
     """A run's pod changed: step the run now. A Job pod going away unfinished is remembered (``GonePods``)."""
     run = labels[LABEL_RUN]
     if JOB_NAME_LABEL in labels and (event["type"] == "DELETED" or body["metadata"].get("deletionTimestamp")):
@@ -183,9 +185,17 @@ def _wake(memo: kopf.Memo, key: tuple[str, str]) -> None:
 
 # ------------------------------------------------------------------------------------------------ the loop
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)  # type: ignore[arg-type]  # Kopf passes the indexes by name
-async def drive(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, logger: kopf.Logger,
-                run_jobs: kopf.Index, run_pods: kopf.Index, claims: kopf.Index, nodes: kopf.Index,
-                **_: Any) -> None:
+async def drive(
+    body: kopf.Body,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    run_jobs: kopf.Index,
+    run_pods: kopf.Index,
+    claims: kopf.Index,
+    nodes: kopf.Index,
+    **_: Any,
+) -> None:
     """Step the run whenever woken, and at least every INTERVAL seconds, until it is deleted."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     wake = memo.wakeups.setdefault(key, asyncio.Event())
@@ -194,8 +204,7 @@ async def drive(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, l
         wake.clear()
         context = contextvars.copy_context()  # lets kopf.event() post from the worker thread
         try:
-            await loop.run_in_executor(memo.pool, context.run, reconcile, body, memo, run_jobs, run_pods, claims,
-                                       nodes)
+            await loop.run_in_executor(memo.pool, context.run, reconcile, body, memo, run_jobs, run_pods, claims, nodes)
         except Exception:  # an API error or a bug: log it, keep the run's loop alive, try again later
             logger.exception("reconcile failed; retrying in %.0f s", INTERVAL)
             await stopped.wait(INTERVAL)
@@ -204,8 +213,9 @@ async def drive(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, l
             await asyncio.wait_for(wake.wait(), timeout=INTERVAL)
 
 
-def reconcile(body: kopf.Body, memo: kopf.Memo, run_jobs: kopf.Index, run_pods: kopf.Index,
-              claims: kopf.Index, nodes: kopf.Index) -> None:
+def reconcile(
+    body: kopf.Body, memo: kopf.Memo, run_jobs: kopf.Index, run_pods: kopf.Index, claims: kopf.Index, nodes: kopf.Index
+) -> None:
     """One level-based reconcile step of a LongAlignRun."""
     gateway: Gateway = memo.gateway
     meta = dict(body["metadata"])
@@ -213,9 +223,15 @@ def reconcile(body: kopf.Body, memo: kopf.Memo, run_jobs: kopf.Index, run_pods: 
         return
     status = gateway.written.current(meta["uid"], meta["resourceVersion"], _to_dict(body.get("status") or {}))
     if excluded := next((p for p in EXCLUDED if fnmatch.fnmatchcase(meta["namespace"], p)), None):
-        _refuse(body, meta, status, gateway, "NamespaceExcluded",
-                f"runs in namespace {meta['namespace']} are refused: this operator excludes {excluded!r} "
-                "(longalign operator --exclude-namespaces; the chart's excludeNamespaces)")
+        _refuse(
+            body,
+            meta,
+            status,
+            gateway,
+            "NamespaceExcluded",
+            f"runs in namespace {meta['namespace']} are refused: this operator excludes {excluded!r} "
+            "(longalign operator --exclude-namespaces; the chart's excludeNamespaces)",
+        )
         return
     try:
         if problems := run_name_problems(meta["name"]):  # the CRD refuses these; a CRD older than the operator may not
@@ -232,7 +248,7 @@ def reconcile(body: kopf.Body, memo: kopf.Memo, run_jobs: kopf.Index, run_pods: 
         gateway.create(obj)
     for event in result.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    memo.metrics.observe(meta["uid"], result, datetime.now(timezone.utc))
+    memo.metrics.observe(meta["uid"], result, datetime.now(UTC))
     new_status = result.status.model_dump(mode="json", by_alias=True, exclude_none=True)
     if patch := merge_patch(status, new_status):
         gateway.patch_status(meta, patch)
@@ -240,8 +256,16 @@ def reconcile(body: kopf.Body, memo: kopf.Memo, run_jobs: kopf.Index, run_pods: 
         gateway.delete_run(meta["name"], meta["namespace"])
 
 
-def _observe(meta: dict[str, Any], status: dict[str, Any], spec: LongAlignRunSpec, gateway: Gateway,
-             run_jobs: kopf.Index, run_pods: kopf.Index, claims: kopf.Index, nodes: kopf.Index) -> Observed:
+def _observe(
+    meta: dict[str, Any],
+    status: dict[str, Any],
+    spec: LongAlignRunSpec,
+    gateway: Gateway,
+    run_jobs: kopf.Index,
+    run_pods: kopf.Index,
+    claims: kopf.Index,
+    nodes: kopf.Index,
+) -> Observed:
     """The run and its children as the caches show them, corrected by this process's own recent writes."""
     ns, name = meta["namespace"], meta["name"]
     run = Run(name=name, namespace=ns, uid=meta["uid"], labels=dict(meta.get("labels") or {}), spec=spec)
@@ -250,9 +274,16 @@ def _observe(meta: dict[str, Any], status: dict[str, Any], spec: LongAlignRunSpe
     jobs = gateway.expectations.correct(ns, seen, name)
     jobs = {n: gateway.with_progress(j, ns) if j.state == "Active" else j for n, j in jobs.items()}
     servers = tuple(sorted((p for group, p in pods if group == teacher_name(name)), key=lambda p: p.name))
-    return Observed(run=run, status=status, generation=meta.get("generation", 0), now=datetime.now(timezone.utc),
-                    jobs=jobs, missing=tuple(_missing(ns, spec, claims)), servers=servers,
-                    nodes=NodeStates(nodes) if len(nodes) else None)
+    return Observed(
+        run=run,
+        status=status,
+        generation=meta.get("generation", 0),
+        now=datetime.now(UTC),
+        jobs=jobs,
+        missing=tuple(_missing(ns, spec, claims)),
+        servers=servers,
+        nodes=NodeStates(nodes) if len(nodes) else None,
+    )
 
 
 class NodeStates(Mapping[str, str]):
@@ -279,8 +310,9 @@ def _missing(ns: str, spec: LongAlignRunSpec, claims: kopf.Index):
             yield f"PersistentVolumeClaim {source.claim_name!r} (spec.storage.{field}.claimName)"
 
 
-def _refuse(body: kopf.Body, meta: dict[str, Any], status: dict[str, Any], gateway: Gateway, reason: str,
-            message: str) -> None:
+def _refuse(
+    body: kopf.Body, meta: dict[str, Any], status: dict[str, Any], gateway: Gateway, reason: str, message: str
+) -> None:
     """A run the operator will not start: Failed with the message, and one Warning Event."""
     new = {"phase": "Failed", "message": message}
     if status.get("phase") != "Failed":

@@ -1,11 +1,11 @@
 """Prometheus metrics of the operator, fed from the planner's decisions (nothing extra is read from the API).
 
-    longalign_runs{phase}                         runs this operator watches, by phase
-    longalign_stage_duration_seconds{stage,outcome}  from an attempt's start to the stage's end
-    longalign_time_to_running_seconds{stage}      from an attempt's start until all its pods run (queueing,
-                                                  admission, scheduling, image pulls)
-    longalign_stage_retries_total{stage}          failed attempts that were retried
-    longalign_reconciles_total, longalign_last_reconcile_timestamp_seconds
+longalign_runs{phase}                         runs this operator watches, by phase
+longalign_stage_duration_seconds{stage,outcome}  from an attempt's start to the stage's end
+longalign_time_to_running_seconds{stage}      from an attempt's start until all its pods run (queueing,
+                                              admission, scheduling, image pulls)
+longalign_stage_retries_total{stage}          failed attempts that were retried
+longalign_reconciles_total, longalign_last_reconcile_timestamp_seconds
 """
 
 from __future__ import annotations
@@ -27,15 +27,27 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.runs = Gauge("longalign_runs", "LongAlignRuns by phase", ["phase"], registry=self.registry)
-        self.stage_duration = Histogram("longalign_stage_duration_seconds", "stage attempt start to stage end",
-                                        ["stage", "outcome"], buckets=STAGE_BUCKETS, registry=self.registry)
-        self.time_to_running = Histogram("longalign_time_to_running_seconds", "attempt start until all pods run",
-                                         ["stage"], buckets=START_BUCKETS, registry=self.registry)
-        self.retries = Counter("longalign_stage_retries", "failed stage attempts that were retried", ["stage"],
-                               registry=self.registry)
+        self.stage_duration = Histogram(
+            "longalign_stage_duration_seconds",
+            "stage attempt start to stage end",
+            ["stage", "outcome"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_to_running = Histogram(
+            "longalign_time_to_running_seconds",
+            "attempt start until all pods run",
+            ["stage"],
+            buckets=START_BUCKETS,
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "longalign_stage_retries", "failed stage attempts that were retried", ["stage"], registry=self.registry
+        )
         self.reconciles = Counter("longalign_reconciles", "reconcile steps", registry=self.registry)
-        self.last_reconcile = Gauge("longalign_last_reconcile_timestamp_seconds", "time of the last reconcile",
-                                    registry=self.registry)
+        self.last_reconcile = Gauge(
+            "longalign_last_reconcile_timestamp_seconds", "time of the last reconcile", registry=self.registry
+        )
         self.phases: dict[str, str] = {}
         self.last_reconcile_monotonic = time.monotonic()
 
@@ -71,4 +83,3 @@ class Metrics:
     def _count_phases(self) -> None:
         for phase in ("Pending", "GeneratingData", "Training", "Evaluating", "Succeeded", "Failed", "Suspended"):
             self.runs.labels(phase).set(sum(1 for p in self.phases.values() if p == phase))
-

@@ -36,12 +36,23 @@ ATTR = {"dataGeneration": "data_generation", "training": "training", "evaluation
 # Exit codes of the stage commands that no retry can fix: 2 a config the stage refuses, 3 a checkpoint that
 # cannot be served. Any other failure (crash, OOM, lost node, preemption) is retried up to backoffLimit.
 TERMINAL_EXIT_CODES = {2: "InvalidStageConfig", 3: "CheckpointUnusable"}
-START_FAILURES = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
-                  "CreateContainerError", "CrashLoopBackOff"}
+START_FAILURES = {
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+}
 # The reasons of a pod's DisruptionTarget condition (and of a kubelet eviction), as the stage's reason.
-DISRUPTIONS = {"DeletionByPodGC": "NodeLost", "DeletionByTaintManager": "NodeLost", "Evicted": "PodEvicted",
-               "EvictionByEvictionAPI": "PodEvicted", "PreemptionByScheduler": "PodPreempted",
-               "TerminationByKubelet": "PodTerminatedByKubelet"}
+DISRUPTIONS = {
+    "DeletionByPodGC": "NodeLost",
+    "DeletionByTaintManager": "NodeLost",
+    "Evicted": "PodEvicted",
+    "EvictionByEvictionAPI": "PodEvicted",
+    "PreemptionByScheduler": "PodPreempted",
+    "TerminationByKubelet": "PodTerminatedByKubelet",
+}
 
 
 @dataclass(frozen=True)
@@ -207,8 +218,17 @@ def _advance(obs: Observed, p: Plan, stage: str, options: StageOptions, st: Stag
             reason, detail = found.reason, found.message
         code = found.pod.exit_code if found is not None and found.pod.phase == "Failed" else None
         terminal = TERMINAL_EXIT_CODES.get(code) if code is not None else None
-        _fail_attempt(obs, p, stage, options, st, terminal or reason, detail,
-                      delete=None if job.state == "Failed" else job.name, terminal=terminal is not None)
+        _fail_attempt(
+            obs,
+            p,
+            stage,
+            options,
+            st,
+            terminal or reason,
+            detail,
+            delete=None if job.state == "Failed" else job.name,
+            terminal=terminal is not None,
+        )
         return False
     _observe_active(obs, p, stage, options, st, job)
     return False
@@ -244,8 +264,14 @@ def fault(pods: tuple[PodView, ...], nodes: Mapping[str, str] | None) -> Fault |
 
 def _start_attempt(obs: Observed, p: Plan, stage: str, st: StageStatus) -> None:
     if st.attempts >= builders.MAX_ATTEMPTS:
-        _fail_stage(obs, p, stage, st, "TooManyAttempts",
-                    f"{st.attempts} attempts started, the most a stage may have (attempt numbers are part of names)")
+        _fail_stage(
+            obs,
+            p,
+            stage,
+            st,
+            "TooManyAttempts",
+            f"{st.attempts} attempts started, the most a stage may have (attempt numbers are part of names)",
+        )
         return
     st.attempts += 1
     st.state, st.reason, st.message = "Starting", "Creating", f"attempt {st.attempts}"
@@ -271,17 +297,32 @@ def _succeed(obs: Observed, p: Plan, stage: str, st: StageStatus, job: JobView) 
     p.events.append(Event("Normal", "StageSucceeded", f"{stage}: succeeded on attempt {st.attempts}", stage))
 
 
-def _fail_attempt(obs: Observed, p: Plan, stage: str, options: StageOptions, st: StageStatus, reason: str, detail: str,
-                  delete: str | None, terminal: bool = False) -> None:
+def _fail_attempt(
+    obs: Observed,
+    p: Plan,
+    stage: str,
+    options: StageOptions,
+    st: StageStatus,
+    reason: str,
+    detail: str,
+    delete: str | None,
+    terminal: bool = False,
+) -> None:
     st.failures += 1
     if delete:
         p.delete.append(("Job", delete))
     if terminal or st.failures > options.backoff_limit:
         _fail_stage(obs, p, stage, st, reason, detail)
         return
-    p.events.append(Event("Warning", "StageRetrying",
-                          f"{stage}: attempt {st.attempts} failed ({reason}: {detail}); retrying "
-                          f"({st.failures}/{options.backoff_limit} retries used)", stage))
+    p.events.append(
+        Event(
+            "Warning",
+            "StageRetrying",
+            f"{stage}: attempt {st.attempts} failed ({reason}: {detail}); retrying "
+            f"({st.failures}/{options.backoff_limit} retries used)",
+            stage,
+        )
+    )
     _start_attempt(obs, p, stage, st)
 
 
@@ -295,8 +336,9 @@ def _fail_stage(obs: Observed, p: Plan, stage: str, st: StageStatus, reason: str
     p.events.append(Event("Warning", "StageFailed", p.status.message, stage))
 
 
-def _pods_state(pods: tuple[PodView, ...], expected: int, servers: tuple[PodView, ...] = (),
-                expected_servers: int = 0) -> tuple[StageState, str, str | None]:
+def _pods_state(
+    pods: tuple[PodView, ...], expected: int, servers: tuple[PodView, ...] = (), expected_servers: int = 0
+) -> tuple[StageState, str, str | None]:
     """(state, reason, message) of an attempt whose Job is active: its ``expected`` pods and, for data
     generation, the teacher servers' pods, which must all exist and be ready."""
     blocked = [(pod, pod.reason) for pod in (*pods, *servers) if pod.reason and pod.phase in ("Pending", "Running")]
@@ -314,8 +356,7 @@ def _pods_state(pods: tuple[PodView, ...], expected: int, servers: tuple[PodView
     return "Starting", "PodsStarting", None
 
 
-def _observe_active(obs: Observed, p: Plan, stage: str, options: StageOptions, st: StageStatus,
-                    job: JobView) -> None:
+def _observe_active(obs: Observed, p: Plan, stage: str, options: StageOptions, st: StageStatus, job: JobView) -> None:
     state: StageState
     reason: str
     message: str | None
@@ -342,8 +383,9 @@ def _observe_active(obs: Observed, p: Plan, stage: str, options: StageOptions, s
             state, reason, message = "Stalled", "NoProgress", f"no progress reported for {int(quiet)} s"
     warning = reason in START_FAILURES or reason in ("Unschedulable", "NoProgress")
     if st.state != state or (st.reason != reason and warning):  # a new state, or a new trouble in it
-        p.events.append(Event("Warning" if warning else "Normal", f"Stage{state}", f"{stage}: {message or state}",
-                              stage))
+        p.events.append(
+            Event("Warning" if warning else "Normal", f"Stage{state}", f"{stage}: {message or state}", stage)
+        )
     st.state, st.reason, st.message = state, reason, message
     p.status.message = f"{stage}: {message or state.lower()}"
 
@@ -356,8 +398,9 @@ def _record_progress(p: Plan, st: StageStatus, job: JobView) -> None:
     st.progress_percent = round(100.0 * line["done"] / line["total"], 1)
     eta = line.get("eta_s")
     st.eta_seconds = None if eta is None else round(eta)
-    st.metrics = {to_camel(k): v for k, v in (line.get("metrics") or {}).items()
-                  if isinstance(v, (int, float)) or v is None}
+    st.metrics = {
+        to_camel(k): v for k, v in (line.get("metrics") or {}).items() if isinstance(v, (int, float)) or v is None
+    }
     st.last_progress_time = job.progress_time
     p.status.progress = f"{st.progress_percent:.0f}%"
     p.status.eta = None if st.eta_seconds is None else format_duration(st.eta_seconds)
@@ -428,9 +471,15 @@ def _record_results(status: LongAlignRunStatus, stage: str, summary: dict[str, A
     r = status.results
     pick = {
         "dataGeneration": {"samples_generated": "samples"},
-        "training": {"final_loss": "final_loss", "tokens_per_second": "tokens_per_s", "mfu": "mfu",
-                     "checkpoint_path": "export", "last_checkpoint_step": "steps", "zero_stage": "zero_stage",
-                     "checkpoint_keeps": "checkpoint_keeps"},
+        "training": {
+            "final_loss": "final_loss",
+            "tokens_per_second": "tokens_per_s",
+            "mfu": "mfu",
+            "checkpoint_path": "export",
+            "last_checkpoint_step": "steps",
+            "zero_stage": "zero_stage",
+            "checkpoint_keeps": "checkpoint_keeps",
+        },
         "evaluation": {"long_bench_chat_score": "longbench_chat_score", "needle_accuracy": "needle_accuracy"},
     }[stage]
     for attr, key in pick.items():
@@ -442,8 +491,14 @@ def _record_results(status: LongAlignRunStatus, stage: str, summary: dict[str, A
         status.score = f"{r.long_bench_chat_score:.2f}"
 
 
-def _set_condition(obs: Observed, status: LongAlignRunStatus, type_: str,
-                   value: bool | Literal["True", "False", "Unknown"], reason: str, message: str = "") -> None:
+def _set_condition(
+    obs: Observed,
+    status: LongAlignRunStatus,
+    type_: str,
+    value: bool | Literal["True", "False", "Unknown"],
+    reason: str,
+    message: str = "",
+) -> None:
     new: Literal["True", "False", "Unknown"] = value if isinstance(value, str) else "True" if value else "False"
     for c in status.conditions:
         if c.type == type_:
@@ -453,8 +508,16 @@ def _set_condition(obs: Observed, status: LongAlignRunStatus, type_: str,
                 c.status, c.reason, c.message = new, reason, message
             c.observed_generation = obs.generation
             return
-    status.conditions.append(Condition(type=type_, status=new, reason=reason, message=message,
-                                       last_transition_time=ts(obs.now), observed_generation=obs.generation))
+    status.conditions.append(
+        Condition(
+            type=type_,
+            status=new,
+            reason=reason,
+            message=message,
+            last_transition_time=ts(obs.now),
+            observed_generation=obs.generation,
+        )
+    )
 
 
 def _finish_conditions(obs: Observed, p: Plan) -> Plan:

@@ -14,16 +14,30 @@ from __future__ import annotations
 
 def add_arguments(parser) -> None:
     """Arguments of ``longalign operator``."""
-    parser.add_argument("--namespace", "-n", action="append", default=[],
-                        help="watch only this namespace (repeatable; globs allowed); default: all namespaces")
-    parser.add_argument("--exclude-namespaces", metavar="NS,NS", default=None,
-                        help="refuse runs in these namespaces (comma-separated globs), with a status and an Event; "
-                             "default: kube-system,kube-public,kube-node-lease; '' refuses none")
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable; globs allowed); default: all namespaces",
+    )
+    parser.add_argument(
+        "--exclude-namespaces",
+        metavar="NS,NS",
+        default=None,
+        help="refuse runs in these namespaces (comma-separated globs), with a status and an Event; "
+        "default: kube-system,kube-public,kube-node-lease; '' refuses none",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="log debug detail")
-    parser.add_argument("--metrics-port", type=int, default=None,
-                        help="serve Prometheus metrics at :PORT/metrics (default: off)")
-    parser.add_argument("--liveness", metavar="URL", default=None,
-                        help="serve a liveness endpoint here, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics at :PORT/metrics (default: off)"
+    )
+    parser.add_argument(
+        "--liveness",
+        metavar="URL",
+        default=None,
+        help="serve a liveness endpoint here, e.g. http://0.0.0.0:8080/healthz",
+    )
 
 
 def run(args) -> int:
@@ -37,6 +51,7 @@ def run(args) -> int:
     if args.exclude_namespaces is not None:
         handlers.EXCLUDED = [n.strip() for n in args.exclude_namespaces.split(",") if n.strip()]
     kopf.configure(verbose=args.verbose)
-    kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=args.namespace,
-             liveness_endpoint=args.liveness)
+    kopf.run(
+        standalone=True, clusterwide=not args.namespace, namespaces=args.namespace, liveness_endpoint=args.liveness
+    )
     return 0

@@ -10,12 +10,14 @@ Field names are camelCase on the wire (as Kubernetes users expect) and snake_cas
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Literal
 
-from longalign_trainer.contract import OPERATOR_ENV, SECRET_ENV
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
+
+from longalign_trainer.contract import OPERATOR_ENV, SECRET_ENV
 
 GROUP = "longalign.dev"
 VERSION = "v1alpha1"
@@ -30,25 +32,38 @@ MAX_TOKENS = 1_048_576
 """Longest sequence, pack or document any field may ask for (2^20 tokens): beyond the longest context any
 model trained or served on today's GPUs uses (a pack is one sequence's activations on one GPU)."""
 DAY = 86_400
-RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NNODES", "NODE_RANK", "RANK", "LOCAL_RANK",
-                  "LOCAL_WORLD_SIZE")
+RENDEZVOUS_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "NNODES",
+    "NODE_RANK",
+    "RANK",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+)
 """Set by the operator on training pods (torchrun's rendezvous); a user variable of the same name breaks it."""
 RESERVED_ENV = (*OPERATOR_ENV, *RENDEZVOUS_ENV, "POD_INDEX")
 """Every variable the operator sets on some stage pod: no stage's ``pod.env`` may name one."""
 GPU_RESOURCE = "nvidia.com/gpu"
-MOUNTS = {"models": "/models", "data": "/data", "checkpoints": "/checkpoints", "results": "/results",
-          "documents": "/documents"}
+MOUNTS = {
+    "models": "/models",
+    "data": "/data",
+    "checkpoints": "/checkpoints",
+    "results": "/results",
+    "documents": "/documents",
+}
 """Where every stage container mounts the run's volumes (``storage``); every path in the spec is below one."""
-VolumePath = Annotated[str, Field(min_length=2, max_length=4096,
-                                  pattern=r"^/(" + "|".join(MOUNTS) + r")(/.*)?$")]
+VolumePath = Annotated[str, Field(min_length=2, max_length=4096, pattern=r"^/(" + "|".join(MOUNTS) + r")(/.*)?$")]
 """A path inside a stage's pod: below one of the run's mounts (a path anywhere else does not exist there)."""
 
 
 class Model(BaseModel):
     """Base of every spec model: camelCase aliases, unknown fields rejected, documented fields."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
-                              use_attribute_docstrings=True, frozen=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_attribute_docstrings=True, frozen=True
+    )
 
 
 class SecretKeyRef(Model):
@@ -139,7 +154,8 @@ class DataGeneration(StageOptions):
     documents_path: VolumePath = "/documents"
     """Folder of long documents (.txt, .md, .jsonl, .parquet) on the documents volume."""
     task_types: list[Literal["general", "summary", "reasoning", "extraction", "comparison", "code"]] = Field(
-        default=["general", "summary", "reasoning", "extraction"], min_length=1, max_length=6)
+        default=["general", "summary", "reasoning", "extraction"], min_length=1, max_length=6
+    )
     samples_per_document: int = Field(default=1, ge=1, le=20)
     min_document_tokens: int = Field(default=8192, ge=1, le=MAX_TOKENS)
     max_document_tokens: int = Field(default=65536, ge=1, le=MAX_TOKENS)
@@ -209,9 +225,11 @@ class LongBenchChat(Model):
 
 class Needle(Model):
     context_lengths: list[Annotated[int, Field(ge=1, le=MAX_TOKENS)]] = Field(
-        default=[1000, 8000, 16000, 32000, 60000], min_length=1, max_length=64)
-    depths_percent: list[Annotated[int, Field(ge=0, le=100)]] = Field(default=[10, 30, 50, 70, 90], min_length=1,
-                                                                       max_length=101)
+        default=[1000, 8000, 16000, 32000, 60000], min_length=1, max_length=64
+    )
+    depths_percent: list[Annotated[int, Field(ge=0, le=100)]] = Field(
+        default=[10, 30, 50, 70, 90], min_length=1, max_length=101
+    )
 
 
 class Evaluation(StageOptions):
@@ -236,8 +254,13 @@ class Storage(Model):
 
     def mounts(self) -> dict[str, VolumeSource]:
         """The claim (and sub-path) behind each of the pods' mounts, defaults applied."""
-        return {"models": self.models, "data": self.data, "checkpoints": self.checkpoints,
-                "results": self.results or self.checkpoints, "documents": self.documents or self.data}
+        return {
+            "models": self.models,
+            "data": self.data,
+            "checkpoints": self.checkpoints,
+            "results": self.results or self.checkpoints,
+            "documents": self.documents or self.data,
+        }
 
 
 class LongAlignRunSpec(Model):
@@ -248,7 +271,8 @@ class LongAlignRunSpec(Model):
     image: str = Field(min_length=1)
     """The trainer image that runs every stage."""
     image_pull_secrets: list[Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]] | None = Field(
-        default=None, max_length=16)
+        default=None, max_length=16
+    )
     storage: Storage
     data_generation: DataGeneration = DataGeneration(enabled=False)
     training: Training = Training()
@@ -289,61 +313,94 @@ class Rule:
 
 
 RULES: list[Rule] = [
-    Rule("", f"{DATAGEN_ON} || {TRAINING_ON} || {EVALUATION_ON}",
-         "at least one of dataGeneration, training and evaluation must be enabled",
-         lambda s: s.data_generation.enabled or s.training.enabled or s.evaluation.enabled),
-    Rule("dataGeneration.teacher", f"!{DATAGEN_ON} || {_has('dataGeneration.teacher')}",
-         "required when dataGeneration is enabled: the model (on the models volume) that writes the data",
-         lambda s: not s.data_generation.enabled or s.data_generation.teacher is not None),
-    Rule("dataGeneration.maxDocumentTokens",
-         f"!({_has('dataGeneration.minDocumentTokens')}) || !({_has('dataGeneration.maxDocumentTokens')})"
-         " || self.dataGeneration.minDocumentTokens <= self.dataGeneration.maxDocumentTokens",
-         "must be at least minDocumentTokens",
-         lambda s: s.data_generation.min_document_tokens <= s.data_generation.max_document_tokens),
-    Rule("training.datasetPath", f"!{TRAINING_ON} || {DATAGEN_ON} || ({_has('training.datasetPath')})",
-         "required when training is enabled and dataGeneration is not: bring a LongAlign JSONL on the data "
-         "volume, or enable dataGeneration",
-         lambda s: not s.training.enabled or s.data_generation.enabled or s.training.dataset_path is not None),
-    Rule("training.datasetPath", f"!({DATAGEN_ON} && {TRAINING_ON} && {_has('training.datasetPath')})",
-         "must not be set when dataGeneration is enabled: training reads the data generation writes "
-         "(/data/<run>/data.jsonl); disable dataGeneration to train on your own file",
-         lambda s: not (s.data_generation.enabled and s.training.enabled and s.training.dataset_path is not None)),
-    Rule("training.deepspeed.offloadParams",
-         f"!({_has('training.deepspeed.offloadParams')}) || !self.training.deepspeed.offloadParams"
-         " || (has(self.training.deepspeed.zeroStage) && self.training.deepspeed.zeroStage == 3)"
-         " || !has(self.training.deepspeed.zeroStage)",
-         "needs zeroStage 3 (only ZeRO-3 partitions parameters)",
-         lambda s: not s.training.deepspeed.offload_params or s.training.deepspeed.zero_stage in (3, None)),
-    Rule("evaluation.checkpointPath",
-         f"!{EVALUATION_ON} || {TRAINING_ON} || ({_has('evaluation.checkpointPath')})",
-         "required when evaluation is enabled and training is not: the checkpoint to evaluate",
-         lambda s: not s.evaluation.enabled or s.training.enabled or s.evaluation.checkpoint_path is not None),
-    Rule("evaluation.checkpointPath",
-         f"!({TRAINING_ON} && {EVALUATION_ON} && {_has('evaluation.checkpointPath')})",
-         "must not be set when training is enabled: evaluation evaluates the model training exports "
-         "(/checkpoints/<run>/model); disable training to evaluate an existing checkpoint",
-         lambda s: not (s.training.enabled and s.evaluation.enabled and s.evaluation.checkpoint_path is not None)),
-    Rule("evaluation", f"!{EVALUATION_ON} || has(self.evaluation.longBenchChat) || has(self.evaluation.needle)",
-         "needs a benchmark when enabled: set longBenchChat and/or needle",
-         lambda s: not s.evaluation.enabled or s.evaluation.long_bench_chat is not None
-         or s.evaluation.needle is not None),
-    Rule("evaluation.longBenchChat.promptPath",
-         f"!{EVALUATION_ON} || !has(self.evaluation.longBenchChat)"
-         " || (has(self.evaluation.longBenchChat.judgePrompt) && self.evaluation.longBenchChat.judgePrompt == 'ours')"
-         " || (has(self.evaluation.longBenchChat.promptPath) && has(self.evaluation.longBenchChat.fewShotPath))",
-         "the published judge prompt needs promptPath (LongBench_Chat's prompt_fs.txt) and fewShotPath "
-         "(its few_shots.json) on the data volume; or set judgePrompt: ours",
-         lambda s: not s.evaluation.enabled or (lbc := s.evaluation.long_bench_chat) is None
-         or lbc.judge_prompt == "ours" or (lbc.prompt_path is not None and lbc.few_shot_path is not None)),
-    Rule("evaluation.judge",
-         f"!{EVALUATION_ON} || !has(self.evaluation.longBenchChat)"
-         " || (has(self.evaluation.judge) && has(self.evaluation.judge.apiKeySecretRef))",
-         "longBenchChat needs a judge with apiKeySecretRef (the judge's API key comes from a Secret)",
-         lambda s: not s.evaluation.enabled or s.evaluation.long_bench_chat is None
-         or (s.evaluation.judge is not None and s.evaluation.judge.api_key_secret_ref is not None)),
+    Rule(
+        "",
+        f"{DATAGEN_ON} || {TRAINING_ON} || {EVALUATION_ON}",
+        "at least one of dataGeneration, training and evaluation must be enabled",
+        lambda s: s.data_generation.enabled or s.training.enabled or s.evaluation.enabled,
+    ),
+    Rule(
+        "dataGeneration.teacher",
+        f"!{DATAGEN_ON} || {_has('dataGeneration.teacher')}",
+        "required when dataGeneration is enabled: the model (on the models volume) that writes the data",
+        lambda s: not s.data_generation.enabled or s.data_generation.teacher is not None,
+    ),
+    Rule(
+        "dataGeneration.maxDocumentTokens",
+        f"!({_has('dataGeneration.minDocumentTokens')}) || !({_has('dataGeneration.maxDocumentTokens')})"
+        " || self.dataGeneration.minDocumentTokens <= self.dataGeneration.maxDocumentTokens",
+        "must be at least minDocumentTokens",
+        lambda s: s.data_generation.min_document_tokens <= s.data_generation.max_document_tokens,
+    ),
+    Rule(
+        "training.datasetPath",
+        f"!{TRAINING_ON} || {DATAGEN_ON} || ({_has('training.datasetPath')})",
+        "required when training is enabled and dataGeneration is not: bring a LongAlign JSONL on the data "
+        "volume, or enable dataGeneration",
+        lambda s: not s.training.enabled or s.data_generation.enabled or s.training.dataset_path is not None,
+    ),
+    Rule(
+        "training.datasetPath",
+        f"!({DATAGEN_ON} && {TRAINING_ON} && {_has('training.datasetPath')})",
+        "must not be set when dataGeneration is enabled: training reads the data generation writes "
+        "(/data/<run>/data.jsonl); disable dataGeneration to train on your own file",
+        lambda s: not (s.data_generation.enabled and s.training.enabled and s.training.dataset_path is not None),
+    ),
+    Rule(
+        "training.deepspeed.offloadParams",
+        f"!({_has('training.deepspeed.offloadParams')}) || !self.training.deepspeed.offloadParams"
+        " || (has(self.training.deepspeed.zeroStage) && self.training.deepspeed.zeroStage == 3)"
+        " || !has(self.training.deepspeed.zeroStage)",
+        "needs zeroStage 3 (only ZeRO-3 partitions parameters)",
+        lambda s: not s.training.deepspeed.offload_params or s.training.deepspeed.zero_stage in (3, None),
+    ),
+    Rule(
+        "evaluation.checkpointPath",
+        f"!{EVALUATION_ON} || {TRAINING_ON} || ({_has('evaluation.checkpointPath')})",
+        "required when evaluation is enabled and training is not: the checkpoint to evaluate",
+        lambda s: not s.evaluation.enabled or s.training.enabled or s.evaluation.checkpoint_path is not None,
+    ),
+    Rule(
+        "evaluation.checkpointPath",
+        f"!({TRAINING_ON} && {EVALUATION_ON} && {_has('evaluation.checkpointPath')})",
+        "must not be set when training is enabled: evaluation evaluates the model training exports "
+        "(/checkpoints/<run>/model); disable training to evaluate an existing checkpoint",
+        lambda s: not (s.training.enabled and s.evaluation.enabled and s.evaluation.checkpoint_path is not None),
+    ),
+    Rule(
+        "evaluation",
+        f"!{EVALUATION_ON} || has(self.evaluation.longBenchChat) || has(self.evaluation.needle)",
+        "needs a benchmark when enabled: set longBenchChat and/or needle",
+        lambda s: (
+            not s.evaluation.enabled or s.evaluation.long_bench_chat is not None or s.evaluation.needle is not None
+        ),
+    ),
+    Rule(
+        "evaluation.longBenchChat.promptPath",
+        f"!{EVALUATION_ON} || !has(self.evaluation.longBenchChat)"
+        " || (has(self.evaluation.longBenchChat.judgePrompt) && self.evaluation.longBenchChat.judgePrompt == 'ours')"
+        " || (has(self.evaluation.longBenchChat.promptPath) && has(self.evaluation.longBenchChat.fewShotPath))",
+        "the published judge prompt needs promptPath (LongBench_Chat's prompt_fs.txt) and fewShotPath "
+        "(its few_shots.json) on the data volume; or set judgePrompt: ours",
+        lambda s: (
+            not s.evaluation.enabled
+            or (lbc := s.evaluation.long_bench_chat) is None
+            or lbc.judge_prompt == "ours"
+            or (lbc.prompt_path is not None and lbc.few_shot_path is not None)
+        ),
+    ),
+    Rule(
+        "evaluation.judge",
+        f"!{EVALUATION_ON} || !has(self.evaluation.longBenchChat)"
+        " || (has(self.evaluation.judge) && has(self.evaluation.judge.apiKeySecretRef))",
+        "longBenchChat needs a judge with apiKeySecretRef (the judge's API key comes from a Secret)",
+        lambda s: (
+            not s.evaluation.enabled
+            or s.evaluation.long_bench_chat is None
+            or (s.evaluation.judge is not None and s.evaluation.judge.api_key_secret_ref is not None)
+        ),
+    ),
 ]
-
-
 
 
 def _cel_list(names: tuple[str, ...]) -> str:
@@ -361,24 +418,39 @@ def _pod_rules(stage: str, attr: str) -> list[Rule]:
     def resources_of(s: LongAlignRunSpec) -> dict[str, dict[str, Quantity]]:
         return getattr(s, attr).pod.resources or {}
 
-    gpus = {"dataGeneration": "dataGeneration.teacher.gpusPerReplica", "training": "training.gpusPerNode",
-            "evaluation": "evaluation.gpus"}[stage]
+    gpus = {
+        "dataGeneration": "dataGeneration.teacher.gpusPerReplica",
+        "training": "training.gpusPerNode",
+        "evaluation": "evaluation.gpus",
+    }[stage]
     labels = f"{stage}.pod.labels"
     return [
-        Rule(labels, f"!({_has(labels)}) || self.{labels}.all(k, !k.startsWith('{GROUP}/'))",
-             f"must not use the prefix {GROUP}/: the operator's own labels find the stage's pods",
-             lambda s: all(not k.startswith(f"{GROUP}/") for k in getattr(s, attr).pod.labels or {})),
-        Rule(env, f"!({_has(env)}) || self.{env}.all(e, !(e.name in {_cel_list(RESERVED_ENV)}))",
-             f"must not set {', '.join(RESERVED_ENV)}: the operator sets them (the stage contract and "
-             "torchrun's rendezvous)",
-             lambda s: all(e.name not in RESERVED_ENV for e in env_of(s))),
-        Rule(env, f"!({_has(env)}) || self.{env}.all(e, !(e.name in {_cel_list(SECRET_ENV)}) || !has(e.value))",
-             f"{' and '.join(SECRET_ENV)} hold secrets: set them with valueFrom.secretKeyRef, never as value "
-             "(the spec is stored in plain text)",
-             lambda s: all(e.name not in SECRET_ENV or e.value is None for e in env_of(s))),
-        Rule(resources, f"!({_has(resources)}) || self.{resources}.all(k, !('{GPU_RESOURCE}' in "
-             f"self.{resources}[k]))", f"must not ask for {GPU_RESOURCE}: {gpus} sets the stage's GPUs",
-             lambda s: all(GPU_RESOURCE not in amounts for amounts in resources_of(s).values())),
+        Rule(
+            labels,
+            f"!({_has(labels)}) || self.{labels}.all(k, !k.startsWith('{GROUP}/'))",
+            f"must not use the prefix {GROUP}/: the operator's own labels find the stage's pods",
+            lambda s: all(not k.startswith(f"{GROUP}/") for k in getattr(s, attr).pod.labels or {}),
+        ),
+        Rule(
+            env,
+            f"!({_has(env)}) || self.{env}.all(e, !(e.name in {_cel_list(RESERVED_ENV)}))",
+            f"must not set {', '.join(RESERVED_ENV)}: the operator sets them (the stage contract and "
+            "torchrun's rendezvous)",
+            lambda s: all(e.name not in RESERVED_ENV for e in env_of(s)),
+        ),
+        Rule(
+            env,
+            f"!({_has(env)}) || self.{env}.all(e, !(e.name in {_cel_list(SECRET_ENV)}) || !has(e.value))",
+            f"{' and '.join(SECRET_ENV)} hold secrets: set them with valueFrom.secretKeyRef, never as value "
+            "(the spec is stored in plain text)",
+            lambda s: all(e.name not in SECRET_ENV or e.value is None for e in env_of(s)),
+        ),
+        Rule(
+            resources,
+            f"!({_has(resources)}) || self.{resources}.all(k, !('{GPU_RESOURCE}' in self.{resources}[k]))",
+            f"must not ask for {GPU_RESOURCE}: {gpus} sets the stage's GPUs",
+            lambda s: all(GPU_RESOURCE not in amounts for amounts in resources_of(s).values()),
+        ),
     ]
 
 

@@ -18,9 +18,11 @@ class Model(SpecModel):
 
     model_config = ConfigDict(frozen=False, validate_assignment=True)
 
+
 Phase = Literal["Pending", "GeneratingData", "Training", "Evaluating", "Succeeded", "Failed", "Suspended"]
-StageState = Literal["Pending", "Queued", "Starting", "Running", "Stalled", "Succeeded", "Failed", "Skipped",
-                     "Suspended"]
+StageState = Literal[
+    "Pending", "Queued", "Starting", "Running", "Stalled", "Succeeded", "Failed", "Skipped", "Suspended"
+]
 STAGES = ("dataGeneration", "training", "evaluation")
 
 

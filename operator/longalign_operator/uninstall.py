@@ -21,12 +21,22 @@ TIMEOUT_S = 30  # per API call
 
 def add_arguments(parser) -> None:
     """Arguments of ``longalign uninstall``."""
-    parser.add_argument("--stop-deployment", metavar="NAMESPACE/NAME", default=None,
-                        help="scale this operator Deployment to zero and wait for its pods to be gone first")
-    parser.add_argument("--namespace", "-n", action="append", default=[],
-                        help="only runs in this namespace (repeatable); default: all namespaces")
-    parser.add_argument("--timeout", type=float, default=120.0,
-                        help="seconds to wait for the operator's pods to be gone (default: 120)")
+    parser.add_argument(
+        "--stop-deployment",
+        metavar="NAMESPACE/NAME",
+        default=None,
+        help="scale this operator Deployment to zero and wait for its pods to be gone first",
+    )
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="only runs in this namespace (repeatable); default: all namespaces",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait for the operator's pods to be gone (default: 120)"
+    )
 
 
 def run(args) -> int:
@@ -69,8 +79,11 @@ def release_runs(custom, namespaces: list[str]) -> list[str]:
     runs = []
     scopes: list[str | None] = [*namespaces] or [None]  # None: every namespace
     for ns in scopes:
-        listed = (custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, _request_timeout=TIMEOUT_S) if ns
-                  else custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=TIMEOUT_S))
+        listed = (
+            custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, _request_timeout=TIMEOUT_S)
+            if ns
+            else custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=TIMEOUT_S)
+        )
         runs += listed["items"]
     released = []
     for item in runs:
@@ -78,11 +91,16 @@ def release_runs(custom, namespaces: list[str]) -> list[str]:
         if FINALIZER not in meta.get("finalizers", []):
             continue
         # The resourceVersion makes the patch conditional: a run changed since it was listed is refused (409).
-        patch = {"metadata": {"resourceVersion": meta["resourceVersion"],
-                              "finalizers": [f for f in meta["finalizers"] if f != FINALIZER]}}
+        patch = {
+            "metadata": {
+                "resourceVersion": meta["resourceVersion"],
+                "finalizers": [f for f in meta["finalizers"] if f != FINALIZER],
+            }
+        }
         try:
-            custom.patch_namespaced_custom_object(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], patch,
-                                                  _request_timeout=TIMEOUT_S)
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], patch, _request_timeout=TIMEOUT_S
+            )
         except ApiException as e:
             if e.status != 404:  # deleted meanwhile: nothing to release; a 409 fails the Job, which retries
                 raise

@@ -8,6 +8,7 @@ import re
 import socket
 
 import pytest
+
 from localcluster import LocalCluster, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -20,7 +21,9 @@ def job(name: str, *, labels=None, annotations=None, backoff_limit: int = 0, gpu
     if gpus:
         container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}
     return {
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
         "spec": {
             "backoffLimit": backoff_limit,
             "template": {
@@ -35,8 +38,12 @@ def pod(name: str, *, gpus: int = 0, labels=None) -> dict:
     container = {"name": "main", "image": "vllm/vllm-openai:v0.11.0"}
     if gpus:
         container["resources"] = {"limits": {"nvidia.com/gpu": str(gpus)}}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {}},
-            "spec": {"containers": [container]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {"containers": [container]},
+    }
 
 
 def job_condition(cluster: LocalCluster, ns: str, name: str) -> dict | None:
@@ -71,8 +78,10 @@ def test_job_succeeds_on_a_kwok_node_with_its_termination_message(cluster: Local
 
 
 def test_failing_job_is_retried_up_to_its_backoff_limit(cluster: LocalCluster, namespace: str):
-    cluster.create(namespace, job("bad", backoff_limit=1, labels={OUTCOME: "fail"},
-                                  annotations={"sim.longalign.dev/exit-code": "3"}))
+    cluster.create(
+        namespace,
+        job("bad", backoff_limit=1, labels={OUTCOME: "fail"}, annotations={"sim.longalign.dev/exit-code": "3"}),
+    )
     done = wait_for(lambda: job_condition(cluster, namespace, "bad"), 90, "job bad to finish")
     assert (done["type"], done["reason"]) == ("Failed", "BackoffLimitExceeded")
     pods = cluster.get("pods", "-n", namespace, "-l", "job-name=bad")["items"]
@@ -81,8 +90,9 @@ def test_failing_job_is_retried_up_to_its_backoff_limit(cluster: LocalCluster, n
 
 
 def test_image_pull_backoff_and_hanging_pods(cluster: LocalCluster, namespace: str):
-    cluster.create(namespace, pod("stuck", labels={OUTCOME: "image-pull-backoff"}),
-                   job("forever", labels={OUTCOME: "hang"}))
+    cluster.create(
+        namespace, pod("stuck", labels={OUTCOME: "image-pull-backoff"}), job("forever", labels={OUTCOME: "hang"})
+    )
 
     def waiting_reason():
         statuses = cluster.get("pod", "stuck", "-n", namespace)["status"].get("containerStatuses", [])
@@ -91,15 +101,22 @@ def test_image_pull_backoff_and_hanging_pods(cluster: LocalCluster, namespace: s
     assert wait_for(waiting_reason, 60, "pod stuck to report its image pull") == "ImagePullBackOff"
     assert cluster.get("pod", "stuck", "-n", namespace)["status"]["phase"] == "Pending"
     wait_for(lambda: cluster.get("pods", "-n", namespace, "-l", "job-name=forever")["items"], 30, "the hang pod")
-    wait_for(lambda: cluster.get("pods", "-n", namespace, "-l", "job-name=forever")["items"][0]["status"]
-             .get("phase") == "Running", 30, "the hang pod to run")
+    wait_for(
+        lambda: (
+            cluster.get("pods", "-n", namespace, "-l", "job-name=forever")["items"][0]["status"].get("phase")
+            == "Running"
+        ),
+        30,
+        "the hang pod to run",
+    )
     with pytest.raises(TimeoutError):
         wait_for(lambda: job_condition(cluster, namespace, "forever"), 5, "job forever to end")
 
 
 def test_gpu_pods_land_only_on_gpu_nodes_and_the_one_too_many_stays_pending(cluster: LocalCluster, namespace: str):
-    gpu_nodes = {n["metadata"]["name"] for n in cluster.get("nodes")["items"]
-                 if "nvidia.com/gpu" in n["status"]["allocatable"]}
+    gpu_nodes = {
+        n["metadata"]["name"] for n in cluster.get("nodes")["items"] if "nvidia.com/gpu" in n["status"]["allocatable"]
+    }
     names = [f"full-{i}" for i in range(len(gpu_nodes))]
     cluster.create(namespace, *(pod(n, gpus=8) for n in names))
 
@@ -113,8 +130,11 @@ def test_gpu_pods_land_only_on_gpu_nodes_and_the_one_too_many_stays_pending(clus
     cluster.create(namespace, pod("one-too-many", gpus=8))
 
     def unschedulable():
-        cond = [c for c in cluster.get("pod", "one-too-many", "-n", namespace)["status"].get("conditions", [])
-                if c["type"] == "PodScheduled"]
+        cond = [
+            c
+            for c in cluster.get("pod", "one-too-many", "-n", namespace)["status"].get("conditions", [])
+            if c["type"] == "PodScheduled"
+        ]
         return cond and cond[0]["reason"] == "Unschedulable" and cond[0]["message"]
 
     message = wait_for(unschedulable, 60, "the scheduler to refuse the ninth pod")
@@ -128,12 +148,19 @@ def test_deleting_an_owner_garbage_collects_its_children(cluster: LocalCluster, 
     ref = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]
     child = pod("child")
     child["metadata"]["ownerReferences"] = ref
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "child", "ownerReferences": ref},
-               "spec": {"clusterIP": "None", "selector": {"app": "x"}}}
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "child", "ownerReferences": ref},
+        "spec": {"clusterIP": "None", "selector": {"app": "x"}},
+    }
     cluster.create(namespace, child, service)
     cluster.kubectl("delete", "configmap", "owner", "-n", namespace)
-    wait_for(lambda: not cluster.get("pods,services", "-n", namespace)["items"], 90,
-             "the garbage collector to delete the owner's pod and service")
+    wait_for(
+        lambda: not cluster.get("pods,services", "-n", namespace)["items"],
+        90,
+        "the garbage collector to delete the owner's pod and service",
+    )
 
 
 def test_a_service_account_without_permission_is_refused(cluster: LocalCluster, namespace: str):
@@ -144,10 +171,20 @@ def test_a_service_account_without_permission_is_refused(cluster: LocalCluster, 
     assert denied.returncode != 0
     assert "Forbidden" in denied.stderr and f"system:serviceaccount:{namespace}:nobody" in denied.stderr
     # The same token works once RBAC grants the right: authentication was fine, authorization refused.
-    cluster.kubectl("create", "rolebinding", "nobody-view", "--clusterrole=view",
-                    f"--serviceaccount={namespace}:nobody", "-n", namespace)
-    wait_for(lambda: cluster.kubectl("get", "pods", *as_nobody, check=False).returncode == 0, 30,
-             "the RoleBinding to take effect")
+    cluster.kubectl(
+        "create",
+        "rolebinding",
+        "nobody-view",
+        "--clusterrole=view",
+        f"--serviceaccount={namespace}:nobody",
+        "-n",
+        namespace,
+    )
+    wait_for(
+        lambda: cluster.kubectl("get", "pods", *as_nobody, check=False).returncode == 0,
+        30,
+        "the RoleBinding to take effect",
+    )
 
 
 def test_a_cluster_stops_without_leaving_processes_or_ports(tmp_path):
@@ -166,9 +203,18 @@ def test_a_cluster_with_a_real_node_stops_without_leaving_containers_mounts_or_n
     c = LocalCluster(data_dir=tmp_path, gpu_nodes=0, cpu_nodes=0, real_nodes=1).start()
     try:
         [node] = c.real_nodes
-        c.kubectl("run", "sleeper", "--image", c.load_image("busybox"), "--image-pull-policy=Never",
-                  "--overrides", json.dumps({"spec": {"tolerations": [{"operator": "Exists"}]}}),
-                  "--", "sleep", "3617")
+        c.kubectl(
+            "run",
+            "sleeper",
+            "--image",
+            c.load_image("busybox"),
+            "--image-pull-policy=Never",
+            "--overrides",
+            json.dumps({"spec": {"tolerations": [{"operator": "Exists"}]}}),
+            "--",
+            "sleep",
+            "3617",
+        )
         wait_for(lambda: c.get("pod", "sleeper").get("status", {}).get("phase") == "Running", 60, "the pod to run")
         namespaces = [ns.path for ns in c.network.namespaces]
         pids = c.pids
@@ -177,8 +223,11 @@ def test_a_cluster_with_a_real_node_stops_without_leaving_containers_mounts_or_n
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    left = [p for p in os.listdir("/proc") if p.isdigit()
-            and (str(node.socket).encode() in _cmdline(p) or _cmdline(p) == b"sleep\x003617\x00")]
+    left = [
+        p
+        for p in os.listdir("/proc")
+        if p.isdigit() and (str(node.socket).encode() in _cmdline(p) or _cmdline(p) == b"sleep\x003617\x00")
+    ]
     assert not left, "processes of the node (its shim, the pod's container) are left"
     with open("/proc/self/mountinfo") as f:
         mounts = f.read()

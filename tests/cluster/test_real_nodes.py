@@ -6,6 +6,7 @@ import json
 import uuid
 
 import pytest
+
 from localcluster import LocalCluster, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -18,16 +19,30 @@ def real_nodes(cluster: LocalCluster) -> list[str]:
     return sorted(n["metadata"]["name"] for n in cluster.get("nodes", "-l", "type=real")["items"])
 
 
-def busybox_pod(cluster: LocalCluster, name: str, node: str, script: str, *, labels=None, restart="Never",
-                volumes=()) -> dict:
+def busybox_pod(
+    cluster: LocalCluster, name: str, node: str, script: str, *, labels=None, restart="Never", volumes=()
+) -> dict:
     """A pod of the busybox test image on real node ``node`` running ``sh -c script``."""
-    container = {"name": "main", "image": cluster.load_image("busybox"), "imagePullPolicy": "Never",
-                 "command": ["sh", "-c", script],
-                 "volumeMounts": [{"name": claim, "mountPath": f"/{claim}"} for claim in volumes]}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {}},
-            "spec": {"nodeSelector": {**REAL, "kubernetes.io/hostname": node}, "tolerations": TOLERATE_REAL,
-                     "restartPolicy": restart, "terminationGracePeriodSeconds": 1, "containers": [container],
-                     "volumes": [{"name": c, "persistentVolumeClaim": {"claimName": c}} for c in volumes]}}
+    container = {
+        "name": "main",
+        "image": cluster.load_image("busybox"),
+        "imagePullPolicy": "Never",
+        "command": ["sh", "-c", script],
+        "volumeMounts": [{"name": claim, "mountPath": f"/{claim}"} for claim in volumes],
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {
+            "nodeSelector": {**REAL, "kubernetes.io/hostname": node},
+            "tolerations": TOLERATE_REAL,
+            "restartPolicy": restart,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [container],
+            "volumes": [{"name": c, "persistentVolumeClaim": {"claimName": c}} for c in volumes],
+        },
+    }
 
 
 def phase(cluster: LocalCluster, namespace: str, name: str) -> str:
@@ -69,17 +84,33 @@ def test_a_pod_reaches_a_pod_on_the_other_node_by_service_names(cluster: LocalCl
     web = {"app": "web"}
     cluster.create(
         namespace,
-        busybox_pod(cluster, "web", server_node, f"mkdir /www && echo {token} > /www/index.html && "
-                    "exec httpd -f -p 8080 -h /www", labels=web, restart="Always"),
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-headless"},
-         "spec": {"clusterIP": "None", "selector": web, "ports": [{"port": 8080}]}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-         "spec": {"selector": web, "ports": [{"port": 80, "targetPort": 8080}]}},
+        busybox_pod(
+            cluster,
+            "web",
+            server_node,
+            f"mkdir /www && echo {token} > /www/index.html && exec httpd -f -p 8080 -h /www",
+            labels=web,
+            restart="Always",
+        ),
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web-headless"},
+            "spec": {"clusterIP": "None", "selector": web, "ports": [{"port": 8080}]},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"selector": web, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
     )
     server = wait_phase(cluster, namespace, "web", "Running")
     # The headless name resolves (CoreDNS) to the pod's own address; the ClusterIP one goes through kube-proxy.
-    script = ("set -e; nslookup web-headless; wget -qO- http://web-headless:8080/; "
-              f"wget -qO- http://web.{namespace}.svc.cluster.local/")
+    script = (
+        "set -e; nslookup web-headless; wget -qO- http://web-headless:8080/; "
+        f"wget -qO- http://web.{namespace}.svc.cluster.local/"
+    )
     cluster.create(namespace, busybox_pod(cluster, "client", client_node, f"until {script}; do sleep 1; done"))
     wait_phase(cluster, namespace, "client", "Succeeded")
     logs = cluster.kubectl("logs", "client", "-n", namespace).stdout
@@ -91,13 +122,16 @@ def test_what_a_pod_writes_to_its_claim_survives_the_pod(cluster: LocalCluster, 
     first, second = real_nodes(cluster)[:2]
     cluster.create_bound_claims(namespace, ("checkpoints",))
     token = uuid.uuid4().hex
-    cluster.create(namespace, busybox_pod(cluster, "writer", first, f"echo {token} > /checkpoints/step-1",
-                                          volumes=("checkpoints",)))
+    cluster.create(
+        namespace,
+        busybox_pod(cluster, "writer", first, f"echo {token} > /checkpoints/step-1", volumes=("checkpoints",)),
+    )
     wait_phase(cluster, namespace, "writer", "Succeeded")
     cluster.kubectl("delete", "pod", "writer", "-n", namespace)
     # A new pod, on the other node: the volume is one host folder both nodes mount (ReadWriteMany).
-    cluster.create(namespace, busybox_pod(cluster, "reader", second, "cat /checkpoints/step-1",
-                                          volumes=("checkpoints",)))
+    cluster.create(
+        namespace, busybox_pod(cluster, "reader", second, "cat /checkpoints/step-1", volumes=("checkpoints",))
+    )
     wait_phase(cluster, namespace, "reader", "Succeeded")
     assert cluster.kubectl("logs", "reader", "-n", namespace).stdout == f"{token}\n"
 

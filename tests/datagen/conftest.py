@@ -19,7 +19,7 @@ def corpus_documents(n: int, chars: int, start: int = 0) -> list[str]:
     while len(docs) < n:
         text = texts[i % len(texts)].strip()
         if len(text) > chars:  # bound each piece: a document stays under about twice ``chars``
-            text = text[:text.rfind("\n\n", 0, chars) if "\n\n" in text[:chars] else chars]
+            text = text[: text.rfind("\n\n", 0, chars) if "\n\n" in text[:chars] else chars]
         cur += text + "\n\n"
         i += 1
         if len(cur) >= chars:
@@ -32,13 +32,26 @@ def base_config(tmp_path: Path, documents_dir: Path, base_urls: list[str], tiny_
     """A datagen config for the tiny teacher: short outputs, so that tests stay fast on 2 cores."""
     cfg = {
         "documents_dir": str(documents_dir),
-        "min_tokens": 200, "max_tokens": 1500,
-        "teacher": {"base_urls": base_urls, "model": "tiny", "tokenizer": str(tiny_model_dir),
-                    "question_max_tokens": 1200, "answer_max_tokens": 48, "temperature": 1.0},
+        "min_tokens": 200,
+        "max_tokens": 1500,
+        "teacher": {
+            "base_urls": base_urls,
+            "model": "tiny",
+            "tokenizer": str(tiny_model_dir),
+            "question_max_tokens": 1200,
+            "answer_max_tokens": 48,
+            "temperature": 1.0,
+        },
         "question_max_chars": 60,
         "keep_truncated_answers": True,  # a random model rarely ends on its own
-        "engine": {"concurrency": 4, "request_timeout_s": 30, "max_retries": 3, "backoff_initial_s": 0.1,
-                   "backoff_max_s": 1.0, "max_consecutive_failures": 3},
+        "engine": {
+            "concurrency": 4,
+            "request_timeout_s": 30,
+            "max_retries": 3,
+            "backoff_initial_s": 0.1,
+            "backoff_max_s": 1.0,
+            "max_consecutive_failures": 3,
+        },
         "output_dir": str(tmp_path / "out"),
         "shard_max_samples": 2,
     }

@@ -33,7 +33,9 @@ def main() -> None:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
-            body = json.dumps({"object": "list", "data": [{"id": args.served_model_name, "max_model_len": 4096}]}).encode()
+            body = json.dumps(
+                {"object": "list", "data": [{"id": args.served_model_name, "max_model_len": 4096}]}
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

@@ -42,8 +42,14 @@ def make_documents(root: Path, n_txt: int = 3, start: int = 0) -> dict[str, tupl
 
 def run_cli(config: Path, summary: Path, **popen) -> subprocess.Popen:
     env = {**os.environ, "LONGALIGN_TERMINATION_MESSAGE_PATH": str(summary)}
-    return subprocess.Popen([sys.executable, "-m", "longalign_operator.cli", "datagen", "--config", str(config)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "longalign_operator.cli", "datagen", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -56,16 +62,32 @@ def manifest_documents(out: Path) -> Counter:
 
 
 def test_generates_longalign_samples_with_provenance_progress_summary_and_short_mix(
-        tmp_path, vllm_server, tiny_model_dir):
+    tmp_path, vllm_server, tiny_model_dir
+):
     expected = make_documents(tmp_path / "docs")
     (tmp_path / "docs" / "books" / "tiny.txt").write_text("Too short to be a long document.")
     short = tmp_path / "short.jsonl"
-    chats = [{"messages": [{"role": "user", "content": f"What is {i} + {i}?"},
-                           {"role": "assistant", "content": f"It is {2 * i}."}]} for i in range(8)]
+    chats = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} + {i}?"},
+                {"role": "assistant", "content": f"It is {2 * i}."},
+            ]
+        }
+        for i in range(8)
+    ]
     empty = {"messages": [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": ""}]}
     short.write_text("".join(json.dumps(c) + "\n" for c in [*chats, empty]) + "{not json\n")
-    cfg = base_config(tmp_path, tmp_path / "docs", [vllm_server.base_url], tiny_model_dir,
-                      questions_kept=2, short_data_path=str(short), short_ratio=0.5, comparison_ratio=0.17)  # 1 pair
+    cfg = base_config(
+        tmp_path,
+        tmp_path / "docs",
+        [vllm_server.base_url],
+        tiny_model_dir,
+        questions_kept=2,
+        short_data_path=str(short),
+        short_ratio=0.5,
+        comparison_ratio=0.17,
+    )  # 1 pair
     summary_path = tmp_path / "termination-log"
     proc = run_cli(write_config(tmp_path / "datagen.json", cfg), summary_path)
     stdout, stderr = proc.communicate(timeout=240)
@@ -103,8 +125,11 @@ def test_generates_longalign_samples_with_provenance_progress_summary_and_short_
         assert user == {"role": "user", "content": text + "\n\n" + meta["task"]}
         assert assistant["role"] == "assistant" and len(assistant["content"]) >= 20
         assert (meta["source"], meta["teacher_model"]) == (source, "tiny")
-        assert meta["task_type"] == "comparison" if meta["doc_id"] in pair else meta["task_type"] in (
-            "general", "summary", "reasoning", "extraction")
+        assert (
+            meta["task_type"] == "comparison"
+            if meta["doc_id"] in pair
+            else meta["task_type"] in ("general", "summary", "reasoning", "extraction")
+        )
         assert r["length"] > meta["doc_tokens"]
     tasks_of = {}
     for r in generated:
@@ -137,8 +162,15 @@ def per_doc_count(records: list[dict], doc_id: str) -> int:
 
 def test_killed_at_any_moment_and_restarted_it_loses_and_duplicates_nothing(tmp_path, vllm_server, tiny_model_dir):
     expected = make_documents(tmp_path / "docs", n_txt=6, start=40)  # 9 documents
-    cfg = base_config(tmp_path, tmp_path / "docs", [vllm_server.base_url], tiny_model_dir,
-                      shard_max_samples=1, flush_interval_s=0.001, engine={"concurrency": 2})
+    cfg = base_config(
+        tmp_path,
+        tmp_path / "docs",
+        [vllm_server.base_url],
+        tiny_model_dir,
+        shard_max_samples=1,
+        flush_interval_s=0.001,
+        engine={"concurrency": 2},
+    )
     config = write_config(tmp_path / "datagen.json", cfg)
     out = tmp_path / "out"
     proc = run_cli(config, tmp_path / "summary-1")
@@ -157,8 +189,11 @@ def test_killed_at_any_moment_and_restarted_it_loses_and_duplicates_nothing(tmp_
 
     done_at_kill = manifest_documents(out)
     assert 3 <= len(done_at_kill) < len(expected)
-    shards_at_kill = {p.name: p.read_bytes() for p in (out / "shards").glob("shard-*.jsonl")
-                      if p.name in {s["file"] for s in json.loads((out / "manifest.json").read_text())["shards"]}}
+    shards_at_kill = {
+        p.name: p.read_bytes()
+        for p in (out / "shards").glob("shard-*.jsonl")
+        if p.name in {s["file"] for s in json.loads((out / "manifest.json").read_text())["shards"]}
+    }
 
     proc = run_cli(config, tmp_path / "summary-2")
     _, stderr = proc.communicate(timeout=240)
@@ -173,21 +208,34 @@ def test_killed_at_any_moment_and_restarted_it_loses_and_duplicates_nothing(tmp_
     final = manifest_documents(out)
     assert set(final) == set(expected) and set(final.values()) == {1}  # each document committed exactly once
     records = read_jsonl(out / "data.jsonl")
-    shard_lines = sum(len(read_jsonl(out / "shards" / s["file"]))
-                      for s in json.loads((out / "manifest.json").read_text())["shards"])
+    shard_lines = sum(
+        len(read_jsonl(out / "shards" / s["file"])) for s in json.loads((out / "manifest.json").read_text())["shards"]
+    )
     assert len(records) == shard_lines == summary["samples"]
     keys = Counter((r["meta"]["doc_id"], r["meta"]["task"]) for r in records)
     assert max(keys.values()) == 1
     assert Counter(r["meta"]["doc_id"] for r in records) == Counter(
-        {d: n for s in json.loads((out / "manifest.json").read_text())["shards"]
-         for d, n in s["documents"].items() if n})
+        {
+            d: n
+            for s in json.loads((out / "manifest.json").read_text())["shards"]
+            for d, n in s["documents"].items()
+            if n
+        }
+    )
 
 
 def test_sigterm_commits_finished_documents_at_once_and_the_rerun_completes(tmp_path, vllm_server, tiny_model_dir):
     expected = make_documents(tmp_path / "docs", n_txt=6, start=20)
     # nothing would be committed before the end without the SIGTERM handler: no size or time trigger
-    cfg = base_config(tmp_path, tmp_path / "docs", [vllm_server.base_url], tiny_model_dir,
-                      shard_max_samples=1000, flush_interval_s=3600, engine={"concurrency": 1})
+    cfg = base_config(
+        tmp_path,
+        tmp_path / "docs",
+        [vllm_server.base_url],
+        tiny_model_dir,
+        shard_max_samples=1000,
+        flush_interval_s=3600,
+        engine={"concurrency": 1},
+    )
     config = write_config(tmp_path / "datagen.json", cfg)
     proc = run_cli(config, tmp_path / "summary-1")
     done = 0
@@ -218,8 +266,15 @@ def test_retries_rate_limits_server_errors_and_timeouts(tmp_path, vllm_server, t
     faults = {0: 429, 1: 503, 2: 500, 3: ("delay", 20.0)}
     proxy = fault_proxy(lambda n: faults.get(n))
     expected = make_documents(tmp_path / "docs", n_txt=1)
-    cfg = parse_config(base_config(tmp_path, tmp_path / "docs", [proxy.base_url], tiny_model_dir,
-                                   engine={"concurrency": 1, "request_timeout_s": 15.0, "max_retries": 5}))
+    cfg = parse_config(
+        base_config(
+            tmp_path,
+            tmp_path / "docs",
+            [proxy.base_url],
+            tiny_model_dir,
+            engine={"concurrency": 1, "request_timeout_s": 15.0, "max_retries": 5},
+        )
+    )
     summary = asyncio.run(run_async(cfg, summary_path=tmp_path / "summary"))
     assert summary["status"] == "complete", summary
     assert summary["documents_done"] == len(expected) and summary["samples"] >= 1
@@ -229,7 +284,8 @@ def test_retries_rate_limits_server_errors_and_timeouts(tmp_path, vllm_server, t
 
 
 def test_server_dying_mid_run_stops_resumably_and_a_second_endpoint_takes_over(
-        tmp_path, vllm_server, tiny_model_dir, fault_proxy):
+    tmp_path, vllm_server, tiny_model_dir, fault_proxy
+):
     def fault(n):
         if n >= 5:  # from the sixth request on, the server is gone
             threading.Thread(target=proxy.stop, daemon=True).start()
@@ -238,8 +294,13 @@ def test_server_dying_mid_run_stops_resumably_and_a_second_endpoint_takes_over(
 
     proxy = fault_proxy(fault)
     expected = make_documents(tmp_path / "docs", n_txt=4, start=80)  # 7 documents
-    raw = base_config(tmp_path, tmp_path / "docs", [proxy.base_url], tiny_model_dir,
-                      engine={"concurrency": 1, "max_retries": 1, "max_consecutive_failures": 2})
+    raw = base_config(
+        tmp_path,
+        tmp_path / "docs",
+        [proxy.base_url],
+        tiny_model_dir,
+        engine={"concurrency": 1, "max_retries": 1, "max_consecutive_failures": 2},
+    )
     first = asyncio.run(run_async(parse_config(raw), summary_path=tmp_path / "summary-1"))
     assert first["status"] == "incomplete"
     assert first["documents_failed"] == 2 and "in a row failed" in first["error"]
@@ -257,8 +318,7 @@ def test_server_dying_mid_run_stops_resumably_and_a_second_endpoint_takes_over(
     assert set(final) == set(expected) and set(final.values()) == {1}
 
 
-def test_documents_too_long_for_the_server_are_skipped_and_counted_not_retried(
-        tmp_path, vllm_server, tiny_model_dir):
+def test_documents_too_long_for_the_server_are_skipped_and_counted_not_retried(tmp_path, vllm_server, tiny_model_dir):
     make_documents(tmp_path / "docs", n_txt=1)
     (tmp_path / "docs" / "books" / "huge.txt").write_text(corpus_documents(1, 20000, start=120)[0])  # > 4096 tokens
     raw = base_config(tmp_path, tmp_path / "docs", [vllm_server.base_url], tiny_model_dir, max_tokens=20000)
@@ -291,8 +351,9 @@ def test_openai_response_format_constrains_proposals_as_well(tmp_path, vllm_serv
     # the OpenAI API's json_schema response_format, for teachers that are not vLLM; a random model
     # writes parseable tasks only when the server enforces the schema
     expected = make_documents(tmp_path / "docs", n_txt=1, start=100)
-    raw = base_config(tmp_path, tmp_path / "docs", [vllm_server.base_url], tiny_model_dir,
-                      teacher={"json_output": "response_format"})
+    raw = base_config(
+        tmp_path, tmp_path / "docs", [vllm_server.base_url], tiny_model_dir, teacher={"json_output": "response_format"}
+    )
     summary = asyncio.run(run_async(parse_config(raw), summary_path=tmp_path / "s"))
     assert summary["status"] == "complete" and summary["documents_done"] == len(expected)
     assert summary["samples"] >= len(expected) - 1

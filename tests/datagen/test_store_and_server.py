@@ -18,8 +18,10 @@ from longalign_trainer.vllm_server import VLLMServer, VLLMServerError
 
 
 def sample(doc: str, k: int) -> dict:
-    return {"messages": [{"role": "user", "content": doc}, {"role": "assistant", "content": f"a{k}"}],
-            "meta": {"doc_id": doc}}
+    return {
+        "messages": [{"role": "user", "content": doc}, {"role": "assistant", "content": f"a{k}"}],
+        "meta": {"doc_id": doc},
+    }
 
 
 def test_a_shard_written_but_not_yet_in_the_manifest_is_dropped_and_its_documents_redone(tmp_path):
@@ -69,7 +71,7 @@ FAKE = Path(__file__).with_name("fake_vllm.py")
 def fake_python(tmp_path: Path) -> str:
     """An interpreter path that runs the fake server with whatever arguments VLLMServer passes."""
     script = tmp_path / "python"
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} \"$@\"\n")
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} "$@"\n')
     script.chmod(0o755)
     return str(script)
 
@@ -97,14 +99,22 @@ def test_stop_ends_the_server_and_its_children(tmp_path):
 
 
 def test_a_killed_parent_takes_its_server_along(tmp_path):
-    parent = subprocess.Popen([sys.executable, "-c", f"""
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import sys, time
 from longalign_trainer.vllm_server import VLLMServer
 s = VLLMServer({str(tmp_path)!r}, served_name="m", log_path={str(tmp_path / "log")!r}, python={fake_python(tmp_path)!r})
 s.start()
 print(s.process.pid, flush=True)
 time.sleep(3600)
-"""], stdout=subprocess.PIPE, text=True)
+""",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     server_pid = int(parent.stdout.readline())
     engine = engine_pid(tmp_path / "log")
     assert alive(server_pid) and alive(engine)

@@ -15,8 +15,13 @@ def teacher_server(*args: str, pod_index: str | None) -> subprocess.CompletedPro
     env = {k: v for k, v in os.environ.items() if k != "POD_INDEX"}
     if pod_index is not None:
         env["POD_INDEX"] = pod_index
-    return subprocess.run([sys.executable, "-m", "longalign_operator.cli", "teacher-server", *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "longalign_operator.cli", "teacher-server", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_it_refuses_to_start_without_its_ordinal_or_the_server_command():
@@ -28,8 +33,7 @@ def test_it_refuses_to_start_without_its_ordinal_or_the_server_command():
 
 def test_the_leaders_readiness_is_its_vllm_servers_health(vllm_server):
     port = str(urlparse(vllm_server.base_url).port)
-    assert teacher_server("--nodes", "2", "--leader", LEADER, "--port", port, "--probe",
-                          pod_index="2").returncode == 0
+    assert teacher_server("--nodes", "2", "--leader", LEADER, "--port", port, "--probe", pod_index="2").returncode == 0
     # Nothing listens on this port: not ready.
     closed = teacher_server("--nodes", "2", "--leader", LEADER, "--port", "1", "--probe", pod_index="2")
     assert closed.returncode == 1

@@ -28,12 +28,21 @@ def eval_config(tmp_path: Path, model_dir: Path, model_url: str | None, judge_ur
 
     The judge prompt is ours unless a test asks for the published one (``published_judge``)."""
     cfg = {
-        "model": {"path": str(model_dir), "served_name": "tiny", "max_tokens": 24,
-                  **({"base_url": model_url} if model_url else {})},
+        "model": {
+            "path": str(model_dir),
+            "served_name": "tiny",
+            "max_tokens": 24,
+            **({"base_url": model_url} if model_url else {}),
+        },
         "judge": {"base_url": judge_url, "model": "tiny", "constrain": "regex", "max_tokens": 8, "attempts": 3},
         "longbench_chat": {"path": str(SAMPLE), "few_shot_path": str(SAMPLE_SHOTS), "judge_prompt": "ours"},
-        "engine": {"concurrency": 4, "request_timeout_s": 60, "max_retries": 2, "backoff_initial_s": 0.05,
-                   "backoff_max_s": 0.2},
+        "engine": {
+            "concurrency": 4,
+            "request_timeout_s": 60,
+            "max_retries": 2,
+            "backoff_initial_s": 0.05,
+            "backoff_max_s": 0.2,
+        },
         "output_dir": str(tmp_path / "out"),
         "termination_message_path": str(tmp_path / "termination-log"),
     }
@@ -56,9 +65,17 @@ def benchmark_with_long_case(tmp_path: Path, words: int = 6000) -> tuple[Path, P
     shots = json.loads(SAMPLE_SHOTS.read_text())
     text = " ".join(" ".join(local_corpus()).split()[:words])
     question = "Which module is described last in this document?"
-    cases.append({"idx": 4, "prompt": "DOCUMENT START. " + text + "\n\nQUESTION END: " + question,
-                  "query": question, "answer": "The zipfile module."})
-    shots.append([{"answer": "zipfile", "score": 9}, {"answer": "json", "score": 1}, {"answer": "I don't know", "score": 2}])
+    cases.append(
+        {
+            "idx": 4,
+            "prompt": "DOCUMENT START. " + text + "\n\nQUESTION END: " + question,
+            "query": question,
+            "answer": "The zipfile module.",
+        }
+    )
+    shots.append(
+        [{"answer": "zipfile", "score": 9}, {"answer": "json", "score": 1}, {"answer": "I don't know", "score": 2}]
+    )
     bench = tmp_path / "bench.jsonl"
     bench.write_text("".join(json.dumps(c) + "\n" for c in cases))
     return bench, write(tmp_path / "shots.json", shots)

@@ -28,14 +28,30 @@ def tokenizer(tiny_model_dir):
 
 def test_operator_envelope_becomes_an_eval_config(tmp_path):
     """The file the operator renders for the eval pod loads as is; the judge key is only named, never carried."""
-    envelope = {"stage": "evaluation", "run": "r1", "attempt": 0, "baseModelPath": "/models/base",
-                "outputDir": "/checkpoints/r1", "resultsDir": "/results/r1", "dataDir": "/data/r1",
-                "terminationMessagePath": "/dev/termination-log",
-                "evaluation": {"gpus": 4, "longBenchChat": {"path": "lbc/test.jsonl", "fewShotPath": "/abs/shots.json",
-                                                 "promptPath": "lbc/prompt_fs.txt"},
-                               "needle": {"contextLengths": [1000, 8000], "depthsPercent": [10, 90]},
-                               "judge": {"endpoint": "https://judge.example/v1", "model": "gpt-4",
-                                         "apiKeySecretRef": {"name": "judge", "key": "api-key"}}}}
+    envelope = {
+        "stage": "evaluation",
+        "run": "r1",
+        "attempt": 0,
+        "baseModelPath": "/models/base",
+        "outputDir": "/checkpoints/r1",
+        "resultsDir": "/results/r1",
+        "dataDir": "/data/r1",
+        "terminationMessagePath": "/dev/termination-log",
+        "evaluation": {
+            "gpus": 4,
+            "longBenchChat": {
+                "path": "lbc/test.jsonl",
+                "fewShotPath": "/abs/shots.json",
+                "promptPath": "lbc/prompt_fs.txt",
+            },
+            "needle": {"contextLengths": [1000, 8000], "depthsPercent": [10, 90]},
+            "judge": {
+                "endpoint": "https://judge.example/v1",
+                "model": "gpt-4",
+                "apiKeySecretRef": {"name": "judge", "key": "api-key"},
+            },
+        },
+    }
     cfg = load_config(write(tmp_path / "config.json", envelope))
     assert str(cfg.model.path) == "/checkpoints/r1/model"  # the training stage's export
     assert cfg.model.tensor_parallel_size == 4 and cfg.model.base_url is None
@@ -44,8 +60,11 @@ def test_operator_envelope_becomes_an_eval_config(tmp_path):
     assert str(cfg.longbench_chat.judge_prompt_path) == "/data/r1/lbc/prompt_fs.txt"
     assert cfg.longbench_chat.judge_prompt == "published"
     assert cfg.needle.context_lengths == [1000, 8000] and cfg.needle.depths_percent == [10, 90]
-    assert (cfg.judge.base_url, cfg.judge.model, cfg.judge.api_key_env) == ("https://judge.example/v1", "gpt-4",
-                                                                            "LONGALIGN_JUDGE_API_KEY")
+    assert (cfg.judge.base_url, cfg.judge.model, cfg.judge.api_key_env) == (
+        "https://judge.example/v1",
+        "gpt-4",
+        "LONGALIGN_JUDGE_API_KEY",
+    )
     assert (cfg.judge.temperature, cfg.judge.attempts) == (0.0, 5)  # the paper's judge setup
     assert str(cfg.output_dir) == "/results/r1" and str(cfg.termination_message_path) == "/dev/termination-log"
     envelope["evaluation"]["checkpointPath"] = "other-run/model"
@@ -53,19 +72,30 @@ def test_operator_envelope_becomes_an_eval_config(tmp_path):
 
 
 def test_config_errors_name_the_field(tmp_path):
-    bad = {"model": {"path": "m", "temperature": -1}, "output_dir": "o",
-           "judge": {"base_url": "http://j/v1", "model": "j", "repeats": 0},
-           "needle": {"context_lengths": [1000], "key_fact": "absent words"}}
+    bad = {
+        "model": {"path": "m", "temperature": -1},
+        "output_dir": "o",
+        "judge": {"base_url": "http://j/v1", "model": "j", "repeats": 0},
+        "needle": {"context_lengths": [1000], "key_fact": "absent words"},
+    }
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path / "bad.json", bad))
     text = str(e.value)
     assert "model.temperature" in text and "judge.repeats" in text and "needle: key_fact must occur in needle" in text
     with pytest.raises(ConfigError, match="longbench_chat needs a judge"):
-        load_config(write(tmp_path / "nojudge.json", {"model": {"path": "m"}, "output_dir": "o",
-                                                      "longbench_chat": {"path": "b", "judge_prompt": "ours"}}))
+        load_config(
+            write(
+                tmp_path / "nojudge.json",
+                {"model": {"path": "m"}, "output_dir": "o", "longbench_chat": {"path": "b", "judge_prompt": "ours"}},
+            )
+        )
     with pytest.raises(ConfigError, match="needle.grade_with_judge needs a judge"):
-        load_config(write(tmp_path / "nojudge2.json", {"model": {"path": "m"}, "output_dir": "o",
-                                                       "needle": {"grade_with_judge": True}}))
+        load_config(
+            write(
+                tmp_path / "nojudge2.json",
+                {"model": {"path": "m"}, "output_dir": "o", "needle": {"grade_with_judge": True}},
+            )
+        )
 
 
 def test_judge_prompt_holds_question_reference_and_examples_never_the_document():
@@ -89,15 +119,23 @@ def test_the_published_judge_prompt_is_the_template_filled_as_eval_py_fills_it()
     grader = judge.Judge(JudgeConfig(base_url="http://j/v1", model="j"), FakeClient(), seed=0, template=template)
     prediction = "  The line opened in 1874.\nThen it closed.\n"
     a, b, c = case.examples
-    by_hand = (STAND_IN_TEMPLATE.read_text().replace("{}", case.query, 1).replace("{}", case.answer, 1)
-               .replace("{}", a["answer"], 1).replace("{}", str(a["score"]), 1)
-               .replace("{}", b["answer"], 1).replace("{}", str(b["score"]), 1)
-               .replace("{}", c["answer"], 1).replace("{}", str(c["score"]), 1)
-               .replace("{}", "The line opened in 1874. Then it closed.", 1))
+    by_hand = (
+        STAND_IN_TEMPLATE.read_text()
+        .replace("{}", case.query, 1)
+        .replace("{}", case.answer, 1)
+        .replace("{}", a["answer"], 1)
+        .replace("{}", str(a["score"]), 1)
+        .replace("{}", b["answer"], 1)
+        .replace("{}", str(b["score"]), 1)
+        .replace("{}", c["answer"], 1)
+        .replace("{}", str(c["score"]), 1)
+        .replace("{}", "The line opened in 1874. Then it closed.", 1)
+    )
     for repeat in (0, 1):  # the published order, every time
         assert grader.messages(case.idx, case.query, case.answer, case.examples, prediction, repeat) == [
             {"role": "system", "content": "You're a good assistant at evaluating the quality of texts."},
-            {"role": "user", "content": by_hand}]
+            {"role": "user", "content": by_hand},
+        ]
     assert by_hand.endswith("Rating: ")  # nothing stripped
 
 
@@ -133,25 +171,35 @@ def test_published_score_is_the_first_number_in_the_last_brackets():
 
 def test_examples_are_shuffled_per_run_and_per_repeat():
     examples = [{"answer": f"a{i}", "score": i} for i in range(1, 4)]
-    orders = {tuple(e["score"] for e in judge.shuffled(examples, seed, 1, repeat))
-              for seed in range(6) for repeat in range(2)}
+    orders = {
+        tuple(e["score"] for e in judge.shuffled(examples, seed, 1, repeat)) for seed in range(6) for repeat in range(2)
+    }
     assert len(orders) >= 3  # not the reference code's fixed order
     assert judge.shuffled(examples, 5, 1, 0) == judge.shuffled(examples, 5, 1, 0)  # reproducible within a run
 
 
-@pytest.mark.parametrize("reply,score", [
-    ("The answer gets the year wrong but the place right. Rating: [[4]]", 4.0),
-    ("Compared with examples rated [[10]] and [[1]], this deserves [[7]].", 7.0),
-    ("[[ 9 ]]", 9.0), ("Rating: 8/10", 8.0), ("[[12]]", None), ("[[0]]", None), ("[[good]]", None),
-    ("I would rate it highly.", None), ("", None), ("[[3]] and then [[4 or 5]]", None),
-])
+@pytest.mark.parametrize(
+    "reply,score",
+    [
+        ("The answer gets the year wrong but the place right. Rating: [[4]]", 4.0),
+        ("Compared with examples rated [[10]] and [[1]], this deserves [[7]].", 7.0),
+        ("[[ 9 ]]", 9.0),
+        ("Rating: 8/10", 8.0),
+        ("[[12]]", None),
+        ("[[0]]", None),
+        ("[[good]]", None),
+        ("I would rate it highly.", None),
+        ("", None),
+        ("[[3]] and then [[4 or 5]]", None),
+    ],
+)
 def test_score_parsing(reply, score):
     assert judge.parse_score(reply) == score
 
 
 def test_benchmark_file_errors_name_the_line(tmp_path):
     bad = tmp_path / "b.jsonl"
-    bad.write_text(json.dumps({"idx": 1, "prompt": "p", "query": "q", "answer": "a"}) + "\n{\"idx\": 2}\n")
+    bad.write_text(json.dumps({"idx": 1, "prompt": "p", "query": "q", "answer": "a"}) + '\n{"idx": 2}\n')
     with pytest.raises(ConfigError, match="line 2"):
         longbench.load_benchmark(bad, None)
     good = tmp_path / "g.jsonl"
@@ -192,7 +240,7 @@ def test_needle_lands_at_the_requested_depth_on_a_sentence_boundary(any_tokenize
     for depth in (0, 10, 25, 50, 75, 90, 100):
         text, actual = needle.insert_needle(hay, cfg.needle, depth)
         assert abs(actual - depth) <= tolerance, (depth, actual)
-        before = text[:text.index(cfg.needle)].rstrip()
+        before = text[: text.index(cfg.needle)].rstrip()
         assert before == "" or before[-1] in ".!?\"')", before[-40:]  # after a whole sentence
         tokens_before = len(any_tokenizer(before, add_special_tokens=False)["input_ids"])
         assert abs(100 * tokens_before / length - depth) <= tolerance + 1
@@ -206,15 +254,17 @@ def test_needle_prompt_has_the_requested_length_and_one_needle(tokenizer):
     assert 40 <= facts["actual_depth_percent"] <= 60
 
 
-ABBREVIATED = ('Mr. Smith met John D. Rockefeller in 1901. "We shall build," he said. "Where?" asked the clerk. '
-               'The minutes are on p. 166 of vol. 2, e.g. in the appendix. The U.S. delegation (led by Dr. Hale) '
-               "left at noon! Was it late? It was. ")
+ABBREVIATED = (
+    'Mr. Smith met John D. Rockefeller in 1901. "We shall build," he said. "Where?" asked the clerk. '
+    "The minutes are on p. 166 of vol. 2, e.g. in the appendix. The U.S. delegation (led by Dr. Hale) "
+    "left at noon! Was it late? It was. "
+)
 
 
 def test_needle_gaps_respect_closing_quotes_and_abbreviations(any_tokenizer):
     """Every place a needle can go is after a whole sentence: not inside "...," he said, not after an initial
     or an abbreviation, and at every real sentence end."""
-    starts = [ABBREVIATED[e:e + 12] for _, e in needle.sentence_gaps(ABBREVIATED)]
+    starts = [ABBREVIATED[e : e + 12] for _, e in needle.sentence_gaps(ABBREVIATED)]
     assert starts == ['"We shall bu', '"Where?" ask', "The minutes ", "The U.S. del", "Was it late?", "It was. "]
     assert len(needle.sentence_gaps(ABBREVIATED * 3)) == 3 * 6 + 2  # and the two joins between copies
     hay = needle.make_haystack(any_tokenizer, ABBREVIATED, 600)
@@ -222,8 +272,10 @@ def test_needle_gaps_respect_closing_quotes_and_abbreviations(any_tokenizer):
     for k in hay.boundaries:
         cut = hay.offsets[k - 1][1]
         before = hay.text[:cut].rstrip()
-        assert before[-1] in '.!?"' and not before.endswith(("D.", "p.", "Mr.", "Dr.", "e.g.", "vol.", "U.S.")), before[-30:]
-        assert not (hay.text[:cut].endswith((".", "?")) and hay.text[cut:cut + 1] == '"'), before[-30:]  # not before
+        assert before[-1] in '.!?"' and not before.endswith(("D.", "p.", "Mr.", "Dr.", "e.g.", "vol.", "U.S.")), before[
+            -30:
+        ]
+        assert not (hay.text[:cut].endswith((".", "?")) and hay.text[cut : cut + 1] == '"'), before[-30:]  # not before
         #                                                                             the sentence's closing quote
 
 

@@ -17,8 +17,16 @@ import time
 from pathlib import Path
 
 import pytest
-from evalkit import (SAMPLE, SAMPLE_SHOTS, SECRET, STAND_IN_TEMPLATE, benchmark_with_long_case, eval_config,
-                     published_judge, write)
+from evalkit import (
+    SAMPLE,
+    SAMPLE_SHOTS,
+    SECRET,
+    STAND_IN_TEMPLATE,
+    benchmark_with_long_case,
+    eval_config,
+    published_judge,
+    write,
+)
 
 from longalign_trainer.contract import parse_progress
 from longalign_trainer.evaluate.config import parse_config
@@ -28,8 +36,13 @@ CLI = [sys.executable, "-m", "longalign_operator.cli", "eval", "--config"]
 
 
 def run_cli(config: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, str(config)], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "LONGALIGN_JUDGE_API_KEY": SECRET})
+    return subprocess.run(
+        [*CLI, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "LONGALIGN_JUDGE_API_KEY": SECRET},
+    )
 
 
 def test_longbench_chat_and_needle_end_to_end(tmp_path, vllm_server, tiny_model_dir, fault_proxy):
@@ -37,10 +50,20 @@ def test_longbench_chat_and_needle_end_to_end(tmp_path, vllm_server, tiny_model_
     middle-truncated, the judge given the short question (never the document), the key only in its header."""
     judge_proxy = fault_proxy()
     bench, shots = benchmark_with_long_case(tmp_path)
-    cfg = eval_config(tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url,
-                      judge={"repeats": 2}, longbench_chat={"path": str(bench), "few_shot_path": str(shots)},
-                      needle={"context_lengths": [500, 2000], "depths_percent": [10, 50, 90], "max_tokens": 12,
-                              "grade_with_judge": True})
+    cfg = eval_config(
+        tmp_path,
+        tiny_model_dir,
+        vllm_server.base_url,
+        judge_proxy.base_url,
+        judge={"repeats": 2},
+        longbench_chat={"path": str(bench), "few_shot_path": str(shots)},
+        needle={
+            "context_lengths": [500, 2000],
+            "depths_percent": [10, 50, 90],
+            "max_tokens": 12,
+            "grade_with_judge": True,
+        },
+    )
     done = run_cli(write(tmp_path / "eval.json", cfg))
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -89,8 +112,9 @@ def test_longbench_chat_and_needle_end_to_end(tmp_path, vllm_server, tiny_model_
     assert (nd["cells"], nd["graded"], nd["skipped"], nd["errors"]) == (6, 6, 0, 0)
     assert summary["needle_accuracy"] == 0.0
     assert nd["judge_unscored"] == 0 and all(1 <= c["judge_score"] <= 10 for c in nd["grid"])
-    assert summary["needle"]["judge_mean_score"] == pytest.approx(sum(c["judge_score"] for c in nd["grid"]) / 6,
-                                                                  abs=1e-3)
+    assert summary["needle"]["judge_mean_score"] == pytest.approx(
+        sum(c["judge_score"] for c in nd["grid"]) / 6, abs=1e-3
+    )
     for c in nd["grid"]:
         assert abs(c["actual_depth_percent"] - c["depth_percent"]) <= 15
         assert c["prompt_tokens"] == c["context_length"]
@@ -99,8 +123,12 @@ def test_longbench_chat_and_needle_end_to_end(tmp_path, vllm_server, tiny_model_
 
     progress = [p for p in map(parse_progress, done.stdout.splitlines()) if p]
     assert progress and progress[-1]["done"] == progress[-1]["total"] == 10 and progress[-1]["stage"] == "eval"
-    for text in (done.stdout, done.stderr, (tmp_path / "out" / "results.json").read_text(),
-                 (tmp_path / "termination-log").read_text()):
+    for text in (
+        done.stdout,
+        done.stderr,
+        (tmp_path / "out" / "results.json").read_text(),
+        (tmp_path / "termination-log").read_text(),
+    ):
         assert SECRET not in text
     assert len((tmp_path / "termination-log").read_bytes()) <= 4096
 
@@ -109,12 +137,17 @@ def test_the_published_judge_procedure_is_followed_to_the_letter(tmp_path, vllm_
     """With the published procedure (a stand-in prompt_fs.txt), the judge receives exactly eval.py's request:
     its system prompt, the template filled by hand here, temperature 0; the score is the last [[...]]."""
     judge_proxy = fault_proxy()
-    cfg = parse_config(eval_config(tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url,
-                                   longbench_chat=published_judge()))
+    cfg = parse_config(
+        eval_config(
+            tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url, longbench_chat=published_judge()
+        )
+    )
     summary = run(cfg)
     assert summary["status"] == "complete" and summary["longbench_chat"]["scored"] == 3
-    rows = {r["idx"]: r for r in json.loads((tmp_path / "out" / "results.json").read_text())["longbench_chat"]
-            ["per_question"]}
+    rows = {
+        r["idx"]: r
+        for r in json.loads((tmp_path / "out" / "results.json").read_text())["longbench_chat"]["per_question"]
+    }
     cases = {c["idx"]: c for c in map(json.loads, SAMPLE.read_text().splitlines())}
     shots = json.loads(SAMPLE_SHOTS.read_text())
     template = STAND_IN_TEMPLATE.read_text()
@@ -126,15 +159,18 @@ def test_the_published_judge_procedure_is_followed_to_the_letter(tmp_path, vllm_
         idx = next(i for i, c in cases.items() if f"[Question]\n{c['query']}\n" in user["content"])
         pairs = [v for e in shots[idx - 1] for v in (e["answer"], e["score"])]
         prediction = rows[idx]["prediction"].strip().replace("\n", " ").strip()
-        assert user == {"role": "user", "content": template.format(cases[idx]["query"], cases[idx]["answer"],
-                                                                   *pairs, prediction)}
+        assert user == {
+            "role": "user",
+            "content": template.format(cases[idx]["query"], cases[idx]["answer"], *pairs, prediction),
+        }
         assert body["temperature"] == 0
     for r in rows.values():
         assert r["score"] == float(re.findall(r"\[\[([^\]]+)\]\]", r["judge_replies"][-1])[-1])
 
 
-def test_an_overlong_judge_prompt_is_unscored_with_the_reason_and_the_rest_scored(tmp_path, vllm_server,
-                                                                                  tiny_model_dir, fault_proxy):
+def test_an_overlong_judge_prompt_is_unscored_with_the_reason_and_the_rest_scored(
+    tmp_path, vllm_server, tiny_model_dir, fault_proxy
+):
     """A reference answer longer than the judge's context: that case is recorded as unscored (the reason
     says so), every other case is scored and the results are written."""
     cases = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
@@ -142,8 +178,15 @@ def test_an_overlong_judge_prompt_is_unscored_with_the_reason_and_the_rest_score
     bench = tmp_path / "bench.jsonl"
     bench.write_text("".join(json.dumps(c) + "\n" for c in cases))
     judge_proxy = fault_proxy()
-    cfg = parse_config(eval_config(tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url,
-                                   longbench_chat={"path": str(bench), **published_judge()}))
+    cfg = parse_config(
+        eval_config(
+            tmp_path,
+            tiny_model_dir,
+            vllm_server.base_url,
+            judge_proxy.base_url,
+            longbench_chat={"path": str(bench), **published_judge()},
+        )
+    )
     summary = run(cfg)
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["longbench_chat"]["per_question"]
     assert [r["score"] is None for r in rows] == [False, True, False]
@@ -159,9 +202,16 @@ def test_a_rerun_asks_for_no_answer_or_score_already_obtained(tmp_path, vllm_ser
     judge_down = {"now": True}
     model_proxy = fault_proxy()
     judge_proxy = fault_proxy(lambda n: 503 if judge_down["now"] else None)
-    cfg = parse_config(eval_config(tmp_path, tiny_model_dir, model_proxy.base_url, judge_proxy.base_url,
-                                   engine={"max_retries": 0},
-                                   needle={"context_lengths": [500], "depths_percent": [10, 90], "max_tokens": 8}))
+    cfg = parse_config(
+        eval_config(
+            tmp_path,
+            tiny_model_dir,
+            model_proxy.base_url,
+            judge_proxy.base_url,
+            engine={"max_retries": 0},
+            needle={"context_lengths": [500], "depths_percent": [10, 90], "max_tokens": 8},
+        )
+    )
     first = run(cfg)
     assert first["status"] == "incomplete" and len(model_proxy.requests) == 3 + 2
     judge_down["now"] = False
@@ -181,9 +231,10 @@ def test_a_rerun_asks_for_no_answer_or_score_already_obtained(tmp_path, vllm_ser
 
 def test_a_missing_benchmark_file_or_model_folder_is_bad_input(tmp_path, vllm_server, tiny_model_dir):
     """Exit 2 before any server starts, one line naming the file and the fix, the summary written; no traceback."""
-    for broken, expected in (({"longbench_chat": {"path": str(tmp_path / "nowhere.json")}},
-                              "longbench_chat.path: cannot read"),
-                             ({"model": {"path": str(tmp_path / "no-model")}}, "model.path: ")):
+    for broken, expected in (
+        ({"longbench_chat": {"path": str(tmp_path / "nowhere.json")}}, "longbench_chat.path: cannot read"),
+        ({"model": {"path": str(tmp_path / "no-model")}}, "model.path: "),
+    ):
         cfg = eval_config(tmp_path, tiny_model_dir, None, vllm_server.base_url, **broken)
         done = run_cli(write(tmp_path / "eval.json", cfg))
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
@@ -192,8 +243,13 @@ def test_a_missing_benchmark_file_or_model_folder_is_bad_input(tmp_path, vllm_se
         summary = json.loads((tmp_path / "termination-log").read_text())
         assert summary["exit_code"] == 2 and summary["error"] == line.removeprefix("eval: ")
     (tmp_path / "bad.yaml").write_text("model: {path: x\n")
-    done = subprocess.run([*CLI, str(tmp_path / "bad.yaml")], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "LONGALIGN_TERMINATION_MESSAGE_PATH": str(tmp_path / "t")})
+    done = subprocess.run(
+        [*CLI, str(tmp_path / "bad.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "LONGALIGN_TERMINATION_MESSAGE_PATH": str(tmp_path / "t")},
+    )
     assert done.returncode == 2 and done.stderr.strip().endswith("; fix the file") and "Traceback" not in done.stderr
     assert json.loads((tmp_path / "t").read_text())["status"] == "bad_input"
 
@@ -202,9 +258,16 @@ def test_a_judge_without_valid_ratings_leaves_answers_unscored(tmp_path, vllm_se
     """Unconstrained and cut at 2 tokens, the judge never writes [[N]]: each answer is asked ``attempts``
     times, then recorded as unscored. No score is made up, and the mean is None, not 0."""
     judge_proxy = fault_proxy()
-    cfg = parse_config(eval_config(tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url,
-                                   judge={"constrain": "none", "max_tokens": 2, "attempts": 2},
-                                   longbench_chat={"limit": 2}))
+    cfg = parse_config(
+        eval_config(
+            tmp_path,
+            tiny_model_dir,
+            vllm_server.base_url,
+            judge_proxy.base_url,
+            judge={"constrain": "none", "max_tokens": 2, "attempts": 2},
+            longbench_chat={"limit": 2},
+        )
+    )
     summary = run(cfg)
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["longbench_chat"]["per_question"]
     assert len(rows) == 2 and len(judge_proxy.requests) == 4
@@ -212,20 +275,31 @@ def test_a_judge_without_valid_ratings_leaves_answers_unscored(tmp_path, vllm_se
         assert r["score"] is None and r["unscored_reason"] == "no_valid_score"
         assert r["judge_queries"] == 2 and len(r["judge_replies"]) == 2 and r["prediction"] is not None
     assert summary["longbench_chat_score"] is None
-    assert summary["longbench_chat"] == {"cases": 2, "scored": 0, "unscored": 2, "truncated": 0,
-                                         "judge_unavailable": 0}
+    assert summary["longbench_chat"] == {"cases": 2, "scored": 0, "unscored": 2, "truncated": 0, "judge_unavailable": 0}
 
 
-@pytest.mark.parametrize("fault,expect", [
-    (lambda n: 503, "http_503"),
-    (lambda n: ("delay", 3.0), "timeouts"),
-])
-def test_a_failing_judge_is_retried_then_unscored_and_the_run_incomplete(tmp_path, vllm_server, tiny_model_dir,
-                                                                         fault_proxy, fault, expect):
+@pytest.mark.parametrize(
+    "fault,expect",
+    [
+        (lambda n: 503, "http_503"),
+        (lambda n: ("delay", 3.0), "timeouts"),
+    ],
+)
+def test_a_failing_judge_is_retried_then_unscored_and_the_run_incomplete(
+    tmp_path, vllm_server, tiny_model_dir, fault_proxy, fault, expect
+):
     judge_proxy = fault_proxy(fault)
-    cfg = parse_config(eval_config(tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url,
-                                   judge={"request_timeout_s": 1.0}, longbench_chat={"limit": 2},
-                                   engine={"max_retries": 1}))
+    cfg = parse_config(
+        eval_config(
+            tmp_path,
+            tiny_model_dir,
+            vllm_server.base_url,
+            judge_proxy.base_url,
+            judge={"request_timeout_s": 1.0},
+            longbench_chat={"limit": 2},
+            engine={"max_retries": 1},
+        )
+    )
     t0 = time.monotonic()
     summary = run(cfg)
     results = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -242,8 +316,15 @@ def test_a_judge_that_stays_down_is_not_asked_about_every_answer(tmp_path, vllm_
     """After ``engine.max_consecutive_failures`` answers in a row failed to be judged, the rest are recorded as
     unscored (judge unavailable) without more requests to a judge that is down or out of quota."""
     judge_proxy = fault_proxy(lambda n: 503)
-    cfg = parse_config(eval_config(tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url,
-                                   engine={"max_retries": 1, "max_consecutive_failures": 1, "concurrency": 1}))
+    cfg = parse_config(
+        eval_config(
+            tmp_path,
+            tiny_model_dir,
+            vllm_server.base_url,
+            judge_proxy.base_url,
+            engine={"max_retries": 1, "max_consecutive_failures": 1, "concurrency": 1},
+        )
+    )
     summary = run(cfg)
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["longbench_chat"]["per_question"]
     assert summary["status"] == "incomplete" and summary["longbench_chat"]["judge_unavailable"] == 3
@@ -260,15 +341,28 @@ def test_a_rejected_judge_key_stops_the_run_at_once(tmp_path, vllm_server, tiny_
     (ckpt_root / "r1" / "model").symlink_to(tiny_model_dir)  # where training exports
     data.mkdir()
     (data / "lbc.jsonl").write_text(SAMPLE.read_text())
-    envelope = {"stage": "evaluation", "run": "r1", "attempt": 0, "baseModelPath": str(tiny_model_dir),
-                "outputDir": str(ckpt_root / "r1"), "resultsDir": str(tmp_path / "results"), "dataDir": str(data),
-                "terminationMessagePath": str(tmp_path / "termination-log"),
-                "evaluation": {"gpus": 1, "longBenchChat": {"path": "lbc.jsonl", "judgePrompt": "ours"},
-                               "judge": {"endpoint": judge_proxy.base_url, "model": "tiny",
-                                         "apiKeySecretRef": {"name": "judge", "key": "key"}},
-                               # the stage's own settings pass through: reuse the session's server
-                               "model": {"base_url": vllm_server.base_url, "served_name": "tiny", "max_tokens": 16},
-                               "engine": {"max_retries": 2, "backoff_initial_s": 0.05}}}
+    envelope = {
+        "stage": "evaluation",
+        "run": "r1",
+        "attempt": 0,
+        "baseModelPath": str(tiny_model_dir),
+        "outputDir": str(ckpt_root / "r1"),
+        "resultsDir": str(tmp_path / "results"),
+        "dataDir": str(data),
+        "terminationMessagePath": str(tmp_path / "termination-log"),
+        "evaluation": {
+            "gpus": 1,
+            "longBenchChat": {"path": "lbc.jsonl", "judgePrompt": "ours"},
+            "judge": {
+                "endpoint": judge_proxy.base_url,
+                "model": "tiny",
+                "apiKeySecretRef": {"name": "judge", "key": "key"},
+            },
+            # the stage's own settings pass through: reuse the session's server
+            "model": {"base_url": vllm_server.base_url, "served_name": "tiny", "max_tokens": 16},
+            "engine": {"max_retries": 2, "backoff_initial_s": 0.05},
+        },
+    }
     done = run_cli(write(tmp_path / "config.json", envelope))
     assert done.returncode == 1, done.stderr[-2000:]
     summary = json.loads((tmp_path / "termination-log").read_text())
@@ -300,9 +394,15 @@ def test_a_checkpoint_exported_by_the_trainer_is_served_and_evaluated(tmp_path, 
     from trainer_export import train_and_export
 
     export = train_and_export(tiny_model_dir, tmp_path / "train")
-    cfg = eval_config(tmp_path, export, None, vllm_server.base_url,
-                      model={"served_name": "trained", "max_model_len": 2048}, longbench_chat={"limit": 1},
-                      needle={"context_lengths": [400], "depths_percent": [50], "max_tokens": 8})
+    cfg = eval_config(
+        tmp_path,
+        export,
+        None,
+        vllm_server.base_url,
+        model={"served_name": "trained", "max_model_len": 2048},
+        longbench_chat={"limit": 1},
+        needle={"context_lengths": [400], "depths_percent": [50], "max_tokens": 8},
+    )
     done = run_cli(write(tmp_path / "eval.json", cfg), timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "termination-log").read_text())
@@ -325,8 +425,10 @@ def test_a_checkpoint_vllm_loads_but_cannot_run_fails_early_with_vllms_reason(tm
     assert done.returncode == 3, done.stderr[-3000:]
     summary = json.loads((tmp_path / "termination-log").read_text())
     assert summary["status"] == "failed"
-    assert summary["error"].startswith("vLLM loaded the checkpoint but cannot run it: RuntimeError: Unsupported "
-                                       "CPU attention configuration: head_dim=16"), summary["error"][:500]
+    assert summary["error"].startswith(
+        "vLLM loaded the checkpoint but cannot run it: RuntimeError: Unsupported "
+        "CPU attention configuration: head_dim=16"
+    ), summary["error"][:500]
     assert not (tmp_path / "out" / "results.json").exists()
     leftovers = subprocess.run(["pgrep", "-f", str(ckpt)], capture_output=True, text=True).stdout.split()
     assert leftovers == []

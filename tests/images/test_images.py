@@ -10,6 +10,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+
 from localcluster.images import BuiltImage, ensure_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,8 +23,9 @@ PODMAN_RUN = ["podman", "run", "--rm", "--ulimit", "nofile=1024:1024", "--ulimit
 def run(image: BuiltImage, *command: str, entrypoint: str | None = None) -> str:
     """What ``command`` prints in a fresh container of ``image`` (stdout and stderr); it must exit 0."""
     options = ["--entrypoint", entrypoint] if entrypoint is not None else []
-    out = subprocess.run([*PODMAN_RUN, *options, image.reference, *command], capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [*PODMAN_RUN, *options, image.reference, *command], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, f"{image.reference} {command}: exit {out.returncode}\n{out.stdout}{out.stderr}"
     return out.stdout + out.stderr
 
@@ -50,8 +52,10 @@ def test_the_cpu_trainer_image_runs_the_stages_and_vllm_with_the_tests_versions(
     assert "usage: longalign train" in run(image, "longalign", "train", "--help")
     assert "--served-model-name" in run(image, "python", "-m", "vllm.entrypoints.openai.api_server", "--help")
 
-    script = ("import json, os, deepspeed, torch, vllm; print(json.dumps({'uid': os.getuid(), 'versions': {"
-              "'deepspeed': deepspeed.__version__, 'torch': torch.__version__, 'vllm': vllm.__version__}}))")
+    script = (
+        "import json, os, deepspeed, torch, vllm; print(json.dumps({'uid': os.getuid(), 'versions': {"
+        "'deepspeed': deepspeed.__version__, 'torch': torch.__version__, 'vllm': vllm.__version__}}))"
+    )
     seen = json.loads(run(image, "python", "-c", script).strip().splitlines()[-1])
     assert seen["uid"] == 1000
     pins = pinned_versions()

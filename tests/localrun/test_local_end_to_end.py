@@ -15,16 +15,40 @@ PLOTS = ("length_histogram.png", "loss.png", "tokens_per_s.png", "longbench_chat
 
 def test_the_tiny_example_runs_every_stage_and_reports(tmp_path):
     t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "run", str(TINY), "--prepare-tiny",
-                           "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "longalign_operator.cli",
+            "run",
+            str(TINY),
+            "--prepare-tiny",
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     print(f"longalign run took {time.monotonic() - t0:.0f} s")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     # progress as plain lines (no terminal), one bar per stage
     for bar in ("datagen [#", "train [#", "eval [#"):
         assert bar in out
-    header, row = out[out.index("NAME   "):].splitlines()[:2]
-    assert header.split() == ["NAME", "PHASE", "STAGE", "PROGRESS", "ETA", "SCORE", "SUCCEEDED", "LOSS", "MESSAGE", "AGE"]
+    header, row = out[out.index("NAME   ") :].splitlines()[:2]
+    assert header.split() == [
+        "NAME",
+        "PHASE",
+        "STAGE",
+        "PROGRESS",
+        "ETA",
+        "SCORE",
+        "SUCCEEDED",
+        "LOSS",
+        "MESSAGE",
+        "AGE",
+    ]
     assert row.split()[:2] == ["tiny-local", "Succeeded"] and " True " in row
 
     report = tmp_path / "report"
@@ -33,7 +57,10 @@ def test_the_tiny_example_runs_every_stage_and_reports(tmp_path):
     status = json.loads((report / "status.json").read_text())
     assert status["phase"] == "Succeeded"
     assert {s: (v["state"], v["attempts"]) for s, v in status["stages"].items()} == {
-        "dataGeneration": ("Succeeded", 1), "training": ("Succeeded", 1), "evaluation": ("Succeeded", 1)}
+        "dataGeneration": ("Succeeded", 1),
+        "training": ("Succeeded", 1),
+        "evaluation": ("Succeeded", 1),
+    }
     results = status["results"]
     assert results["samplesGenerated"] == 24
     training = status["stages"]["training"]["summary"]

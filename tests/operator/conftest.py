@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from localcluster import LocalCluster
 from localcluster.operator_process import install_operator
+
 
 @pytest.fixture(scope="session")
 def operator(cluster: LocalCluster):

@@ -8,8 +8,12 @@ from localcluster import LocalCluster, wait_for
 
 
 def apply_run(cluster: LocalCluster, namespace: str, name: str, spec: dict, labels: dict | None = None) -> None:
-    run = {"apiVersion": "longalign.dev/v1alpha1", "kind": "LongAlignRun",
-           "metadata": {"name": name, "labels": labels or {}}, "spec": spec}
+    run = {
+        "apiVersion": "longalign.dev/v1alpha1",
+        "kind": "LongAlignRun",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": spec,
+    }
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(run))
 
 
@@ -25,6 +29,7 @@ def run_status(cluster: LocalCluster, namespace: str, name: str) -> dict:
 
 def wait_phase(cluster: LocalCluster, namespace: str, name: str, phase: str, timeout: float = 90) -> dict:
     """Wait until the run reaches ``phase``; return its status. Fails early on an unexpected final phase."""
+
     def reached():
         status = run_status(cluster, namespace, name)
         if status.get("phase") in ("Succeeded", "Failed") and status["phase"] != phase:

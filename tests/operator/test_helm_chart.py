@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from runs import run_status
+
 from localcluster import LocalCluster, bin_dir, wait_for
 from localcluster.operator_process import OperatorProcess, install_manifests
-
-from runs import run_status
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "longalign-operator"
@@ -59,12 +59,15 @@ def test_the_chart_lints_clean(values):
 
 
 @pytest.mark.parametrize("command", ["template", "lint"])
-@pytest.mark.parametrize("value, message", [
-    ("replicaCount=2", "at '': additional properties 'replicaCount' not allowed"),
-    ("operator.resource.requests.cpu=1", "at '/operator': additional properties 'resource' not allowed"),
-    ("metrics.port=abc", "at '/metrics/port': got string, want integer"),
-    ("rbac.scope=namespaces", "at '/rbac/scope': value must be one of 'cluster', 'namespace'"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("replicaCount=2", "at '': additional properties 'replicaCount' not allowed"),
+        ("operator.resource.requests.cpu=1", "at '/operator': additional properties 'resource' not allowed"),
+        ("metrics.port=abc", "at '/metrics/port': got string, want integer"),
+        ("rbac.scope=namespaces", "at '/rbac/scope': value must be one of 'cluster', 'namespace'"),
+    ],
+)
 def test_the_schema_refuses_unknown_and_mistyped_values_naming_them(command, value, message):
     out = helm(command, "longalign", str(CHART), "--set", value, check=False)
     assert out.returncode != 0
@@ -82,7 +85,8 @@ def test_the_operators_rights_are_exactly_those_of_manifests_rbac(scope, kind):
     nodes = one(objects, "ClusterRole", "longalign-longalign-operator-nodes")
     assert nodes["rules"] == manifest("rbac/operator.yaml", "ClusterRole", "longalign-operator-nodes")["rules"]
     assert one(objects, "ClusterRoleBinding", "longalign-longalign-operator-nodes")["subjects"][0]["name"] == (
-        "longalign-longalign-operator")
+        "longalign-longalign-operator"
+    )
     args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert ("--namespace" in args) == (scope == "namespace")
 
@@ -105,14 +109,24 @@ def test_the_operator_pod_is_locked_down_and_the_same_as_in_manifests():
     [container] = pod["containers"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert container["resources"]["requests"]
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "probes"}
     assert container["command"] + container["args"] == [
-        "longalign", "operator", "--liveness", "http://0.0.0.0:8080/healthz",
-        "--exclude-namespaces", "kube-system,kube-public,kube-node-lease", "--metrics-port", "9090"]
+        "longalign",
+        "operator",
+        "--liveness",
+        "http://0.0.0.0:8080/healthz",
+        "--exclude-namespaces",
+        "kube-system,kube-public,kube-node-lease",
+        "--metrics-port",
+        "9090",
+    ]
     assert manifest("operator/deployment.yaml", "Deployment")["spec"]["template"]["spec"] == pod
 
 
@@ -146,12 +160,18 @@ def test_the_images_dockerfiles_lint_clean(dockerfile):
 def test_kubectl_apply_k_manifests_installs_crd_rbac_and_operator(cluster):
     install_manifests(cluster)  # the namespace, which a server-side dry run does not create
     out = cluster.kubectl("apply", "-k", str(REPO / "manifests"), "--server-side", "--dry-run=server").stdout
-    assert sorted(line.split()[0] for line in out.splitlines()) == sorted([
-        "namespace/longalign-system", f"customresourcedefinition.apiextensions.k8s.io/{CRD}",
-        "serviceaccount/longalign-operator", "clusterrole.rbac.authorization.k8s.io/longalign-operator",
-        "clusterrolebinding.rbac.authorization.k8s.io/longalign-operator",
-        "clusterrole.rbac.authorization.k8s.io/longalign-operator-nodes",
-        "clusterrolebinding.rbac.authorization.k8s.io/longalign-operator-nodes", "deployment.apps/longalign-operator"])
+    assert sorted(line.split()[0] for line in out.splitlines()) == sorted(
+        [
+            "namespace/longalign-system",
+            f"customresourcedefinition.apiextensions.k8s.io/{CRD}",
+            "serviceaccount/longalign-operator",
+            "clusterrole.rbac.authorization.k8s.io/longalign-operator",
+            "clusterrolebinding.rbac.authorization.k8s.io/longalign-operator",
+            "clusterrole.rbac.authorization.k8s.io/longalign-operator-nodes",
+            "clusterrolebinding.rbac.authorization.k8s.io/longalign-operator-nodes",
+            "deployment.apps/longalign-operator",
+        ]
+    )
 
 
 def local_command(container: dict, **options: str) -> list[str]:
@@ -175,8 +195,13 @@ class ChartOperator(OperatorProcess):
         [self.container] = cluster.get("deployment", name, "-n", namespace)["spec"]["template"]["spec"]["containers"]
 
     def argv(self) -> list[str]:
-        return local_command(self.container, **{"--liveness": f"http://127.0.0.1:{self.liveness_port}/healthz",
-                                                "--metrics-port": str(self.metrics_port)})
+        return local_command(
+            self.container,
+            **{
+                "--liveness": f"http://127.0.0.1:{self.liveness_port}/healthz",
+                "--metrics-port": str(self.metrics_port),
+            },
+        )
 
 
 def release_name() -> str:
@@ -206,16 +231,22 @@ def run_uninstall_hook(cluster: LocalCluster, release: str, namespace: str, oper
     job = one(hooks, "Job")["spec"]["template"]["spec"]
     kubeconfig = cluster.kubeconfig_for(job["serviceAccountName"], namespace)
     operator.stop()
-    out = subprocess.run(local_command(job["containers"][0]), env={**os.environ, "KUBECONFIG": str(kubeconfig)},
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        local_command(job["containers"][0]),
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
 
 def leftovers(cluster: LocalCluster, release: str, namespace: str) -> list[str]:
     """The release's objects still there (the CRD, kept on purpose, aside)."""
-    namespaced = cluster.get("all,serviceaccounts,roles,rolebindings,configmaps,secrets", "-n", namespace,
-                             "-l", f"{INSTANCE}={release}")["items"]
+    namespaced = cluster.get(
+        "all,serviceaccounts,roles,rolebindings,configmaps,secrets", "-n", namespace, "-l", f"{INSTANCE}={release}"
+    )["items"]
     clustered = cluster.get("clusterroles,clusterrolebindings", "-l", f"{INSTANCE}={release}")["items"]
     return [f"{o['kind']}/{o['metadata']['name']}" for o in namespaced + clustered]
 
@@ -231,8 +262,14 @@ def test_install_reconcile_upgrade_and_uninstall_keeping_the_runs(cluster, names
     refused = cluster.helm("install", release, str(CHART), "-n", namespace, check=False)
     assert f'CustomResourceDefinition "{CRD}" in namespace "" exists and cannot be imported' in refused.stderr
     cluster.kubectl("label", "--overwrite", "crd", CRD, "app.kubernetes.io/managed-by=Helm")
-    cluster.kubectl("annotate", "--overwrite", "crd", CRD, f"meta.helm.sh/release-name={release}",
-                    f"meta.helm.sh/release-namespace={namespace}")
+    cluster.kubectl(
+        "annotate",
+        "--overwrite",
+        "crd",
+        CRD,
+        f"meta.helm.sh/release-name={release}",
+        f"meta.helm.sh/release-namespace={namespace}",
+    )
     cluster.helm("install", release, str(CHART), "-n", namespace)
     assert cluster.get("crd", CRD)["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
@@ -244,8 +281,18 @@ def test_install_reconcile_upgrade_and_uninstall_keeping_the_runs(cluster, names
         uid = reconciled(cluster, namespace)["metadata"]["uid"]
         assert FINALIZER in cluster.get("lar", "tiny", "-n", namespace)["metadata"]["finalizers"]
 
-        cluster.helm("upgrade", release, str(CHART), "-n", namespace, "--reuse-values",
-                     "--set", "metrics.service.enabled=true", "--set", "operator.resources.requests.cpu=200m")
+        cluster.helm(
+            "upgrade",
+            release,
+            str(CHART),
+            "-n",
+            namespace,
+            "--reuse-values",
+            "--set",
+            "metrics.service.enabled=true",
+            "--set",
+            "operator.resources.requests.cpu=200m",
+        )
         assert cluster.get("service", f"{release}-longalign-operator-metrics", "-n", namespace)
         wait_for(lambda: run_status(cluster, namespace, "tiny").get("phase") == "Succeeded", 90, "the run to succeed")
         assert cluster.get("lar", "tiny", "-n", namespace)["metadata"]["uid"] == uid
@@ -271,18 +318,29 @@ def test_namespace_scope_watches_only_its_namespace(cluster, namespace):
     install_manifests(cluster)
     release = release_name()
     name = f"{release}-longalign-operator"
-    cluster.helm("install", release, str(CHART), "-n", namespace, "--set", "crds.enabled=false",
-                 "--set", "rbac.scope=namespace")
+    cluster.helm(
+        "install", release, str(CHART), "-n", namespace, "--set", "crds.enabled=false", "--set", "rbac.scope=namespace"
+    )
     assert cluster.get("role,rolebinding", name, "-n", namespace)["items"]
     assert cluster.kubectl("get", "clusterrole", name, check=False).returncode != 0
+
     def can_list_runs(*where: str) -> str:
-        return cluster.kubectl("auth", "can-i", "list", "longalignruns.longalign.dev", *where,
-                               f"--as=system:serviceaccount:{namespace}:{name}", check=False).stdout.strip()
+        return cluster.kubectl(
+            "auth",
+            "can-i",
+            "list",
+            "longalignruns.longalign.dev",
+            *where,
+            f"--as=system:serviceaccount:{namespace}:{name}",
+            check=False,
+        ).stdout.strip()
 
     assert (can_list_runs("-n", namespace), can_list_runs("--all-namespaces")) == ("yes", "no")
+
     def can(verb: str, resource: str, where: str) -> str:
-        return cluster.kubectl("auth", "can-i", verb, resource, "-n", where,
-                               f"--as=system:serviceaccount:{namespace}:{name}", check=False).stdout.strip()
+        return cluster.kubectl(
+            "auth", "can-i", verb, resource, "-n", where, f"--as=system:serviceaccount:{namespace}:{name}", check=False
+        ).stdout.strip()
 
     assert (can("create", "jobs.batch", namespace), can("create", "jobs.batch", "kube-system")) == ("yes", "no")
     assert can("watch", "nodes", namespace) == "yes"
@@ -317,8 +375,12 @@ def test_editors_and_viewers_of_a_namespace_get_its_runs(cluster, namespace):
         cluster.kubectl("create", "rolebinding", user, f"--clusterrole={role}", f"--user={user}", "-n", namespace)
 
     def can(user: str, verb: str) -> bool:
-        return cluster.kubectl("auth", "can-i", verb, "longalignruns.longalign.dev", "-n", namespace,
-                               f"--as={user}", check=False).stdout.strip() == "yes"
+        return (
+            cluster.kubectl(
+                "auth", "can-i", verb, "longalignruns.longalign.dev", "-n", namespace, f"--as={user}", check=False
+            ).stdout.strip()
+            == "yes"
+        )
 
     wait_for(lambda: can("ed", "create") and can("vi", "list"), 30, "the roles to be aggregated")
     assert can("ed", "delete") and can("vi", "watch")

@@ -8,10 +8,10 @@ import urllib.request
 from collections import Counter
 
 import pytest
+from runs import apply_run, events, run_status, wait_phase
+
 from localcluster import LocalCluster, wait_for
 from longalign_operator.builders import run_name_limit
-
-from runs import apply_run, events, run_status, wait_phase
 
 pytestmark = pytest.mark.cluster
 
@@ -21,17 +21,30 @@ DURATION = "sim.longalign.dev/run-duration"
 BASE = {
     "image": "ghcr.io/example/longalign-trainer:0.1.0",
     "baseModelPath": "/models/llama-8b",
-    "storage": {"models": {"claimName": "models"}, "data": {"claimName": "data"},
-                "checkpoints": {"claimName": "checkpoints"}},
+    "storage": {
+        "models": {"claimName": "models"},
+        "data": {"claimName": "data"},
+        "checkpoints": {"claimName": "checkpoints"},
+    },
 }
-TRAIN_SUMMARY = {"stage": "train", "ok": True, "final_loss": 1.23, "tokens_per_s": 35100.0,
-                 "export": "/checkpoints/r/model", "steps": 40}
+TRAIN_SUMMARY = {
+    "stage": "train",
+    "ok": True,
+    "final_loss": 1.23,
+    "tokens_per_s": 35100.0,
+    "export": "/checkpoints/r/model",
+    "steps": 40,
+}
 
 
 def training(dataset: bool = True, **pod) -> dict:
     """Training on 2 nodes x 8 GPUs, on its own dataset unless ``dataset`` is False (data generation feeds it)."""
-    return {**({"datasetPath": "/data/longalign-10k.jsonl"} if dataset else {}), "nodes": 2, "gpusPerNode": 8,
-            "pod": {"annotations": {SUMMARY: json.dumps(TRAIN_SUMMARY), **pod.pop("annotations", {})}, **pod}}
+    return {
+        **({"datasetPath": "/data/longalign-10k.jsonl"} if dataset else {}),
+        "nodes": 2,
+        "gpusPerNode": 8,
+        "pod": {"annotations": {SUMMARY: json.dumps(TRAIN_SUMMARY), **pod.pop("annotations", {})}, **pod},
+    }
 
 
 def jobs(cluster: LocalCluster, ns: str, stage: str) -> list[dict]:
@@ -44,13 +57,21 @@ def test_a_run_goes_through_every_stage_to_succeeded(cluster, operator, volumes)
     full = "full-" + "x" * (run_name_limit()[0] - len("full-"))
     spec = {
         **BASE,
-        "dataGeneration": {"teacher": {"modelPath": "/models/teacher-70b", "replicas": 2, "gpusPerReplica": 8},
-                           "pod": {"annotations": {SUMMARY: '{"samples": 120}', DURATION: "2s"}}},
+        "dataGeneration": {
+            "teacher": {"modelPath": "/models/teacher-70b", "replicas": 2, "gpusPerReplica": 8},
+            "pod": {"annotations": {SUMMARY: '{"samples": 120}', DURATION: "2s"}},
+        },
         "training": training(dataset=False, annotations={DURATION: "2s"}),
-        "evaluation": {"needle": {}, "longBenchChat": {"path": "/data/longbench-chat.jsonl"},
-                       "judge": {"endpoint": "https://judge.example/v1", "model": "judge",
-                                 "apiKeySecretRef": {"name": "judge", "key": "api-key"}},
-                       "pod": {"annotations": {SUMMARY: '{"longbench_chat_score": 6.4, "needle_accuracy": 0.9}'}}},
+        "evaluation": {
+            "needle": {},
+            "longBenchChat": {"path": "/data/longbench-chat.jsonl"},
+            "judge": {
+                "endpoint": "https://judge.example/v1",
+                "model": "judge",
+                "apiKeySecretRef": {"name": "judge", "key": "api-key"},
+            },
+            "pod": {"annotations": {SUMMARY: '{"longbench_chat_score": 6.4, "needle_accuracy": 0.9}'}},
+        },
     }
     apply_run(cluster, ns, full, spec)
 
@@ -59,27 +80,41 @@ def test_a_run_goes_through_every_stage_to_succeeded(cluster, operator, volumes)
     servers = wait_for(lambda: cluster.get("statefulsets", "-n", ns)["items"], 30, "the teacher servers")[0]
     assert servers["spec"]["replicas"] == 2
     assert cluster.get("service", f"{full}-teacher", "-n", ns)["spec"]["ports"][0]["port"] == 8000
-    teachers = wait_for(lambda: len(p := cluster.get("pods", "-n", ns, "-l", "longalign.dev/stage=teacher")["items"])
-                        == 2 and p, 30, "the teacher pods")
+    teachers = wait_for(
+        lambda: len(p := cluster.get("pods", "-n", ns, "-l", "longalign.dev/stage=teacher")["items"]) == 2 and p,
+        30,
+        "the teacher pods",
+    )
     assert sorted(p["metadata"]["name"] for p in teachers) == [f"{full}-teacher-0", f"{full}-teacher-1"]
-    [generator] = wait_for(lambda: cluster.get("pods", "-n", ns, "-l", f"job-name={full}-datagen-1")["items"], 30,
-                           "the generator pod")
+    [generator] = wait_for(
+        lambda: cluster.get("pods", "-n", ns, "-l", f"job-name={full}-datagen-1")["items"], 30, "the generator pod"
+    )
     env = {e["name"]: e.get("value") for e in generator["spec"]["containers"][0]["env"]}
     assert env["LONGALIGN_TEACHER_URL"].split(",") == [
-        f"http://{full}-teacher-{i}.{full}-teacher.{ns}.svc:8000/v1" for i in range(2)]
+        f"http://{full}-teacher-{i}.{full}-teacher.{ns}.svc:8000/v1" for i in range(2)
+    ]
 
     status = wait_phase(cluster, ns, full, "Succeeded", timeout=120)
-    assert status["results"] == {"samplesGenerated": 120, "finalLoss": 1.23, "tokensPerSecond": 35100.0,
-                                 "checkpointPath": "/checkpoints/r/model", "lastCheckpointStep": 40,
-                                 "longBenchChatScore": 6.4, "needleAccuracy": 0.9}
+    assert status["results"] == {
+        "samplesGenerated": 120,
+        "finalLoss": 1.23,
+        "tokensPerSecond": 35100.0,
+        "checkpointPath": "/checkpoints/r/model",
+        "lastCheckpointStep": 40,
+        "longBenchChatScore": 6.4,
+        "needleAccuracy": 0.9,
+    }
     for stage in ("dataGeneration", "training", "evaluation"):
         assert status["stages"][stage]["state"] == "Succeeded"
         assert status["stages"][stage]["attempts"] == 1
     assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "True"
 
     # The teacher servers were removed once generation ended.
-    wait_for(lambda: not cluster.get("statefulsets,pods", "-n", ns, "-l", "longalign.dev/stage=teacher")["items"],
-             60, "the teacher servers to be removed")
+    wait_for(
+        lambda: not cluster.get("statefulsets,pods", "-n", ns, "-l", "longalign.dev/stage=teacher")["items"],
+        60,
+        "the teacher servers to be removed",
+    )
 
     # Training ran as one group of 2 pods x 8 GPUs with the rendezvous wiring torchrun needs.
     [job] = jobs(cluster, ns, "training")
@@ -100,25 +135,35 @@ def test_a_run_goes_through_every_stage_to_succeeded(cluster, operator, volumes)
     troubles = sum(e["type"] == "Warning" for e in posted)
     normal = Counter(e["reason"] for e in posted if e["type"] == "Normal")
     assert normal - Counter({"StageRunning": 3, "StageStarting": troubles}) == Counter(
-        {"StageStarted": 3, "StageSucceeded": 3, "Succeeded": 1}), posted
+        {"StageStarted": 3, "StageSucceeded": 3, "Succeeded": 1}
+    ), posted
     assert {(e["source"]["component"], e["reportingComponent"]) for e in posted} == {("longalign-operator",) * 2}
 
 
 def test_a_failing_stage_is_retried_up_to_its_backoff_limit_then_the_run_fails_with_the_reason(
-        cluster, operator, volumes):
+    cluster, operator, volumes
+):
     ns = volumes
-    spec = {**BASE, "training": {**training(labels={OUTCOME: "fail"},
-                                            annotations={"sim.longalign.dev/exit-code": "7",
-                                                         SUMMARY: "torch.OutOfMemoryError: CUDA out of memory"}),
-                                 "backoffLimit": 1}}
+    spec = {
+        **BASE,
+        "training": {
+            **training(
+                labels={OUTCOME: "fail"},
+                annotations={"sim.longalign.dev/exit-code": "7", SUMMARY: "torch.OutOfMemoryError: CUDA out of memory"},
+            ),
+            "backoffLimit": 1,
+        },
+    }
     apply_run(cluster, ns, "oom", spec)
     status = wait_phase(cluster, ns, "oom", "Failed", timeout=120)
     stage = status["stages"]["training"]
     assert (stage["state"], stage["attempts"], stage["failures"]) == ("Failed", 2, 2)
     failed = cluster.get("pods", "-n", ns, "-l", "job-name=oom-train-2")["items"]
     assert stage["reason"] == "ContainerFailed"
-    assert stage["message"] in [f"pod {p['metadata']['name']} exited with code 7; last output: "
-                                "torch.OutOfMemoryError: CUDA out of memory" for p in failed]
+    assert stage["message"] in [
+        f"pod {p['metadata']['name']} exited with code 7; last output: torch.OutOfMemoryError: CUDA out of memory"
+        for p in failed
+    ]
     assert sorted(j["metadata"]["name"] for j in jobs(cluster, ns, "training")) == ["oom-train-1", "oom-train-2"]
     assert {c["type"]: c["status"] for c in status["conditions"]}["Failed"] == "True"
     assert {"StageRetrying", "StageFailed"} <= set(events(cluster, ns, "oom"))
@@ -137,33 +182,59 @@ def test_a_missing_volume_claim_holds_the_run_until_it_appears(cluster, operator
 def test_a_gang_that_cannot_fit_holds_no_gpus_past_its_startup_deadline(cluster, operator, volumes):
     ns = volumes
     # Pods that do fit would train for a long while, holding their GPUs.
-    spec = {**BASE, "training": {**training(annotations={DURATION: "600s"}), "nodes": 9,
-                                 "startupDeadlineSeconds": 30, "backoffLimit": 0}}
+    spec = {
+        **BASE,
+        "training": {
+            **training(annotations={DURATION: "600s"}),
+            "nodes": 9,
+            "startupDeadlineSeconds": 30,
+            "backoffLimit": 0,
+        },
+    }
     apply_run(cluster, ns, "too-big", spec)
-    wait_for(lambda: run_status(cluster, ns, "too-big").get("stages", {}).get("training", {}).get("reason")
-             == "Unschedulable", 60, "the training stage to report Unschedulable")
+    wait_for(
+        lambda: (
+            run_status(cluster, ns, "too-big").get("stages", {}).get("training", {}).get("reason") == "Unschedulable"
+        ),
+        60,
+        "the training stage to report Unschedulable",
+    )
     assert run_status(cluster, ns, "too-big")["stages"]["training"]["state"] == "Queued"
     status = wait_phase(cluster, ns, "too-big", "Failed", timeout=90)
     assert status["stages"]["training"]["reason"] == "StartupDeadlineExceeded"
-    wait_for(lambda: not cluster.get("pods", "-n", ns, "-l", "longalign.dev/run=too-big")["items"], 60,
-             "every pod of the gang (and the GPUs they held) to be released")
+    wait_for(
+        lambda: not cluster.get("pods", "-n", ns, "-l", "longalign.dev/run=too-big")["items"],
+        60,
+        "every pod of the gang (and the GPUs they held) to be released",
+    )
 
 
 def test_suspend_releases_the_pods_and_resume_starts_a_new_attempt(cluster, operator, volumes):
     ns = volumes
     apply_run(cluster, ns, "pausable", {**BASE, "training": training(labels={OUTCOME: "hang"})})
-    wait_for(lambda: run_status(cluster, ns, "pausable").get("stages", {}).get("training", {}).get("state")
-             == "Running", 60, "training to run")
+    wait_for(
+        lambda: run_status(cluster, ns, "pausable").get("stages", {}).get("training", {}).get("state") == "Running",
+        60,
+        "training to run",
+    )
     cluster.kubectl("patch", "lar", "pausable", "-n", ns, "--type=merge", "-p", '{"spec": {"suspend": true}}')
     status = wait_phase(cluster, ns, "pausable", "Suspended")
     assert {c["type"]: c["status"] for c in status["conditions"]}["Suspended"] == "True"
-    wait_for(lambda: not cluster.get("pods", "-n", ns, "-l", "longalign.dev/run=pausable")["items"], 60,
-             "the training pods to be deleted")
+    wait_for(
+        lambda: not cluster.get("pods", "-n", ns, "-l", "longalign.dev/run=pausable")["items"],
+        60,
+        "the training pods to be deleted",
+    )
     cluster.kubectl("patch", "lar", "pausable", "-n", ns, "--type=merge", "-p", '{"spec": {"suspend": false}}')
     try:
-        wait_for(lambda: run_status(cluster, ns, "pausable")["stages"]["training"].get("attempts") == 2
-                 and run_status(cluster, ns, "pausable")["stages"]["training"]["state"] == "Running", 60,
-                 "a second attempt to run")
+        wait_for(
+            lambda: (
+                run_status(cluster, ns, "pausable")["stages"]["training"].get("attempts") == 2
+                and run_status(cluster, ns, "pausable")["stages"]["training"]["state"] == "Running"
+            ),
+            60,
+            "a second attempt to run",
+        )
     except TimeoutError as e:
         raise AssertionError(f"{e}: {run_status(cluster, ns, 'pausable')}") from None
     assert run_status(cluster, ns, "pausable")["stages"]["training"]["failures"] == 0
@@ -172,8 +243,11 @@ def test_suspend_releases_the_pods_and_resume_starts_a_new_attempt(cluster, oper
 def test_a_restarted_operator_continues_without_duplicates(cluster, operator, volumes):
     ns = volumes
     apply_run(cluster, ns, "steady", {**BASE, "training": training(annotations={DURATION: "10s"})})
-    wait_for(lambda: run_status(cluster, ns, "steady").get("stages", {}).get("training", {}).get("state")
-             == "Running", 60, "training to run")
+    wait_for(
+        lambda: run_status(cluster, ns, "steady").get("stages", {}).get("training", {}).get("state") == "Running",
+        60,
+        "training to run",
+    )
     operator.kill()
     try:
         operator.start()
@@ -195,31 +269,55 @@ def test_a_finished_run_is_deleted_with_its_children_after_its_ttl(cluster, oper
         found = cluster.kubectl("get", "lar", "short-lived", "-n", ns, "-o", "json", check=False)
         if found.returncode == 0:
             run = json.loads(found.stdout)
-            last.update(status=run.get("status"), deletionTimestamp=run["metadata"].get("deletionTimestamp"),
-                        finalizers=run["metadata"].get("finalizers"))
+            last.update(
+                status=run.get("status"),
+                deletionTimestamp=run["metadata"].get("deletionTimestamp"),
+                finalizers=run["metadata"].get("finalizers"),
+            )
         return found.returncode != 0
 
     try:
         wait_for(gone, 90, "the run to be deleted after its TTL")
     except TimeoutError as e:
         raise AssertionError(f"{e}: {json.dumps(last)}; events {events(cluster, ns, 'short-lived')}") from None
-    wait_for(lambda: not cluster.get("jobs,configmaps,services", "-n", ns, "-l", "longalign.dev/run=short-lived")
-             ["items"], 90, "its children to be garbage-collected")
+    wait_for(
+        lambda: not cluster.get("jobs,configmaps,services", "-n", ns, "-l", "longalign.dev/run=short-lived")["items"],
+        90,
+        "its children to be garbage-collected",
+    )
 
 
 def test_live_progress_from_the_lead_pods_log_reaches_the_status_and_the_columns(cluster, operator, volumes):
     ns = volumes
     apply_run(cluster, ns, "watched", {**BASE, "training": training(labels={OUTCOME: "hang"})})
-    [lead] = wait_for(lambda: cluster.get("pods", "-n", ns, "-l",
-                                          "job-name=watched-train-1,batch.kubernetes.io/job-completion-index=0")
-                      ["items"], 60, "the lead training pod")
-    wait_for(lambda: cluster.get("pod", lead["metadata"]["name"], "-n", ns)["status"].get("phase") == "Running",
-             60, "the lead pod to run")
-    line = {"longalign": "progress", "stage": "train", "done": 45, "total": 100, "unit": "steps", "rate": 0.05,
-            "eta_s": 4800.0, "metrics": {"loss": 1.83, "tokens_per_s": 35100.0, "mfu": 0.46}}
+    [lead] = wait_for(
+        lambda: cluster.get(
+            "pods", "-n", ns, "-l", "job-name=watched-train-1,batch.kubernetes.io/job-completion-index=0"
+        )["items"],
+        60,
+        "the lead training pod",
+    )
+    wait_for(
+        lambda: cluster.get("pod", lead["metadata"]["name"], "-n", ns)["status"].get("phase") == "Running",
+        60,
+        "the lead pod to run",
+    )
+    line = {
+        "longalign": "progress",
+        "stage": "train",
+        "done": 45,
+        "total": 100,
+        "unit": "steps",
+        "rate": 0.05,
+        "eta_s": 4800.0,
+        "metrics": {"loss": 1.83, "tokens_per_s": 35100.0, "mfu": 0.46},
+    }
     cluster.set_log(ns, lead["metadata"]["name"], ["[rank0] loading model", json.dumps(line), "step 45 done"])
-    status = wait_for(lambda: (s := run_status(cluster, ns, "watched")).get("progress") == "45%" and s, 60,
-                      "the progress to reach the status")
+    status = wait_for(
+        lambda: (s := run_status(cluster, ns, "watched")).get("progress") == "45%" and s,
+        60,
+        "the progress to reach the status",
+    )
     assert status["eta"] == "1h20m"
     assert status["stages"]["training"]["metrics"] == {"loss": 1.83, "tokensPerS": 35100.0, "mfu": 0.46}
     row = cluster.kubectl("get", "lar", "watched", "-n", ns, "-o", "wide").stdout.splitlines()[1].split()
@@ -235,8 +333,15 @@ def test_metrics_and_liveness_report_the_runs(cluster, operator, volumes):
     def metric(text: str, name: str) -> float:
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
-    text = wait_for(lambda: (t := _get(f"http://127.0.0.1:{operator.metrics_port}/metrics"))
-                    and metric(t, 'longalign_runs{phase="Failed"}') >= 1 and t, 30, "the metrics to count the run")
+    text = wait_for(
+        lambda: (
+            (t := _get(f"http://127.0.0.1:{operator.metrics_port}/metrics"))
+            and metric(t, 'longalign_runs{phase="Failed"}') >= 1
+            and t
+        ),
+        30,
+        "the metrics to count the run",
+    )
     assert metric(text, 'longalign_stage_retries_total{stage="training"}') >= 1
     assert metric(text, 'longalign_stage_duration_seconds_count{outcome="Failed",stage="training"}') >= 1
     health = json.loads(_get(f"http://127.0.0.1:{operator.liveness_port}/healthz"))
@@ -250,14 +355,23 @@ def _get(url: str) -> str:
 
 def test_a_queued_run_waits_for_admission_of_each_stage(cluster, operator, volumes):
     ns = volumes
-    apply_run(cluster, ns, "queued", {**BASE, "training": training()},
-              labels={"kueue.x-k8s.io/queue-name": "gpu-team-a"})
-    wait_for(lambda: run_status(cluster, ns, "queued").get("stages", {}).get("training", {}).get("reason")
-             == "WaitingForAdmission", 60, "the training stage to wait for admission")
+    apply_run(
+        cluster, ns, "queued", {**BASE, "training": training()}, labels={"kueue.x-k8s.io/queue-name": "gpu-team-a"}
+    )
+    wait_for(
+        lambda: (
+            run_status(cluster, ns, "queued").get("stages", {}).get("training", {}).get("reason")
+            == "WaitingForAdmission"
+        ),
+        60,
+        "the training stage to wait for admission",
+    )
     [job] = jobs(cluster, ns, "training")
     assert job["spec"]["suspend"] is True
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-team-a"
     assert not cluster.get("pods", "-n", ns, "-l", "longalign.dev/run=queued")["items"]  # no GPU held yet
     # Admission, as Kueue grants it: the Job is unsuspended.
-    cluster.kubectl("patch", "job", job["metadata"]["name"], "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    cluster.kubectl(
+        "patch", "job", job["metadata"]["name"], "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}'
+    )
     wait_phase(cluster, ns, "queued", "Succeeded")

@@ -8,15 +8,17 @@ import time
 import uuid
 
 import pytest
-from localcluster import LocalCluster, wait_for
 from runs import apply_run, run_status, wait_phase
 from test_lifecycle import BASE, OUTCOME, training
+
+from localcluster import LocalCluster, wait_for
 
 pytestmark = pytest.mark.cluster
 
 
 def lead_pod(cluster: LocalCluster, ns: str, job: str) -> dict:
     """The Job's first pod once it runs."""
+
     def found():
         pods = cluster.get("pods", "-n", ns, "-l", f"job-name={job}")["items"]
         return next((p for p in pods if p["status"].get("phase") == "Running"), None)
@@ -38,9 +40,19 @@ def test_a_lost_node_fails_the_attempt_at_once_naming_the_node(cluster, operator
     node = f"lost-node-{uuid.uuid4().hex[:5]}"
     shape = cluster.get("node", "gpu-node-0")
     labels = {**shape["metadata"]["labels"], "kubernetes.io/hostname": node, "sim.longalign.dev/node": node}
-    cluster.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {
-        "name": node, "labels": labels, "annotations": {"kwok.x-k8s.io/node": "fake"}},
-        "status": {"capacity": shape["status"]["capacity"], "allocatable": shape["status"]["allocatable"]}}))
+    cluster.kubectl(
+        "create",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": node, "labels": labels, "annotations": {"kwok.x-k8s.io/node": "fake"}},
+                "status": {"capacity": shape["status"]["capacity"], "allocatable": shape["status"]["allocatable"]},
+            }
+        ),
+    )
     try:
         pinned = training(labels={OUTCOME: "hang"}, nodeSelector={"sim.longalign.dev/node": node})
         spec = {**BASE, "training": {**pinned, "nodes": 1, "backoffLimit": 0}}
@@ -60,14 +72,27 @@ def test_a_lost_node_fails_the_attempt_at_once_naming_the_node(cluster, operator
 
 def test_a_teacher_that_cannot_start_fails_data_generation_with_its_reason(cluster, operator, volumes):
     ns = volumes
-    spec = {**BASE, "training": training(dataset=False),
-            "dataGeneration": {"teacher": {"modelPath": "/models/t", "gpusPerReplica": 16},  # no node has 16
-                               "startupDeadlineSeconds": 30, "backoffLimit": 0,
-                               "pod": {"annotations": {"sim.longalign.dev/run-duration": "600s"}}}}
+    spec = {
+        **BASE,
+        "training": training(dataset=False),
+        "dataGeneration": {
+            "teacher": {"modelPath": "/models/t", "gpusPerReplica": 16},  # no node has 16
+            "startupDeadlineSeconds": 30,
+            "backoffLimit": 0,
+            "pod": {"annotations": {"sim.longalign.dev/run-duration": "600s"}},
+        },
+    }
     apply_run(cluster, ns, "no-room", spec)
-    stage = wait_for(lambda: (s := run_status(cluster, ns, "no-room").get("stages", {}).get("dataGeneration", {}))
-                     .get("message", "").startswith("no-room-teacher-0: 0/") and s, 60,
-                     "data generation to report the teacher's pod")
+    stage = wait_for(
+        lambda: (
+            (s := run_status(cluster, ns, "no-room").get("stages", {}).get("dataGeneration", {}))
+            .get("message", "")
+            .startswith("no-room-teacher-0: 0/")
+            and s
+        ),
+        60,
+        "data generation to report the teacher's pod",
+    )
     assert (stage["state"], stage["reason"]) == ("Queued", "Unschedulable")
     stage = wait_phase(cluster, ns, "no-room", "Failed", timeout=90)["stages"]["dataGeneration"]
     assert stage["reason"] == "StartupDeadlineExceeded"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from longalign_operator import crd
 from longalign_operator.builders import run_name_limit
 from longalign_operator.spec import SpecError, parse
@@ -18,13 +19,19 @@ REPO = Path(__file__).resolve().parents[2]
 VALID = {
     "image": "ghcr.io/example/longalign-trainer:0.1.0",
     "baseModelPath": "/models/llama-8b",
-    "storage": {"models": {"claimName": "models"}, "data": {"claimName": "data"},
-                "checkpoints": {"claimName": "checkpoints"}},
+    "storage": {
+        "models": {"claimName": "models"},
+        "data": {"claimName": "data"},
+        "checkpoints": {"claimName": "checkpoints"},
+    },
     "training": {"datasetPath": "/data/longalign-10k.jsonl"},
 }
 TEACHER = {"modelPath": "/models/teacher-70b"}
-JUDGE = {"endpoint": "https://api.openai.com/v1", "model": "gpt-4o",
-         "apiKeySecretRef": {"name": "judge", "key": "api-key"}}
+JUDGE = {
+    "endpoint": "https://api.openai.com/v1",
+    "model": "gpt-4o",
+    "apiKeySecretRef": {"name": "judge", "key": "api-key"},
+}
 
 
 def spec_with(**changes) -> dict:
@@ -41,43 +48,80 @@ def spec_with(**changes) -> dict:
 # (case id, spec, field path the error must name)
 BAD_SPECS = [
     ("no-image", spec_with(image=None), "spec.image"),
-    ("no-storage-for-checkpoints", spec_with(storage={"models": {"claimName": "m"}, "data": {"claimName": "d"}}),
-     "spec.storage.checkpoints"),
-    ("empty-claim-name", spec_with(storage={**VALID["storage"], "data": {"claimName": ""}}),
-     "spec.storage.data.claimName"),
+    (
+        "no-storage-for-checkpoints",
+        spec_with(storage={"models": {"claimName": "m"}, "data": {"claimName": "d"}}),
+        "spec.storage.checkpoints",
+    ),
+    (
+        "empty-claim-name",
+        spec_with(storage={**VALID["storage"], "data": {"claimName": ""}}),
+        "spec.storage.data.claimName",
+    ),
     ("zero-nodes", spec_with(training={**VALID["training"], "nodes": 0}), "spec.training.nodes"),
     ("zero-gpus-per-node", spec_with(training={**VALID["training"], "gpusPerNode": 0}), "spec.training.gpusPerNode"),
-    ("unknown-zero-stage", spec_with(training={**VALID["training"], "deepspeed": {"zeroStage": 4}}),
-     "spec.training.deepspeed.zeroStage"),
-    ("pack-not-multiple-of-128", spec_with(training={**VALID["training"], "maxTokensPerPack": 65000}),
-     "spec.training.maxTokensPerPack"),
-    ("unknown-batching", spec_with(training={**VALID["training"], "batching": "bucketed"}),
-     "spec.training.batching"),
-    ("negative-learning-rate", spec_with(training={**VALID["training"], "optimizer": {"learningRate": -1e-5}}),
-     "spec.training.optimizer.learningRate"),
-    ("offload-params-without-zero3",
-     spec_with(training={**VALID["training"], "deepspeed": {"zeroStage": 2, "offloadParams": True}}),
-     "spec.training.deepspeed.offloadParams"),
+    (
+        "unknown-zero-stage",
+        spec_with(training={**VALID["training"], "deepspeed": {"zeroStage": 4}}),
+        "spec.training.deepspeed.zeroStage",
+    ),
+    (
+        "pack-not-multiple-of-128",
+        spec_with(training={**VALID["training"], "maxTokensPerPack": 65000}),
+        "spec.training.maxTokensPerPack",
+    ),
+    ("unknown-batching", spec_with(training={**VALID["training"], "batching": "bucketed"}), "spec.training.batching"),
+    (
+        "negative-learning-rate",
+        spec_with(training={**VALID["training"], "optimizer": {"learningRate": -1e-5}}),
+        "spec.training.optimizer.learningRate",
+    ),
+    (
+        "offload-params-without-zero3",
+        spec_with(training={**VALID["training"], "deepspeed": {"zeroStage": 2, "offloadParams": True}}),
+        "spec.training.deepspeed.offloadParams",
+    ),
     ("training-without-data", spec_with(training={"nodes": 2}), "spec.training.datasetPath"),
     ("nothing-enabled", spec_with(training={"enabled": False}), "spec"),
     ("datagen-without-teacher", spec_with(dataGeneration={"enabled": True}), "spec.dataGeneration.teacher"),
-    ("teacher-without-gpus", spec_with(dataGeneration={"teacher": {**TEACHER, "gpusPerReplica": 0}}),
-     "spec.dataGeneration.teacher.gpusPerReplica"),
-    ("unknown-task-type", spec_with(dataGeneration={"teacher": TEACHER, "taskTypes": ["poetry"]}),
-     "spec.dataGeneration.taskTypes[0]"),
-    ("document-range-inverted",
-     spec_with(dataGeneration={"teacher": TEACHER, "minDocumentTokens": 64000, "maxDocumentTokens": 8000}),
-     "spec.dataGeneration.maxDocumentTokens"),
+    (
+        "teacher-without-gpus",
+        spec_with(dataGeneration={"teacher": {**TEACHER, "gpusPerReplica": 0}}),
+        "spec.dataGeneration.teacher.gpusPerReplica",
+    ),
+    (
+        "unknown-task-type",
+        spec_with(dataGeneration={"teacher": TEACHER, "taskTypes": ["poetry"]}),
+        "spec.dataGeneration.taskTypes[0]",
+    ),
+    (
+        "document-range-inverted",
+        spec_with(dataGeneration={"teacher": TEACHER, "minDocumentTokens": 64000, "maxDocumentTokens": 8000}),
+        "spec.dataGeneration.maxDocumentTokens",
+    ),
     ("eval-without-benchmark", spec_with(evaluation={"judge": JUDGE}), "spec.evaluation"),
-    ("longbench-without-judge-secret",
-     spec_with(evaluation={"longBenchChat": {"path": "/data/lbc.jsonl"},
-                           "judge": {"endpoint": "https://judge.example/v1", "model": "judge"}}),
-     "spec.evaluation.judge"),
-    ("judge-endpoint-not-a-url",
-     spec_with(evaluation={"longBenchChat": {"path": "/data/lbc.jsonl"}, "judge": {**JUDGE, "endpoint": "judge:8000"}}),
-     "spec.evaluation.judge.endpoint"),
-    ("eval-only-without-checkpoint", spec_with(training={"enabled": False}, evaluation={"needle": {}}),
-     "spec.evaluation.checkpointPath"),
+    (
+        "longbench-without-judge-secret",
+        spec_with(
+            evaluation={
+                "longBenchChat": {"path": "/data/lbc.jsonl"},
+                "judge": {"endpoint": "https://judge.example/v1", "model": "judge"},
+            }
+        ),
+        "spec.evaluation.judge",
+    ),
+    (
+        "judge-endpoint-not-a-url",
+        spec_with(
+            evaluation={"longBenchChat": {"path": "/data/lbc.jsonl"}, "judge": {**JUDGE, "endpoint": "judge:8000"}}
+        ),
+        "spec.evaluation.judge.endpoint",
+    ),
+    (
+        "eval-only-without-checkpoint",
+        spec_with(training={"enabled": False}, evaluation={"needle": {}}),
+        "spec.evaluation.checkpointPath",
+    ),
     ("negative-backoff", spec_with(training={**VALID["training"], "backoffLimit": -1}), "spec.training.backoffLimit"),
     ("negative-ttl", spec_with(ttlSecondsAfterFinished=-5), "spec.ttlSecondsAfterFinished"),
     ("unknown-field", spec_with(training={**VALID["training"], "learningRate": 1e-5}), "spec.training.learningRate"),
@@ -92,75 +136,188 @@ def pod(**options) -> dict:
     return {"pod": options}
 
 
-RESERVED = ("must not set LONGALIGN_TERMINATION_MESSAGE_PATH, LONGALIGN_TEACHER_URL, LONGALIGN_JUDGE_API_KEY, "
-            "MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NNODES, NODE_RANK, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE, POD_INDEX: "
-            "the operator sets them (the stage contract and torchrun's rendezvous)")
-SECRET = ("LONGALIGN_JUDGE_API_KEY and OPENAI_API_KEY hold secrets: set them with valueFrom.secretKeyRef, never as "
-          "value (the spec is stored in plain text)")
+RESERVED = (
+    "must not set LONGALIGN_TERMINATION_MESSAGE_PATH, LONGALIGN_TEACHER_URL, LONGALIGN_JUDGE_API_KEY, "
+    "MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NNODES, NODE_RANK, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE, POD_INDEX: "
+    "the operator sets them (the stage contract and torchrun's rendezvous)"
+)
+SECRET = (
+    "LONGALIGN_JUDGE_API_KEY and OPENAI_API_KEY hold secrets: set them with valueFrom.secretKeyRef, never as "
+    "value (the spec is stored in plain text)"
+)
 FROM_SECRET = {"secretKeyRef": {"name": "teacher", "key": "api-key"}}
 # (case id, spec, field path, what the message must say): the same words from the model and from kubectl.
 REFUSED_SAYING = [
-    ("generated-and-own-dataset", spec_with(dataGeneration={"teacher": TEACHER}), "spec.training.datasetPath",
-     ("must not be set when dataGeneration is enabled: training reads the data generation writes "
-     "(/data/<run>/data.jsonl); disable dataGeneration to train on your own file")),
-    ("trained-and-own-checkpoint", spec_with(evaluation={"checkpointPath": "/checkpoints/x", "needle": {}}),
-     "spec.evaluation.checkpointPath", ("must not be set when training is enabled: evaluation evaluates the model "
-     "training exports (/checkpoints/<run>/model); disable training to evaluate an existing checkpoint")),
-    ("pack-no-gpu-holds", training_with(maxTokensPerPack=1_000_000_000), "spec.training.maxTokensPerPack",
-     "less than or equal to 1048576"),
-    ("teacher-context-no-gpu-holds", spec_with(training={}, dataGeneration={
-        "teacher": {**TEACHER, "maxModelLen": 4_194_304}}), "spec.dataGeneration.teacher.maxModelLen",
-     "less than or equal to 1048576"),
-    ("needle-context-no-gpu-holds", spec_with(evaluation={"needle": {"contextLengths": [8000, 10**9]}}),
-     "spec.evaluation.needle.contextLengths[1]", "less than or equal to 1048576"),
-    ("batch-of-millions", training_with(globalBatchSize=10**7), "spec.training.globalBatchSize",
-     "less than or equal to 65536"),
-    ("startup-deadline-of-years", training_with(startupDeadlineSeconds=10**9), "spec.training.startupDeadlineSeconds",
-     "less than or equal to 604800"),
-    ("ttl-of-decades", spec_with(ttlSecondsAfterFinished=10**9), "spec.ttlSecondsAfterFinished",
-     "less than or equal to 31536000"),
-    ("rendezvous-env-overridden", training_with(**pod(env=[{"name": "MASTER_ADDR", "value": "elsewhere"}])),
-     "spec.training.pod.env", RESERVED),
-    ("judge-key-overriding-the-secret", spec_with(evaluation={
-        "needle": {}, **pod(env=[{"name": "LONGALIGN_JUDGE_API_KEY", "valueFrom": FROM_SECRET}])}),
-     "spec.evaluation.pod.env", RESERVED),
-    ("teacher-key-in-plain-text", spec_with(training={}, dataGeneration={
-        "teacher": TEACHER, **pod(env=[{"name": "OPENAI_API_KEY", "value": "sk-123"}])}),
-     "spec.dataGeneration.pod.env", SECRET),
-    ("gpus-through-resources", training_with(**pod(resources={"limits": {"nvidia.com/gpu": 4}})),
-     "spec.training.pod.resources", "must not ask for nvidia.com/gpu: training.gpusPerNode sets the stage's GPUs"),
-    ("claim-name-not-a-name", spec_with(storage={**VALID["storage"], "data": {"claimName": "Team_A data"}}),
-     "spec.storage.data.claimName", "should match"),
-    ("path-outside-the-mounts", training_with(datasetPath="/mnt/nfs/longalign.jsonl"), "spec.training.datasetPath",
-     "'^/(models|data|checkpoints|results|documents)(/.*)?$'"),
-    ("relative-model-path", spec_with(baseModelPath="llama-8b"), "spec.baseModelPath",
-     "'^/(models|data|checkpoints|results|documents)(/.*)?$'"),
-    ("published-judge-without-its-prompt", spec_with(training={"enabled": False}, evaluation={
-        "checkpointPath": "/checkpoints/final", "longBenchChat": {"path": "/data/lbc/test_cases.json"},
-        "judge": JUDGE}), "spec.evaluation.longBenchChat.promptPath",
-     ("the published judge prompt needs promptPath (LongBench_Chat's prompt_fs.txt) and fewShotPath (its "
-      "few_shots.json) on the data volume; or set judgePrompt: ours")),
-    ("label-of-the-operators-own", training_with(**pod(labels={"longalign.dev/run": "other"})),
-     "spec.training.pod.labels", ("must not use the prefix longalign.dev/: the operator's own labels find the "
-     "stage's pods")),
+    (
+        "generated-and-own-dataset",
+        spec_with(dataGeneration={"teacher": TEACHER}),
+        "spec.training.datasetPath",
+        (
+            "must not be set when dataGeneration is enabled: training reads the data generation writes "
+            "(/data/<run>/data.jsonl); disable dataGeneration to train on your own file"
+        ),
+    ),
+    (
+        "trained-and-own-checkpoint",
+        spec_with(evaluation={"checkpointPath": "/checkpoints/x", "needle": {}}),
+        "spec.evaluation.checkpointPath",
+        (
+            "must not be set when training is enabled: evaluation evaluates the model "
+            "training exports (/checkpoints/<run>/model); disable training to evaluate an existing checkpoint"
+        ),
+    ),
+    (
+        "pack-no-gpu-holds",
+        training_with(maxTokensPerPack=1_000_000_000),
+        "spec.training.maxTokensPerPack",
+        "less than or equal to 1048576",
+    ),
+    (
+        "teacher-context-no-gpu-holds",
+        spec_with(training={}, dataGeneration={"teacher": {**TEACHER, "maxModelLen": 4_194_304}}),
+        "spec.dataGeneration.teacher.maxModelLen",
+        "less than or equal to 1048576",
+    ),
+    (
+        "needle-context-no-gpu-holds",
+        spec_with(evaluation={"needle": {"contextLengths": [8000, 10**9]}}),
+        "spec.evaluation.needle.contextLengths[1]",
+        "less than or equal to 1048576",
+    ),
+    (
+        "batch-of-millions",
+        training_with(globalBatchSize=10**7),
+        "spec.training.globalBatchSize",
+        "less than or equal to 65536",
+    ),
+    (
+        "startup-deadline-of-years",
+        training_with(startupDeadlineSeconds=10**9),
+        "spec.training.startupDeadlineSeconds",
+        "less than or equal to 604800",
+    ),
+    (
+        "ttl-of-decades",
+        spec_with(ttlSecondsAfterFinished=10**9),
+        "spec.ttlSecondsAfterFinished",
+        "less than or equal to 31536000",
+    ),
+    (
+        "rendezvous-env-overridden",
+        training_with(**pod(env=[{"name": "MASTER_ADDR", "value": "elsewhere"}])),
+        "spec.training.pod.env",
+        RESERVED,
+    ),
+    (
+        "judge-key-overriding-the-secret",
+        spec_with(
+            evaluation={"needle": {}, **pod(env=[{"name": "LONGALIGN_JUDGE_API_KEY", "valueFrom": FROM_SECRET}])}
+        ),
+        "spec.evaluation.pod.env",
+        RESERVED,
+    ),
+    (
+        "teacher-key-in-plain-text",
+        spec_with(
+            training={}, dataGeneration={"teacher": TEACHER, **pod(env=[{"name": "OPENAI_API_KEY", "value": "sk-123"}])}
+        ),
+        "spec.dataGeneration.pod.env",
+        SECRET,
+    ),
+    (
+        "gpus-through-resources",
+        training_with(**pod(resources={"limits": {"nvidia.com/gpu": 4}})),
+        "spec.training.pod.resources",
+        "must not ask for nvidia.com/gpu: training.gpusPerNode sets the stage's GPUs",
+    ),
+    (
+        "claim-name-not-a-name",
+        spec_with(storage={**VALID["storage"], "data": {"claimName": "Team_A data"}}),
+        "spec.storage.data.claimName",
+        "should match",
+    ),
+    (
+        "path-outside-the-mounts",
+        training_with(datasetPath="/mnt/nfs/longalign.jsonl"),
+        "spec.training.datasetPath",
+        "'^/(models|data|checkpoints|results|documents)(/.*)?$'",
+    ),
+    (
+        "relative-model-path",
+        spec_with(baseModelPath="llama-8b"),
+        "spec.baseModelPath",
+        "'^/(models|data|checkpoints|results|documents)(/.*)?$'",
+    ),
+    (
+        "published-judge-without-its-prompt",
+        spec_with(
+            training={"enabled": False},
+            evaluation={
+                "checkpointPath": "/checkpoints/final",
+                "longBenchChat": {"path": "/data/lbc/test_cases.json"},
+                "judge": JUDGE,
+            },
+        ),
+        "spec.evaluation.longBenchChat.promptPath",
+        (
+            "the published judge prompt needs promptPath (LongBench_Chat's prompt_fs.txt) and fewShotPath (its "
+            "few_shots.json) on the data volume; or set judgePrompt: ours"
+        ),
+    ),
+    (
+        "label-of-the-operators-own",
+        training_with(**pod(labels={"longalign.dev/run": "other"})),
+        "spec.training.pod.labels",
+        ("must not use the prefix longalign.dev/: the operator's own labels find the stage's pods"),
+    ),
 ]
 
 GOOD_SPECS = [
     ("byo-dataset-training-only", VALID),
-    ("full-pipeline", spec_with(training={}, dataGeneration={"teacher": {**TEACHER, "replicas": 2}},
-                                evaluation={"longBenchChat": {"path": "/data/lbc/test_cases.json",
-                                                              "fewShotPath": "/data/lbc/few_shots.json",
-                                                              "promptPath": "/data/lbc/prompt_fs.txt"},
-                                            "needle": {}, "judge": JUDGE})),
-    ("our-judge-prompt", spec_with(training={"enabled": False}, evaluation={
-        "checkpointPath": "/checkpoints/final", "longBenchChat": {"path": "/data/lbc.jsonl", "judgePrompt": "ours"},
-        "judge": JUDGE})),
-    ("evaluate-existing-checkpoint",
-     spec_with(training={"enabled": False}, evaluation={"checkpointPath": "/checkpoints/final", "needle": {}})),
+    (
+        "full-pipeline",
+        spec_with(
+            training={},
+            dataGeneration={"teacher": {**TEACHER, "replicas": 2}},
+            evaluation={
+                "longBenchChat": {
+                    "path": "/data/lbc/test_cases.json",
+                    "fewShotPath": "/data/lbc/few_shots.json",
+                    "promptPath": "/data/lbc/prompt_fs.txt",
+                },
+                "needle": {},
+                "judge": JUDGE,
+            },
+        ),
+    ),
+    (
+        "our-judge-prompt",
+        spec_with(
+            training={"enabled": False},
+            evaluation={
+                "checkpointPath": "/checkpoints/final",
+                "longBenchChat": {"path": "/data/lbc.jsonl", "judgePrompt": "ours"},
+                "judge": JUDGE,
+            },
+        ),
+    ),
+    (
+        "evaluate-existing-checkpoint",
+        spec_with(training={"enabled": False}, evaluation={"checkpointPath": "/checkpoints/final", "needle": {}}),
+    ),
     ("zero3-offload", spec_with(training={**VALID["training"], "deepspeed": {"offloadParams": True}})),
-    ("teacher-key-from-a-secret", spec_with(training={}, dataGeneration={
-        "teacher": TEACHER, **pod(env=[{"name": "OPENAI_API_KEY", "valueFrom": FROM_SECRET},
-                                       {"name": "HF_HUB_OFFLINE", "value": "1"}])})),
+    (
+        "teacher-key-from-a-secret",
+        spec_with(
+            training={},
+            dataGeneration={
+                "teacher": TEACHER,
+                **pod(
+                    env=[{"name": "OPENAI_API_KEY", "valueFrom": FROM_SECRET}, {"name": "HF_HUB_OFFLINE", "value": "1"}]
+                ),
+            },
+        ),
+    ),
 ]
 
 
@@ -195,7 +352,8 @@ def test_the_shipped_crd_is_generated_from_the_models():
 def test_the_charts_crd_is_generated_from_the_models():
     shipped = (REPO / "charts" / "longalign-operator" / "templates" / "crd.yaml").read_text()
     assert shipped == crd.render_helm(), (
-        "regenerate: python -m longalign_operator.crd --helm > charts/longalign-operator/templates/crd.yaml")
+        "regenerate: python -m longalign_operator.crd --helm > charts/longalign-operator/templates/crd.yaml"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -208,8 +366,7 @@ def crd_installed(cluster):
 @pytest.mark.cluster
 def test_kubectl_apply_refuses_every_bad_spec_naming_the_field(crd_installed, namespace):
     for case, spec, field in BAD_SPECS:
-        out = crd_installed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(lar(case, spec)),
-                                    check=False)
+        out = crd_installed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(lar(case, spec)), check=False)
         assert out.returncode != 0, f"{case}: accepted by the apiserver"
         # kubectl names the field either "spec.x.y: Invalid value" or 'unknown field "spec.x.y"'.
         assert f"{field}:" in out.stderr or f'"{field}"' in out.stderr, f"{case}: {out.stderr}"
@@ -218,11 +375,9 @@ def test_kubectl_apply_refuses_every_bad_spec_naming_the_field(crd_installed, na
 @pytest.mark.cluster
 def test_kubectl_apply_refuses_each_bad_spec_saying_why(crd_installed, namespace):
     for case, spec, field, message in REFUSED_SAYING:
-        out = crd_installed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(lar(case, spec)),
-                                    check=False)
+        out = crd_installed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(lar(case, spec)), check=False)
         assert out.returncode != 0, f"{case}: accepted by the apiserver"
-        line = next((text for text in out.stderr.split(f"{field}:")[1:] if message in text.split(", spec.")[0]),
-                    None)
+        line = next((text for text in out.stderr.split(f"{field}:")[1:] if message in text.split(", spec.")[0]), None)
         assert line is not None, f"{case}: {out.stderr}"
 
 
@@ -230,16 +385,24 @@ def test_kubectl_apply_refuses_each_bad_spec_saying_why(crd_installed, namespace
 def test_kubectl_apply_refuses_run_names_whose_children_cannot_exist(crd_installed, namespace):
     limit, what, _ = run_name_limit()
     full = spec_with(training={}, dataGeneration={"teacher": TEACHER}, evaluation={"needle": {}})
-    out = crd_installed.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
-                                input=json.dumps(lar("a" * limit, full)))
+    out = crd_installed.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(lar("a" * limit, full))
+    )
     assert "created (server dry run)" in out.stdout
     for name, message in [
-            ("a" * (limit + 1), (f"must be at most {limit} characters: the longest name made from it, the {what}, "
-                                "must fit in 63")),
-            ("run.v2", ("must start with a lowercase letter and hold only lowercase letters, digits and '-' (it names "
-                       "the run's Services)"))]:
-        out = crd_installed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(lar(name, full)),
-                                    check=False)
+        (
+            "a" * (limit + 1),
+            (f"must be at most {limit} characters: the longest name made from it, the {what}, must fit in 63"),
+        ),
+        (
+            "run.v2",
+            (
+                "must start with a lowercase letter and hold only lowercase letters, digits and '-' (it names "
+                "the run's Services)"
+            ),
+        ),
+    ]:
+        out = crd_installed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(lar(name, full)), check=False)
         assert out.returncode != 0 and "metadata.name: Invalid value: " in out.stderr, out.stderr
         assert message in out.stderr, out.stderr
 

@@ -14,8 +14,7 @@ def model(tiny_model):
     from transformers import AutoModelForCausalLM
 
     attention.register("sdpa_block_diagonal", "cpu")
-    m = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attention.NAME,
-                                             dtype=torch.float32).eval()
+    m = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attention.NAME, dtype=torch.float32).eval()
     return m
 
 
@@ -28,8 +27,7 @@ def test_logits_of_a_pack_equal_each_sequence_alone(model, tiny_model):
     pack = build_pack([(s, s) for s in seqs])
     with torch.no_grad():
         packed = model(**pack.as_model_inputs()).logits[0]
-        plain = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa",
-                                                     dtype=torch.float32).eval()
+        plain = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa", dtype=torch.float32).eval()
         alone = torch.cat([plain(input_ids=torch.tensor([s]), use_cache=False).logits[0] for s in seqs])
     assert attention.chosen_backend() == "sdpa_block_diagonal"
     torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
@@ -63,8 +61,11 @@ def test_cudnn_backend_splits_equal_the_block_diagonal_reference(monkeypatch, pa
     gradients as the explicit mask, grouped KV heads too."""
     monkeypatch.setattr(attention, "CUDNN_MIN_LENGTH", 10)
     monkeypatch.setattr(attention, "CUDNN_PAD", pad_to)
-    monkeypatch.setattr(attention, "_torch_varlen",  # PyTorch's varlen kernel is GPU-only
-                        lambda q, k, v, cu, max_len, scaling: reference_varlen(q, k, v, cu, scaling))
+    monkeypatch.setattr(
+        attention,
+        "_torch_varlen",  # PyTorch's varlen kernel is GPU-only
+        lambda q, k, v, cu, max_len, scaling: reference_varlen(q, k, v, cu, scaling),
+    )
     torch.manual_seed(2)
     lengths = [7, 1, 22, 11, 3, 4, 13]  # short run, two long ones, short run, a long one last
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
@@ -87,20 +88,20 @@ def test_cudnn_backend_splits_equal_the_block_diagonal_reference(monkeypatch, pa
 # allocates its outputs); the trainer calls them by these names.
 FA3_SCHEMAS = {
     "fwd": "fwd(Tensor q, Tensor k, Tensor v, Tensor? k_new=None, Tensor? v_new=None, Tensor? q_v=None, "
-           "Tensor? out=None, Tensor? cu_seqlens_q=None, Tensor? cu_seqlens_k=None, Tensor? cu_seqlens_k_new=None, "
-           "Tensor? seqused_q=None, Tensor? seqused_k=None, int? max_seqlen_q=None, int? max_seqlen_k=None, "
-           "Tensor? page_table=None, Tensor? kv_batch_idx=None, Tensor? leftpad_k=None, Tensor? rotary_cos=None, "
-           "Tensor? rotary_sin=None, Tensor? seqlens_rotary=None, Tensor? q_descale=None, Tensor? k_descale=None, "
-           "Tensor? v_descale=None, float? softmax_scale=None, bool is_causal=False, int window_size_left=-1, "
-           "int window_size_right=-1, int attention_chunk=0, float softcap=0.0, bool is_rotary_interleaved=False, "
-           "Tensor? scheduler_metadata=None, int num_splits=0, bool? pack_gqa=None, int sm_margin=0) "
-           "-> (Tensor, Tensor, Tensor, Tensor)",
+    "Tensor? out=None, Tensor? cu_seqlens_q=None, Tensor? cu_seqlens_k=None, Tensor? cu_seqlens_k_new=None, "
+    "Tensor? seqused_q=None, Tensor? seqused_k=None, int? max_seqlen_q=None, int? max_seqlen_k=None, "
+    "Tensor? page_table=None, Tensor? kv_batch_idx=None, Tensor? leftpad_k=None, Tensor? rotary_cos=None, "
+    "Tensor? rotary_sin=None, Tensor? seqlens_rotary=None, Tensor? q_descale=None, Tensor? k_descale=None, "
+    "Tensor? v_descale=None, float? softmax_scale=None, bool is_causal=False, int window_size_left=-1, "
+    "int window_size_right=-1, int attention_chunk=0, float softcap=0.0, bool is_rotary_interleaved=False, "
+    "Tensor? scheduler_metadata=None, int num_splits=0, bool? pack_gqa=None, int sm_margin=0) "
+    "-> (Tensor, Tensor, Tensor, Tensor)",
     "bwd": "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, Tensor? dq=None, "
-           "Tensor? dk=None, Tensor? dv=None, Tensor? cu_seqlens_q=None, Tensor? cu_seqlens_k=None, "
-           "Tensor? seqused_q=None, Tensor? seqused_k=None, int? max_seqlen_q=None, int? max_seqlen_k=None, "
-           "float? softmax_scale=None, bool is_causal=False, int window_size_left=-1, int window_size_right=-1, "
-           "float softcap=0.0, bool deterministic=False, int sm_margin=0) "
-           "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "Tensor? dk=None, Tensor? dv=None, Tensor? cu_seqlens_q=None, Tensor? cu_seqlens_k=None, "
+    "Tensor? seqused_q=None, Tensor? seqused_k=None, int? max_seqlen_q=None, int? max_seqlen_k=None, "
+    "float? softmax_scale=None, bool is_causal=False, int window_size_left=-1, int window_size_right=-1, "
+    "float softcap=0.0, bool deterministic=False, int sm_margin=0) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
 }
 
 
@@ -112,8 +113,11 @@ def fa3_stand_in():
 
     def named(op, args, kwargs):  # the dispatcher may pass any argument by position
         schema = getattr(torch.ops.flash_attn_3, op).default._schema
-        return {**{a.name: a.default_value for a in schema.arguments},
-                **dict(zip((a.name for a in schema.arguments), args, strict=False)), **kwargs}
+        return {
+            **{a.name: a.default_value for a in schema.arguments},
+            **dict(zip((a.name for a in schema.arguments), args, strict=False)),
+            **kwargs,
+        }
 
     def fwd(*args, **kwargs):
         kw = named("fwd", args, kwargs)

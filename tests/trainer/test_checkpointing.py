@@ -52,8 +52,10 @@ def test_matmuls_policy_keeps_every_projection_but_down():
     for a, w in ((x, q), (x, kv), (x, gate_up)):
         assert policy(None, mm, a, w, mlp_width=48, all_matmuls=True) == CheckpointPolicy.MUST_SAVE
     assert policy(None, mm, h, down, mlp_width=48, all_matmuls=True) == CheckpointPolicy.PREFER_RECOMPUTE
-    assert policy(None, torch.ops.aten.mul.Tensor, x, x, mlp_width=48, all_matmuls=True) == \
-        CheckpointPolicy.PREFER_RECOMPUTE
+    assert (
+        policy(None, torch.ops.aten.mul.Tensor, x, x, mlp_width=48, all_matmuls=True)
+        == CheckpointPolicy.PREFER_RECOMPUTE
+    )
 
 
 def test_policy_keeps_attention_and_mlp_projections_only():
@@ -101,14 +103,21 @@ def test_fused_rotary_runs_only_in_the_patched_model_and_changes_nothing(monkeyp
         def run(*args):
             calls.append(fn.__name__)
             return fn(*args)
+
         return run
 
     monkeypatch.setattr(fused_ops, "compiled", recording)
     transformers_rotary = modeling_llama.apply_rotary_pos_emb
     monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", transformers_rotary)  # restored after the test
     torch.manual_seed(5)
-    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     patched = LlamaForCausalLM(cfg).eval()
     plain = copy.deepcopy(patched)
     assert fused_ops.apply(patched) == 4 * cfg.num_hidden_layers + 1  # attention, MLP, 2 norms; the final norm

@@ -25,15 +25,18 @@ def test_every_shipped_example_validates(path):
 BASE = {"model_path": "m", "data": [{"path": "a.jsonl"}], "output_dir": "out"}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"max_tokens_per_pack": 1000}, "max_tokens_per_pack: Value error, must be a multiple of 128, got 1000"),
-    ({"strategy": "shuffle"}, "strategy: Input should be 'naive', 'packing' or 'sorted'"),
-    ({"data": []}, "data: List should have at least 1 item"),
-    ({"data": [{"path": "a.jsonl", "ratio": -1}]}, "data.0.ratio: Input should be greater than 0"),
-    ({"zero_stage": 2, "offload_params": True}, "offload_params: needs zero_stage 3"),
-    ({"adam_betas": [0.9, 1.5]}, "adam_betas: Value error, both betas must be in [0, 1)"),
-    ({"learning_rte": 1e-5}, "learning_rte: Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"max_tokens_per_pack": 1000}, "max_tokens_per_pack: Value error, must be a multiple of 128, got 1000"),
+        ({"strategy": "shuffle"}, "strategy: Input should be 'naive', 'packing' or 'sorted'"),
+        ({"data": []}, "data: List should have at least 1 item"),
+        ({"data": [{"path": "a.jsonl", "ratio": -1}]}, "data.0.ratio: Input should be greater than 0"),
+        ({"zero_stage": 2, "offload_params": True}, "offload_params: needs zero_stage 3"),
+        ({"adam_betas": [0.9, 1.5]}, "adam_betas: Value error, both betas must be in [0, 1)"),
+        ({"learning_rte": 1e-5}, "learning_rte: Extra inputs are not permitted"),
+    ],
+)
 def test_mistakes_are_named_by_field(tmp_path, change, message):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({**BASE, **change}))

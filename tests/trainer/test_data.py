@@ -6,13 +6,18 @@ import json
 import threading
 
 import pytest
-
 from trainer_datasets import make_dataset, write_jsonl
+
 from longalign_trainer.config_files import InputError
 from longalign_trainer.train.data import MAX_PRINTED, load_examples
 
-GOOD = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is json?"},
-                     {"role": "assistant", "content": "A format."}]}
+GOOD = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is json?"},
+        {"role": "assistant", "content": "A format."},
+    ]
+}
 
 
 def test_labels_cover_exactly_the_assistant_answer(tmp_path, tokenizer):
@@ -24,24 +29,42 @@ def test_labels_cover_exactly_the_assistant_answer(tmp_path, tokenizer):
 
 def test_every_rejected_line_is_counted_named_printed_and_listed(tmp_path, tokenizer):
     user, answer = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}
-    f = write_jsonl(tmp_path / "bad.jsonl", [
-        GOOD, "{not json", {"messages": [{"content": "no role"}]},
-        {"messages": [user, {"role": "assistant", "content": ""}]},
-        {"messages": [{"role": "user", "content": "only a question"}]}, {"text": "wrong shape"}, "",
-        {"messages": [answer, user, answer]}, {"messages": [user, answer, answer]},
-        {"messages": [user, answer, {"role": "system", "content": "late"}, user, answer]},
-        {"messages": [{"role": "tool", "content": "x"}, user, answer]}, {"messages": []}, GOOD])
+    f = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            GOOD,
+            "{not json",
+            {"messages": [{"content": "no role"}]},
+            {"messages": [user, {"role": "assistant", "content": ""}]},
+            {"messages": [{"role": "user", "content": "only a question"}]},
+            {"text": "wrong shape"},
+            "",
+            {"messages": [answer, user, answer]},
+            {"messages": [user, answer, answer]},
+            {"messages": [user, answer, {"role": "system", "content": "late"}, user, answer]},
+            {"messages": [{"role": "tool", "content": "x"}, user, answer]},
+            {"messages": []},
+            GOOD,
+        ],
+    )
     printed: list[str] = []
     rejected = tmp_path / "out" / "rejected-records.txt"
-    examples, report = load_examples([(f, None)], tokenizer, 1024, "drop", seed=0, log=printed.append,
-                                     rejected_path=rejected)
-    expected = [f"{f}:2: invalid JSON", f"{f}:3: message 0: missing role", f"{f}:4: message 1: empty content",
-                f"{f}:5: no assistant turn", f'{f}:6: not an object with a "messages" list', f"{f}:7: blank line",
-                f"{f}:8: message 0: an assistant turn must follow a user turn",
-                f"{f}:9: message 2: an assistant turn must follow a user turn",
-                f"{f}:10: message 2: a system turn may only come first",
-                f"{f}:11: message 0: unknown role 'tool' (use system, user or assistant)",
-                f'{f}:12: empty "messages" list']
+    examples, report = load_examples(
+        [(f, None)], tokenizer, 1024, "drop", seed=0, log=printed.append, rejected_path=rejected
+    )
+    expected = [
+        f"{f}:2: invalid JSON",
+        f"{f}:3: message 0: missing role",
+        f"{f}:4: message 1: empty content",
+        f"{f}:5: no assistant turn",
+        f'{f}:6: not an object with a "messages" list',
+        f"{f}:7: blank line",
+        f"{f}:8: message 0: an assistant turn must follow a user turn",
+        f"{f}:9: message 2: an assistant turn must follow a user turn",
+        f"{f}:10: message 2: a system turn may only come first",
+        f"{f}:11: message 0: unknown role 'tool' (use system, user or assistant)",
+        f'{f}:12: empty "messages" list',
+    ]
     assert len(examples) == 2 and report.records == 13 and report.kept == 2
     assert report.named == expected and report.rejected == len(expected)
     assert printed == [f"rejected {line}" for line in expected]
@@ -52,8 +75,9 @@ def test_every_rejected_line_is_counted_named_printed_and_listed(tmp_path, token
 def test_rejected_lines_are_printed_up_to_a_cap_and_all_listed(tmp_path, tokenizer):
     f = write_jsonl(tmp_path / "many.jsonl", [GOOD, *["{oops"] * 30])
     printed: list[str] = []
-    _, report = load_examples([(f, None)], tokenizer, 1024, "drop", seed=0, log=printed.append,
-                              rejected_path=tmp_path / "rejected.txt")
+    _, report = load_examples(
+        [(f, None)], tokenizer, 1024, "drop", seed=0, log=printed.append, rejected_path=tmp_path / "rejected.txt"
+    )
     assert len(printed) == MAX_PRINTED + 1 and "all are listed in rejected-records.txt" in printed[-1]
     assert len((tmp_path / "rejected.txt").read_text().splitlines()) == 30 == report.rejected
 
@@ -67,8 +91,9 @@ def test_a_file_without_a_usable_record_is_bad_input(tmp_path, tokenizer):
 
 @pytest.mark.parametrize("overlong", ["drop", "truncate"])
 def test_overlong_sequences_are_dropped_or_truncated_and_counted(tmp_path, tokenizer, overlong):
-    long = {"messages": [{"role": "user", "content": "short question"},
-                         {"role": "assistant", "content": "word " * 400}]}
+    long = {
+        "messages": [{"role": "user", "content": "short question"}, {"role": "assistant", "content": "word " * 400}]
+    }
     f = write_jsonl(tmp_path / "l.jsonl", [GOOD, long])
     examples, report = load_examples([(f, None)], tokenizer, 128, overlong, seed=0)
     if overlong == "drop":
@@ -115,8 +140,9 @@ def test_ranks_sharing_the_tokenizing_get_what_one_process_gets(tmp_path, tokeni
             barrier.wait()
             return list(slots)
 
-        results[r] = load_examples(files, tokenizer, 4096, "drop", seed=3, rank=r, world_size=world,
-                                   all_gather=all_gather)
+        results[r] = load_examples(
+            files, tokenizer, 4096, "drop", seed=3, rank=r, world_size=world, all_gather=all_gather
+        )
 
     threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
     for t in threads:
@@ -125,5 +151,8 @@ def test_ranks_sharing_the_tokenizing_get_what_one_process_gets(tmp_path, tokeni
         t.join(timeout=60)
     for examples, report in results:
         assert [e.source for e in examples] == [e.source for e in alone]
-        assert all((x.input_ids == y.input_ids).all() and (x.labels == y.labels).all() for x, y in zip(examples, alone, strict=True))
+        assert all(
+            (x.input_ids == y.input_ids).all() and (x.labels == y.labels).all()
+            for x, y in zip(examples, alone, strict=True)
+        )
         assert report.summary() == alone_report.summary() and report.named == alone_report.named

@@ -64,8 +64,11 @@ def rank_loss(seqs, seed, weighting, micro_batches, world_size) -> float:
     counts = count_step([(p.targets, p.seq_index) for p in packs])
     total = 0.0
     for p in packs:
-        total += float(weighted_loss(per_token_loss(fixed_logits(p, seed), p.targets), p.targets, p.seq_index,
-                                     counts, world_size, weighting))
+        total += float(
+            weighted_loss(
+                per_token_loss(fixed_logits(p, seed), p.targets), p.targets, p.seq_index, counts, world_size, weighting
+            )
+        )
     return total
 
 
@@ -76,8 +79,7 @@ LAYOUT = [[[0, 1, 2], [3]], [[4, 5, 6, 7]]]  # rank 0: two packs; rank 1: one pa
 def test_one_rank_any_packing_gives_the_reference(weighting):
     seqs = make_sequences(0)
     layout = [[mb for rank in LAYOUT for mb in rank]]
-    assert rank_loss(seqs, 0, weighting, layout[0], 1) == pytest.approx(reference(seqs, 0, weighting, layout),
-                                                                        rel=1e-6)
+    assert rank_loss(seqs, 0, weighting, layout[0], 1) == pytest.approx(reference(seqs, 0, weighting, layout), rel=1e-6)
 
 
 def test_weighting_stays_exact_when_steps_take_whole_packs_of_the_set():
@@ -141,7 +143,9 @@ def test_chunked_linear_loss_equals_the_whole_one_with_its_gradients(compiled):
     chunked = per_token_linear_loss(hidden, weight, targets, compiled=compiled, chunk=5)
     chunked_grads = torch.autograd.grad(chunked.square().sum(), [hidden, weight])
     torch.testing.assert_close(chunked, whole)
-    for got, expected in zip(chunked_grads, grads):  # the weight's gradient sums the chunks in another order
+    for got, expected in zip(
+        chunked_grads, grads, strict=True
+    ):  # the weight's gradient sums the chunks in another order
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
 
 
@@ -153,8 +157,17 @@ def test_the_loss_inside_the_head_equals_the_loss_of_the_logits_with_its_gradien
     from longalign_trainer.train import linear_loss
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        )
+    )
     pack = build_pack(make_sequences(0))
     logits = model(**pack.as_model_inputs()).logits[0]
     expected = per_token_loss(logits, pack.targets)
@@ -165,5 +178,5 @@ def test_the_loss_inside_the_head_equals_the_loss_of_the_logits_with_its_gradien
         got = model(**pack.as_model_inputs()).logits[0]
     grads = torch.autograd.grad(got.sum(), list(model.parameters()))
     torch.testing.assert_close(got, expected)
-    for g, e in zip(grads, expected_grads):
+    for g, e in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(g, e)

@@ -15,17 +15,33 @@ from transformers import LlamaConfig
 
 from longalign_trainer.train.memory_estimate import GIB, ModelShape, Setting, choose, estimate
 
-ISSUE9 = ModelShape.from_config(LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632,
-                                            num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=4))
-LLAMA8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-               num_key_value_heads=8)
+ISSUE9 = ModelShape.from_config(
+    LlamaConfig(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=16,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+    )
+)
+LLAMA8B = dict(
+    vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8
+)
 WIDTH8B = ModelShape.from_config(LlamaConfig(num_hidden_layers=8, **LLAMA8B))
 
 
-@pytest.mark.parametrize("shape,gpu_gib,stage,keeps", [
-    (ISSUE9, 139, 2, "matmuls"), (ISSUE9, 40, 2, "attention"), (ISSUE9, 30, 2, "nothing"),
-    (WIDTH8B, 139, 2, "matmuls"), (WIDTH8B, 80, 2, "attention"), (WIDTH8B, 40, 3, "nothing"),
-])
+@pytest.mark.parametrize(
+    "shape,gpu_gib,stage,keeps",
+    [
+        (ISSUE9, 139, 2, "matmuls"),
+        (ISSUE9, 40, 2, "attention"),
+        (ISSUE9, 30, 2, "nothing"),
+        (WIDTH8B, 139, 2, "matmuls"),
+        (WIDTH8B, 80, 2, "attention"),
+        (WIDTH8B, 40, 3, "nothing"),
+    ],
+)
 def test_zero2_and_the_most_kept_activations_are_chosen_where_they_fit(shape, gpu_gib, stage, keeps):
     chosen = choose(shape, Setting(2, "attention", 65536), gpu_gib * GIB, None, None)
     assert (chosen.zero_stage, chosen.checkpoint_keeps) == (stage, keeps)
@@ -41,9 +57,14 @@ def test_what_the_config_says_is_kept():
 
 # Peak GPU memory (torch.cuda.max_memory_allocated) of `longalign train`, one H200, 64k packs, 2026-12-01
 # (benchmarks/train_product.py; README "Training speed").
-MEASURED_GIB = [(ISSUE9, 2, "matmuls", 56.6), (ISSUE9, 2, "attention", 26.6), (ISSUE9, 2, "nothing", 22.8),
-                (ISSUE9, 3, "nothing", 22.8),
-                (WIDTH8B, 2, "matmuls", 100.7), (WIDTH8B, 3, "nothing", 58.7)]
+MEASURED_GIB = [
+    (ISSUE9, 2, "matmuls", 56.6),
+    (ISSUE9, 2, "attention", 26.6),
+    (ISSUE9, 2, "nothing", 22.8),
+    (ISSUE9, 3, "nothing", 22.8),
+    (WIDTH8B, 2, "matmuls", 100.7),
+    (WIDTH8B, 3, "nothing", 58.7),
+]
 
 
 @pytest.mark.parametrize("shape,stage,keeps,measured", MEASURED_GIB)
@@ -57,14 +78,29 @@ def test_a_config_that_cannot_fit_is_refused_before_loading_with_the_numbers(tmp
     model = tmp_path / "model"
     LlamaConfig(num_hidden_layers=32, **LLAMA8B).save_pretrained(model)  # no weights: nothing may load them
     data = tmp_path / "d.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "user", "content": "a"},
-                                             {"role": "assistant", "content": "b"}]}) + "\n")
+    data.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}) + "\n"
+    )
     config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump({"model_path": str(model), "data": [{"path": str(data)}],
-                                      "output_dir": str(tmp_path / "out"), "zero_stage": 3,
-                                      "offload_optimizer": True, "termination_message_path": str(tmp_path / "t")}))
-    done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_path": str(model),
+                "data": [{"path": str(data)}],
+                "output_dir": str(tmp_path / "out"),
+                "zero_stage": 3,
+                "offload_optimizer": True,
+                "termination_message_path": str(tmp_path / "t"),
+            }
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "this config cannot fit" in done.stderr and "host memory" in done.stderr
     needed = float(re.search(r"need ~([0-9.]+) GiB", done.stderr).group(1))

@@ -16,8 +16,12 @@ def longalign_like_lengths(n: int, seed: int, cap: int = 65536) -> list[int]:
     """12 % uniform 8k..64k, the rest log-normal around 900 clipped to 32..8192 (the issue's benchmark mix)."""
     rng = random.Random(seed)
     long_lo, short_hi = min(8192, cap // 8), min(8192, cap)
-    return [rng.randint(long_lo, cap) if rng.random() < 0.12 else
-            int(min(short_hi, max(32, rng.lognormvariate(math.log(900), 1.0)))) for _ in range(n)]
+    return [
+        rng.randint(long_lo, cap)
+        if rng.random() < 0.12
+        else int(min(short_hi, max(32, rng.lognormvariate(math.log(900), 1.0))))
+        for _ in range(n)
+    ]
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -44,8 +48,20 @@ def test_build_pack_never_targets_across_a_boundary():
 
 def all_steps(strategy, world_size=2, epochs=2, **kw):
     lengths = kw.pop("lengths", longalign_like_lengths(103, 0, cap=4096))
-    samplers = [StepSampler(lengths, strategy=strategy, global_batch_size=16, capacity=4096, world_size=world_size,
-                            rank=r, seed=7, epochs=epochs, **kw) for r in range(world_size)]
+    samplers = [
+        StepSampler(
+            lengths,
+            strategy=strategy,
+            global_batch_size=16,
+            capacity=4096,
+            world_size=world_size,
+            rank=r,
+            seed=7,
+            epochs=epochs,
+            **kw,
+        )
+        for r in range(world_size)
+    ]
     return lengths, samplers, list(samplers[0])
 
 
@@ -95,10 +111,12 @@ def test_packing_fills_packs_to_the_sets_bound_across_step_boundaries():
 
 def test_resumed_sampler_continues_the_same_plan_and_refuses_another_seed():
     lengths, samplers, steps = all_steps("packing")
-    again = StepSampler(lengths, strategy="packing", global_batch_size=16, capacity=4096, world_size=2, rank=0,
-                        seed=7, epochs=2)
-    partial = StepSampler(lengths, strategy="packing", global_batch_size=16, capacity=4096, world_size=2, rank=0,
-                          seed=7, epochs=2)
+    again = StepSampler(
+        lengths, strategy="packing", global_batch_size=16, capacity=4096, world_size=2, rank=0, seed=7, epochs=2
+    )
+    partial = StepSampler(
+        lengths, strategy="packing", global_batch_size=16, capacity=4096, world_size=2, rank=0, seed=7, epochs=2
+    )
     for _ in zip(range(5), partial, strict=False):
         pass
     again.load_state_dict(partial.state_dict())

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from longalign_trainer.contract import human
 from trainer_datasets import make_dataset
 
+from longalign_trainer.contract import human
 
 
 def free_port() -> int:
@@ -32,8 +31,20 @@ def free_port() -> int:
 
 def torchrun(config: Path) -> list[str]:
     """2 processes on this machine, as the training pod runs them."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-            str(free_port()), "-m", "longalign_operator.cli", "train", "--config", str(config)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "longalign_operator.cli",
+        "train",
+        "--config",
+        str(config),
+    ]
 
 
 def children(pid: int) -> list[int]:
@@ -47,21 +58,37 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found
+
+
 STEPS = 12  # 2 epochs × 6 steps of 16 sequences
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> list[dict]:
     d = tmp_path_factory.mktemp("data")
-    return [{"path": str(make_dataset(d / "long.jsonl", 32, seed=1, long_share=0.5)), "ratio": 1},
-            {"path": str(make_dataset(d / "short.jsonl", 64, seed=2, long_share=0.0)), "ratio": 2}]
+    return [
+        {"path": str(make_dataset(d / "long.jsonl", 32, seed=1, long_share=0.5)), "ratio": 1},
+        {"path": str(make_dataset(d / "short.jsonl", 64, seed=2, long_share=0.0)), "ratio": 2},
+    ]
 
 
 def write_config(out: Path, tiny_model: Path, data: list[dict], **overrides) -> Path:
-    cfg = {"model_path": str(tiny_model), "data": data, "output_dir": str(out), "max_tokens_per_pack": 512,
-           "strategy": "packing", "global_batch_size": 16, "epochs": 2, "learning_rate": 2e-3,
-           "warmup_ratio": 0.1, "zero_stage": 3, "checkpoint_every_steps": 4, "progress_interval_s": 0,
-           "termination_message_path": str(out / "summary.json"), **overrides}
+    cfg = {
+        "model_path": str(tiny_model),
+        "data": data,
+        "output_dir": str(out),
+        "max_tokens_per_pack": 512,
+        "strategy": "packing",
+        "global_batch_size": 16,
+        "epochs": 2,
+        "learning_rate": 2e-3,
+        "warmup_ratio": 0.1,
+        "zero_stage": 3,
+        "checkpoint_every_steps": 4,
+        "progress_interval_s": 0,
+        "termination_message_path": str(out / "summary.json"),
+        **overrides,
+    }
     out.mkdir(parents=True, exist_ok=True)
     path = out / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -69,8 +96,9 @@ def write_config(out: Path, tiny_model: Path, data: list[dict], **overrides) -> 
 
 
 def train(config: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    done = subprocess.run(torchrun(config), capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        torchrun(config), capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -99,14 +127,13 @@ def test_loss_falls_and_both_ranks_agree(reference):
     assert sorted(losses) == list(range(1, STEPS + 1))
     assert step_losses(out, 1) == losses  # the all-reduced step loss is the same on both ranks
     assert sum(list(losses.values())[-3:]) / 3 < 0.7 * losses[1]
-    ranks = [[json.loads(line) for line in (out / f"train-log-rank{r}.jsonl").read_text().splitlines()]
-             for r in (0, 1)]
+    ranks = [[json.loads(line) for line in (out / f"train-log-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
     for a, b in zip(*ranks, strict=True):  # each rank ran its own share of the step, and the shares add up to the step
         assert a["local_loss"] != b["local_loss"]
         assert (a["local_loss"] + b["local_loss"]) / 2 == pytest.approx(a["loss"], rel=1e-9)
         assert a["micro_batches"] >= 2
     # A step holds whole packs of the set, so its sequence count floats; each epoch holds every sequence once.
-    assert sum(r["sequences"] for r in ranks[0][:STEPS // 2]) == 96
+    assert sum(r["sequences"] for r in ranks[0][: STEPS // 2]) == 96
 
 
 def test_progress_lines_and_summary_follow_the_stage_contract(reference):
@@ -123,7 +150,8 @@ def test_progress_lines_and_summary_follow_the_stage_contract(reference):
     assert [f["used"] for f in summary["data"]["per_file"].values()] == [32, 64]
     assert done.stderr.splitlines()[-1] == (
         f"train: done, {STEPS} steps, final loss {human(summary['final_loss'])}, {human(summary['tokens_per_s'])} "
-        f"tokens/s; model in {out / 'model'}; records used 96, rejected 0")
+        f"tokens/s; model in {out / 'model'}; records used 96, rejected 0"
+    )
     assert 0.5 < summary["packing_efficiency"] <= 1 and summary["tokens_seen"] > 0
     assert Path(summary["checkpoint"]).name == f"step-{STEPS:08d}"
     assert (out / "checkpoints" / "latest").read_text() == f"step-{STEPS:08d}"
@@ -141,8 +169,9 @@ def test_export_loads_in_transformers_and_has_learned(reference, tiny_model, dat
     initial = AutoModelForCausalLM.from_pretrained(tiny_model)
     assert trained.config._attn_implementation == "sdpa"
     record = json.loads(Path(data[1]["path"]).read_text().splitlines()[0])
-    enc = tok.apply_chat_template(record["messages"], tokenize=True, return_dict=True,
-                                  return_assistant_tokens_mask=True, return_tensors="pt")
+    enc = tok.apply_chat_template(
+        record["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt"
+    )
     labels = torch.where(enc["assistant_masks"].bool(), enc["input_ids"], -100)
     with torch.no_grad():
         after = trained(input_ids=enc["input_ids"], labels=labels).loss
@@ -154,8 +183,13 @@ def test_killed_run_resumes_on_the_same_loss_trajectory(reference, tmp_path, tin
     ref_out, _ = reference
     out = tmp_path / "resumed"
     config = write_config(out, tiny_model, data)
-    proc = subprocess.Popen(torchrun(config), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        torchrun(config),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
         for line in proc.stdout:  # once step 5 is done, kill both ranks and the agent, as a pod deletion would
             if line.startswith('{"longalign"') and json.loads(line)["done"] >= 5:
@@ -181,11 +215,15 @@ def test_killed_run_resumes_on_the_same_loss_trajectory(reference, tmp_path, tin
     assert summary["final_loss"] == pytest.approx(expected[STEPS], rel=1e-6)
 
 
-@pytest.mark.parametrize("overrides", [
-    {"strategy": "sorted", "zero_stage": 2, "micro_batch_size": 2, "loss_weighting": False},
-    {"strategy": "naive", "zero_stage": 1, "gradient_checkpointing": False},
-    {"strategy": "packing", "zero_stage": 3, "offload_optimizer": True, "offload_params": True},
-], ids=["sorted-zero2", "naive-zero1", "packing-zero3-offload"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"strategy": "sorted", "zero_stage": 2, "micro_batch_size": 2, "loss_weighting": False},
+        {"strategy": "naive", "zero_stage": 1, "gradient_checkpointing": False},
+        {"strategy": "packing", "zero_stage": 3, "offload_optimizer": True, "offload_params": True},
+    ],
+    ids=["sorted-zero2", "naive-zero1", "packing-zero3-offload"],
+)
 def test_other_strategies_and_zero_stages_train(tmp_path, tiny_model, data, overrides):
     out = tmp_path / "run"
     train(write_config(out, tiny_model, data, epochs=1, max_steps=3, **overrides))
@@ -204,11 +242,17 @@ def test_other_strategies_and_zero_stages_train(tmp_path, tiny_model, data, over
 
 def test_a_bad_config_is_refused_by_field_name(tmp_path):
     config = tmp_path / "bad.yaml"
-    config.write_text(yaml.safe_dump({"model_path": "m", "data": [{"path": "a.jsonl", "ratio": 0}],
-                                      "output_dir": str(tmp_path), "zero_stage": 4}))
-    done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
-                          capture_output=True, text=True, env={**os.environ,
-                                                              "LONGALIGN_TERMINATION_MESSAGE_PATH": str(tmp_path / "t")})
+    config.write_text(
+        yaml.safe_dump(
+            {"model_path": "m", "data": [{"path": "a.jsonl", "ratio": 0}], "output_dir": str(tmp_path), "zero_stage": 4}
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LONGALIGN_TERMINATION_MESSAGE_PATH": str(tmp_path / "t")},
+    )
     assert done.returncode == 2
     assert "data.0.ratio: Input should be greater than 0" in done.stderr
     assert "zero_stage: Input should be 1, 2 or 3" in done.stderr
@@ -216,21 +260,34 @@ def test_a_bad_config_is_refused_by_field_name(tmp_path):
 
 
 def one_process(config: Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
-                          capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "OMP_NUM_THREADS": "1",
-                               "LONGALIGN_TERMINATION_MESSAGE_PATH": str(tmp_path / "t")})
+    return subprocess.run(
+        [sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "LONGALIGN_TERMINATION_MESSAGE_PATH": str(tmp_path / "t")},
+    )
 
 
 BAD_INPUTS = {  # what is wrong -> (how to break a good config, what the one line must say)
-    "missing data file": (lambda c, d: c["data"][0].update(path=str(d / "nowhere.jsonl")),
-                          r"data\[0\]\.path: .*nowhere\.jsonl does not exist; check the path"),
-    "empty data file": (lambda c, d: (d / "empty.jsonl").write_text("") and None or c["data"][0].update(
-        path=str(d / "empty.jsonl")), r"data\[0\]\.path: .*empty\.jsonl is empty"),
-    "no usable record": (lambda c, d: (d / "bad.jsonl").write_text("\n{oops\n") and None or c["data"][0].update(
-        path=str(d / "bad.jsonl")), r".*bad\.jsonl: no usable record among its 2 lines"),
-    "missing model folder": (lambda c, d: c.update(model_path=str(d / "no-model")),
-                             r"model_path: .*no-model is not a folder; give a local Hugging Face model folder"),
+    "missing data file": (
+        lambda c, d: c["data"][0].update(path=str(d / "nowhere.jsonl")),
+        r"data\[0\]\.path: .*nowhere\.jsonl does not exist; check the path",
+    ),
+    "empty data file": (
+        lambda c, d: (d / "empty.jsonl").write_text("") and None or c["data"][0].update(path=str(d / "empty.jsonl")),
+        r"data\[0\]\.path: .*empty\.jsonl is empty",
+    ),
+    "no usable record": (
+        lambda c, d: (
+            (d / "bad.jsonl").write_text("\n{oops\n") and None or c["data"][0].update(path=str(d / "bad.jsonl"))
+        ),
+        r".*bad\.jsonl: no usable record among its 2 lines",
+    ),
+    "missing model folder": (
+        lambda c, d: c.update(model_path=str(d / "no-model")),
+        r"model_path: .*no-model is not a folder; give a local Hugging Face model folder",
+    ),
 }
 
 
@@ -268,8 +325,13 @@ def test_weighted_loss_trajectory_does_not_depend_on_packing_or_rank_count(refer
     ref_out, _ = reference
     out = tmp_path / "one-process"
     config = write_config(out, tiny_model, data)
-    done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
-                          capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     logs = [[json.loads(x) for x in (o / "train-log-rank0.jsonl").read_text().splitlines()] for o in (ref_out, out)]
     differently_packed = sum(a["micro_batches"] != b["micro_batches"] for a, b in zip(*logs, strict=True))
@@ -284,8 +346,13 @@ def test_sigterm_checkpoints_the_current_step_and_the_run_resumes(reference, tmp
     ref_out, _ = reference
     out = tmp_path / "preempted"
     config = write_config(out, tiny_model, data, checkpoint_every_steps=100)
-    proc = subprocess.Popen(torchrun(config), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        torchrun(config),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
         for line in proc.stdout:
             if line.startswith('{"longalign"') and json.loads(line)["done"] >= 3:
@@ -324,8 +391,13 @@ def test_a_checkpoint_resumes_on_another_number_of_ranks(reference, tmp_path, ti
 
     one = tmp_path / "one-process"
     config = start_from(ref_out / "checkpoints" / "step-00000008", one)
-    done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
-                          capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = step_losses(one, 0)
     assert sorted(resumed) == list(range(9, STEPS + 1))

@@ -6,8 +6,38 @@ import json
 import random
 from pathlib import Path
 
-WORDS = ("the data model trains long context packing loss weight sequence token batch rank step epoch "
-         "json parser returns string object list value key file line error test check run fast").split()
+WORDS = [
+    "the",
+    "data",
+    "model",
+    "trains",
+    "long",
+    "context",
+    "packing",
+    "loss",
+    "weight",
+    "sequence",
+    "token",
+    "batch",
+    "rank",
+    "step",
+    "epoch",
+    "json",
+    "parser",
+    "returns",
+    "string",
+    "object",
+    "list",
+    "value",
+    "key",
+    "file",
+    "line",
+    "error",
+    "test",
+    "check",
+    "run",
+    "fast",
+]
 
 
 def write_jsonl(path: Path, records: list) -> Path:
@@ -20,8 +50,9 @@ def conversation(rng: random.Random, prompt_words: int, answer_words: int) -> di
     """A user/assistant exchange with a learnable pattern: the answer repeats the prompt's first words."""
     prompt = [rng.choice(WORDS) for _ in range(prompt_words)]
     answer = (prompt * (answer_words // max(len(prompt), 1) + 1))[:answer_words]
-    return {"messages": [{"role": "user", "content": " ".join(prompt)},
-                         {"role": "assistant", "content": " ".join(answer)}]}
+    return {
+        "messages": [{"role": "user", "content": " ".join(prompt)}, {"role": "assistant", "content": " ".join(answer)}]
+    }
 
 
 def make_dataset(path: Path, n: int, seed: int, short=(3, 12), long=(60, 160), long_share=0.2) -> Path:

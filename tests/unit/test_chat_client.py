@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass
 
 import pytest
+
 from longalign_trainer.chat_client import ChatClient, EngineConfig, RequestFailed
 
 
@@ -41,8 +42,9 @@ def test_an_unreachable_server_is_named_with_the_reason_once_retries_are_exhaust
                 await client.max_model_len()
         finally:
             await client.close()
-        assert str(completion.value) == (f"gave up after 2 attempts; last: {url}/: cannot connect "
-                                         "(All connection attempts failed)")
+        assert str(completion.value) == (
+            f"gave up after 2 attempts; last: {url}/: cannot connect (All connection attempts failed)"
+        )
         assert str(models.value).startswith(f"no server answered /models: {url}/: ")
 
     asyncio.run(ask())

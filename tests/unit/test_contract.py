@@ -6,6 +6,7 @@ import io
 import json
 
 import pytest
+
 from longalign_trainer.contract import (
     MAX_SUMMARY_BYTES,
     ProgressReporter,
@@ -32,8 +33,16 @@ def test_progress_lines_carry_rate_eta_and_metrics_and_are_throttled():
     assert reporter.update(10, loss=1.9) is None  # within the interval: silent
     clock.now += 9
     line = reporter.update(50, loss=float("nan"), tokens_per_s=1234.5)
-    assert line == {"longalign": "progress", "stage": "train", "done": 50, "total": 100, "unit": "steps",
-                     "rate": 5.0, "eta_s": 10.0, "metrics": {"loss": None, "tokens_per_s": 1234.5}}
+    assert line == {
+        "longalign": "progress",
+        "stage": "train",
+        "done": 50,
+        "total": 100,
+        "unit": "steps",
+        "rate": 5.0,
+        "eta_s": 10.0,
+        "metrics": {"loss": None, "tokens_per_s": 1234.5},
+    }
     clock.now += 0.1
     assert reporter.update(100)["done"] == 100  # the last item is always reported
     lines = [parse_progress(t) for t in out.getvalue().splitlines()]
@@ -49,14 +58,16 @@ def test_a_resumed_stage_measures_its_rate_from_where_it_resumed():
 
 
 def test_readers_skip_everything_that_is_not_a_progress_line():
-    log = "\n".join([
-        "loading model...",
-        '{"longalign": "progress", "stage": "eval", "done": 1, "total": 3, "unit": "cases", "metrics": {}}',
-        '{"level": "info", "msg": "json but not ours"}',
-        "{not json",
-        '{"longalign": "progress", "stage": "eval", "done": 2, "total": 3, "unit": "cases", "metrics": {}}',
-        "Traceback (most recent call last):",
-    ])
+    log = "\n".join(
+        [
+            "loading model...",
+            '{"longalign": "progress", "stage": "eval", "done": 1, "total": 3, "unit": "cases", "metrics": {}}',
+            '{"level": "info", "msg": "json but not ours"}',
+            "{not json",
+            '{"longalign": "progress", "stage": "eval", "done": 2, "total": 3, "unit": "cases", "metrics": {}}',
+            "Traceback (most recent call last):",
+        ]
+    )
     assert last_progress(log)["done"] == 2
     assert parse_progress('{"longalign": "summary"}') is None
     assert last_progress("no progress at all") is None
@@ -69,8 +80,12 @@ def test_summary_round_trips_through_the_termination_message_file(tmp_path):
 
 
 def test_an_oversized_summary_keeps_its_scalars_and_names_what_it_left_out():
-    summary = {"stage": "eval", "score": 6.38, "per_question": [{"idx": i, "answer": "x" * 40} for i in range(200)],
-               "notes": "short"}
+    summary = {
+        "stage": "eval",
+        "score": 6.38,
+        "per_question": [{"idx": i, "answer": "x" * 40} for i in range(200)],
+        "notes": "short",
+    }
     text = encode_summary(summary)
     assert len(text.encode()) <= MAX_SUMMARY_BYTES
     decoded = json.loads(text)
@@ -119,8 +134,13 @@ def test_bad_input_is_one_line_a_summary_and_exit_2(tmp_path, capsys):
 
     assert report_bad_input("train", "data[0].path: x.jsonl is empty", tmp_path / "t") == 2
     assert capsys.readouterr().err == "train: data[0].path: x.jsonl is empty\n"
-    assert json.loads((tmp_path / "t").read_text()) == {"stage": "train", "ok": False, "status": "bad_input",
-                                                        "exit_code": 2, "error": "data[0].path: x.jsonl is empty"}
+    assert json.loads((tmp_path / "t").read_text()) == {
+        "stage": "train",
+        "ok": False,
+        "status": "bad_input",
+        "exit_code": 2,
+        "error": "data[0].path: x.jsonl is empty",
+    }
     (tmp_path / "a-file").write_text("")
     assert report_bad_input("eval", "bad", tmp_path / "a-file" / "t") == 2  # an unwritable path: no traceback
     assert capsys.readouterr().err.splitlines()[1].startswith("eval: summary not written (")

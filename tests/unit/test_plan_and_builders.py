@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,21 +11,30 @@ from longalign_operator.builders import Run
 from longalign_operator.plan import JobView, Observed, PodView, plan
 from longalign_operator.spec import parse
 
-T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
-STORAGE = {"models": {"claimName": "models"}, "data": {"claimName": "data", "subPath": "team-a"},
-           "checkpoints": {"claimName": "ckpt"}}
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+STORAGE = {
+    "models": {"claimName": "models"},
+    "data": {"claimName": "data", "subPath": "team-a"},
+    "checkpoints": {"claimName": "ckpt"},
+}
 
 
 def make_run(labels=None, **spec) -> Run:
     # Training reads the generated data when there is data generation, else a file of its own.
-    body = {"image": "trainer:1", "baseModelPath": "/models/m", "storage": STORAGE,
-            "training": {} if "dataGeneration" in spec else {"datasetPath": "/data/d.jsonl"}, **spec}
+    body = {
+        "image": "trainer:1",
+        "baseModelPath": "/models/m",
+        "storage": STORAGE,
+        "training": {} if "dataGeneration" in spec else {"datasetPath": "/data/d.jsonl"},
+        **spec,
+    }
     return Run(name="r", namespace="ns", uid="u-1", labels=labels or {}, spec=parse(body))
 
 
 def observe(run: Run, status=None, jobs=(), now=T0, missing=()) -> Observed:
-    return Observed(run=run, status=status or {}, generation=1, now=now,
-                    jobs={j.name: j for j in jobs}, missing=tuple(missing))
+    return Observed(
+        run=run, status=status or {}, generation=1, now=now, jobs={j.name: j for j in jobs}, missing=tuple(missing)
+    )
 
 
 def advance(run: Run, status: dict, jobs=(), now=T0):
@@ -34,21 +43,42 @@ def advance(run: Run, status: dict, jobs=(), now=T0):
 
 
 def test_training_group_is_an_indexed_job_with_rendezvous_env_and_the_users_pod_options():
-    run = make_run(labels={"kueue.x-k8s.io/queue-name": "gpus"}, imagePullSecrets=["regcred"], training={
-        "datasetPath": "/data/d.jsonl", "nodes": 4, "gpusPerNode": 8, "activeDeadlineSeconds": 3600,
-        "pod": {"nodeSelector": {"nvidia.com/gpu.product": "H100"}, "priorityClassName": "high",
+    run = make_run(
+        labels={"kueue.x-k8s.io/queue-name": "gpus"},
+        imagePullSecrets=["regcred"],
+        training={
+            "datasetPath": "/data/d.jsonl",
+            "nodes": 4,
+            "gpusPerNode": 8,
+            "activeDeadlineSeconds": 3600,
+            "pod": {
+                "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+                "priorityClassName": "high",
                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
                 "resources": {"requests": {"memory": "800Gi", "cpu": 96}},
-                "env": [{"name": "NCCL_DEBUG", "value": "WARN"}], "labels": {"team": "a"},
-                "annotations": {"note": "x"}}})
+                "env": [{"name": "NCCL_DEBUG", "value": "WARN"}],
+                "labels": {"team": "a"},
+                "annotations": {"note": "x"},
+            },
+        },
+    )
     job = builders.training_job(run, 3)
     assert job["metadata"]["name"] == "r-train-3"
     assert job["metadata"]["ownerReferences"][0] == {
-        "apiVersion": "longalign.dev/v1alpha1", "kind": "LongAlignRun", "name": "r", "uid": "u-1",
-        "controller": True, "blockOwnerDeletion": True}
+        "apiVersion": "longalign.dev/v1alpha1",
+        "kind": "LongAlignRun",
+        "name": "r",
+        "uid": "u-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
     spec = job["spec"]
     assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["backoffLimit"]) == (
-        "Indexed", 4, 4, 0)
+        "Indexed",
+        4,
+        4,
+        0,
+    )
     assert spec["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
     assert spec["activeDeadlineSeconds"] == 3600
     pod = spec["template"]["spec"]
@@ -59,11 +89,15 @@ def test_training_group_is_an_indexed_job_with_rendezvous_env_and_the_users_pod_
     assert c["resources"] == {"requests": {"memory": "800Gi", "cpu": "96"}, "limits": {"nvidia.com/gpu": "8"}}
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
     assert env["MASTER_ADDR"] == "r-train-3-0.r-train" and env["WORLD_SIZE"] == "32"
-    assert env["NODE_RANK"] == {"fieldRef": {
-        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    assert env["NODE_RANK"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+    }
     assert env["NCCL_DEBUG"] == "WARN"
     assert c["command"][:2] == ["torchrun", "--nnodes=4"] and c["command"][-3:] == [
-        "train", "--config", "/etc/longalign/config.json"]
+        "train",
+        "--config",
+        "/etc/longalign/config.json",
+    ]
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert mounts["/data"]["subPath"] == "team-a" and "/dev/shm" in mounts and "/checkpoints" in mounts
     assert spec["template"]["metadata"]["labels"]["team"] == "a"
@@ -74,7 +108,10 @@ def test_a_new_run_starts_its_first_enabled_stage_and_records_the_attempt():
     p, status = advance(make_run(), {})
     assert status["phase"] == "Training" and status["stages"]["training"]["attempts"] == 1
     assert [(o["kind"], o["metadata"]["name"]) for o in p.create] == [
-        ("ConfigMap", "r-train-1"), ("Service", "r-train"), ("Job", "r-train-1")]
+        ("ConfigMap", "r-train-1"),
+        ("Service", "r-train"),
+        ("Job", "r-train-1"),
+    ]
     # The same snapshot gives the same decisions: a restarted operator creates nothing new.
     again, _ = advance(make_run(), {})
     assert again.create == p.create
@@ -83,8 +120,11 @@ def test_a_new_run_starts_its_first_enabled_stage_and_records_the_attempt():
 def test_a_completed_stage_records_its_summary_and_the_next_stage_starts_in_the_same_pass():
     run = make_run(evaluation={"needle": {}})
     _, status = advance(run, {})
-    done = JobView("r-train-1", "Complete", pods=(PodView(
-        "r-train-1-0", "Succeeded", termination_message='{"final_loss": 1.5, "export": "/c/model"}'),))
+    done = JobView(
+        "r-train-1",
+        "Complete",
+        pods=(PodView("r-train-1-0", "Succeeded", termination_message='{"final_loss": 1.5, "export": "/c/model"}'),),
+    )
     p, status = advance(run, status, [done])
     assert status["stages"]["training"]["state"] == "Succeeded"
     assert status["results"] == {"finalLoss": 1.5, "checkpointPath": "/c/model"}
@@ -97,7 +137,7 @@ def test_failures_are_retried_up_to_the_backoff_limit_then_the_run_fails_naming_
     failed = PodView("r-train-1-0", "Failed", termination_message="NCCL timeout", exit_code=1)
     p, status = advance(run, status, [JobView("r-train-1", "Failed", "BackoffLimitExceeded", pods=(failed,))])
     assert status["stages"]["training"]["attempts"] == 2 and status["phase"] == "Training"
-    assert ("Warning", "StageRetrying") == p.events[0][:2]
+    assert p.events[0][:2] == ("Warning", "StageRetrying")
     failed2 = PodView("r-train-2-1", "Failed", termination_message="NCCL timeout", exit_code=1)
     p, status = advance(run, status, [JobView("r-train-2", "Failed", "BackoffLimitExceeded", pods=(failed2,))])
     assert status["phase"] == "Failed" and not p.create
@@ -107,12 +147,19 @@ def test_failures_are_retried_up_to_the_backoff_limit_then_the_run_fails_naming_
 def test_pods_that_cannot_start_are_reported_then_torn_down_at_the_startup_deadline():
     run = make_run(training={"datasetPath": "/data/d.jsonl", "startupDeadlineSeconds": 600, "backoffLimit": 0})
     _, status = advance(run, {})
-    stuck = JobView("r-train-1", "Active", pods=(
-        PodView("r-train-1-0", "Running"),
-        PodView("r-train-1-1", "Pending", "ImagePullBackOff", 'Back-off pulling image "trainer:1"')))
+    stuck = JobView(
+        "r-train-1",
+        "Active",
+        pods=(
+            PodView("r-train-1-0", "Running"),
+            PodView("r-train-1-1", "Pending", "ImagePullBackOff", 'Back-off pulling image "trainer:1"'),
+        ),
+    )
     _, status = advance(run, status, [stuck], now=T0 + timedelta(seconds=60))
     assert (status["stages"]["training"]["state"], status["stages"]["training"]["reason"]) == (
-        "Starting", "ImagePullBackOff")
+        "Starting",
+        "ImagePullBackOff",
+    )
     p, status = advance(run, status, [stuck], now=T0 + timedelta(seconds=601))
     assert ("Job", "r-train-1") in p.delete
     assert status["phase"] == "Failed" and status["stages"]["training"]["reason"] == "StartupDeadlineExceeded"
@@ -127,7 +174,7 @@ def test_suspend_deletes_the_active_attempt_and_resume_starts_a_new_one_without_
     assert p.delete == [("Job", "r-train-1")] and status["phase"] == "Suspended"
     p, status = advance(run, status, [])
     assert status["stages"]["training"]["attempts"] == 2 and status["stages"]["training"]["failures"] == 0
-    assert ("Normal", "Resumed") == p.events[0][:2]
+    assert p.events[0][:2] == ("Normal", "Resumed")
 
 
 def test_missing_claims_hold_the_run_and_ttl_deletes_a_finished_one():
@@ -143,17 +190,30 @@ def test_missing_claims_hold_the_run_and_ttl_deletes_a_finished_one():
 def test_progress_lines_reach_the_status_and_silence_marks_the_stage_stalled():
     run = make_run(training={"datasetPath": "/data/d.jsonl", "stallSeconds": 600})
     _, status = advance(run, {})
-    line = {"longalign": "progress", "stage": "train", "done": 45, "total": 100, "unit": "steps", "rate": 0.1,
-            "eta_s": 550.0, "metrics": {"loss": 1.7, "tokens_per_s": 35000.0}}
-    running = JobView("r-train-1", "Active", pods=(PodView("r-train-1-0", "Running"),), progress=line,
-                      progress_time="2026-11-23T12:05:00Z")
+    line = {
+        "longalign": "progress",
+        "stage": "train",
+        "done": 45,
+        "total": 100,
+        "unit": "steps",
+        "rate": 0.1,
+        "eta_s": 550.0,
+        "metrics": {"loss": 1.7, "tokens_per_s": 35000.0},
+    }
+    running = JobView(
+        "r-train-1",
+        "Active",
+        pods=(PodView("r-train-1-0", "Running"),),
+        progress=line,
+        progress_time="2026-11-23T12:05:00Z",
+    )
     _, status = advance(run, status, [running], now=T0 + timedelta(minutes=6))
     st = status["stages"]["training"]
     assert (status["progress"], status["eta"], st["state"]) == ("45%", "9m10s", "Running")
     assert st["metrics"] == {"loss": 1.7, "tokensPerS": 35000.0}
     p, status = advance(run, status, [running], now=T0 + timedelta(minutes=15, seconds=1))
     assert (status["stages"]["training"]["state"], status["stages"]["training"]["reason"]) == ("Stalled", "NoProgress")
-    assert ("Warning", "StageStalled") == p.events[0][:2]
+    assert p.events[0][:2] == ("Warning", "StageStalled")
 
 
 def test_liveness_fails_when_runs_exist_but_reconciling_stopped():
@@ -181,9 +241,13 @@ def test_a_failure_no_retry_can_fix_fails_the_run_at_once(exit_code, reason):
 
 
 def test_teacher_servers_get_the_same_pod_options_and_pull_secrets_as_the_stage_pods():
-    run = make_run(imagePullSecrets=["regcred"], dataGeneration={
-        "teacher": {"modelPath": "/models/t", "replicas": 2},
-        "pod": {"serviceAccountName": "gen", "nodeSelector": {"pool": "a"}}})
+    run = make_run(
+        imagePullSecrets=["regcred"],
+        dataGeneration={
+            "teacher": {"modelPath": "/models/t", "replicas": 2},
+            "pod": {"serviceAccountName": "gen", "nodeSelector": {"pool": "a"}},
+        },
+    )
     servers, service = builders.teacher_objects(run)
     pod = servers["spec"]["template"]["spec"]
     generator = builders.single_pod_job(run, "dataGeneration", 1, gpus=0)["spec"]["template"]["spec"]
@@ -193,15 +257,16 @@ def test_teacher_servers_get_the_same_pod_options_and_pull_secrets_as_the_stage_
 
 
 def test_a_multi_node_teacher_replica_is_a_ray_group_led_by_its_first_pod():
-    run = make_run(dataGeneration={"teacher": {"modelPath": "/models/t", "replicas": 2, "nodesPerReplica": 2,
-                                               "gpusPerReplica": 8}})
+    run = make_run(
+        dataGeneration={"teacher": {"modelPath": "/models/t", "replicas": 2, "nodesPerReplica": 2, "gpusPerReplica": 8}}
+    )
     servers, service = builders.teacher_objects(run)
     assert servers["spec"]["replicas"] == 4
     container = servers["spec"]["template"]["spec"]["containers"][0]
     command = container["command"]
     assert command[:2] == ["longalign", "teacher-server"] and "--" in command
     assert command[command.index("--leader") + 1] == "r-teacher-{index}.r-teacher.ns.svc"
-    assert command[command.index("--") + 1:][:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert command[command.index("--") + 1 :][:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
     assert container["readinessProbe"]["exec"]["command"][-1] == "--probe"
     index_env = next(e for e in container["env"] if e["name"] == "POD_INDEX")
     assert index_env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"

@@ -11,16 +11,28 @@ from longalign_operator.spec import parse
 from longalign_trainer.datagen.config import load_config as load_datagen
 from longalign_trainer.train.config import load_config as load_train
 
-SPEC = parse({
-    "image": "trainer:1", "baseModelPath": "/models/llama-8b",
-    "storage": {"models": {"claimName": "m"}, "data": {"claimName": "d"}, "checkpoints": {"claimName": "c"}},
-    "dataGeneration": {"teacher": {"modelPath": "/models/teacher", "replicas": 2, "maxModelLen": 32768},
-                       "samplesPerDocument": 2, "shortData": {"path": "/data/short.jsonl", "ratio": 0.5}},
-    "training": {"maxTokensPerPack": 32768, "batching": "sorted", "lossWeighting": False, "globalBatchSize": 16,
-                 "deepspeed": {"zeroStage": 2, "offloadOptimizer": True}, "optimizer": {"learningRate": 1e-5},
-                 "checkpointEverySteps": 50},
-    "evaluation": {"needle": {"contextLengths": [1000, 2000], "depthsPercent": [50]}},
-})
+SPEC = parse(
+    {
+        "image": "trainer:1",
+        "baseModelPath": "/models/llama-8b",
+        "storage": {"models": {"claimName": "m"}, "data": {"claimName": "d"}, "checkpoints": {"claimName": "c"}},
+        "dataGeneration": {
+            "teacher": {"modelPath": "/models/teacher", "replicas": 2, "maxModelLen": 32768},
+            "samplesPerDocument": 2,
+            "shortData": {"path": "/data/short.jsonl", "ratio": 0.5},
+        },
+        "training": {
+            "maxTokensPerPack": 32768,
+            "batching": "sorted",
+            "lossWeighting": False,
+            "globalBatchSize": 16,
+            "deepspeed": {"zeroStage": 2, "offloadOptimizer": True},
+            "optimizer": {"learningRate": 1e-5},
+            "checkpointEverySteps": 50,
+        },
+        "evaluation": {"needle": {"contextLengths": [1000, 2000], "depthsPercent": [50]}},
+    }
+)
 RUN = Run("r1", "ns", "uid", {}, SPEC)
 
 
@@ -36,9 +48,12 @@ def test_training_reads_the_operators_config(tmp_path):
     assert str(cfg.model_path) == "/models/llama-8b" and str(cfg.output_dir) == "/checkpoints/r1"
     assert [str(d.path) for d in cfg.data] == ["/data/r1/data.jsonl"]  # what data generation writes
     assert (cfg.max_tokens_per_pack, cfg.strategy, cfg.loss_weighting, cfg.global_batch_size) == (
-        32768, "sorted", False, 16)
-    assert (cfg.zero_stage, cfg.offload_optimizer, cfg.learning_rate, cfg.checkpoint_every_steps) == (
-        2, True, 1e-5, 50)
+        32768,
+        "sorted",
+        False,
+        16,
+    )
+    assert (cfg.zero_stage, cfg.offload_optimizer, cfg.learning_rate, cfg.checkpoint_every_steps) == (2, True, 1e-5, 50)
     assert str(cfg.termination_message_path) == "/dev/termination-log"
 
 

@@ -11,17 +11,23 @@ import transformers
 
 def test_tiny_model_loads_and_masks_only_assistant_tokens(tmp_path):
     out = tmp_path / "tiny"
-    done = subprocess.run([sys.executable, "-m", "longalign_operator.cli", "tiny-model", str(out)],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "longalign_operator.cli", "tiny-model", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert done.stdout.strip() == str(out)
     tok = transformers.AutoTokenizer.from_pretrained(out)
     model = transformers.AutoModelForCausalLM.from_pretrained(out)
     assert model.config.head_dim >= 64  # vLLM's CPU attention rejects smaller heads
-    messages = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": "What does json.dumps return?"},
-                {"role": "assistant", "content": "A string."},
-                {"role": "user", "content": "And json.loads?"},
-                {"role": "assistant", "content": "An object."}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What does json.dumps return?"},
+        {"role": "assistant", "content": "A string."},
+        {"role": "user", "content": "And json.loads?"},
+        {"role": "assistant", "content": "An object."},
+    ]
     enc = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     answer_ids = [i for i, m in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if m]
     assert tok.decode(answer_ids) == "A string.<|end|>An object.<|end|>"

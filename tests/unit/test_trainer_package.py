@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from longalign_trainer.cli import STAGE_COMMANDS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,8 +41,21 @@ def trainer_wheel(tmp_path_factory) -> Path:
     """The trainer distribution built as a wheel, from a copy of ``trainer/`` (no build output in the tree)."""
     work = tmp_path_factory.mktemp("trainer-dist")
     shutil.copytree(ROOT / "trainer", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(work / "wheels"), str(work / "src")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(work / "wheels"),
+            str(work / "src"),
+        ],
+        check=True,
+    )
     (wheel,) = (work / "wheels").glob("longalign_trainer-*.whl")
     return wheel
 
@@ -57,10 +71,18 @@ def test_the_trainer_distribution_holds_the_trainer_package_its_files_and_the_lo
 
 def test_stage_commands_run_from_the_installed_trainer_package_without_the_operator(trainer_wheel, tmp_path):
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-                    str(trainer_wheel)], check=True)
-    done = subprocess.run([sys.executable, "-c", HELP_WITHOUT_OPERATOR], capture_output=True, text=True,
-                          cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(target)}, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(trainer_wheel)],
+        check=True,
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_WITHOUT_OPERATOR],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(target)},
+        check=True,
+    )
     out = json.loads(done.stdout)
     assert out["package"].startswith(str(target))  # the installed wheel, not the source tree
     assert set(out["help"]) == set(STAGE_COMMANDS) == {"train", "datagen", "eval", "teacher-server", "tiny-model"}
@@ -71,7 +93,8 @@ def test_stage_commands_run_from_the_installed_trainer_package_without_the_opera
 def test_the_trainer_distribution_declares_what_the_root_declares_for_the_stages():
     root = tomllib.loads((ROOT / "pyproject.toml").read_text())
     trainer = tomllib.loads((ROOT / "trainer" / "pyproject.toml").read_text())
-    assert trainer["project"]["dependencies"] == (root["project"]["dependencies"]
-                                                  + root["project"]["optional-dependencies"]["trainer"])
+    assert trainer["project"]["dependencies"] == (
+        root["project"]["dependencies"] + root["project"]["optional-dependencies"]["trainer"]
+    )
     assert trainer["tool"]["setuptools"]["package-data"] == root["tool"]["setuptools"]["package-data"]
     assert trainer["project"]["version"] == root["project"]["version"]

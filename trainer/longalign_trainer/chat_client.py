@@ -31,8 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
 
-_CONTEXT = re.compile(r"maximum context length|max_model_len|context length|too long|exceeds.*(limit|context)",
-                      re.IGNORECASE)
+_CONTEXT = re.compile(
+    r"maximum context length|max_model_len|context length|too long|exceeds.*(limit|context)", re.IGNORECASE
+)
 
 
 class EngineConfig(BaseModel):
@@ -40,14 +41,21 @@ class EngineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    concurrency: int = Field(16, gt=0, description="documents in flight at once (each sends its requests back "
-                             "to back); set it high enough to keep every server's queue full")
+    concurrency: int = Field(
+        16,
+        gt=0,
+        description="documents in flight at once (each sends its requests back "
+        "to back); set it high enough to keep every server's queue full",
+    )
     request_timeout_s: float = Field(600.0, gt=0)
     max_retries: int = Field(5, ge=0, description="retries of one request on 429, 5xx, timeouts, lost connections")
     backoff_initial_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
-    max_consecutive_failures: int = Field(8, gt=0, description="stop the run (resumable) after this many documents "
-                                          "in a row failed for lack of a usable server")
+    max_consecutive_failures: int = Field(
+        8,
+        gt=0,
+        description="stop the run (resumable) after this many documents in a row failed for lack of a usable server",
+    )
 
 
 class EndpointSettings(Protocol):
@@ -89,8 +97,10 @@ class ChatClient:
     def __init__(self, endpoint: EndpointSettings, engine: EngineConfig) -> None:
         self.cfg, self.engine = endpoint, engine
         key = os.environ.get(endpoint.api_key_env) or "none"
-        self.clients = [openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0,
-                                           timeout=engine.request_timeout_s) for url in endpoint.base_urls]
+        self.clients = [
+            openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=engine.request_timeout_s)
+            for url in endpoint.base_urls
+        ]
         self.semaphore = asyncio.Semaphore(engine.concurrency)
         self.in_flight = [0] * len(self.clients)  # documents assigned to each server
         self.stats: Counter[str] = Counter()
@@ -125,21 +135,31 @@ class ChatClient:
                 if m.id == self.cfg.model:
                     value = (m.model_extra or {}).get("max_model_len")
                     if not value:
-                        raise FatalRequestError(f"{client.base_url} does not report max_model_len for "
-                                                f"{self.cfg.model}: set max_model_len in the config")
+                        raise FatalRequestError(
+                            f"{client.base_url} does not report max_model_len for "
+                            f"{self.cfg.model}: set max_model_len in the config"
+                        )
                     return int(value)
-            raise FatalRequestError(f"{client.base_url} does not serve {self.cfg.model!r} "
-                                    f"(it serves {[m.id for m in models.data]})")
+            raise FatalRequestError(
+                f"{client.base_url} does not serve {self.cfg.model!r} (it serves {[m.id for m in models.data]})"
+            )
         raise RequestFailed(f"no server answered /models: {last}")
 
     def _backoff(self, attempt: int, retry_after: float | None = None) -> float:
         if retry_after is not None:
             return min(retry_after, self.engine.backoff_max_s)
-        base = min(self.engine.backoff_max_s, self.engine.backoff_initial_s * 2 ** attempt)
+        base = min(self.engine.backoff_max_s, self.engine.backoff_initial_s * 2**attempt)
         return base * random.uniform(0.5, 1.0)
 
-    async def complete(self, messages: list[dict[str, str]], *, max_tokens: int, endpoint: int,
-                       seed: int | None = None, **constraint: Any) -> Completion:
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        endpoint: int,
+        seed: int | None = None,
+        **constraint: Any,
+    ) -> Completion:
         """One chat completion; see the module docstring for what is retried, skipped or fatal."""
         last = ""
         for attempt in range(self.engine.max_retries + 1):
@@ -150,9 +170,14 @@ class ChatClient:
                 async with self.semaphore:
                     self.stats["requests"] += 1
                     resp = await self.clients[i].chat.completions.create(
-                        model=self.cfg.model, messages=cast("list[ChatCompletionMessageParam]", messages), max_tokens=max_tokens,
-                        temperature=self.cfg.temperature, top_p=self.cfg.top_p, **constraint,
-                        seed=seed if self.cfg.send_seed and seed is not None else openai.omit)
+                        model=self.cfg.model,
+                        messages=cast("list[ChatCompletionMessageParam]", messages),
+                        max_tokens=max_tokens,
+                        temperature=self.cfg.temperature,
+                        top_p=self.cfg.top_p,
+                        **constraint,
+                        seed=seed if self.cfg.send_seed and seed is not None else openai.omit,
+                    )
             except openai.APITimeoutError as e:  # a subclass of APIConnectionError: test it first
                 self.stats["timeouts"] += 1
                 last = f"{url}: timeout after {self.engine.request_timeout_s:.0f} s ({e})"
@@ -178,8 +203,13 @@ class ChatClient:
                 usage = resp.usage
                 self.stats["prompt_tokens"] += usage.prompt_tokens if usage else 0
                 self.stats["completion_tokens"] += usage.completion_tokens if usage else 0
-                return Completion(choice.message.content or "", choice.finish_reason,
-                                  usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0, i)
+                return Completion(
+                    choice.message.content or "",
+                    choice.finish_reason,
+                    usage.prompt_tokens if usage else 0,
+                    usage.completion_tokens if usage else 0,
+                    i,
+                )
             if attempt < self.engine.max_retries:
                 self.stats["retries"] += 1
                 await asyncio.sleep(self._backoff(attempt, retry_after))

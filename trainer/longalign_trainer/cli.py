@@ -18,10 +18,19 @@ Commands = dict[str, tuple[str, str]]
 
 STAGE_COMMANDS: Commands = {
     "tiny-model": ("longalign_trainer.tiny_model", "build a tiny random Llama with a tokenizer and chat template"),
-    "train": ("longalign_trainer.train.cli", "train the model: packed long-context SFT with loss weighting, on DeepSpeed"),
+    "train": (
+        "longalign_trainer.train.cli",
+        "train the model: packed long-context SFT with loss weighting, on DeepSpeed",
+    ),
     "teacher-server": ("longalign_trainer.teacher_server", "lead or join a multi-node teacher replica (Ray + vLLM)"),
-    "datagen": ("longalign_trainer.datagen.cli", "generate long-instruction data from long documents (Self-Instruct, vLLM)"),
-    "eval": ("longalign_trainer.evaluate.cli", "evaluate a checkpoint: LongBench-Chat with an LLM judge, needle in a haystack"),
+    "datagen": (
+        "longalign_trainer.datagen.cli",
+        "generate long-instruction data from long documents (Self-Instruct, vLLM)",
+    ),
+    "eval": (
+        "longalign_trainer.evaluate.cli",
+        "evaluate a checkpoint: LongBench-Chat with an LLM judge, needle in a haystack",
+    ),
 }
 
 
@@ -40,8 +49,9 @@ def build_parser(commands: Commands = STAGE_COMMANDS, version: str | None = None
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in commands.items():
         module = importlib.import_module(module_name)
-        command = sub.add_parser(name, help=help_text, description=module.__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        command = sub.add_parser(
+            name, help=help_text, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         module.add_arguments(command)
         command.set_defaults(run=module.run)
     return parser

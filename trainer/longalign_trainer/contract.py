@@ -59,9 +59,17 @@ class ProgressReporter:
     both stdout and the bar on one terminal, in which case only the bar is drawn.
     """
 
-    def __init__(self, stage: str, total: int, unit: str, *, stream: IO[str] | None = None,
-                 bar: IO[str] | None = None, min_interval_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        stage: str,
+        total: int,
+        unit: str,
+        *,
+        stream: IO[str] | None = None,
+        bar: IO[str] | None = None,
+        min_interval_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.stage, self.total, self.unit = stage, total, unit
         self.bar = bar if bar is not None else (sys.stderr if _isatty(sys.stderr) else None)
         if stream is None:
@@ -87,8 +95,13 @@ class ProgressReporter:
         rate = (done - self.start_done) / elapsed if elapsed > 0 and done > self.start_done else None
         eta = (self.total - done) / rate if rate else None
         line = {
-            MARKER: "progress", "stage": self.stage, "done": done, "total": self.total, "unit": self.unit,
-            "rate": None if rate is None else round(rate, 4), "eta_s": None if eta is None else round(eta, 1),
+            MARKER: "progress",
+            "stage": self.stage,
+            "done": done,
+            "total": self.total,
+            "unit": self.unit,
+            "rate": None if rate is None else round(rate, 4),
+            "eta_s": None if eta is None else round(eta, 1),
             "metrics": {k: _finite(v) for k, v in metrics.items()},
         }
         if self.stream is not None:
@@ -114,7 +127,7 @@ def human(value: float | None, digits: int = 4) -> str:
     """
     if value is None:
         return "-"
-    if abs(value) >= 10 ** digits:
+    if abs(value) >= 10**digits:
         return f"{value:.0f}"
     return f"{value:.{digits}g}"
 
@@ -131,8 +144,10 @@ def format_bar(line: dict[str, Any], width: int = 30) -> str:
     rate = "" if line.get("rate") is None else f"  {human(line['rate'], 3)} {line['unit']}/s"
     eta = "" if line.get("eta_s") is None else f"  eta {line['eta_s']:.0f}s"
     metrics = "".join(f"  {k}={human(v)}" for k, v in line.get("metrics", {}).items() if v is not None)
-    return (f"{line['stage']} [{'#' * filled}{'-' * (width - filled)}] {line['done']}/{line['total']} {line['unit']}"
-            f"{rate}{eta}{metrics}")
+    return (
+        f"{line['stage']} [{'#' * filled}{'-' * (width - filled)}] {line['done']}/{line['total']} {line['unit']}"
+        f"{rate}{eta}{metrics}"
+    )
 
 
 def parse_progress(text: str) -> dict[str, Any] | None:
@@ -192,8 +207,10 @@ def report_bad_input(stage: str, error: str, path: Path | None = None) -> int:
     """Bad input: print one line naming it (no traceback), write the summary, return ``EXIT_BAD_INPUT``."""
     print(f"{stage}: {error}", file=sys.stderr, flush=True)
     try:
-        write_summary({"stage": stage, "ok": False, "status": "bad_input", "exit_code": EXIT_BAD_INPUT,
-                       "error": error[:2000]}, path)
+        write_summary(
+            {"stage": stage, "ok": False, "status": "bad_input", "exit_code": EXIT_BAD_INPUT, "error": error[:2000]},
+            path,
+        )
     except OSError as e:  # outside a pod the default path may not be writable: the line above says it all
         print(f"{stage}: summary not written ({e}); set {TERMINATION_MESSAGE_PATH_ENV}", file=sys.stderr)
     return EXIT_BAD_INPUT

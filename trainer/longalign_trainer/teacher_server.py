@@ -54,8 +54,7 @@ def ray_head_command(gpus: int) -> list[str]:
 
 def ray_worker_command(leader: str, gpus: int) -> list[str]:
     """Join the leader's Ray cluster and stay in the foreground until it goes away."""
-    return ["ray", "start", f"--address={leader}:{RAY_PORT}", f"--num-gpus={gpus}", "--block",
-            "--disable-usage-stats"]
+    return ["ray", "start", f"--address={leader}:{RAY_PORT}", f"--num-gpus={gpus}", "--block", "--disable-usage-stats"]
 
 
 def server_command(vllm: list[str], nodes: int) -> list[str]:
@@ -98,8 +97,11 @@ def follow(leader: str, gpus: int) -> NoReturn:
     """Worker: stay in the leader's Ray cluster, joining again whenever it is not (yet) there."""
     while True:
         code = subprocess.run(ray_worker_command(leader, gpus)).returncode
-        print(f"teacher-server: ray exited with {code} (leader {leader} not up yet or gone); retrying in "
-              f"{JOIN_RETRY_S:.0f} s", flush=True)
+        print(
+            f"teacher-server: ray exited with {code} (leader {leader} not up yet or gone); retrying in "
+            f"{JOIN_RETRY_S:.0f} s",
+            flush=True,
+        )
         time.sleep(JOIN_RETRY_S)
 
 
@@ -111,16 +113,18 @@ def ready(rank: int, leader: str, port: int) -> bool:
                 return response.status == 200
         except OSError:
             return False
-    return subprocess.run(["ray", "health-check", f"--address={leader}:{RAY_PORT}"],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(["ray", "health-check", f"--address={leader}:{RAY_PORT}"], capture_output=True).returncode == 0
+    )
 
 
 def add_arguments(parser) -> None:
     """Arguments of ``longalign teacher-server``."""
     parser.add_argument("--nodes", type=int, required=True, help="pods per replica")
     parser.add_argument("--gpus", type=int, default=0, help="GPUs per pod")
-    parser.add_argument("--leader", required=True,
-                        help="the leader's host name, with {index} for its StatefulSet ordinal")
+    parser.add_argument(
+        "--leader", required=True, help="the leader's host name, with {index} for its StatefulSet ordinal"
+    )
     parser.add_argument("--port", type=int, default=8000, help="the vLLM server's port (for --probe)")
     parser.add_argument("--probe", action="store_true", help="exit 0 when this pod is ready")
     parser.add_argument("vllm", nargs="*", help="after --: the vLLM server command")

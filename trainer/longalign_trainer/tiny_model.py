@@ -34,10 +34,39 @@ CHAT_TEMPLATE = (
 )
 
 CORPUS_MODULES = (
-    "argparse", "asyncio", "collections", "contextlib", "csv", "dataclasses", "datetime", "decimal",
-    "difflib", "email", "fractions", "functools", "heapq", "http.client", "inspect", "json", "logging",
-    "pathlib", "pickle", "random", "re", "shutil", "statistics", "string", "subprocess", "tarfile",
-    "textwrap", "threading", "typing", "unittest", "urllib.parse", "uuid", "zipfile",
+    "argparse",
+    "asyncio",
+    "collections",
+    "contextlib",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "email",
+    "fractions",
+    "functools",
+    "heapq",
+    "http.client",
+    "inspect",
+    "json",
+    "logging",
+    "pathlib",
+    "pickle",
+    "random",
+    "re",
+    "shutil",
+    "statistics",
+    "string",
+    "subprocess",
+    "tarfile",
+    "textwrap",
+    "threading",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "uuid",
+    "zipfile",
 )
 
 
@@ -62,21 +91,39 @@ def build_tokenizer(out_dir: Path, vocab_size: int = 4096):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(local_corpus(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|end|>",
-                                   unk_token="<unk>", pad_token="<pad>",
-                                   additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>", "</s>"])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="<|end|>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>", "</s>"],
+    )
     fast.chat_template = CHAT_TEMPLATE
     fast.model_max_length = 1 << 20
     fast.save_pretrained(out_dir)
     return fast
 
 
-def build_tiny_model(out_dir: str | Path, *, hidden_size: int = 256, layers: int = 2, heads: int = 4,
-                     kv_heads: int = 2, intermediate_size: int = 512, vocab_size: int = 4096,
-                     max_position_embeddings: int = 32768, seed: int = 0) -> Path:
+def build_tiny_model(
+    out_dir: str | Path,
+    *,
+    hidden_size: int = 256,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate_size: int = 512,
+    vocab_size: int = 4096,
+    max_position_embeddings: int = 32768,
+    seed: int = 0,
+) -> Path:
     """Write a random-weight Llama (safetensors), its tokenizer and chat template to ``out_dir``."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -85,19 +132,28 @@ def build_tiny_model(out_dir: str | Path, *, hidden_size: int = 256, layers: int
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(out, vocab_size)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        head_dim=hidden_size // heads, max_position_embeddings=max_position_embeddings,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False, dtype="float32",
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=hidden_size // heads,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+        dtype="float32",
         # transformers 4.x's keyword, which 5.x still accepts (as rope_parameters) but no longer declares
         rope_theta=500000.0,  # type: ignore[call-arg]
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
-    GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                     pad_token_id=tok.pad_token_id).save_pretrained(out)
+    GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    ).save_pretrained(out)
     (out / "longalign-tiny.json").write_text(json.dumps({"seed": seed, "built_by": "longalign_trainer.tiny_model"}))
     return out
 

@@ -67,11 +67,22 @@ def tail(path: Path, lines: int = 40) -> str:
 class VLLMServer:
     """One vLLM server process. ``start()`` returns once it answers; ``stop()`` (or leaving ``with``) ends it."""
 
-    def __init__(self, model: str | Path, *, served_name: str | None = None, host: str = "127.0.0.1",
-                 port: int | None = None, max_model_len: int | None = None, dtype: str = "bfloat16",
-                 kv_cache_space_gib: int | None = 1, extra_args: list[str] | tuple[str, ...] = (),
-                 env: dict[str, str] | None = None, log_path: str | Path | None = None,
-                 startup_timeout_s: float = 600.0, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        served_name: str | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        max_model_len: int | None = None,
+        dtype: str = "bfloat16",
+        kv_cache_space_gib: int | None = 1,
+        extra_args: list[str] | tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        log_path: str | Path | None = None,
+        startup_timeout_s: float = 600.0,
+        python: str = sys.executable,
+    ) -> None:
         self.model = str(model)
         self.served_name = served_name or Path(self.model).name
         self.host = host
@@ -93,14 +104,26 @@ class VLLMServer:
 
     def command(self) -> list[str]:
         """The server's command line."""
-        cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
-               "--served-model-name", self.served_name, "--host", self.host, "--port", str(self.port),
-               "--dtype", self.dtype]
+        cmd = [
+            self.python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model,
+            "--served-model-name",
+            self.served_name,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--dtype",
+            self.dtype,
+        ]
         if self.max_model_len:
             cmd += ["--max-model-len", str(self.max_model_len)]
         return cmd + self.extra_args
 
-    def start(self) -> "VLLMServer":
+    def start(self) -> VLLMServer:
         """Start the server and block until it answers ``/v1/models``; raise ``VLLMServerError`` otherwise."""
         if self.process is not None:
             raise RuntimeError("server already started")
@@ -109,9 +132,15 @@ class VLLMServer:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_space_gib))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                            preexec_fn=_die_with_parent)
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         try:
             self.wait_ready()
         except BaseException:
@@ -127,8 +156,10 @@ class VLLMServer:
         while True:
             code = self.process.poll()
             if code is not None:
-                raise VLLMServerError(f"vLLM server for {self.model} exited with code {code} before it was "
-                                      f"ready; last lines of {self.log_path}:\n{tail(self.log_path)}")
+                raise VLLMServerError(
+                    f"vLLM server for {self.model} exited with code {code} before it was "
+                    f"ready; last lines of {self.log_path}:\n{tail(self.log_path)}"
+                )
             try:
                 card = self.model_card(timeout=2.0)
                 if card is not None:
@@ -136,8 +167,10 @@ class VLLMServer:
             except (OSError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                raise VLLMServerError(f"vLLM server for {self.model} not ready after {self.startup_timeout_s:.0f} s; "
-                                      f"last lines of {self.log_path}:\n{tail(self.log_path)}")
+                raise VLLMServerError(
+                    f"vLLM server for {self.model} not ready after {self.startup_timeout_s:.0f} s; "
+                    f"last lines of {self.log_path}:\n{tail(self.log_path)}"
+                )
             time.sleep(0.5)
 
     def model_card(self, timeout: float = 5.0) -> dict | None:
@@ -162,7 +195,7 @@ class VLLMServer:
         _signal_group(pgid, signal.SIGKILL)
         self.process.wait()
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

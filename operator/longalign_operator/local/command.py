@@ -14,28 +14,45 @@ Exit codes: 0 the run succeeded, 1 it failed, 2 the run file or the arguments ca
 from __future__ import annotations
 
 import sys
+from datetime import UTC
 from pathlib import Path
 
 
 def add_arguments(parser) -> None:
     """Arguments of ``longalign run``."""
     parser.add_argument("run_file", metavar="RUN.yaml", type=Path, help="a LongAlignRun resource")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="holds the volumes' folders, each attempt's config and log, and the report "
-                             "(default: ./longalign-runs/<run name>)")
-    parser.add_argument("--volume", action="append", default=[], metavar="NAME=DIR",
-                        help="local folder of the volume mounted at /NAME (models, data, checkpoints, results, "
-                             "documents); repeatable")
-    parser.add_argument("--prepare-tiny", action="store_true",
-                        help="first create missing inputs with tiny stand-ins (a tiny random model, short "
-                             "documents, the LongBench-Chat sample)")
-    parser.add_argument("--train-processes", type=int, default=2, metavar="N",
-                        help="training processes (torchrun --nproc-per-node; default 2)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="holds the volumes' folders, each attempt's config and log, and the report "
+        "(default: ./longalign-runs/<run name>)",
+    )
+    parser.add_argument(
+        "--volume",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="local folder of the volume mounted at /NAME (models, data, checkpoints, results, documents); repeatable",
+    )
+    parser.add_argument(
+        "--prepare-tiny",
+        action="store_true",
+        help="first create missing inputs with tiny stand-ins (a tiny random model, short "
+        "documents, the LongBench-Chat sample)",
+    )
+    parser.add_argument(
+        "--train-processes",
+        type=int,
+        default=2,
+        metavar="N",
+        help="training processes (torchrun --nproc-per-node; default 2)",
+    )
 
 
 def run(args) -> int:
     """``longalign run RUN.yaml``."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from longalign_operator.local import report, runfile, table
     from longalign_operator.local.runner import run_stages
@@ -44,7 +61,7 @@ def run(args) -> int:
     from longalign_operator.local.volumes import VolumeError, Volumes, parse_volume_args
     from longalign_operator.spec import GROUP, KIND, VERSION
 
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     try:
         loaded = runfile.load(args.run_file)
         workdir = (args.workdir or Path("longalign-runs") / loaded.run.name).resolve()
@@ -67,9 +84,12 @@ def run(args) -> int:
         print("\nlongalign run: interrupted; the same command continues where the stages left off", file=sys.stderr)
         return 130
     plots = report.write_report(stages, status, report_dir)
-    resource = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
-                "metadata": {"name": loaded.run.name, "creationTimestamp": started},
-                "status": status.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    resource = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"name": loaded.run.name, "creationTimestamp": started},
+        "status": status.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
     print("\n" + table.render(resource, wide=True))
     print(f"\nreport: {report_dir} (status.json{''.join(', ' + p.name for p in plots)})")
     return 0 if status.phase == "Succeeded" else 1

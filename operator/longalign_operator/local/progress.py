@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO
 
 from longalign_trainer.contract import format_bar, parse_progress
 

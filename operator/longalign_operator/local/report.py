@@ -26,13 +26,22 @@ def write_report(stages: LocalStages, status: LongAlignRunStatus, folder: Path) 
     plots = []
     datagen, training, evaluation = (_succeeded(status, s) for s in ORDER)
     if datagen and (histogram := (datagen.summary or {}).get("length_histogram")):
-        plots.append(_bars(folder / "length_histogram.png", list(histogram), list(histogram.values()),
-                           "generated data: samples per length", "tokens", "samples"))
+        plots.append(
+            _bars(
+                folder / "length_histogram.png",
+                list(histogram),
+                list(histogram.values()),
+                "generated data: samples per length",
+                "tokens",
+                "samples",
+            )
+        )
     if training:
         lines = _progress_lines(stages.log_path("training", training.attempts))
         for key, name, label in (("loss", "loss.png", "loss"), ("tokens_per_s", "tokens_per_s.png", "tokens/s")):
-            points = [(line["done"], line["metrics"][key]) for line in lines
-                      if line.get("metrics", {}).get(key) is not None]
+            points = [
+                (line["done"], line["metrics"][key]) for line in lines if line.get("metrics", {}).get(key) is not None
+            ]
             if points:
                 plots.append(_curve(folder / name, points, f"training: {label}", label))
     if evaluation:
@@ -42,9 +51,17 @@ def write_report(stages: LocalStages, status: LongAlignRunStatus, folder: Path) 
             rows = json.loads(results.read_text()).get("longbench_chat", {}).get("per_question", [])
             scored = [r for r in rows if r.get("score") is not None]
             if scored:
-                plots.append(_bars(folder / "longbench_chat_scores.png", [f"#{r['idx']}" for r in scored],
-                                   [r["score"] for r in scored], "LongBench-Chat: judge's score per question",
-                                   "question", "score (1-10)", ylim=(0, 10)))
+                plots.append(
+                    _bars(
+                        folder / "longbench_chat_scores.png",
+                        [f"#{r['idx']}" for r in scored],
+                        [r["score"] for r in scored],
+                        "LongBench-Chat: judge's score per question",
+                        "question",
+                        "score (1-10)",
+                        ylim=(0, 10),
+                    )
+                )
         for plot in map(Path, summary.get("plots") or []):
             if plot.is_file():
                 plots.append(Path(shutil.copy(plot, folder / plot.name)))
@@ -62,8 +79,15 @@ def _progress_lines(log: Path) -> list[dict]:
     return [line for text in log.read_text(errors="replace").splitlines() if (line := parse_progress(text))]
 
 
-def _bars(path: Path, labels: list[str], values: list[float], title: str, xlabel: str, ylabel: str,
-          ylim: tuple[float, float] | None = None) -> Path:
+def _bars(
+    path: Path,
+    labels: list[str],
+    values: list[float],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)

@@ -76,8 +76,10 @@ def from_document(doc: Any, source: str) -> RunFile:
     if not isinstance(doc, dict):
         raise RunFileError(f"{source}: expected a {KIND} resource (a mapping), got {type(doc).__name__}")
     if doc.get("kind") != KIND or doc.get("apiVersion") != f"{GROUP}/{VERSION}":
-        raise RunFileError(f"{source}: apiVersion/kind: expected {GROUP}/{VERSION} {KIND}, "
-                           f"got {doc.get('apiVersion')} {doc.get('kind')}")
+        raise RunFileError(
+            f"{source}: apiVersion/kind: expected {GROUP}/{VERSION} {KIND}, "
+            f"got {doc.get('apiVersion')} {doc.get('kind')}"
+        )
     metadata = doc.get("metadata")
     meta: dict[str, Any] = metadata if isinstance(metadata, dict) else {}
     name = meta.get("name")
@@ -90,8 +92,13 @@ def from_document(doc: Any, source: str) -> RunFile:
     except SpecError as e:
         raise RunFileError(f"{source}: invalid spec:\n" + "\n".join(f"  {p}: {m}" for p, m in e.problems)) from None
     annotations = meta.get("annotations") or {}
-    run = Run(name=name, namespace=meta.get("namespace") or "default", uid="local",
-              labels=dict(meta.get("labels") or {}), spec=spec)
+    run = Run(
+        name=name,
+        namespace=meta.get("namespace") or "default",
+        uid="local",
+        labels=dict(meta.get("labels") or {}),
+        spec=spec,
+    )
     return RunFile(run, _local_options(annotations.get(LOCAL_ANNOTATION), source))
 
 
@@ -104,8 +111,7 @@ def _local_options(text: str | None, source: str) -> LocalOptions:
     try:
         return LocalOptions.model_validate(raw or {})
     except ValidationError as e:
-        problems = "\n".join(f"  {'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}"
-                             for err in e.errors())
+        problems = "\n".join(f"  {'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}" for err in e.errors())
         raise RunFileError(f"{where} is invalid:\n{problems}") from None
 
 

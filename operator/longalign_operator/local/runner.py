@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -29,7 +29,7 @@ def run_stages(stages: LocalStages, status_path: Path, out: IO[str] | None = Non
     jobs: dict[str, JobView] = {}
     status: dict = {}
     while True:
-        step = plan(Observed(run=stages.run, status=status, generation=1, now=datetime.now(timezone.utc), jobs=jobs))
+        step = plan(Observed(run=stages.run, status=status, generation=1, now=datetime.now(UTC), jobs=jobs))
         status = step.status.model_dump(mode="json", by_alias=True, exclude_none=True)
         status_path.write_text(json.dumps(status, indent=1))
         for event in step.events:

@@ -17,9 +17,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from longalign_operator import builders
 from longalign_operator.local.progress import StageDisplay
@@ -76,19 +76,31 @@ class LocalStages:
         if stage == "training":
             from longalign_trainer.vllm_server import free_port
 
-            return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={self.train_processes}",
-                    f"--master-port={free_port()}", "--no-python", *command]
+            return [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nproc-per-node={self.train_processes}",
+                f"--master-port={free_port()}",
+                "--no-python",
+                *command,
+            ]
         return command
 
     def check_ready(self) -> None:
         """Fail before any stage runs when evaluation will need a judge key that is not set."""
         evaluation = self.run.spec.evaluation
-        if (evaluation.enabled and evaluation.judge is not None and self.options.judge_model_path is None
-                and not os.environ.get(JUDGE_KEY_ENV)):
+        if (
+            evaluation.enabled
+            and evaluation.judge is not None
+            and self.options.judge_model_path is None
+            and not os.environ.get(JUDGE_KEY_ENV)
+        ):
             raise MissingJudgeKey(
                 f"evaluation.judge: set {JUDGE_KEY_ENV} to the API key of {evaluation.judge.endpoint} (the pods get "
                 f"it from {_secret(evaluation.judge.api_key_secret_ref)}), or serve a judge locally with "
-                "judgeModelPath in the longalign.dev/local-run annotation")
+                "judgeModelPath in the longalign.dev/local-run annotation"
+            )
 
     def run_attempt(self, stage: str, attempt: int) -> JobView:
         """Run one attempt to its end, showing its progress; what the operator would observe of its Job."""
@@ -113,8 +125,9 @@ class LocalStages:
         env = {**os.environ, **self._pod_env(stage), **extra_env}
         if stage == "training":
             env.setdefault("OMP_NUM_THREADS", "1")  # one thread per process: the processes share the cores
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              text=True, env=env) as proc:
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=env
+        ) as proc:
             assert proc.stdout is not None  # stdout=PIPE
             try:
                 display.follow(proc.stdout)
@@ -134,8 +147,12 @@ class LocalStages:
         spec = self.run.spec
         if stage == "dataGeneration":
             teacher = spec.data_generation.required_teacher()
-            with vllm(self.volumes.local(teacher.model_path), teacher.served_name, teacher.max_model_len,
-                      folder / "teacher-vllm.log") as url:
+            with vllm(
+                self.volumes.local(teacher.model_path),
+                teacher.served_name,
+                teacher.max_model_len,
+                folder / "teacher-vllm.log",
+            ) as url:
                 yield Services(env={TEACHER_URL_ENV: url})
         elif stage == "evaluation" and spec.evaluation.judge is not None and self.options.judge_model_path:
             name = spec.evaluation.judge.model
@@ -190,6 +207,7 @@ def merge(base: dict, extra: dict) -> dict:
 def _job(name: str, exit_code: int, message: str | None, progress: dict | None) -> JobView:
     """A finished attempt as the operator sees a finished Job: one pod, its exit code and termination message."""
     ok = exit_code == 0
-    pod = PodView(name=f"{name}-local", phase="Succeeded" if ok else "Failed", exit_code=exit_code,
-                  termination_message=message)
+    pod = PodView(
+        name=f"{name}-local", phase="Succeeded" if ok else "Failed", exit_code=exit_code, termination_message=message
+    )
     return JobView(name=name, state="Complete" if ok else "Failed", pods=(pod,), progress=progress)

@@ -7,7 +7,7 @@ forms they use: ``.a.b.c`` and ``.a[?(@.k=="v")].b``.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from longalign_operator.crd import PRINTER_COLUMNS
@@ -34,15 +34,16 @@ def render(resource: dict, wide: bool = True, now: datetime | None = None) -> st
     """The header and row of one resource, aligned as kubectl aligns them (``<none>`` for empty cells)."""
     columns = [c for c in PRINTER_COLUMNS if wide or not c.get("priority")]
     header = ["NAME"] + [c["name"].upper() for c in columns]
-    row = [resource["metadata"]["name"]] + [_cell(json_path(resource, c["jsonPath"]), c["type"], now)
-                                            for c in columns]
+    row = [resource["metadata"]["name"]] + [_cell(json_path(resource, c["jsonPath"]), c["type"], now) for c in columns]
     widths = [max(len(h), len(v)) for h, v in zip(header, row, strict=True)]
-    return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in (header, row))
+    return "\n".join(
+        "   ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in (header, row)
+    )
 
 
 def _cell(value: Any, kind: str, now: datetime | None) -> str:
     if value is None or value == "":
         return "<none>"
     if kind == "date":
-        return format_duration(((now or datetime.now(timezone.utc)) - parse_time(value)).total_seconds())
+        return format_duration(((now or datetime.now(UTC)) - parse_time(value)).total_seconds())
     return str(value)

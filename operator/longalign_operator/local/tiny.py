@@ -39,8 +39,10 @@ def prepare_tiny(run_file: RunFile, volumes: Volumes) -> list[Path]:
         from longalign_trainer.evaluate.config import DATA_DIR
 
         data_dir = f"/data/{run_file.run.name}"  # where the stage looks for relative benchmark paths
-        for pod_path, sample in ((lbc.path, "longbench_chat_sample.jsonl"),
-                                 (lbc.few_shot_path, "longbench_chat_sample_few_shots.json")):
+        for pod_path, sample in (
+            (lbc.path, "longbench_chat_sample.jsonl"),
+            (lbc.few_shot_path, "longbench_chat_sample_few_shots.json"),
+        ):
             target = Path(volumes.local(str(Path(data_dir) / pod_path))) if pod_path else None
             if target and not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from longalign_operator.builders import MOUNTS
-from longalign_operator.spec import LongAlignRunSpec
+from longalign_operator.spec import MOUNTS, LongAlignRunSpec
 
 
 class VolumeError(ValueError):
@@ -46,7 +45,7 @@ class Volumes:
     """Mount name (models, data, ...) to local folder."""
 
     @classmethod
-    def for_spec(cls, spec: LongAlignRunSpec, workdir: Path, explicit: dict[str, Path] | None = None) -> "Volumes":
+    def for_spec(cls, spec: LongAlignRunSpec, workdir: Path, explicit: dict[str, Path] | None = None) -> Volumes:
         """The local folders of a spec's volumes (see the module docstring)."""
         sources = spec.storage.mounts()
         explicit = explicit or {}

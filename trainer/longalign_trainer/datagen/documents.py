@@ -13,9 +13,9 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
 
@@ -136,8 +136,10 @@ def load_corpus(cfg, tokenizer, batch_size: int = 32) -> Corpus:
     """
     corpus = Corpus()
     if not cfg.documents_dir.is_dir():
-        raise FileNotFoundError(f"documents_dir: {cfg.documents_dir} is not a folder; set it to the folder of "
-                                "your long documents (.txt, .md, .jsonl, .parquet)")
+        raise FileNotFoundError(
+            f"documents_dir: {cfg.documents_dir} is not a folder; set it to the folder of "
+            "your long documents (.txt, .md, .jsonl, .parquet)"
+        )
     corpus.files = sum(1 for p in cfg.documents_dir.rglob("*") if p.is_file())
     batch: list[tuple[str, str, str]] = []
     seen: set[str] = set()
@@ -214,7 +216,7 @@ def make_pairs(documents: list[Document], n: int, max_tokens: int, seed: int, to
         rng.shuffle(docs)
         used: set[str] = set()
         for i, a in enumerate(docs):
-            for b in docs[i + 1:]:
+            for b in docs[i + 1 :]:
                 if len(pairs) >= n:
                     return pairs
                 if a.id in used or b.id in used or a.n_tokens + b.n_tokens + 16 > max_tokens:

@@ -48,8 +48,10 @@ class Generator:
         self.cfg, self.teacher, self.tokenizer, self.context_len = cfg, teacher, tokenizer, context_len
         self.templates = {t: cfg.prompt_text(t) for t in cfg.all_task_types()}
         # tokens the chat template and instructions add around the document, measured once per task type
-        self.overhead = {t: _prompt_tokens(tokenizer, tasks.user_turn("", tasks.propose_prompt(s, cfg.questions_asked)))
-                         for t, s in self.templates.items()}
+        self.overhead = {
+            t: _prompt_tokens(tokenizer, tasks.user_turn("", tasks.propose_prompt(s, cfg.questions_asked)))
+            for t, s in self.templates.items()
+        }
         self.margin = 16  # a document and its neighbouring text may tokenise a few tokens differently
 
     def _room(self, doc: Document, overhead: int) -> int:
@@ -61,23 +63,26 @@ class Generator:
         endpoint = assigned = self.teacher.assign()
         try:
             types = list(doc.task_types) or tasks.rng_for(cfg.seed, doc.id, "types").sample(
-                cfg.task_types, cfg.types_per_document)
+                cfg.task_types, cfg.types_per_document
+            )
             seen: list[str] = []
             for task_type in types:
                 room = self._room(doc, self.overhead[task_type])
                 if room < cfg.teacher.min_answer_room:
                     out.skipped["exceeds_server_context"] += 1
                     continue
-                questions, endpoint = await self._propose(doc, task_type, min(room, cfg.teacher.question_max_tokens),
-                                                          endpoint, out)
-                fresh = tasks.dedup(seen + questions, cfg.dedup_similarity)[len(seen):]  # seen is deduplicated
+                questions, endpoint = await self._propose(
+                    doc, task_type, min(room, cfg.teacher.question_max_tokens), endpoint, out
+                )
+                fresh = tasks.dedup(seen + questions, cfg.dedup_similarity)[len(seen) :]  # seen is deduplicated
                 if len(questions) > len(fresh):
                     out.skipped["duplicate_task"] += len(questions) - len(fresh)
                 seen += fresh
                 rng = tasks.rng_for(cfg.seed, doc.id, f"keep:{task_type}")
                 kept = rng.sample(fresh, min(cfg.questions_kept, len(fresh)))
-                results = await asyncio.gather(*(self._answer(doc, task_type, q, endpoint) for q in kept),
-                                               return_exceptions=True)
+                results = await asyncio.gather(
+                    *(self._answer(doc, task_type, q, endpoint) for q in kept), return_exceptions=True
+                )
                 for r in results:
                     if isinstance(r, BaseException):
                         raise r
@@ -91,16 +96,28 @@ class Generator:
             self.teacher.release(assigned)
         return out
 
-    async def _propose(self, doc: Document, task_type: str, max_tokens: int, endpoint: int,
-                       out: DocOutcome) -> tuple[list[str], int]:
+    async def _propose(
+        self, doc: Document, task_type: str, max_tokens: int, endpoint: int, out: DocOutcome
+    ) -> tuple[list[str], int]:
         cfg = self.cfg
-        messages = [{"role": "user", "content": tasks.user_turn(
-            doc.text, tasks.propose_prompt(self.templates[task_type], cfg.questions_asked))}]
+        messages = [
+            {
+                "role": "user",
+                "content": tasks.user_turn(
+                    doc.text, tasks.propose_prompt(self.templates[task_type], cfg.questions_asked)
+                ),
+            }
+        ]
         schema = tasks.questions_schema(cfg.questions_asked, cfg.question_max_chars)
         for attempt in range(PROPOSAL_ATTEMPTS):
-            seed = tasks.rng_for(cfg.seed, doc.id, f"propose:{task_type}:{attempt}").randrange(2 ** 31)
-            c = await self.teacher.complete(messages, max_tokens=max_tokens, endpoint=endpoint, seed=seed,
-                                            **tasks.constrained_output(cfg.teacher.json_output, schema))
+            seed = tasks.rng_for(cfg.seed, doc.id, f"propose:{task_type}:{attempt}").randrange(2**31)
+            c = await self.teacher.complete(
+                messages,
+                max_tokens=max_tokens,
+                endpoint=endpoint,
+                seed=seed,
+                **tasks.constrained_output(cfg.teacher.json_output, schema),
+            )
             endpoint = c.endpoint
             questions = tasks.parse_questions(c.text)
             if questions:
@@ -115,10 +132,14 @@ class Generator:
         if room < cfg.teacher.min_answer_room:
             return "exceeds_server_context"
         user = tasks.user_turn(doc.text, question)
-        seed = tasks.rng_for(cfg.seed, doc.id, f"answer:{question}").randrange(2 ** 31)
+        seed = tasks.rng_for(cfg.seed, doc.id, f"answer:{question}").randrange(2**31)
         try:
-            c = await self.teacher.complete([{"role": "user", "content": user}], endpoint=endpoint, seed=seed,
-                                            max_tokens=min(room, cfg.teacher.answer_max_tokens))
+            c = await self.teacher.complete(
+                [{"role": "user", "content": user}],
+                endpoint=endpoint,
+                seed=seed,
+                max_tokens=min(room, cfg.teacher.answer_max_tokens),
+            )
         except ContextOverflow:
             return "exceeds_server_context"
         problem = tasks.answer_problem(c.text, c.finish_reason, cfg.min_answer_chars, cfg.keep_truncated_answers)
@@ -127,9 +148,15 @@ class Generator:
         return {
             "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": c.text.strip()}],
             "length": c.prompt_tokens + c.completion_tokens,
-            "meta": {"doc_id": doc.id, "source": doc.source, "task_type": task_type, "task": question,
-                     "teacher_model": cfg.teacher.model, "doc_tokens": doc.n_tokens,
-                     "finish_reason": c.finish_reason},
+            "meta": {
+                "doc_id": doc.id,
+                "source": doc.source,
+                "task_type": task_type,
+                "task": question,
+                "teacher_model": cfg.teacher.model,
+                "doc_tokens": doc.n_tokens,
+                "finish_reason": c.finish_reason,
+            },
         }
 
 
@@ -139,13 +166,17 @@ def load_tokenizer(cfg: DatagenConfig):
 
     where = cfg.teacher.tokenizer or cfg.teacher.model
     if where.startswith(("/", ".")) and not Path(where).is_dir():
-        raise ConfigError(f"teacher.tokenizer: {where} is not a folder; set it to a local folder holding the "
-                          "teacher's tokenizer files")
+        raise ConfigError(
+            f"teacher.tokenizer: {where} is not a folder; set it to a local folder holding the "
+            "teacher's tokenizer files"
+        )
     try:
         return AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"teacher.tokenizer: cannot load the teacher's tokenizer from {where!r} ({e}); "
-                          "set it to a local folder holding the teacher's tokenizer files") from None
+        raise ConfigError(
+            f"teacher.tokenizer: cannot load the teacher's tokenizer from {where!r} ({e}); "
+            "set it to a local folder holding the teacher's tokenizer files"
+        ) from None
 
 
 async def run_async(cfg: DatagenConfig, *, summary_path: Path | None = None) -> dict:
@@ -155,22 +186,33 @@ async def run_async(cfg: DatagenConfig, *, summary_path: Path | None = None) -> 
     corpus = load_corpus(cfg, tokenizer)
     if not corpus.documents:
         skipped = ", ".join(f"{n} {why}" for why, n in sorted(corpus.skipped.items())) or "none"
-        raise ConfigError(f"documents_dir: {cfg.documents_dir} holds no usable document ({corpus.files} files; "
-                          f"skipped: {skipped}); add .txt, .md, .jsonl or .parquet documents of "
-                          f"{cfg.min_tokens} to {cfg.max_tokens} tokens (min_tokens, max_tokens)")
+        raise ConfigError(
+            f"documents_dir: {cfg.documents_dir} holds no usable document ({corpus.files} files; "
+            f"skipped: {skipped}); add .txt, .md, .jsonl or .parquet documents of "
+            f"{cfg.min_tokens} to {cfg.max_tokens} tokens (min_tokens, max_tokens)"
+        )
     if cfg.comparison_ratio:
-        corpus.documents += make_pairs(corpus.documents, round(cfg.comparison_ratio * len(corpus.documents)),
-                                       cfg.max_tokens, cfg.seed, tokenizer)
-    store = ShardStore(cfg.output_dir, cfg.fingerprint(), cfg.shard_max_samples,
-                       meta={"teacher_model": cfg.teacher.model},
-                       flush_interval_s=cfg.flush_interval_s).open()
+        corpus.documents += make_pairs(
+            corpus.documents, round(cfg.comparison_ratio * len(corpus.documents)), cfg.max_tokens, cfg.seed, tokenizer
+        )
+    store = ShardStore(
+        cfg.output_dir,
+        cfg.fingerprint(),
+        cfg.shard_max_samples,
+        meta={"teacher_model": cfg.teacher.model},
+        flush_interval_s=cfg.flush_interval_s,
+    ).open()
     done_before = store.done_documents()
     pending = [d for d in corpus.documents if d.id not in done_before]
     teacher = ChatClient(cfg.teacher, cfg.engine)
     progress = ProgressReporter("datagen", len(corpus.documents), "documents")
     failed: Counter = Counter()
-    state: dict[str, Any] = {"done": len(corpus.documents) - len(pending), "samples": sum(done_before.values()),
-             "consecutive_failures": 0, "stop": None}
+    state: dict[str, Any] = {
+        "done": len(corpus.documents) - len(pending),
+        "samples": sum(done_before.values()),
+        "consecutive_failures": 0,
+        "stop": None,
+    }
     status = "complete"
     progress.update(state["done"], samples=state["samples"])  # a resumed run's rate counts from here
     stop_on_sigterm = _on_sigterm(state)
@@ -186,32 +228,58 @@ async def run_async(cfg: DatagenConfig, *, summary_path: Path | None = None) -> 
 
     if state["stop"] or failed:
         status = "incomplete"
-    summary = {"stage": "datagen", "status": status, "teacher_model": cfg.teacher.model,
-               "documents_total": len(corpus.documents), "documents_done": state["done"],
-               "documents_resumed": len(done_before), "documents_failed": failed["documents"],
-               "documents_skipped": dict(corpus.skipped), "samples_skipped": dict(store.skips()),
-               "samples": state["samples"]}
+    summary = {
+        "stage": "datagen",
+        "status": status,
+        "teacher_model": cfg.teacher.model,
+        "documents_total": len(corpus.documents),
+        "documents_done": state["done"],
+        "documents_resumed": len(done_before),
+        "documents_failed": failed["documents"],
+        "documents_skipped": dict(corpus.skipped),
+        "samples_skipped": dict(store.skips()),
+        "samples": state["samples"],
+    }
     if state["stop"]:
         summary["error"] = state["stop"][:500]
     elif failed:
-        summary["error"] = f"{failed['documents']} documents failed (rerun to retry them): {state.get('last_error', '')}"[:500]
+        summary["error"] = (
+            f"{failed['documents']} documents failed (rerun to retry them): {state.get('last_error', '')}"[:500]
+        )
     if status == "complete":
         summary.update(_finish(cfg, store, tokenizer))
     elapsed = time.monotonic() - t0
-    summary.update({"elapsed_s": round(elapsed, 1), "requests": teacher.stats["requests"],
-                    "retries": teacher.stats["retries"],
-                    "request_errors": {k: v for k, v in sorted(teacher.stats.items())
-                                       if k not in ("requests", "retries", "prompt_tokens", "completion_tokens")},
-                    "completion_tokens": teacher.stats["completion_tokens"],
-                    "tokens_per_s": round(teacher.stats["completion_tokens"] / elapsed, 1) if elapsed else None,
-                    "manifest": str(cfg.output_dir / "manifest.json")})
+    summary.update(
+        {
+            "elapsed_s": round(elapsed, 1),
+            "requests": teacher.stats["requests"],
+            "retries": teacher.stats["retries"],
+            "request_errors": {
+                k: v
+                for k, v in sorted(teacher.stats.items())
+                if k not in ("requests", "retries", "prompt_tokens", "completion_tokens")
+            },
+            "completion_tokens": teacher.stats["completion_tokens"],
+            "tokens_per_s": round(teacher.stats["completion_tokens"] / elapsed, 1) if elapsed else None,
+            "manifest": str(cfg.output_dir / "manifest.json"),
+        }
+    )
     write_atomic(cfg.output_dir / "summary.json", json.dumps(summary, indent=1).encode())
     write_summary(summary, summary_path)
     return summary
 
 
-async def _work(cfg: DatagenConfig, teacher: ChatClient, tokenizer, store: ShardStore, pending: list[Document],
-                state: dict, failed: Counter, progress: ProgressReporter, t0: float) -> None:
+async def _work(
+    cfg: DatagenConfig,
+    teacher: ChatClient,
+    tokenizer,
+    store: ShardStore,
+    pending: list[Document],
+    state: dict,
+    failed: Counter,
+    progress: ProgressReporter,
+    t0: float,
+) -> None:
     """Process the pending documents with ``engine.concurrency`` workers, committing each finished one."""
     try:
         gen = Generator(cfg, teacher, tokenizer, await teacher.max_model_len())
@@ -269,9 +337,12 @@ def _on_sigterm(state: dict):
 
 def _report(progress: ProgressReporter, state: dict, teacher: ChatClient, t0: float) -> None:
     elapsed = max(time.monotonic() - t0, 1e-9)
-    progress.update(state["done"], samples=state["samples"],
-                    tokens_per_s=teacher.stats["completion_tokens"] / elapsed,
-                    requests_per_s=teacher.stats["requests"] / elapsed)
+    progress.update(
+        state["done"],
+        samples=state["samples"],
+        tokens_per_s=teacher.stats["completion_tokens"] / elapsed,
+        requests_per_s=teacher.stats["requests"] / elapsed,
+    )
 
 
 def _finish(cfg: DatagenConfig, store: ShardStore, tokenizer) -> dict:
@@ -305,10 +376,18 @@ def _finish(cfg: DatagenConfig, store: ShardStore, tokenizer) -> dict:
         os.fsync(out.fileno())
     os.replace(tmp, out_path)
     hist = histogram(lengths)
-    write_atomic(cfg.output_dir / "histogram.json", json.dumps(
-        {"long": histogram(lengths[:n_long]), "all": hist}, indent=1).encode())
-    result = {"data": str(out_path), "long_samples": n_long, "short_samples": n_short,
-              "samples_by_source": dict(by_source), "samples_by_task_type": dict(by_type), "length_histogram": hist}
+    write_atomic(
+        cfg.output_dir / "histogram.json",
+        json.dumps({"long": histogram(lengths[:n_long]), "all": hist}, indent=1).encode(),
+    )
+    result = {
+        "data": str(out_path),
+        "long_samples": n_long,
+        "short_samples": n_short,
+        "samples_by_source": dict(by_source),
+        "samples_by_task_type": dict(by_type),
+        "length_histogram": hist,
+    }
     if short_counts:
         result["short_skipped"] = dict(short_counts)
     return result

@@ -21,7 +21,7 @@ def sample_short(path: Path, n_long: int, ratio: float, seed: int) -> tuple[list
     counts: Counter = Counter()
     records = []
     for i, record in read_jsonl(path, counts, "short_bad_json"):
-        if check_record(record) is not None:  # the trainer's own definition of a valid record
+        if not isinstance(record, dict) or check_record(record) is not None:  # the trainer's own definition
             counts["short_invalid_or_empty_turn"] += 1
             continue
         records.append({"messages": record["messages"], "meta": {"source": "short", "origin": f"{path.name}:{i}"}})
@@ -38,9 +38,11 @@ def histogram(lengths: list[int]) -> dict[str, int]:
     >>> histogram([100, 1000, 1024, 9000, 70000])
     {'0-1k': 2, '1k-2k': 1, '8k-16k': 1, '64k-128k': 1}
     """
-    edges = [0] + [1024 * 2 ** k for k in range(12)]
-    names = [f"{lo // 1024}k-{hi // 1024}k".replace("0k-", "0-", 1) if lo == 0 else f"{lo // 1024}k-{hi // 1024}k"
-             for lo, hi in itertools.pairwise(edges)] + [f">={edges[-1] // 1024}k"]
+    edges = [0] + [1024 * 2**k for k in range(12)]
+    names = [
+        f"{lo // 1024}k-{hi // 1024}k".replace("0k-", "0-", 1) if lo == 0 else f"{lo // 1024}k-{hi // 1024}k"
+        for lo, hi in itertools.pairwise(edges)
+    ] + [f">={edges[-1] // 1024}k"]
     out: Counter = Counter()
     for n in lengths:
         out[names[next((i for i, hi in enumerate(edges[1:]) if n < hi), len(names) - 1)]] += 1

@@ -17,15 +17,14 @@ its default (the paper's procedure). Keys of the stage's own config (snake_case,
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from longalign_trainer.contract import TEACHER_URL_ENV
 
 COMPARISON = "comparison"
 CONCURRENCY_PER_REPLICA = 32
 # The spec's teacher fields; any other key in the teacher section is the stage's own teacher setting.
-SPEC_TEACHER_KEYS = {"modelPath", "servedName", "replicas", "gpusPerReplica", "nodesPerReplica", "maxModelLen",
-                     "image"}
+SPEC_TEACHER_KEYS = {"modelPath", "servedName", "replicas", "gpusPerReplica", "nodesPerReplica", "maxModelLen", "image"}
 
 
 def is_envelope(raw: dict) -> bool:
@@ -45,15 +44,25 @@ def to_datagen(raw: dict, env: Mapping[str, str]) -> dict:
     body = dict(raw["dataGeneration"])
     teacher = body.pop("teacher", None) or {}
     urls = [u.strip() for u in env.get(TEACHER_URL_ENV, "").split(",") if u.strip()]
-    cfg: dict = {"output_dir": raw.get("dataDir"),
-                 "teacher": {"base_urls": urls, "model": teacher.get("servedName", "teacher"),
-                             "tokenizer": teacher.get("modelPath")},
-                 "engine": {"concurrency": CONCURRENCY_PER_REPLICA * int(teacher.get("replicas", 1))}}
+    cfg: dict = {
+        "output_dir": raw.get("dataDir"),
+        "teacher": {
+            "base_urls": urls,
+            "model": teacher.get("servedName", "teacher"),
+            "tokenizer": teacher.get("modelPath"),
+        },
+        "engine": {"concurrency": CONCURRENCY_PER_REPLICA * int(teacher.get("replicas", 1))},
+    }
     if teacher.get("maxModelLen"):
         cfg["teacher"]["max_model_len"] = teacher["maxModelLen"]
     cfg["teacher"].update({k: v for k, v in teacher.items() if k not in SPEC_TEACHER_KEYS})
-    simple = {"documentsPath": "documents_dir", "samplesPerDocument": "questions_kept",
-              "minDocumentTokens": "min_tokens", "maxDocumentTokens": "max_tokens", "seed": "seed"}
+    simple = {
+        "documentsPath": "documents_dir",
+        "samplesPerDocument": "questions_kept",
+        "minDocumentTokens": "min_tokens",
+        "maxDocumentTokens": "max_tokens",
+        "seed": "seed",
+    }
     for key, name in simple.items():
         if key in body:
             cfg[name] = body.pop(key)

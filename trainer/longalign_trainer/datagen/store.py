@@ -33,8 +33,14 @@ class ResumeMismatch(RuntimeError):
 class ShardStore:
     """The shards and manifest under ``out_dir`` for one run (identified by its settings' fingerprint)."""
 
-    def __init__(self, out_dir: Path, fingerprint: str, shard_max_samples: int, meta: dict | None = None,
-                 flush_interval_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        fingerprint: str,
+        shard_max_samples: int,
+        meta: dict | None = None,
+        flush_interval_s: float = 60.0,
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.shard_dir = self.out_dir / SHARDS
         self.fingerprint = fingerprint
@@ -47,7 +53,7 @@ class ShardStore:
         self.flush_interval_s = flush_interval_s  # bounds the work a kill can lose
         self.last_flush = time.monotonic()
 
-    def open(self) -> "ShardStore":
+    def open(self) -> ShardStore:
         """Load the manifest if there is one (checking the settings match) and delete orphan shards."""
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / MANIFEST
@@ -57,7 +63,8 @@ class ShardStore:
                 raise ResumeMismatch(
                     f"{self.out_dir} holds output generated with other settings (fingerprint "
                     f"{manifest.get('fingerprint')}, now {self.fingerprint}); use a new output_dir or "
-                    "restore the settings")
+                    "restore the settings"
+                )
             self.manifest["shards"] = manifest["shards"]
         listed = {s["file"] for s in self.manifest["shards"]}
         for f in self.shard_dir.iterdir():
@@ -85,8 +92,10 @@ class ShardStore:
         self.buffer_samples.extend(samples)
         self.buffer_docs[doc_id] = len(samples)
         self.buffer_skips.update(skipped)
-        if (len(self.buffer_samples) >= self.shard_max_samples
-                or time.monotonic() - self.last_flush >= self.flush_interval_s):
+        if (
+            len(self.buffer_samples) >= self.shard_max_samples
+            or time.monotonic() - self.last_flush >= self.flush_interval_s
+        ):
             self.flush()
 
     def pending(self) -> int:
@@ -100,7 +109,13 @@ class ShardStore:
         name = f"shard-{len(self.manifest['shards']):05d}.jsonl"
         data = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in self.buffer_samples).encode()
         write_atomic(self.shard_dir / name, data)
-        self.manifest["shards"].append({"file": name, "samples": len(self.buffer_samples),
-                                        "documents": self.buffer_docs, "skipped": dict(self.buffer_skips)})
+        self.manifest["shards"].append(
+            {
+                "file": name,
+                "samples": len(self.buffer_samples),
+                "documents": self.buffer_docs,
+                "skipped": dict(self.buffer_skips),
+            }
+        )
         write_atomic(self.out_dir / MANIFEST, json.dumps(self.manifest, indent=1).encode())
         self.buffer_samples, self.buffer_docs, self.buffer_skips = [], {}, Counter()

@@ -20,12 +20,16 @@ import re
 from difflib import SequenceMatcher
 
 SEPARATOR = "\n\n"
-PROPOSE_FORMAT = ('\n\nReply with a JSON object of the form {{"questions": ["...", "..."]}} holding exactly {n} '
-                  'questions, each a single line.')
+PROPOSE_FORMAT = (
+    '\n\nReply with a JSON object of the form {{"questions": ["...", "..."]}} holding exactly {n} '
+    "questions, each a single line."
+)
 
 _REFUSAL = re.compile(
     r"^\W*(i'?m sorry|i am sorry|sorry, (but )?i|i can(no|')t|i cannot|i'?m (not able|unable)|i am (not able|unable)"
-    r"|as an ai\b|i apologi[sz]e|unfortunately,? i (can(no|')t|am unable))", re.IGNORECASE)
+    r"|as an ai\b|i apologi[sz]e|unfortunately,? i (can(no|')t|am unable))",
+    re.IGNORECASE,
+)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -48,9 +52,16 @@ def questions_schema(n: int, max_chars: int) -> dict:
     """JSON schema of a proposal: exactly ``n`` non-empty strings of at most ``max_chars`` characters."""
     return {
         "type": "object",
-        "properties": {"questions": {"type": "array", "minItems": n, "maxItems": n,
-                                     "items": {"type": "string", "minLength": 8, "maxLength": max_chars}}},
-        "required": ["questions"], "additionalProperties": False,
+        "properties": {
+            "questions": {
+                "type": "array",
+                "minItems": n,
+                "maxItems": n,
+                "items": {"type": "string", "minLength": 8, "maxLength": max_chars},
+            }
+        },
+        "required": ["questions"],
+        "additionalProperties": False,
     }
 
 
@@ -67,8 +78,12 @@ def constrained_output(mode: str, schema: dict) -> dict:
     if mode == "structured_outputs":
         return {"extra_body": {"structured_outputs": {"json": schema}}}
     if mode == "response_format":
-        return {"response_format": {"type": "json_schema",
-                                    "json_schema": {"name": "tasks", "schema": schema, "strict": True}}}
+        return {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "tasks", "schema": schema, "strict": True},
+            }
+        }
     return {}
 
 
@@ -124,8 +139,9 @@ def dedup(tasks: list[str], threshold: float) -> list[str]:
     return kept
 
 
-def answer_problem(answer: str | None, finish_reason: str | None, min_chars: int,
-                   keep_truncated: bool = False) -> str | None:
+def answer_problem(
+    answer: str | None, finish_reason: str | None, min_chars: int, keep_truncated: bool = False
+) -> str | None:
     """Why an answer is unusable (a counted reason), or None when it is kept.
 
     >>> answer_problem("I'm sorry, but I can't help with that request.", "stop", 10)

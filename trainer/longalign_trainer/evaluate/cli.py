@@ -23,9 +23,12 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``longalign eval``."""
-    parser.add_argument("--config", required=True,
-                        help="the stage config (YAML or JSON, or the operator's envelope); "
-                             "example: trainer/longalign_trainer/evaluate/data/example.yaml")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="the stage config (YAML or JSON, or the operator's envelope); "
+        "example: trainer/longalign_trainer/evaluate/data/example.yaml",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
     if summary["status"] != "complete":
         print(f"eval incomplete: {summary.get('error')}", file=sys.stderr)
         return 1
-    print(f"eval: LongBench-Chat {human(summary['longbench_chat_score'])}, needle accuracy "
-          f"{human(summary['needle_accuracy'])}; results in {summary['results']}", file=sys.stderr)
+    print(
+        f"eval: LongBench-Chat {human(summary['longbench_chat_score'])}, needle accuracy "
+        f"{human(summary['needle_accuracy'])}; results in {summary['results']}",
+        file=sys.stderr,
+    )
     return 0

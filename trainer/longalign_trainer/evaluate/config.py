@@ -18,8 +18,9 @@ temperature 0 seeing the short question, the reference answer and 3 scored examp
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -39,13 +40,19 @@ class _Model(BaseModel):
 class ModelConfig(_Model):
     """The checkpoint under evaluation and how it answers."""
 
-    path: Path = Field(description="Hugging Face model folder (the training stage's export: OUTPUT_DIR/model); "
-                       "its tokenizer measures and truncates prompts")
-    base_url: str | None = Field(None, description="an OpenAI-compatible server already serving this checkpoint; "
-                                 "unset: the stage starts vLLM on `path` itself")
+    path: Path = Field(
+        description="Hugging Face model folder (the training stage's export: OUTPUT_DIR/model); "
+        "its tokenizer measures and truncates prompts"
+    )
+    base_url: str | None = Field(
+        None,
+        description="an OpenAI-compatible server already serving this checkpoint; "
+        "unset: the stage starts vLLM on `path` itself",
+    )
     served_name: str = Field("checkpoint", min_length=1)
-    max_model_len: int | None = Field(None, gt=0, description="the server's context; unset: vLLM's default "
-                                      "(the model's), read back from /v1/models")
+    max_model_len: int | None = Field(
+        None, gt=0, description="the server's context; unset: vLLM's default (the model's), read back from /v1/models"
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs the server spreads the model over")
     startup_timeout_s: float = Field(1800.0, gt=0, description="how long vLLM may take to load the checkpoint")
     extra_args: list[str] = Field(default_factory=list, description="more vLLM server arguments")
@@ -61,39 +68,69 @@ class JudgeConfig(_Model):
     api_key_env: str = Field(JUDGE_KEY_ENV, description="env var holding the API key (never logged)")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(512, gt=0, description="room for the judge's reasoning and its [[rating]]")
-    attempts: int = Field(5, ge=1, le=20, description="queries per score until the reply holds a valid rating; "
-                          "after that the answer is recorded as unscored")
-    repeats: int = Field(1, ge=1, le=5, description="independent scores per answer (few-shot order reshuffled), "
-                         "averaged; the paper scores twice")
+    attempts: int = Field(
+        5,
+        ge=1,
+        le=20,
+        description="queries per score until the reply holds a valid rating; "
+        "after that the answer is recorded as unscored",
+    )
+    repeats: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="independent scores per answer (few-shot order reshuffled), averaged; the paper scores twice",
+    )
     request_timeout_s: float | None = Field(None, gt=0, description="per request; unset: engine.request_timeout_s")
-    constrain: Literal["regex", "none"] = Field("none", description="`regex`: vLLM structured outputs force the "
-                                                 "reply into the `[[N]]` rating format (vLLM judges only)")
+    constrain: Literal["regex", "none"] = Field(
+        "none",
+        description="`regex`: vLLM structured outputs force the "
+        "reply into the `[[N]]` rating format (vLLM judges only)",
+    )
 
 
 class LongBenchChatConfig(_Model):
     """The benchmark: cases {idx, prompt, query, answer} and 3 scored example answers per case."""
 
-    path: Path = Field(description="the cases: the published test_cases.json (a JSON list) or JSONL, one "
-                       "{idx, prompt, query, answer} per line")
-    few_shot_path: Path | None = Field(None, description="few_shots.json: a JSON list (entry idx - 1 for case "
-                                       "idx) of 3 {answer, score}; unset (our prompt only): no examples")
-    judge_prompt: Literal["published", "ours"] = Field("published", description=(
-        "published: LongBench-Chat's own judge prompt, used exactly as THUDM/LongAlign's LongBench_Chat/eval.py "
-        "does (needs judge_prompt_path and few_shot_path), so scores compare with the paper's; ours: this "
-        "project's rewording (examples shuffled per run)"))
-    judge_prompt_path: Path | None = Field(None, description="prompt_fs.txt of THUDM/LongAlign's "
-                                           "LongBench_Chat/ (not shipped: bring it)")
+    path: Path = Field(
+        description="the cases: the published test_cases.json (a JSON list) or JSONL, one "
+        "{idx, prompt, query, answer} per line"
+    )
+    few_shot_path: Path | None = Field(
+        None,
+        description="few_shots.json: a JSON list (entry idx - 1 for case "
+        "idx) of 3 {answer, score}; unset (our prompt only): no examples",
+    )
+    judge_prompt: Literal["published", "ours"] = Field(
+        "published",
+        description=(
+            "published: LongBench-Chat's own judge prompt, used exactly as THUDM/LongAlign's LongBench_Chat/eval.py "
+            "does (needs judge_prompt_path and few_shot_path), so scores compare with the paper's; ours: this "
+            "project's rewording (examples shuffled per run)"
+        ),
+    )
+    judge_prompt_path: Path | None = Field(
+        None, description="prompt_fs.txt of THUDM/LongAlign's LongBench_Chat/ (not shipped: bring it)"
+    )
     limit: int | None = Field(None, gt=0, description="evaluate only the first N cases (smoke runs)")
 
     @model_validator(mode="after")
-    def _published_needs_its_files(self) -> "LongBenchChatConfig":
+    def _published_needs_its_files(self) -> LongBenchChatConfig:
         if self.judge_prompt == "published":
-            missing = [name for name, value in (("judge_prompt_path", self.judge_prompt_path),
-                                                ("few_shot_path", self.few_shot_path)) if value is None]
+            missing = [
+                name
+                for name, value in (
+                    ("judge_prompt_path", self.judge_prompt_path),
+                    ("few_shot_path", self.few_shot_path),
+                )
+                if value is None
+            ]
             if missing:
-                raise ValueError(f"the published judge prompt needs {' and '.join(missing)}: bring prompt_fs.txt "
-                                 "and few_shots.json from THUDM/LongAlign's LongBench_Chat/ folder, or set "
-                                 "judge_prompt: ours")
+                raise ValueError(
+                    f"the published judge prompt needs {' and '.join(missing)}: bring prompt_fs.txt "
+                    "and few_shots.json from THUDM/LongAlign's LongBench_Chat/ folder, or set "
+                    "judge_prompt: ours"
+                )
         return self
 
 
@@ -102,19 +139,25 @@ class NeedleConfig(_Model):
 
     context_lengths: list[int] = Field(default_factory=lambda: [1000, 8000, 16000, 32000, 60000], min_length=1)
     depths_percent: list[float] = Field(default_factory=lambda: [10.0, 30.0, 50.0, 70.0, 90.0], min_length=1)
-    needle: str = Field("The secret ingredient of the harbour bakery's famous bread is smoked rosemary.",
-                        min_length=1)
+    needle: str = Field("The secret ingredient of the harbour bakery's famous bread is smoked rosemary.", min_length=1)
     question: str = Field("What is the secret ingredient of the harbour bakery's famous bread?", min_length=1)
-    key_fact: str = Field("smoked rosemary", min_length=1, description="graded by exact match (case and "
-                          "punctuation ignored) in the answer")
-    haystack_path: Path | None = Field(None, description="filler text (UTF-8), repeated as needed; "
-                                       "default: the project's own")
+    key_fact: str = Field(
+        "smoked rosemary",
+        min_length=1,
+        description="graded by exact match (case and punctuation ignored) in the answer",
+    )
+    haystack_path: Path | None = Field(
+        None, description="filler text (UTF-8), repeated as needed; default: the project's own"
+    )
     max_tokens: int = Field(64, gt=0, description="the longest answer")
-    grade_with_judge: bool = Field(False, description="also have the judge rate each answer 1-10 against the "
-                                   "needle (the reference's GPT-4 grading); exact match stays the headline")
+    grade_with_judge: bool = Field(
+        False,
+        description="also have the judge rate each answer 1-10 against the "
+        "needle (the reference's GPT-4 grading); exact match stays the headline",
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "NeedleConfig":
+    def _check(self) -> NeedleConfig:
         bad = [d for d in self.depths_percent if not 0 <= d <= 100]
         if bad:
             raise ValueError(f"depths_percent must lie in 0..100, got {bad}")
@@ -134,12 +177,15 @@ class EvalConfig(_Model):
     needle: NeedleConfig | None = None
     engine: EngineConfig = Field(default_factory=lambda: EngineConfig(concurrency=8))
     output_dir: Path = Field(description="results.json, plots and the summary go here")
-    termination_message_path: Path | None = Field(None, description="where the summary goes for Kubernetes; "
-                                                  "unset: $LONGALIGN_TERMINATION_MESSAGE_PATH or /dev/termination-log")
+    termination_message_path: Path | None = Field(
+        None,
+        description="where the summary goes for Kubernetes; "
+        "unset: $LONGALIGN_TERMINATION_MESSAGE_PATH or /dev/termination-log",
+    )
     seed: int = Field(0, description="shuffles the judge's examples (a different order per run when varied)")
 
     @model_validator(mode="after")
-    def _check(self) -> "EvalConfig":
+    def _check(self) -> EvalConfig:
         if self.longbench_chat is None and self.needle is None:
             raise ValueError("nothing to evaluate: set longbench_chat, needle or both")
         if self.longbench_chat is not None and self.judge is None:
@@ -174,9 +220,10 @@ def to_eval(raw: dict) -> dict:
     checkpoint = body.pop("checkpointPath", None)
     if checkpoint and not Path(checkpoint).is_absolute():  # on the checkpoints volume
         checkpoint = str(Path(out_dir).parent / checkpoint)
-    cfg: dict = {"model": {"path": checkpoint or str(Path(out_dir) / "model"),
-                           "tensor_parallel_size": int(body.pop("gpus", 1))},
-                 "output_dir": raw.get("resultsDir") or str(Path(out_dir) / "eval")}
+    cfg: dict = {
+        "model": {"path": checkpoint or str(Path(out_dir) / "model"), "tensor_parallel_size": int(body.pop("gpus", 1))},
+        "output_dir": raw.get("resultsDir") or str(Path(out_dir) / "eval"),
+    }
     if raw.get("terminationMessagePath"):
         cfg["termination_message_path"] = raw["terminationMessagePath"]
     lbc = body.pop("longBenchChat", None)
@@ -189,8 +236,11 @@ def to_eval(raw: dict) -> dict:
             cfg["longbench_chat"]["judge_prompt"] = lbc["judgePrompt"]
     needle = body.pop("needle", None)
     if needle is not None:
-        cfg["needle"] = {k: needle[c] for c, k in (("contextLengths", "context_lengths"),
-                                                    ("depthsPercent", "depths_percent")) if c in needle}
+        cfg["needle"] = {
+            k: needle[c]
+            for c, k in (("contextLengths", "context_lengths"), ("depthsPercent", "depths_percent"))
+            if c in needle
+        }
     judge = body.pop("judge", None)
     if judge:  # besides the spec's fields, the stage's own judge settings (snake_case) pass through
         own = {k: v for k, v in judge.items() if k not in ("endpoint", "model", "apiKeySecretRef")}
@@ -223,4 +273,3 @@ def parse_config(raw: Mapping, source: str = "config") -> EvalConfig:
       needle: depths_percent must lie in 0..100, got [120.0]
     """
     return validate(EvalConfig, raw, source)
-

@@ -62,8 +62,7 @@ in double square brackets at the end of your reply, for example: [[6]].
 
 EXAMPLES_HEADER = "\nHere are other answers to the same question, with the ratings experts gave them:\n"
 EXAMPLE = "\n[Answer]\n{answer}\n[End of answer]\nRating: [[{score}]]\n"
-TO_RATE = ("\nNow rate this answer by the same principles and examples:\n"
-           "\n[Answer]\n{answer}\n[End of answer]\nRating: ")
+TO_RATE = "\nNow rate this answer by the same principles and examples:\n\n[Answer]\n{answer}\n[End of answer]\nRating: "
 
 # The rating format, for judges that can be constrained to it (vLLM structured outputs).
 SCORE_REGEX = r"\[\[(10|[1-9])\]\]"
@@ -82,8 +81,9 @@ def build_prompt(question: str, reference: str, examples: list[dict], answer: st
     """
     text = INSTRUCTIONS.format(question=question.strip(), reference=reference.strip())
     if examples:
-        text += EXAMPLES_HEADER + "".join(EXAMPLE.format(answer=e["answer"].strip(), score=e["score"])
-                                          for e in examples)
+        text += EXAMPLES_HEADER + "".join(
+            EXAMPLE.format(answer=e["answer"].strip(), score=e["score"]) for e in examples
+        )
     return text + TO_RATE.format(answer=answer.strip())
 
 
@@ -120,8 +120,10 @@ def load_template(path: Path) -> str:
     try:
         template = Path(path).read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError(f"longbench_chat.judge_prompt_path: cannot read {path} ({e.strerror or e}); bring "
-                          "prompt_fs.txt from THUDM/LongAlign's LongBench_Chat/ folder") from None
+        raise ConfigError(
+            f"longbench_chat.judge_prompt_path: cannot read {path} ({e.strerror or e}); bring "
+            "prompt_fs.txt from THUDM/LongAlign's LongBench_Chat/ folder"
+        ) from None
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as e:
@@ -129,14 +131,15 @@ def load_template(path: Path) -> str:
     else:
         problem = ""
     if problem or len(fields) != PUBLISHED_FIELDS or any(fields):
-        raise ConfigError(f"longbench_chat.judge_prompt_path: {path} is not the published judge template "
-                          f"({problem or f'{len(fields)} fields'}; prompt_fs.txt has {PUBLISHED_FIELDS} "
-                          "positional {} fields); bring prompt_fs.txt from THUDM/LongAlign's LongBench_Chat/")
+        raise ConfigError(
+            f"longbench_chat.judge_prompt_path: {path} is not the published judge template "
+            f"({problem or f'{len(fields)} fields'}; prompt_fs.txt has {PUBLISHED_FIELDS} "
+            "positional {} fields); bring prompt_fs.txt from THUDM/LongAlign's LongBench_Chat/"
+        )
     return template
 
 
-def build_published_prompt(template: str, question: str, reference: str, examples: list[dict],
-                           prediction: str) -> str:
+def build_published_prompt(template: str, question: str, reference: str, examples: list[dict], prediction: str) -> str:
     """The judge's user turn as eval.py builds it: ``template.format(question, reference, a1, s1, a2, s2, a3,
     s3, prediction)``, the examples in their published order, untouched.
 
@@ -207,8 +210,9 @@ class Grade:
 class Judge:
     """Scores answers with the configured judge model; see the module docstring."""
 
-    def __init__(self, cfg, client: ChatClient, seed: int, max_consecutive_failures: int = 8,
-                 template: str | None = None) -> None:
+    def __init__(
+        self, cfg, client: ChatClient, seed: int, max_consecutive_failures: int = 8, template: str | None = None
+    ) -> None:
         self.cfg, self.client, self.seed = cfg, client, seed
         self.template = template  # the published prompt_fs.txt; None: our prompt
         # after this many answers in a row could not be judged for lack of a server, stop asking (a judge that
@@ -217,8 +221,9 @@ class Judge:
         self.consecutive_failures = 0
         # answers waiting for a slot see the verdict of those before them (the client bounds the same number)
         self.slots = asyncio.Semaphore(client.engine.concurrency)
-        self.constraint: dict[str, Any] = ({"extra_body": {"structured_outputs": {"regex": SCORE_REGEX}}}
-                           if cfg.constrain == "regex" else {})
+        self.constraint: dict[str, Any] = (
+            {"extra_body": {"structured_outputs": {"regex": SCORE_REGEX}}} if cfg.constrain == "regex" else {}
+        )
 
     async def grade(self, case: object, question: str, reference: str, examples: list[dict], answer: str) -> Grade:
         """``judge.repeats`` scores of ``answer`` (each up to ``judge.attempts`` queries), averaged.
@@ -227,8 +232,11 @@ class Judge:
         """
         async with self.slots:
             if self.consecutive_failures >= self.max_consecutive_failures:
-                return Grade(score=None, reason=f"judge_unavailable: not asked after {self.consecutive_failures} "
-                             "answers in a row could not be judged")
+                return Grade(
+                    score=None,
+                    reason=f"judge_unavailable: not asked after {self.consecutive_failures} "
+                    "answers in a row could not be judged",
+                )
             return await self._grade(case, question, reference, examples, answer)
 
     async def _grade(self, case: object, question: str, reference: str, examples: list[dict], answer: str) -> Grade:
@@ -238,15 +246,18 @@ class Judge:
             for _ in range(self.cfg.attempts):
                 grade.queries += 1
                 try:
-                    c = await self.client.complete(messages, max_tokens=self.cfg.max_tokens, endpoint=0,
-                                                   **self.constraint)
+                    c = await self.client.complete(
+                        messages, max_tokens=self.cfg.max_tokens, endpoint=0, **self.constraint
+                    )
                 except RequestFailed as e:
                     self.consecutive_failures += 1
                     grade.reason = f"judge_unavailable: {e}"[:300]
                     return grade
                 except ContextOverflow as e:  # asking again cannot help; the other answers go on
-                    grade.reason = (f"judge_context_overflow: the judge prompt ({len(messages[-1]['content'])} "
-                                    f"characters) does not fit the judge's context: {e}")[:300]
+                    grade.reason = (
+                        f"judge_context_overflow: the judge prompt ({len(messages[-1]['content'])} "
+                        f"characters) does not fit the judge's context: {e}"
+                    )[:300]
                     return grade
                 self.consecutive_failures = 0
                 grade.replies.append(c.text[:2000])
@@ -260,8 +271,9 @@ class Judge:
             grade.reason = "no_valid_score"
         return grade
 
-    def messages(self, case: object, question: str, reference: str, examples: list[dict], answer: str,
-                 repeat: int) -> list[dict]:
+    def messages(
+        self, case: object, question: str, reference: str, examples: list[dict], answer: str, repeat: int
+    ) -> list[dict]:
         """The judge's chat for one score: the published prompt as eval.py sends it, or ours."""
         if self.template is not None:
             prompt = build_published_prompt(self.template, question, reference, examples, answer)

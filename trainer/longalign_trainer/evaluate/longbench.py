@@ -26,8 +26,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from longalign_trainer.chat_tokens import prompt_tokens
 from longalign_trainer.chat_client import ContextOverflow, RequestFailed
+from longalign_trainer.chat_tokens import prompt_tokens
 from longalign_trainer.config_files import ConfigError
 from longalign_trainer.evaluate.judge import Judge
 
@@ -43,8 +43,9 @@ class Case:
     examples: list[dict]
 
 
-def load_benchmark(path: Path, few_shot_path: Path | None, limit: int | None = None,
-                   examples_per_case: int | None = None) -> list[Case]:
+def load_benchmark(
+    path: Path, few_shot_path: Path | None, limit: int | None = None, examples_per_case: int | None = None
+) -> list[Case]:
     """The cases of a LongBench-Chat file (JSON list or JSONL) with their scored examples.
 
     ``examples_per_case``: how many examples each case must have (3 for the published prompt).
@@ -53,8 +54,9 @@ def load_benchmark(path: Path, few_shot_path: Path | None, limit: int | None = N
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError(f"longbench_chat.path: cannot read {path} ({e.strerror or e}); bring test_cases.json "
-                          "(or a JSONL of cases)") from None
+        raise ConfigError(
+            f"longbench_chat.path: cannot read {path} ({e.strerror or e}); bring test_cases.json (or a JSONL of cases)"
+        ) from None
     records = _records(path, text)
     shots: list = []
     if few_shot_path is not None:
@@ -66,23 +68,31 @@ def load_benchmark(path: Path, few_shot_path: Path | None, limit: int | None = N
             raise ConfigError(f"longbench_chat.few_shot_path: {few_shot_path} must hold a JSON list")
     cases = []
     for where, rec in records:
+        row = rec if isinstance(rec, dict) else {}
         try:
-            case = Case(int(rec["idx"]), str(rec["prompt"]), str(rec["query"]), str(rec["answer"]), [])
+            case = Case(int(row["idx"]), str(row["prompt"]), str(row["query"]), str(row["answer"]), [])
         except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"longbench_chat.path: {path} {where}: expected idx, prompt, query, answer "
-                              f"({e!r})") from None
+            raise ConfigError(
+                f"longbench_chat.path: {path} {where}: expected idx, prompt, query, answer ({e!r})"
+            ) from None
         if shots:
             if not 1 <= case.idx <= len(shots):
-                raise ConfigError(f"longbench_chat.few_shot_path: no examples for idx {case.idx} "
-                                  f"({len(shots)} entries)")
+                raise ConfigError(
+                    f"longbench_chat.few_shot_path: no examples for idx {case.idx} ({len(shots)} entries)"
+                )
             examples = shots[case.idx - 1]
-            if not (isinstance(examples, list) and all(isinstance(e, dict) and "answer" in e and "score" in e
-                                                        for e in examples)):
-                raise ConfigError(f"longbench_chat.few_shot_path: entry {case.idx - 1} must be a list of "
-                                  "{answer, score}")
+            if not (
+                isinstance(examples, list)
+                and all(isinstance(e, dict) and "answer" in e and "score" in e for e in examples)
+            ):
+                raise ConfigError(
+                    f"longbench_chat.few_shot_path: entry {case.idx - 1} must be a list of {{answer, score}}"
+                )
             if examples_per_case is not None and len(examples) != examples_per_case:
-                raise ConfigError(f"longbench_chat.few_shot_path: entry {case.idx - 1} has {len(examples)} "
-                                  f"examples; the published judge prompt takes {examples_per_case}")
+                raise ConfigError(
+                    f"longbench_chat.few_shot_path: entry {case.idx - 1} has {len(examples)} "
+                    f"examples; the published judge prompt takes {examples_per_case}"
+                )
             case.examples = examples
         cases.append(case)
     if not cases:
@@ -121,7 +131,7 @@ def middle_truncate(tokenizer, text: str, budget: int) -> str:
     if len(ids) <= budget:
         return text
     head = budget // 2
-    return tokenizer.decode(ids[:head]) + tokenizer.decode(ids[len(ids) - (budget - head):])
+    return tokenizer.decode(ids[:head]) + tokenizer.decode(ids[len(ids) - (budget - head) :])
 
 
 def fit_prompt(tokenizer, prompt: str, context_len: int, answer_tokens: int) -> tuple[str, bool]:
@@ -190,9 +200,18 @@ def fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-async def evaluate(cases: list[Case], model, judge: Judge, tokenizer, context_len: int, answer_tokens: int,
-                   on_done=lambda: None, obtained: Obtained | None = None, answer_key: str = "",
-                   grade_key: str = "") -> dict:
+async def evaluate(
+    cases: list[Case],
+    model,
+    judge: Judge,
+    tokenizer,
+    context_len: int,
+    answer_tokens: int,
+    on_done=lambda: None,
+    obtained: Obtained | None = None,
+    answer_key: str = "",
+    grade_key: str = "",
+) -> dict:
     """Answer and grade every case (concurrently, bounded by the clients); the LongBench-Chat results.
 
     With ``obtained``, answers (under ``answer_key``) and grades (under ``grade_key``) found there are reused
@@ -202,8 +221,16 @@ async def evaluate(cases: list[Case], model, judge: Judge, tokenizer, context_le
 
     async def one(case: Case) -> dict:
         prompt, truncated = fit_prompt(tokenizer, case.prompt, context_len, answer_tokens)
-        row = {"idx": case.idx, "query": case.query, "truncated": truncated, "prediction": None,
-               "score": None, "judge_scores": [], "judge_queries": 0, "unscored_reason": None}
+        row = {
+            "idx": case.idx,
+            "query": case.query,
+            "truncated": truncated,
+            "prediction": None,
+            "score": None,
+            "judge_scores": [],
+            "judge_queries": 0,
+            "unscored_reason": None,
+        }
         answer = obtained.get(answer_key, "answer", case.idx) if obtained else None
         if answer is None:
             try:
@@ -219,8 +246,13 @@ async def evaluate(cases: list[Case], model, judge: Judge, tokenizer, context_le
         verdict = obtained.get(grade_key, "grade", case.idx) if obtained else None
         if verdict is None:
             grade = await judge.grade(case.idx, case.query, case.answer, case.examples, answer["prediction"])
-            verdict = {"score": grade.score, "judge_scores": grade.scores, "judge_queries": grade.queries,
-                       "unscored_reason": grade.reason, "judge_replies": grade.replies[-2:]}
+            verdict = {
+                "score": grade.score,
+                "judge_scores": grade.scores,
+                "judge_queries": grade.queries,
+                "unscored_reason": grade.reason,
+                "judge_replies": grade.replies[-2:],
+            }
             if obtained and not (grade.reason or "").startswith("judge_unavailable"):
                 obtained.put(grade_key, "grade", case.idx, verdict)
         row.update(verdict)
@@ -231,7 +263,9 @@ async def evaluate(cases: list[Case], model, judge: Judge, tokenizer, context_le
     scores = [r["score"] for r in rows if r["score"] is not None]
     return {
         "score": round(sum(scores) / len(scores), 3) if scores else None,
-        "cases": len(rows), "scored": len(scores), "unscored": len(rows) - len(scores),
+        "cases": len(rows),
+        "scored": len(scores),
+        "unscored": len(rows) - len(scores),
         "truncated": sum(r["truncated"] for r in rows),
         "judge_unavailable": sum(1 for r in rows if (r["unscored_reason"] or "").startswith("judge_unavailable")),
         "per_question": sorted(rows, key=lambda r: r["idx"]),

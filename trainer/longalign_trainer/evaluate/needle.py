@@ -8,8 +8,9 @@ Sentence boundaries are found on the model's own tokens (its offset mapping): th
 tokens where the text ends a sentence, so it never splits a token and its depth is measured in the model's
 tokens. Where a sentence ends is ``sentence_gaps``' tested rule: after ``.``, ``!`` or ``?`` and any closing
 quotes or brackets, before whitespace and a capital letter (or an opening quote), and never after an
-initial ("John D.") or a common abbreviation ("p.", "Mr.", "e.g."). (A peer implementation searched for one tokenizer's hard-coded "." token id; with any other
-tokenizer it found none and put every needle at the start of the context.)
+initial ("John D.") or a common abbreviation ("p.", "Mr.", "e.g."). (A peer implementation searched for one
+tokenizer's hard-coded "." token id; with any other tokenizer it found none and put every needle at the start
+of the context.)
 
     depth 50%:   [filler ... end of a sentence.] [NEEDLE] [Next sentence ... filler]  + question
 """
@@ -22,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longalign_trainer.chat_tokens import prompt_tokens
 from longalign_trainer.chat_client import ContextOverflow, RequestFailed
+from longalign_trainer.chat_tokens import prompt_tokens
 from longalign_trainer.config_files import ConfigError
 
 HAYSTACK = Path(__file__).parent / "data" / "haystack.txt"
@@ -31,9 +32,72 @@ SYSTEM = "You answer questions about the document the user gives you. Keep your 
 # The end of a sentence: its last word, the stop, closing quotes/brackets; the gap; what starts the next one.
 _SENTENCE_END = re.compile(r"(\S*?)([.!?]+)([\"'\u201d\u2019)\]]*)(\s+)(?=[\"'\u201c\u2018(\[]?[A-Z0-9])")
 ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof st sr jr vs etc e.g i.e cf fig figs no nos vol vols pp p ch sec eq al inc ltd co corp "
-    "mt ft gen col lt sgt capt rev hon gov sen rep jan feb mar apr jun jul aug sep sept oct nov dec approx ca "
-    "est dept univ ed eds op cit viz".split())
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "st",
+        "sr",
+        "jr",
+        "vs",
+        "etc",
+        "e.g",
+        "i.e",
+        "cf",
+        "fig",
+        "figs",
+        "no",
+        "nos",
+        "vol",
+        "vols",
+        "pp",
+        "p",
+        "ch",
+        "sec",
+        "eq",
+        "al",
+        "inc",
+        "ltd",
+        "co",
+        "corp",
+        "mt",
+        "ft",
+        "gen",
+        "col",
+        "lt",
+        "sgt",
+        "capt",
+        "rev",
+        "hon",
+        "gov",
+        "sen",
+        "rep",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+        "approx",
+        "ca",
+        "est",
+        "dept",
+        "univ",
+        "ed",
+        "eds",
+        "op",
+        "cit",
+        "viz",
+    ]
+)
 
 
 def user_turn(context: str, question: str) -> str:
@@ -72,8 +136,9 @@ def sentence_gaps(text: str) -> list[tuple[int, int]]:
     gaps = []
     for m in _SENTENCE_END.finditer(text):
         word, stop = m.group(1).lower().lstrip("\"'(\u201c\u2018"), m.group(2)
-        if stop == "." and (len(word) == 1 and word.isalpha() or word in ABBREVIATIONS
-                            or re.fullmatch(r"(?:[a-z]\.)+[a-z]", word)):
+        if stop == "." and (
+            len(word) == 1 and word.isalpha() or word in ABBREVIATIONS or re.fullmatch(r"(?:[a-z]\.)+[a-z]", word)
+        ):
             continue  # an initial, an abbreviation or an acronym like U.S.: the sentence goes on
         gaps.append((m.start(4), m.end(4)))
     return gaps
@@ -85,8 +150,9 @@ def load_haystack(path: Path | None) -> str:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
-            raise ConfigError(f"needle.haystack_path: {path} holds no .txt files; give a text file or a folder "
-                              "of .txt files")
+            raise ConfigError(
+                f"needle.haystack_path: {path} holds no .txt files; give a text file or a folder of .txt files"
+            )
     else:
         files = [path]
     try:
@@ -125,7 +191,7 @@ def make_haystack(tokenizer, filler: str, n_tokens: int) -> Haystack:
             break
         copies += 1
     offsets = [tuple(o) for o in enc["offset_mapping"][:n_tokens]]
-    text = text[:offsets[-1][1]] if offsets else ""
+    text = text[: offsets[-1][1]] if offsets else ""
     ends = sentence_gaps(text)
     boundaries, j = [], 0
     for k in range(1, len(offsets)):
@@ -158,12 +224,23 @@ def build_prompt(tokenizer, cfg, filler: str, context_len: int, depth: float) ->
     context, actual = insert_needle(hay, cfg.needle, depth)
     content = user_turn(context, cfg.question)
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}]
-    return messages, {"actual_depth_percent": round(actual, 2),
-                      "prompt_tokens": prompt_tokens(tokenizer, content, system=SYSTEM)}
+    return messages, {
+        "actual_depth_percent": round(actual, 2),
+        "prompt_tokens": prompt_tokens(tokenizer, content, system=SYSTEM),
+    }
 
 
-async def evaluate(cfg, model, tokenizer, server_context: int, on_done=lambda: None, judge=None,
-                   filler: str | None = None, obtained=None, key: str = "") -> dict:
+async def evaluate(
+    cfg,
+    model,
+    tokenizer,
+    server_context: int,
+    on_done=lambda: None,
+    judge=None,
+    filler: str | None = None,
+    obtained=None,
+    key: str = "",
+) -> dict:
     """Every cell of the grid: prompt, answer, exact-match grade (and the judge's 1-10 rating when ``judge``
     is given: it sees the question, the needle as the reference answer and the answer, never the haystack).
 
@@ -202,11 +279,20 @@ async def evaluate(cfg, model, tokenizer, server_context: int, on_done=lambda: N
     judged = [c["judge_score"] for c in cells if c.get("judge_score") is not None]
     return {
         "accuracy": round(sum(c["correct"] for c in graded) / len(graded), 4) if graded else None,
-        **({"judge_mean_score": round(sum(judged) / len(judged), 3) if judged else None,
-            "judge_unscored": sum(1 for c in graded if c.get("judge_score") is None)} if judge is not None else {}),
-        "cells": len(cells), "graded": len(graded),
-        "skipped": sum(1 for c in cells if "skipped" in c), "errors": sum(1 for c in cells if "error" in c),
-        "context_lengths": list(cfg.context_lengths), "depths_percent": list(cfg.depths_percent),
+        **(
+            {
+                "judge_mean_score": round(sum(judged) / len(judged), 3) if judged else None,
+                "judge_unscored": sum(1 for c in graded if c.get("judge_score") is None),
+            }
+            if judge is not None
+            else {}
+        ),
+        "cells": len(cells),
+        "graded": len(graded),
+        "skipped": sum(1 for c in cells if "skipped" in c),
+        "errors": sum(1 for c in cells if "error" in c),
+        "context_lengths": list(cfg.context_lengths),
+        "depths_percent": list(cfg.depths_percent),
         "grid": cells,
     }
 

@@ -47,8 +47,10 @@ class Endpoint:
 def check_checkpoint(path: Path) -> None:
     """Fail early, before vLLM spends minutes on it, when the folder cannot be a servable model."""
     if not path.exists():
-        raise ConfigError(f"model.path: {path} does not exist; point it at a Hugging Face model folder, e.g. the "
-                          "training stage's export OUTPUT_DIR/model")
+        raise ConfigError(
+            f"model.path: {path} does not exist; point it at a Hugging Face model folder, e.g. the "
+            "training stage's export OUTPUT_DIR/model"
+        )
     if not path.is_dir():
         raise CheckpointError(f"model.path: {path} is not a folder (did training export a model?)")
     missing = [n for n in ("config.json",) if not (path / n).is_file()]
@@ -103,16 +105,22 @@ def served(cfg: EvalConfig):
     args = list(cfg.model.extra_args)
     if cfg.model.tensor_parallel_size > 1:
         args += ["--tensor-parallel-size", str(cfg.model.tensor_parallel_size)]
-    server = VLLMServer(cfg.model.path, served_name=cfg.model.served_name, max_model_len=cfg.model.max_model_len,
-                        extra_args=args, log_path=cfg.output_dir / "vllm-server.log",
-                        startup_timeout_s=cfg.model.startup_timeout_s)
+    server = VLLMServer(
+        cfg.model.path,
+        served_name=cfg.model.served_name,
+        max_model_len=cfg.model.max_model_len,
+        extra_args=args,
+        log_path=cfg.output_dir / "vllm-server.log",
+        startup_timeout_s=cfg.model.startup_timeout_s,
+    )
     if server.log_path.exists():  # the log of an earlier attempt: keep it aside, read only this one
         server.log_path.replace(server.log_path.with_suffix(".log.prev"))
     try:
         server.start()
     except VLLMServerError as e:
-        raise CheckpointError(f"vLLM cannot serve the checkpoint {cfg.model.path}: "
-                              f"{root_cause(server.log_path)}\n{e}") from None
+        raise CheckpointError(
+            f"vLLM cannot serve the checkpoint {cfg.model.path}: {root_cause(server.log_path)}\n{e}"
+        ) from None
     try:
         smoke_test(server.base_url, cfg.model.served_name, server.log_path)
         yield server.base_url
@@ -132,8 +140,10 @@ def smoke_test(base_url: str, model: str, log_path: Path, timeout_s: float = 300
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hello."}], max_tokens=1)
     except openai.OpenAIError as e:
         time.sleep(1.0)  # let the server write its traceback
-        raise CheckpointError(f"vLLM loaded the checkpoint but cannot run it: {root_cause(log_path)} "
-                              f"({type(e).__name__}: {e}); last lines of {log_path}:\n{tail(log_path, 25)}") from None
+        raise CheckpointError(
+            f"vLLM loaded the checkpoint but cannot run it: {root_cause(log_path)} "
+            f"({type(e).__name__}: {e}); last lines of {log_path}:\n{tail(log_path, 25)}"
+        ) from None
     finally:
         client.close()
 
@@ -153,8 +163,9 @@ class Inputs:
         template = None
         if (lbc := cfg.longbench_chat) is not None:
             published = lbc.judge_prompt == "published"
-            cases = longbench.load_benchmark(lbc.path, lbc.few_shot_path, lbc.limit,
-                                             examples_per_case=3 if published else None)
+            cases = longbench.load_benchmark(
+                lbc.path, lbc.few_shot_path, lbc.limit, examples_per_case=3 if published else None
+            )
             if published and lbc.judge_prompt_path is not None:
                 template = load_template(lbc.judge_prompt_path)
         filler = None
@@ -171,25 +182,40 @@ class Inputs:
 
     def keys(self, cfg: EvalConfig) -> dict[str, str]:
         """Fingerprints of what produces each kind of result (see ``longbench.Obtained``)."""
-        checkpoint = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                            for p in cfg.model.path.iterdir() if p.is_file())
-        answers = longbench.fingerprint(checkpoint, cfg.model.model_dump(mode="json", exclude={"base_url"}),
-                                        [(c.idx, c.prompt) for c in self.cases])
-        keys = {"answer": answers, "needle": longbench.fingerprint(answers, cfg.needle and cfg.needle.model_dump(
-            mode="json"), self.filler)}
+        checkpoint = sorted(
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in cfg.model.path.iterdir() if p.is_file()
+        )
+        answers = longbench.fingerprint(
+            checkpoint, cfg.model.model_dump(mode="json", exclude={"base_url"}), [(c.idx, c.prompt) for c in self.cases]
+        )
+        keys = {
+            "answer": answers,
+            "needle": longbench.fingerprint(answers, cfg.needle and cfg.needle.model_dump(mode="json"), self.filler),
+        }
         if cfg.judge is not None and cfg.longbench_chat is not None:
             judge = cfg.judge.model_dump(mode="json", exclude={"base_url", "api_key_env", "request_timeout_s"})
-            keys["grade"] = longbench.fingerprint(answers, judge, self.template,
-                                                  cfg.longbench_chat.judge_prompt,
-                                                  [(c.idx, c.query, c.answer, c.examples) for c in self.cases])
+            keys["grade"] = longbench.fingerprint(
+                answers,
+                judge,
+                self.template,
+                cfg.longbench_chat.judge_prompt,
+                [(c.idx, c.query, c.answer, c.examples) for c in self.cases],
+            )
         return keys
 
 
-async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: ProgressReporter,
-                   inputs: Inputs) -> dict:
+async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: ProgressReporter, inputs: Inputs) -> dict:
     """Both benchmarks against the served checkpoint; results (and the clients' request counts)."""
-    model = ChatClient(Endpoint([base_url], cfg.model.served_name, "LONGALIGN_MODEL_API_KEY", cfg.model.temperature,
-                                max_model_len=cfg.model.max_model_len), cfg.engine)
+    model = ChatClient(
+        Endpoint(
+            [base_url],
+            cfg.model.served_name,
+            "LONGALIGN_MODEL_API_KEY",
+            cfg.model.temperature,
+            max_model_len=cfg.model.max_model_len,
+        ),
+        cfg.engine,
+    )
     judge_client = None
     results: dict = {"status": "complete"}
     obtained = longbench.Obtained(cfg.output_dir / "obtained.jsonl")
@@ -207,27 +233,41 @@ async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: Progress
         judge = None
         if cfg.judge is not None:
             j = cfg.judge
-            engine = cfg.engine if j.request_timeout_s is None else cfg.engine.model_copy(
-                update={"request_timeout_s": j.request_timeout_s})
+            engine = (
+                cfg.engine
+                if j.request_timeout_s is None
+                else cfg.engine.model_copy(update={"request_timeout_s": j.request_timeout_s})
+            )
             judge_client = ChatClient(Endpoint([j.base_url], j.model, j.api_key_env, j.temperature), engine)
             judge = Judge(j, judge_client, cfg.seed, cfg.engine.max_consecutive_failures, template=inputs.template)
         if cfg.longbench_chat is not None:
             if judge is None:
                 raise ConfigError("longbench_chat needs a judge")
             results["longbench_chat"] = await longbench.evaluate(
-                inputs.cases, model, judge, tokenizer, context, cfg.model.max_tokens, on_done, obtained,
-                keys["answer"], keys["grade"])
+                inputs.cases,
+                model,
+                judge,
+                tokenizer,
+                context,
+                cfg.model.max_tokens,
+                on_done,
+                obtained,
+                keys["answer"],
+                keys["grade"],
+            )
             if results["longbench_chat"]["judge_unavailable"] or any(
-                    (r["unscored_reason"] or "").startswith("no_prediction")
-                    for r in results["longbench_chat"]["per_question"]):
+                (r["unscored_reason"] or "").startswith("no_prediction")
+                for r in results["longbench_chat"]["per_question"]
+            ):
                 results["status"] = "incomplete"
                 results["error"] = "some answers could not be generated or judged for lack of a server (rerun)"
         if cfg.needle is not None:
             needle_judge = None
             if cfg.needle.grade_with_judge and judge is not None:  # our prompt: the needle has no few-shots
                 needle_judge = Judge(cfg.judge, judge.client, cfg.seed, cfg.engine.max_consecutive_failures)
-            results["needle"] = await needle.evaluate(cfg.needle, model, tokenizer, context, on_done,
-                                                      needle_judge, inputs.filler, obtained, keys["needle"])
+            results["needle"] = await needle.evaluate(
+                cfg.needle, model, tokenizer, context, on_done, needle_judge, inputs.filler, obtained, keys["needle"]
+            )
             if results["needle"]["errors"]:
                 results["status"] = "incomplete"
                 results.setdefault("error", "some needle cells failed for lack of a server (rerun)")
@@ -237,7 +277,10 @@ async def evaluate(cfg: EvalConfig, base_url: str, tokenizer, progress: Progress
     finally:
         obtained.close()
         results["reused"] = obtained.reused
-        results["requests"] = {"model": dict(model.stats), **({"judge": dict(judge_client.stats)} if judge_client else {})}
+        results["requests"] = {
+            "model": dict(model.stats),
+            **({"judge": dict(judge_client.stats)} if judge_client else {}),
+        }
         await model.close()
         if judge_client is not None:
             await judge_client.close()
@@ -248,8 +291,11 @@ def run(cfg: EvalConfig) -> dict:
     """Evaluate the checkpoint; returns the summary it also writes (see the module docstring for exit codes)."""
     t0 = time.monotonic()
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"stage": "eval", "checkpoint": str(cfg.model.path),
-                     "judge_model": cfg.judge.model if cfg.judge else None}
+    summary: dict = {
+        "stage": "eval",
+        "checkpoint": str(cfg.model.path),
+        "judge_model": cfg.judge.model if cfg.judge else None,
+    }
     try:
         inputs = Inputs.load(cfg)
         progress = ProgressReporter("eval", inputs.total(cfg), "items")
@@ -264,21 +310,48 @@ def run(cfg: EvalConfig) -> dict:
     results["config"] = cfg.model_dump(mode="json")  # names the key's env var, never the key
     plots = []
     if "needle" in results:
-        plots.append(str(needle.plot_heatmap(results["needle"], cfg.output_dir / "needle_heatmap.png",
-                                             f"needle in a haystack: {cfg.model.path.name}")))
+        plots.append(
+            str(
+                needle.plot_heatmap(
+                    results["needle"],
+                    cfg.output_dir / "needle_heatmap.png",
+                    f"needle in a haystack: {cfg.model.path.name}",
+                )
+            )
+        )
     lbc, nd = results.get("longbench_chat"), results.get("needle")
-    summary.update({
-        "status": results["status"],
-        "longbench_chat_score": lbc["score"] if lbc else None,
-        "needle_accuracy": nd["accuracy"] if nd else None,
-        **({"longbench_chat": {k: lbc[k] for k in ("cases", "scored", "unscored", "truncated", "judge_unavailable")}}
-           if lbc else {}),
-        **({"needle": {k: nd[k] for k in ("cells", "graded", "skipped", "errors", "judge_mean_score",
-                                          "judge_unscored") if k in nd}} if nd else {}),
-        "server_context": results.get("server_context"), "reused": results.get("reused", 0),
-        "results": str(cfg.output_dir / "results.json"), "plots": plots,
-        "elapsed_s": round(time.monotonic() - t0, 1),
-    })
+    summary.update(
+        {
+            "status": results["status"],
+            "longbench_chat_score": lbc["score"] if lbc else None,
+            "needle_accuracy": nd["accuracy"] if nd else None,
+            **(
+                {
+                    "longbench_chat": {
+                        k: lbc[k] for k in ("cases", "scored", "unscored", "truncated", "judge_unavailable")
+                    }
+                }
+                if lbc
+                else {}
+            ),
+            **(
+                {
+                    "needle": {
+                        k: nd[k]
+                        for k in ("cells", "graded", "skipped", "errors", "judge_mean_score", "judge_unscored")
+                        if k in nd
+                    }
+                }
+                if nd
+                else {}
+            ),
+            "server_context": results.get("server_context"),
+            "reused": results.get("reused", 0),
+            "results": str(cfg.output_dir / "results.json"),
+            "plots": plots,
+            "elapsed_s": round(time.monotonic() - t0, 1),
+        }
+    )
     if "error" in results:
         summary["error"] = results["error"]
     _write(cfg, summary, results)
@@ -287,7 +360,9 @@ def run(cfg: EvalConfig) -> dict:
 
 def _write(cfg: EvalConfig, summary: dict, results: dict | None) -> None:
     if results is not None:
-        write_atomic(cfg.output_dir / "results.json", json.dumps({**results, "summary": summary}, indent=1,
-                                                                 ensure_ascii=False).encode())
+        write_atomic(
+            cfg.output_dir / "results.json",
+            json.dumps({**results, "summary": summary}, indent=1, ensure_ascii=False).encode(),
+        )
     write_atomic(cfg.output_dir / "summary.json", json.dumps(summary, indent=1).encode())
     write_summary(summary, cfg.termination_message_path)

@@ -80,8 +80,18 @@ def chosen_backend() -> str:
     return _chosen["backend"]
 
 
-def packed_attention_forward(module, query, key, value, attention_mask=None, dropout: float = 0.0,
-                             scaling: float | None = None, cu_seq_lens_q=None, max_length_q=None, **kwargs):
+def packed_attention_forward(
+    module,
+    query,
+    key,
+    value,
+    attention_mask=None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    cu_seq_lens_q=None,
+    max_length_q=None,
+    **kwargs,
+):
     """transformers' attention signature: q ``[1, Hq, T, D]``, k/v ``[1, Hkv, T, D]`` → ``([1, T, Hq, D], None)``."""
     import torch
 
@@ -107,8 +117,9 @@ def packed_attention_forward(module, query, key, value, attention_mask=None, dro
         elif backend == "flash_attn":
             from flash_attn import flash_attn_varlen_func
 
-            out = flash_attn_varlen_func(q, k, v, cu, cu, max_length_q, max_length_q, dropout_p=dropout,
-                                         softmax_scale=scaling, causal=True)
+            out = flash_attn_varlen_func(
+                q, k, v, cu, cu, max_length_q, max_length_q, dropout_p=dropout, softmax_scale=scaling, causal=True
+            )
         else:
             out = _torch_varlen(q, k, v, cu, int(max_length_q), scaling)
         return out[None], None
@@ -140,8 +151,9 @@ def _sdpa_block_diagonal(query, key, value, cu_seqlens, scaling):
     import torch
 
     mask = block_diagonal_causal_mask(cu_seqlens, query.shape[2])
-    return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
-                                                            enable_gqa=query.shape[1] != key.shape[1])
+    return torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
+    )
 
 
 @lru_cache(maxsize=1)
@@ -167,10 +179,13 @@ def _flex(query, key, value, cu_seqlens, scaling):
         def document_causal(b, h, q_idx, kv_idx):
             return (doc[q_idx] == doc[kv_idx]) & (kv_idx <= q_idx)
 
-        _block_mask_cache[:] = [cu_seqlens, create_block_mask(document_causal, None, None, total, total,
-                                                              device=query.device)]
-    return _compiled_flex()(query, key, value, block_mask=_block_mask_cache[1], scale=scaling,
-                            enable_gqa=query.shape[1] != key.shape[1])
+        _block_mask_cache[:] = [
+            cu_seqlens,
+            create_block_mask(document_causal, None, None, total, total, device=query.device),
+        ]
+    return _compiled_flex()(
+        query, key, value, block_mask=_block_mask_cache[1], scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
+    )
 
 
 def _flash_attn_3_usable() -> bool:
@@ -197,9 +212,18 @@ def _flash_attn_3_function():
 
         @staticmethod
         def forward(ctx, q, k, v, cu, max_len: int, scaling: float):
-            out, lse, *_ = torch.ops.flash_attn_3.fwd(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len,
-                                                      max_seqlen_k=max_len, softmax_scale=scaling, is_causal=True,
-                                                      num_splits=1)
+            out, lse, *_ = torch.ops.flash_attn_3.fwd(
+                q,
+                k,
+                v,
+                cu_seqlens_q=cu,
+                cu_seqlens_k=cu,
+                max_seqlen_q=max_len,
+                max_seqlen_k=max_len,
+                softmax_scale=scaling,
+                is_causal=True,
+                num_splits=1,
+            )
             ctx.save_for_backward(q, k, v, out, lse, cu)
             ctx.max_len, ctx.scaling = max_len, scaling
             return out
@@ -208,8 +232,19 @@ def _flash_attn_3_function():
         def backward(ctx, grad):
             q, k, v, out, lse, cu = ctx.saved_tensors
             dq, dk, dv, *_ = torch.ops.flash_attn_3.bwd(
-                grad.contiguous(), q, k, v, out, lse, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=ctx.max_len,
-                max_seqlen_k=ctx.max_len, softmax_scale=ctx.scaling, is_causal=True)
+                grad.contiguous(),
+                q,
+                k,
+                v,
+                out,
+                lse,
+                cu_seqlens_q=cu,
+                cu_seqlens_k=cu,
+                max_seqlen_q=ctx.max_len,
+                max_seqlen_k=ctx.max_len,
+                softmax_scale=ctx.scaling,
+                is_causal=True,
+            )
             return dq, dk, dv, None, None, None
 
     return FlashAttn3
@@ -218,9 +253,12 @@ def _flash_attn_3_function():
 def _cudnn_attention_usable() -> bool:
     import torch
 
-    return (torch.cuda.is_available() and torch.backends.cudnn.is_available()
-            and torch.cuda.get_device_capability() >= (9, 0)
-            and importlib.util.find_spec("torch.nn.attention.varlen") is not None)
+    return (
+        torch.cuda.is_available()
+        and torch.backends.cudnn.is_available()
+        and torch.cuda.get_device_capability() >= (9, 0)
+        and importlib.util.find_spec("torch.nn.attention.varlen") is not None
+    )
 
 
 _host_lengths_cache: list = [None, None]  # [cu_seqlens tensor, its lengths as a list]: one device sync per forward
@@ -272,8 +310,9 @@ def _causal_padded(q, k, v, scaling, pad_to: int = 1):
         q, k, v = (torch.nn.functional.pad(t, (0, 0, 0, 0, 0, -n % pad_to)) for t in (q, k, v))
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION) if q.is_cuda else contextlib.nullcontext():
         q4, k4, v4 = (t.transpose(0, 1)[None] for t in (q, k, v))
-        out = torch.nn.functional.scaled_dot_product_attention(q4, k4, v4, is_causal=True, scale=scaling,
-                                                               enable_gqa=q.shape[1] != k.shape[1])
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q4, k4, v4, is_causal=True, scale=scaling, enable_gqa=q.shape[1] != k.shape[1]
+        )
     return out[0].transpose(0, 1)[:n]
 
 
@@ -313,8 +352,10 @@ def warm_up_cudnn(lengths, heads: int, kv_heads: int, head_dim: int, dtype, devi
             buckets.setdefault(-(-n // CUDNN_PAD), n)
     for n in buckets.values():
         # transformers' q/k/v: [1, T, H, D] projections viewed as [1, H, T, D]
-        q, k, v = (torch.randn(1, n, h, head_dim, device=device, dtype=dtype).transpose(1, 2).requires_grad_()
-                   for h in (heads, kv_heads, kv_heads))
+        q, k, v = (
+            torch.randn(1, n, h, head_dim, device=device, dtype=dtype).transpose(1, 2).requires_grad_()
+            for h in (heads, kv_heads, kv_heads)
+        )
         cu = torch.tensor([0, n], dtype=torch.int32, device=device)
         out, _ = packed_attention_forward(None, q, k, v, cu_seq_lens_q=cu, max_length_q=n)
         out.backward(torch.randn_like(out).contiguous())

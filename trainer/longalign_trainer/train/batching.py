@@ -90,7 +90,7 @@ def split_to_multiple(packs: list[MicroBatch], lengths: Sequence[int], world_siz
         for i in sorted(fullest, key=lambda i: -lengths[i]):
             min(halves, key=lambda h: (sum(lengths[j] for j in h), len(h))).append(i)
         at = packs.index(fullest)
-        packs[at:at + 1] = [tuple(sorted(halves[0])), tuple(sorted(halves[1]))]
+        packs[at : at + 1] = [tuple(sorted(halves[0])), tuple(sorted(halves[1]))]
     return packs
 
 
@@ -107,9 +107,20 @@ def even_out(per_rank: list[list[MicroBatch]]) -> tuple[tuple[MicroBatch, ...], 
 class StepSampler:
     """The step plans of a whole run, and the position reached (the only state a resume needs)."""
 
-    def __init__(self, lengths: Sequence[int], *, strategy: str, global_batch_size: int, capacity: int,
-                 micro_batch_size: int = 1, world_size: int = 1, rank: int = 0, seed: int = 0, epochs: int = 1,
-                 max_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        *,
+        strategy: str,
+        global_batch_size: int,
+        capacity: int,
+        micro_batch_size: int = 1,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        epochs: int = 1,
+        max_steps: int | None = None,
+    ) -> None:
         if strategy not in ("naive", "packing", "sorted"):
             raise ValueError(f"strategy: unknown {strategy!r}")
         if not lengths:
@@ -131,8 +142,13 @@ class StepSampler:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must keep (the plan itself is recomputed from the seed)."""
-        return {"position": self.position, "seed": self.seed, "strategy": self.strategy,
-                "world_size": self.world_size, "num_sequences": len(self.lengths)}
+        return {
+            "position": self.position,
+            "seed": self.seed,
+            "strategy": self.strategy,
+            "world_size": self.world_size,
+            "num_sequences": len(self.lengths),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint; refuses one made for different data, seed or strategy."""
@@ -169,23 +185,24 @@ class StepSampler:
         n = len(self.lengths)
         if self.strategy == "sorted":
             order = sorted(range(n), key=lambda i: (self.lengths[i], i))
-            batches = [order[i:i + self.batch] for i in range(0, n, self.batch)]
+            batches = [order[i : i + self.batch] for i in range(0, n, self.batch)]
             batches = [batches[j] for j in rng.permutation(len(batches))]
         else:
             order = rng.permutation(n).tolist()
-            batches = [order[i:i + self.batch] for i in range(0, n, self.batch)]
+            batches = [order[i : i + self.batch] for i in range(0, n, self.batch)]
         plans = []
         for s, batch in enumerate(batches):
-            micro = [tuple(batch[i:i + self.micro]) for i in range(0, len(batch), self.micro)]
-            plans.append(StepPlan(epoch, epoch * self.steps_per_epoch + s,
-                                  even_out(deal_round_robin(micro, self.world_size))))
+            micro = [tuple(batch[i : i + self.micro]) for i in range(0, len(batch), self.micro)]
+            plans.append(
+                StepPlan(epoch, epoch * self.steps_per_epoch + s, even_out(deal_round_robin(micro, self.world_size)))
+            )
         return plans
 
     def _deal_packs(self, rng: Generator) -> list[list[MicroBatch]]:
         """The set's packs in a random order, cut into ``steps_per_epoch`` runs whose sizes differ by at most one."""
         order = rng.permutation(len(self.packs)).tolist()
         cuts = [s * len(order) // self.steps_per_epoch for s in range(self.steps_per_epoch + 1)]
-        return [[self.packs[j] for j in order[a:b]] for a, b in zip(cuts, cuts[1:])]
+        return [[self.packs[j] for j in order[a:b]] for a, b in zip(cuts, cuts[1:], strict=False)]
 
     def _packing_step(self, epoch: int, s: int, packs: list[MicroBatch]) -> StepPlan:
         """Step ``s`` of ``epoch``: its packs split to a multiple of the world size and dealt by tokens."""

@@ -22,9 +22,15 @@ from __future__ import annotations
 import functools
 
 KEEPS = ("nothing", "attention", "attention_and_mlp", "matmuls")
-ATTENTION_OPS = ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
-                 "_scaled_dot_product_efficient_attention", "_flash_attention_forward", "_varlen_attn",
-                 "_cudnn_attention_forward", "flash_attn")
+ATTENTION_OPS = (
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_flash_attention_forward",
+    "_varlen_attn",
+    "_cudnn_attention_forward",
+    "flash_attn",
+)
 
 
 def enable(model, keep: str = "attention", layers: int | None = None) -> int:
@@ -39,8 +45,10 @@ def enable(model, keep: str = "attention", layers: int | None = None) -> int:
         from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
         mlp_width = model.config.intermediate_size if keep in ("attention_and_mlp", "matmuls") else None
-        kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, functools.partial(
-            _policy, mlp_width=mlp_width, all_matmuls=keep == "matmuls"))
+        kwargs["context_fn"] = functools.partial(
+            create_selective_checkpoint_contexts,
+            functools.partial(_policy, mlp_width=mlp_width, all_matmuls=keep == "matmuls"),
+        )
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     checkpointed = decoder_layers(model)
     for layer in checkpointed[layers:] if layers is not None else []:
@@ -63,7 +71,10 @@ def _policy(ctx, op, *args, mlp_width: int | None = None, all_matmuls: bool = Fa
     if any(kernel in name for kernel in ATTENTION_OPS):
         return CheckpointPolicy.MUST_SAVE
     # aten.mm(x [tokens, in], weightᵀ [in, out]): gate/up have out == intermediate, down has in == it.
-    if (mlp_width and op is torch.ops.aten.mm.default
-            and (args[1].shape[-1] == mlp_width or (all_matmuls and args[0].shape[-1] != mlp_width))):
+    if (
+        mlp_width
+        and op is torch.ops.aten.mm.default
+        and (args[1].shape[-1] == mlp_width or (all_matmuls and args[0].shape[-1] != mlp_width))
+    ):
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE

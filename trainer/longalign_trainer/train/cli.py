@@ -22,9 +22,12 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``longalign train``."""
-    parser.add_argument("--config", required=True,
-                        help="training config (YAML or JSON, or the operator's stage config); "
-                             "example: trainer/longalign_trainer/train/examples/")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="training config (YAML or JSON, or the operator's stage config); "
+        "example: trainer/longalign_trainer/train/examples/",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,8 +52,10 @@ def run(args: argparse.Namespace) -> int:
         return report_bad_input("train", str(exc), cfg.termination_message_path) if lead else EXIT_BAD_INPUT
     except Exception as exc:
         if lead:
-            write_summary({"stage": "train", "ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]},
-                          cfg.termination_message_path)
+            write_summary(
+                {"stage": "train", "ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]},
+                cfg.termination_message_path,
+            )
         raise
     if summary.get("preempted"):
         return 143  # 128 + SIGTERM: stopped on request, resumable
@@ -62,15 +67,17 @@ def run(args: argparse.Namespace) -> int:
 def closing_line(summary: dict) -> str:
     """The last line of a finished run, for people.
 
-    >>> print(closing_line({"steps": 120, "final_loss": 1.234567, "tokens_per_s": 35123.4, "export": "/o/model",
-    ...     "data": {"kept": 60, "rejected": 3}, "rejected_records": "/o/rejected-records.txt"}))
-    train: done, 120 steps, final loss 1.235, 35123 tokens/s; model in /o/model; records used 60, rejected 3 (listed in /o/rejected-records.txt)
+    >>> print(closing_line({"steps": 120, "final_loss": 1.234567, "tokens_per_s": 35123.4, "export": "/m",
+    ...     "data": {"kept": 60, "rejected": 3}, "rejected_records": "/r"}))
+    train: done, 120 steps, final loss 1.235, 35123 tokens/s; model in /m; records used 60, rejected 3 (listed in /r)
     """
     from longalign_trainer.contract import human
 
     data = summary.get("data", {})
     rejected = data.get("rejected", 0)
     where = f" (listed in {summary['rejected_records']})" if rejected and summary.get("rejected_records") else ""
-    return (f"train: done, {summary['steps']} steps, final loss {human(summary.get('final_loss'))}, "
-            f"{human(summary.get('tokens_per_s'))} tokens/s; model in {summary.get('export')}; "
-            f"records used {data.get('kept', 0)}, rejected {rejected}{where}")
+    return (
+        f"train: done, {summary['steps']} steps, final loss {human(summary.get('final_loss'))}, "
+        f"{human(summary.get('tokens_per_s'))} tokens/s; model in {summary.get('export')}; "
+        f"records used {data.get('kept', 0)}, rejected {rejected}{where}"
+    )

@@ -20,12 +20,17 @@ class DataFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Path = Field(description="JSONL file, one {\"messages\": [...]} object per line")
-    ratio: float | None = Field(None, gt=0, description=(
-        "share of this file in the mixture, relative to the other files' ratios. Unset on every file (the "
-        "default): every valid record of every file is used. Set: the mixture is the largest set with these "
-        "proportions that repeats no record; a file with more records than its share gets a seeded random "
-        "subset, and the summary says per file how many were used and why"))
+    path: Path = Field(description='JSONL file, one {"messages": [...]} object per line')
+    ratio: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "share of this file in the mixture, relative to the other files' ratios. Unset on every file (the "
+            "default): every valid record of every file is used. Set: the mixture is the largest set with these "
+            "proportions that repeats no record; a file with more records than its share gets a seeded random "
+            "subset, and the summary says per file how many were used and why"
+        ),
+    )
 
 
 class TrainConfig(BaseModel):
@@ -40,21 +45,40 @@ class TrainConfig(BaseModel):
     checkpoint_dir: Path | None = Field(None, description="where checkpoints go; default OUTPUT_DIR/checkpoints")
 
     # Sequences, packing and batching.
-    max_tokens_per_pack: int = Field(65536, ge=128, description=(
-        "tokens per pack (and the longest sequence kept); a multiple of 128"))
-    strategy: Literal["naive", "packing", "sorted"] = Field("packing", description=(
-        "naive: one sequence per micro-step in random order; packing: sequences bin-packed into packs; "
-        "sorted: batches of similar-length sequences, batch order shuffled per epoch"))
-    loss_weighting: bool = Field(True, description=(
-        "LongAlign's loss weighting: every sequence counts equally (mean over sequences of each one's mean "
-        "token loss). Off: each micro-batch's plain token mean, averaged over micro-batches (paper Eq. 3)"))
-    overlong: Literal["drop", "truncate"] = Field("drop", description=(
-        "what to do with a sequence longer than max_tokens_per_pack: drop it, or cut it from the right"))
-    micro_batch_size: int = Field(1, ge=1, description=(
-        "sequences per micro-step for naive and sorted batching (ignored by packing, which fills packs)"))
-    global_batch_size: int = Field(96, ge=1, description=(
-        "sequences per optimizer step, over all ranks; packing: on average (an epoch has "
-        "ceil(sequences / global_batch_size) steps, each taking whole packs of the set)"))
+    max_tokens_per_pack: int = Field(
+        65536, ge=128, description=("tokens per pack (and the longest sequence kept); a multiple of 128")
+    )
+    strategy: Literal["naive", "packing", "sorted"] = Field(
+        "packing",
+        description=(
+            "naive: one sequence per micro-step in random order; packing: sequences bin-packed into packs; "
+            "sorted: batches of similar-length sequences, batch order shuffled per epoch"
+        ),
+    )
+    loss_weighting: bool = Field(
+        True,
+        description=(
+            "LongAlign's loss weighting: every sequence counts equally (mean over sequences of each one's mean "
+            "token loss). Off: each micro-batch's plain token mean, averaged over micro-batches (paper Eq. 3)"
+        ),
+    )
+    overlong: Literal["drop", "truncate"] = Field(
+        "drop",
+        description=("what to do with a sequence longer than max_tokens_per_pack: drop it, or cut it from the right"),
+    )
+    micro_batch_size: int = Field(
+        1,
+        ge=1,
+        description=("sequences per micro-step for naive and sorted batching (ignored by packing, which fills packs)"),
+    )
+    global_batch_size: int = Field(
+        96,
+        ge=1,
+        description=(
+            "sequences per optimizer step, over all ranks; packing: on average (an epoch has "
+            "ceil(sequences / global_batch_size) steps, each taking whole packs of the set)"
+        ),
+    )
     epochs: int = Field(2, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (default: all epochs)")
     seed: int = 42
@@ -69,41 +93,63 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping; 0 turns it off")
 
     # Distribution and memory.
-    zero_stage: Literal[1, 2, 3] | None = Field(None, description=(
-        "DeepSpeed ZeRO stage; default: chosen by what fits (train/memory_estimate.py): ZeRO-2 where the model "
-        "states and activations fit each GPU, since ZeRO-3 recomputes every layer in full, else ZeRO-3. The "
-        "summary says which was chosen. A config that cannot fit is refused before loading (exit status 2)"))
+    zero_stage: Literal[1, 2, 3] | None = Field(
+        None,
+        description=(
+            "DeepSpeed ZeRO stage; default: chosen by what fits (train/memory_estimate.py): ZeRO-2 where the model "
+            "states and activations fit each GPU, since ZeRO-3 recomputes every layer in full, else ZeRO-3. The "
+            "summary says which was chosen. A config that cannot fit is refused before loading (exit status 2)"
+        ),
+    )
     offload_optimizer: bool = Field(False, description="ZeRO-Offload: keep optimizer states in CPU memory")
     offload_params: bool = Field(False, description="keep parameters in CPU memory (ZeRO-3 only)")
     bf16: bool | None = Field(None, description="bf16 training; default: on with a GPU, off (fp32) on CPU")
     gradient_checkpointing: bool = True
-    checkpoint_keeps: Literal["nothing", "attention", "attention_and_mlp", "matmuls"] | None = Field(None, description=(
-        "what gradient checkpointing keeps instead of recomputing: nothing (full recompute), the attention "
-        "kernels' outputs (~2·hidden bytes per token and layer), those and the MLP's gate/up projections "
-        "(another 4·intermediate bytes), or every matrix product but the MLP's down projection (only pointwise "
-        "work is recomputed; another 4·(hidden + kv width) bytes): see train/checkpointing.py. ZeRO stage 3 "
-        "always recomputes everything. Default: the most that fits the GPU by the memory estimate (matmuls first, "
-        "nothing last). Issue 9's 0.79 B model, 64k packs, one H100 (benchmark, FlashAttention-3): matmuls 40.2k "
-        "tokens/s at 53 GiB; attention was ~5 % slower at 24 GiB when last measured"))
-    checkpoint_layers: int | None = Field(None, ge=0, description=(
-        "checkpoint only the first N decoder layers; the rest keep all their activations (no recomputation, "
-        "the most memory: ~2 GiB more per layer for issue 9's model at 64k tokens). Default: every layer"))
-    fused_ops: bool = Field(True, description=(
-        "compiled RMSNorm, SwiGLU and rotary-embedding kernels for Llama-style models and a compiled "
-        "cross-entropy, on GPUs (see train/fused_ops.py)"))
-    attention_backend: Literal["auto", "flash_attn_3", "cudnn", "flash_attn", "torch_varlen", "flex",
-                               "sdpa_block_diagonal"] = Field(
-        "auto", description="kernel for packed attention; auto picks the fastest available (see attention.py)")
-    peak_tflops_per_device: float | None = Field(None, gt=0, description=(
-        "for MFU; default 989 (H100/H200 dense bf16) on GPUs, none on CPU"))
+    checkpoint_keeps: Literal["nothing", "attention", "attention_and_mlp", "matmuls"] | None = Field(
+        None,
+        description=(
+            "what gradient checkpointing keeps instead of recomputing: nothing (full recompute), the attention "
+            "kernels' outputs (~2·hidden bytes per token and layer), those and the MLP's gate/up projections "
+            "(another 4·intermediate bytes), or every matrix product but the MLP's down projection (only pointwise "
+            "work is recomputed; another 4·(hidden + kv width) bytes): see train/checkpointing.py. ZeRO stage 3 "
+            "always recomputes everything. Default: the most that fits the GPU by the memory estimate (matmuls first, "
+            "nothing last). Issue 9's 0.79 B model, 64k packs, one H100 (benchmark, FlashAttention-3): matmuls 40.2k "
+            "tokens/s at 53 GiB; attention was ~5 % slower at 24 GiB when last measured"
+        ),
+    )
+    checkpoint_layers: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "checkpoint only the first N decoder layers; the rest keep all their activations (no recomputation, "
+            "the most memory: ~2 GiB more per layer for issue 9's model at 64k tokens). Default: every layer"
+        ),
+    )
+    fused_ops: bool = Field(
+        True,
+        description=(
+            "compiled RMSNorm, SwiGLU and rotary-embedding kernels for Llama-style models and a compiled "
+            "cross-entropy, on GPUs (see train/fused_ops.py)"
+        ),
+    )
+    attention_backend: Literal[
+        "auto", "flash_attn_3", "cudnn", "flash_attn", "torch_varlen", "flex", "sdpa_block_diagonal"
+    ] = Field("auto", description="kernel for packed attention; auto picks the fastest available (see attention.py)")
+    peak_tflops_per_device: float | None = Field(
+        None, gt=0, description=("for MFU; default 989 (H100/H200 dense bf16) on GPUs, none on CPU")
+    )
 
     # Checkpoints, resume, reporting.
     checkpoint_every_steps: int = Field(200, ge=1)
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept; older ones are deleted")
     resume: bool = Field(True, description="continue from the newest complete checkpoint in checkpoint_dir")
     progress_interval_s: float = Field(10.0, ge=0, description="at most one progress line per this many seconds")
-    termination_message_path: Path | None = Field(None, description=(
-        "where the final summary goes; default $LONGALIGN_TERMINATION_MESSAGE_PATH or /dev/termination-log"))
+    termination_message_path: Path | None = Field(
+        None,
+        description=(
+            "where the final summary goes; default $LONGALIGN_TERMINATION_MESSAGE_PATH or /dev/termination-log"
+        ),
+    )
 
     @field_validator("max_tokens_per_pack")
     @classmethod
@@ -126,8 +172,9 @@ class TrainConfig(BaseModel):
         given = [f.ratio is not None for f in self.data]
         if any(given) and not all(given):
             missing = ", ".join(f"data[{n}]" for n, g in enumerate(given) if not g)
-            raise ValueError(f"ratio: set on some files but not on {missing}; give every file a ratio, or none "
-                             "to use every record")
+            raise ValueError(
+                f"ratio: set on some files but not on {missing}; give every file a ratio, or none to use every record"
+            )
         return self
 
     @property
@@ -167,8 +214,10 @@ def check_inputs(cfg: TrainConfig) -> None:
     """
     model = cfg.model_path
     if not model.is_dir():
-        raise InputError(f"model_path: {model} is not a folder; give a local Hugging Face model folder (with "
-                         "config.json, weights and tokenizer), e.g. one made by `longalign tiny-model DIR`")
+        raise InputError(
+            f"model_path: {model} is not a folder; give a local Hugging Face model folder (with "
+            "config.json, weights and tokenizer), e.g. one made by `longalign tiny-model DIR`"
+        )
     if not (model / "config.json").is_file():
         raise InputError(f"model_path: {model} has no config.json; give a Hugging Face model folder")
     for n, data in enumerate(cfg.data):

@@ -3,8 +3,9 @@
 A multi-hour job must neither crash on one bad line nor hide it: every line that cannot be used (blank,
 not JSON, not a valid record as ``longalign_trainer.records`` defines it, too long, nothing to learn) is
 counted by reason and named ``file:line: reason``: printed as found (the first ``MAX_PRINTED``) and listed in
-full in ``OUTPUT_DIR/rejected-records.txt``. A file with no usable line at all is bad input (exit 2). Records are tokenized with the model's own
-chat template; its ``{% generation %}`` blocks mark the assistant's tokens, the only ones with labels.
+full in ``OUTPUT_DIR/rejected-records.txt``. A file with no usable line at all is bad input (exit 2). Records are
+tokenized with the model's own chat template; its ``{% generation %}`` blocks mark the assistant's tokens, the
+only ones with labels.
 Several files are used whole, or mixed by ratio when ratios are given (long documents + short general chat),
 deterministically from the seed.
 Ranks share the tokenizing (each takes every W-th line) and gather the results, so W ranks start W× sooner.
@@ -88,8 +89,9 @@ class DataReport:
         if self.log is not None and len(self.named) <= MAX_PRINTED:
             self.log(f"rejected {source}: {reason}")
             if len(self.named) == MAX_PRINTED:
-                self.log(f"more rejected lines are counted, not printed; all are listed in {REJECTED_FILE} "
-                         "beside the output")
+                self.log(
+                    f"more rejected lines are counted, not printed; all are listed in {REJECTED_FILE} beside the output"
+                )
 
     @property
     def rejected(self) -> int:
@@ -114,9 +116,15 @@ class DataReport:
 
     def summary(self) -> dict:
         """A JSON-able digest for progress lines and the stage summary."""
-        return {"records": self.records, "kept": self.kept, "rejected": self.rejected, "truncated": self.truncated,
-                "dropped": dict(self.dropped), "first_rejected": self.named[:5],
-                "per_file": {f: use.summary() for f, use in self.per_file.items()}}
+        return {
+            "records": self.records,
+            "kept": self.kept,
+            "rejected": self.rejected,
+            "truncated": self.truncated,
+            "dropped": dict(self.dropped),
+            "first_rejected": self.named[:5],
+            "per_file": {f: use.summary() for f, use in self.per_file.items()},
+        }
 
 
 def _file_and_line(named: str) -> tuple[str, int]:
@@ -126,8 +134,9 @@ def _file_and_line(named: str) -> tuple[str, int]:
     return path, int(line)
 
 
-def read_conversations(path: Path, report: DataReport, rank: int = 0,
-                       world_size: int = 1) -> Iterator[tuple[str, list[dict]]]:
+def read_conversations(
+    path: Path, report: DataReport, rank: int = 0, world_size: int = 1
+) -> Iterator[tuple[str, list[dict]]]:
     """Yield ``(file:line, messages)`` for every valid line of a JSONL file; count and name the others in ``report``.
 
     Blank lines are rejected lines too (counted and named): a file is one record per line. With ``world_size``
@@ -153,11 +162,11 @@ def read_conversations(path: Path, report: DataReport, rank: int = 0,
             yield source, record["messages"]
 
 
-def tokenize(tokenizer, messages: list[dict], source: str, max_tokens: int, overlong: str,
-             report: DataReport, line: int = 0) -> Example | None:
+def tokenize(
+    tokenizer, messages: list[dict], source: str, max_tokens: int, overlong: str, report: DataReport, line: int = 0
+) -> Example | None:
     """Tokenize one conversation with the chat template; None (and counted) when it cannot be trained on."""
-    enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
+    enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
     if len(ids) > max_tokens:
         if overlong == "drop":
@@ -192,10 +201,18 @@ def mixture_counts(available: Sequence[int], ratios: Sequence[float]) -> list[in
     return [min(n, int(scale * r + 1e-9)) for n, r in zip(available, ratios, strict=True)]
 
 
-def load_examples(files: Sequence[tuple[Path, float | None]], tokenizer, max_tokens: int, overlong: str,
-                  seed: int, rank: int = 0, world_size: int = 1,
-                  all_gather: Callable[[object], list] | None = None,
-                  log: Log | None = None, rejected_path: Path | None = None) -> tuple[list[Example], DataReport]:
+def load_examples(
+    files: Sequence[tuple[Path, float | None]],
+    tokenizer,
+    max_tokens: int,
+    overlong: str,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    all_gather: Callable[[object], list] | None = None,
+    log: Log | None = None,
+    rejected_path: Path | None = None,
+) -> tuple[list[Example], DataReport]:
     """Read, validate, tokenize and mix the training files; every line is accounted for in the report.
 
     With no ratios (all None) every valid record of every file is used; with ratios, the largest mixture with
@@ -218,17 +235,20 @@ def load_examples(files: Sequence[tuple[Path, float | None]], tokenizer, max_tok
         if all_gather is None:
             raise ValueError("load_examples: several ranks need all_gather")
         gathered = all_gather((per_file, replace(report, log=None)))
-        per_file = [sorted((ex for shard, _ in gathered for ex in shard[f]), key=lambda ex: ex.line)
-                    for f in range(len(files))]
+        per_file = [
+            sorted((ex for shard, _ in gathered for ex in shard[f]), key=lambda ex: ex.line) for f in range(len(files))
+        ]
         report = DataReport()
         report.merge([r for _, r in gathered])
     if rejected_path is not None and rank == 0:
         report.write_rejected(rejected_path)
-    for (path, _), examples in zip(files, per_file):
+    for (path, _), examples in zip(files, per_file, strict=True):
         if not examples:
-            raise InputError(f"{path}: no usable record among its {_lines_in(report, path)} lines (each line must "
-                             f"be a LongAlign record: see {REJECTED_FILE} beside the output for why each was "
-                             "rejected, and fix or remove the file)")
+            raise InputError(
+                f"{path}: no usable record among its {_lines_in(report, path)} lines (each line must "
+                f"be a LongAlign record: see {REJECTED_FILE} beside the output for why each was "
+                "rejected, and fix or remove the file)"
+            )
     ratios = [r for _, r in files]
     if all(r is None for r in ratios):
         counts = [len(e) for e in per_file]
@@ -241,9 +261,11 @@ def load_examples(files: Sequence[tuple[Path, float | None]], tokenizer, max_tok
         chosen = examples if count == len(examples) else rng.sample(examples, count)
         why = None
         if count < len(examples):
-            why = (f"ratio {ratio:g}: the largest mixture with the ratios given takes {count}, limited by "
-                   f"{files[limiting][0]} ({len(per_file[limiting])} valid records at ratio "
-                   f"{files[limiting][1]:g}); leave out the ratios to use every record")
+            why = (
+                f"ratio {ratio:g}: the largest mixture with the ratios given takes {count}, limited by "
+                f"{files[limiting][0]} ({len(per_file[limiting])} valid records at ratio "
+                f"{files[limiting][1]:g}); leave out the ratios to use every record"
+            )
         report.per_file[str(path)] = FileUse(len(examples), count, why)
         mixed.extend(chosen)
     report.kept = len(mixed)

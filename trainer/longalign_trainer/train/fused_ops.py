@@ -14,7 +14,7 @@ import contextvars
 import sys
 import types
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from typing import ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -34,8 +34,11 @@ def apply(model) -> int:
         if kind.endswith("RMSNorm") and hasattr(module, "variance_epsilon") and module.weight.ndim == 1:
             module.forward = types.MethodType(_norm_forward, module)
             patched += 1
-        elif kind.endswith("MLP") and all(hasattr(module, n) for n in ("gate_proj", "up_proj", "down_proj")) \
-                and getattr(getattr(module, "config", None), "hidden_act", None) in ("silu", "swish"):
+        elif (
+            kind.endswith("MLP")
+            and all(hasattr(module, n) for n in ("gate_proj", "up_proj", "down_proj"))
+            and getattr(getattr(module, "config", None), "hidden_act", None) in ("silu", "swish")
+        ):
             module.forward = types.MethodType(_swiglu_forward, module)
             patched += 1
         elif kind.endswith("Attention") and _route_rotary(type(module)):
@@ -73,7 +76,7 @@ def rotary(q, k, cos, sin, unsqueeze_dim: int = 1):
     return rotate(q), rotate(k)
 
 
-@lru_cache(maxsize=None)
+@cache
 def compiled(fn: Callable[P, R]) -> Callable[P, R]:
     """``fn`` through ``torch.compile`` (dynamic shapes), compiled once per function."""
     import torch
@@ -98,6 +101,7 @@ def _route_rotary(attention_class) -> bool:
     if family not in ROTARY_FAMILIES or original is None:
         return False
     if not getattr(original, "routes_to_compiled", False):
+
         def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
             fn = compiled(rotary) if _rotary_compiled.get() else original
             return fn(q, k, cos, sin, unsqueeze_dim)

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 ROWS_PER_CHUNK_ELEMENTS = 1 << 28  # chunk rows × vocabulary: 1 GiB of fp32 logits per chunk at most
 _targets: contextvars.ContextVar[tuple[torch.Tensor, bool] | None] = contextvars.ContextVar(
-    "longalign_loss_targets", default=None)
+    "longalign_loss_targets", default=None
+)
 
 
 def apply(model: torch.nn.Module) -> None:
@@ -47,16 +48,23 @@ def targets(next_tokens: torch.Tensor, compiled: bool = False) -> Iterator[None]
         _targets.reset(token)
 
 
-def per_token_linear_loss(hidden: torch.Tensor, weight: torch.Tensor, next_tokens: torch.Tensor,
-                          compiled: bool = False, chunk: int | None = None) -> torch.Tensor:
+def per_token_linear_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    next_tokens: torch.Tensor,
+    compiled: bool = False,
+    chunk: int | None = None,
+) -> torch.Tensor:
     """fp32 cross-entropy of ``hidden [T, h] @ weight [V, h]ᵀ`` against ``next_tokens [T]``, chunk by chunk."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
     rows = chunk or rows_per_chunk(weight.shape[0])
     ce = fused_ops.compiled(_cross_entropy) if compiled else _cross_entropy
-    parts = [checkpoint(_chunk_loss, h, weight, t, ce, use_reentrant=False)
-             for h, t in zip(torch.split(hidden, rows), torch.split(next_tokens, rows))]
+    parts = [
+        checkpoint(_chunk_loss, h, weight, t, ce, use_reentrant=False)
+        for h, t in zip(torch.split(hidden, rows), torch.split(next_tokens, rows), strict=True)
+    ]
     return torch.cat(parts)
 
 
@@ -65,16 +73,19 @@ def rows_per_chunk(vocab: int) -> int:
     return max(256, min(8192, ROWS_PER_CHUNK_ELEMENTS // vocab))
 
 
-def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, next_tokens: torch.Tensor,
-                ce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def _chunk_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    next_tokens: torch.Tensor,
+    ce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
     return ce(hidden @ weight.t(), next_tokens)
 
 
 def _cross_entropy(logits: torch.Tensor, next_tokens: torch.Tensor) -> torch.Tensor:
     import torch
 
-    return torch.nn.functional.cross_entropy(logits.float(), next_tokens, ignore_index=IGNORE_INDEX,
-                                             reduction="none")
+    return torch.nn.functional.cross_entropy(logits.float(), next_tokens, ignore_index=IGNORE_INDEX, reduction="none")
 
 
 def _head_forward(self: torch.nn.Linear, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -35,8 +35,9 @@ class StepCounts:
     target_tokens: int
 
 
-def count_step(micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-               group: ProcessGroup | None = None) -> StepCounts:
+def count_step(
+    micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], group: ProcessGroup | None = None
+) -> StepCounts:
     """``StepCounts`` of the global batch; ``micro_batches`` are this rank's ``(targets, seq_index)`` pairs.
 
     Sums over the data-parallel ranks when ``torch.distributed`` is initialised (one small all-reduce).
@@ -59,8 +60,14 @@ def count_step(micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     return StepCounts(sequences=m, micro_batches=k, target_tokens=t)
 
 
-def weighted_loss(token_loss: torch.Tensor, targets: torch.Tensor, seq_index: torch.Tensor, counts: StepCounts,
-                  world_size: int, weighting: bool = True) -> torch.Tensor:
+def weighted_loss(
+    token_loss: torch.Tensor,
+    targets: torch.Tensor,
+    seq_index: torch.Tensor,
+    counts: StepCounts,
+    world_size: int,
+    weighting: bool = True,
+) -> torch.Tensor:
     """This micro-batch's share of the step loss (see the module docstring); backpropagate it unscaled."""
     import torch
 

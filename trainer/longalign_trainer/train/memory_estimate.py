@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from longalign_trainer.config_files import InputError
 from longalign_trainer.train import linear_loss
@@ -50,13 +50,13 @@ class ModelShape:
     largest_layer_params: int  # the biggest single weight (ZeRO-3 gathers one at a time): embedding or LM head
 
     @classmethod
-    def from_config(cls, config: object) -> ModelShape:
+    def from_config(cls, config: Any) -> ModelShape:
         """From a transformers config (``AutoConfig.from_pretrained(model_path)``)."""
-        h, layers = int(getattr(config, "hidden_size")), int(getattr(config, "num_hidden_layers"))
-        heads = int(getattr(config, "num_attention_heads"))
+        h, layers = int(config.hidden_size), int(config.num_hidden_layers)
+        heads = int(config.num_attention_heads)
         kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
         head_dim = int(getattr(config, "head_dim", None) or h // heads)
-        i, vocab = int(getattr(config, "intermediate_size")), int(getattr(config, "vocab_size"))
+        i, vocab = int(config.intermediate_size), int(config.vocab_size)
         tied = bool(getattr(config, "tie_word_embeddings", False))
         per_layer = h * heads * head_dim * 2 + h * kv_heads * head_dim * 2 + 3 * h * i + 2 * h
         params = layers * per_layer + vocab * h * (1 if tied else 2) + h
@@ -94,8 +94,12 @@ class Estimate:
 
     def as_dict(self) -> dict[str, float]:
         """GiB, rounded, for the summary."""
-        return {"gpu_gib": round(self.gpu / GIB, 1), "gpu_model_states_gib": round(self.gpu_model_states / GIB, 1),
-                "gpu_activations_gib": round(self.gpu_activations / GIB, 1), "host_gib": round(self.host / GIB, 1)}
+        return {
+            "gpu_gib": round(self.gpu / GIB, 1),
+            "gpu_model_states_gib": round(self.gpu_model_states / GIB, 1),
+            "gpu_activations_gib": round(self.gpu_activations / GIB, 1),
+            "host_gib": round(self.host / GIB, 1),
+        }
 
 
 class DoesNotFit(InputError):
@@ -105,10 +109,12 @@ class DoesNotFit(InputError):
 def saved_per_token(shape: ModelShape, keeps: str) -> int:
     """Bytes one checkpointed layer keeps per token until its backward pass (bf16; fp32 log-sum-exp)."""
     h, kv, i = shape.hidden, shape.kv_width, shape.intermediate
-    saved = {"nothing": 2 * h,
-             "attention": 2 * h + 2 * h + 4 * shape.heads,
-             "attention_and_mlp": 2 * h + 2 * h + 4 * shape.heads + 4 * i,
-             "matmuls": 2 * (4 * h + 2 * kv + 2 * i) + 4 * shape.heads}
+    saved = {
+        "nothing": 2 * h,
+        "attention": 2 * h + 2 * h + 4 * shape.heads,
+        "attention_and_mlp": 2 * h + 2 * h + 4 * shape.heads + 4 * i,
+        "matmuls": 2 * (4 * h + 2 * kv + 2 * i) + 4 * shape.heads,
+    }
     if keeps not in saved:
         raise ValueError(f"checkpoint_keeps: {keeps!r} is not one of {tuple(saved)}")
     return saved[keeps]
@@ -128,29 +134,44 @@ def estimate(shape: ModelShape, s: Setting) -> Estimate:
     offload = s.offload_optimizer or s.offload_params
     if s.zero_stage == 3:
         cpu_states, gpu_states, _ = estimate_zero3_model_states_mem_needs(
-            shape.params, shape.largest_layer_params, s.gpus_per_node, s.nodes, cpu_offload=offload,
-            cpu_offload_params=s.offload_params, zero_init=False, additional_buffer_factor=1.0)
+            shape.params,
+            shape.largest_layer_params,
+            s.gpus_per_node,
+            s.nodes,
+            cpu_offload=offload,
+            cpu_offload_params=s.offload_params,
+            zero_init=False,
+            additional_buffer_factor=1.0,
+        )
     else:  # DeepSpeed's ZeRO-2 formula; ZeRO-1 partitions no gradients (2 more bytes per parameter, unsplit)
         cpu_states, gpu_states = estimate_zero2_model_states_mem_needs(
-            shape.params, s.gpus_per_node, s.nodes, cpu_offload=offload, additional_buffer_factor=1.0)
+            shape.params, s.gpus_per_node, s.nodes, cpu_offload=offload, additional_buffer_factor=1.0
+        )
         if s.zero_stage == 1:
             gpu_states += 2 * shape.params
     load = (2 if s.bf16 else 4) * shape.params  # what from_pretrained holds on each rank before partitioning
     host = s.gpus_per_node * (load + PROCESS_HOST_BYTES) + (int(cpu_states) if offload else 0)
 
     t, layers = s.pack_tokens, shape.layers
-    checked = 0 if not s.gradient_checkpointing else min(layers, layers if s.checkpoint_layers is None
-                                                         else s.checkpoint_layers)
+    checked = (
+        0
+        if not s.gradient_checkpointing
+        else min(layers, layers if s.checkpoint_layers is None else s.checkpoint_layers)
+    )
     keeps = s.checkpoint_keeps if s.zero_stage < 3 else "nothing"
-    per_token = (checked * saved_per_token(shape, keeps) + (layers - checked) * full_layer_per_token(shape)
-                 + full_layer_per_token(shape))  # the layer being recomputed / backpropagated
+    per_token = (
+        checked * saved_per_token(shape, keeps)
+        + (layers - checked) * full_layer_per_token(shape)
+        + full_layer_per_token(shape)
+    )  # the layer being recomputed / backpropagated
     rows = min(t, linear_loss.rows_per_chunk(shape.vocab))
     activations = t * per_token + rows * shape.vocab * (2 + 4)  # one loss chunk: bf16 logits, fp32 softmax
     return Estimate(int(gpu_states), int(activations), int(host))
 
 
-def choose(shape: ModelShape, s: Setting, gpu_bytes: int, zero_stage: int | None,
-           checkpoint_keeps: str | None) -> Setting:
+def choose(
+    shape: ModelShape, s: Setting, gpu_bytes: int, zero_stage: int | None, checkpoint_keeps: str | None
+) -> Setting:
     """``s`` with what the config leaves open (``None``: ZeRO stage, checkpointing) filled in: the fastest
     option that fits ``gpu_bytes`` with 10 % to spare (ZeRO-2 with the most kept activations first, ZeRO-3
     last), else the one that needs least."""
@@ -158,8 +179,11 @@ def choose(shape: ModelShape, s: Setting, gpu_bytes: int, zero_stage: int | None
 
     stages = [zero_stage] if zero_stage is not None else [3] if s.offload_params else [2, 3]
     keeps = [checkpoint_keeps] if checkpoint_keeps is not None else list(KEEPS_FASTEST_FIRST)
-    candidates = [replace(s, zero_stage=z, checkpoint_keeps=k if z < 3 else "nothing")
-                  for z in stages for k in (keeps if z < 3 else keeps[-1:])]
+    candidates = [
+        replace(s, zero_stage=z, checkpoint_keeps=k if z < 3 else "nothing")
+        for z in stages
+        for k in (keeps if z < 3 else keeps[-1:])
+    ]
     for c in candidates:
         if estimate(shape, c).gpu * 1.1 <= gpu_bytes:
             return c
@@ -170,19 +194,24 @@ def check(e: Estimate, s: Setting, gpu_bytes: int | None, host_bytes: int | None
     """Raise ``DoesNotFit`` when the estimate exceeds the GPU's memory or the host's, naming the fixes."""
     problems = []
     if gpu_bytes is not None and e.gpu > gpu_bytes:
-        problems.append(f"GPU memory per rank: needs ~{e.gpu / GIB:.1f} GiB (model states "
-                        f"{e.gpu_model_states / GIB:.1f} + activations at {s.pack_tokens} tokens per pack "
-                        f"{e.gpu_activations / GIB:.1f}), the GPU has {gpu_bytes / GIB:.1f} GiB; fixes: more GPUs "
-                        "(ZeRO partitions the model states over them), zero_stage 3, offload_optimizer, a smaller "
-                        "max_tokens_per_pack or checkpoint_keeps: nothing")
+        problems.append(
+            f"GPU memory per rank: needs ~{e.gpu / GIB:.1f} GiB (model states "
+            f"{e.gpu_model_states / GIB:.1f} + activations at {s.pack_tokens} tokens per pack "
+            f"{e.gpu_activations / GIB:.1f}), the GPU has {gpu_bytes / GIB:.1f} GiB; fixes: more GPUs "
+            "(ZeRO partitions the model states over them), zero_stage 3, offload_optimizer, a smaller "
+            "max_tokens_per_pack or checkpoint_keeps: nothing"
+        )
     if host_bytes is not None and e.host > host_bytes:
-        problems.append(f"host memory: the {s.gpus_per_node} rank(s) of a node need ~{e.host / GIB:.1f} GiB, "
-                        f"the node has {host_bytes / GIB:.1f} GiB available; fixes: offload off (with more GPUs "
-                        "if the GPU memory needs it), fewer ranks per node or a node with more memory")
+        problems.append(
+            f"host memory: the {s.gpus_per_node} rank(s) of a node need ~{e.host / GIB:.1f} GiB, "
+            f"the node has {host_bytes / GIB:.1f} GiB available; fixes: offload off (with more GPUs "
+            "if the GPU memory needs it), fewer ranks per node or a node with more memory"
+        )
     if problems:
         raise DoesNotFit(
             f"this config cannot fit (ZeRO-{s.zero_stage}, offload_optimizer={s.offload_optimizer}, "
-            f"offload_params={s.offload_params}, checkpoint_keeps={s.checkpoint_keeps}): " + "; ".join(problems))
+            f"offload_params={s.offload_params}, checkpoint_keeps={s.checkpoint_keeps}): " + "; ".join(problems)
+        )
 
 
 def host_memory_available() -> int | None:
@@ -216,13 +245,19 @@ def plan(cfg: TrainConfig, world_size: int, gpu_bytes: int | None, host_bytes: i
 
     shape = ModelShape.from_config(AutoConfig.from_pretrained(cfg.model_path))
     local = gpus_per_node()
-    base = Setting(zero_stage=cfg.zero_stage or 2, checkpoint_keeps=cfg.checkpoint_keeps or "attention",
-                   pack_tokens=cfg.max_tokens_per_pack, gpus_per_node=local, nodes=max(1, world_size // local),
-                   offload_optimizer=cfg.offload_optimizer, offload_params=cfg.offload_params,
-                   gradient_checkpointing=cfg.gradient_checkpointing, checkpoint_layers=cfg.checkpoint_layers,
-                   bf16=cfg.bf16 if cfg.bf16 is not None else gpu_bytes is not None)  # as the recipe decides
-    chosen = choose(shape, base, gpu_bytes if gpu_bytes is not None else 1 << 62, cfg.zero_stage,
-                    cfg.checkpoint_keeps)
+    base = Setting(
+        zero_stage=cfg.zero_stage or 2,
+        checkpoint_keeps=cfg.checkpoint_keeps or "attention",
+        pack_tokens=cfg.max_tokens_per_pack,
+        gpus_per_node=local,
+        nodes=max(1, world_size // local),
+        offload_optimizer=cfg.offload_optimizer,
+        offload_params=cfg.offload_params,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        checkpoint_layers=cfg.checkpoint_layers,
+        bf16=cfg.bf16 if cfg.bf16 is not None else gpu_bytes is not None,
+    )  # as the recipe decides
+    chosen = choose(shape, base, gpu_bytes if gpu_bytes is not None else 1 << 62, cfg.zero_stage, cfg.checkpoint_keeps)
     e = estimate(shape, chosen)
     check(e, chosen, gpu_bytes, host_bytes)
     return chosen, e

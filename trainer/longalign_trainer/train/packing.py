@@ -107,8 +107,14 @@ class Pack:
 
     def to(self, device: torch.device | str) -> Pack:
         """This pack with all tensors on ``device``."""
-        return Pack(self.input_ids.to(device), self.targets.to(device), self.position_ids.to(device),
-                    self.seq_index.to(device), self.cu_seqlens.to(device), self.max_seqlen)
+        return Pack(
+            self.input_ids.to(device),
+            self.targets.to(device),
+            self.position_ids.to(device),
+            self.seq_index.to(device),
+            self.cu_seqlens.to(device),
+            self.max_seqlen,
+        )
 
     def as_model_inputs(self) -> dict[str, Any]:
         """Keyword arguments for a Hugging Face causal LM running the ``longalign_packed`` attention.
@@ -117,9 +123,13 @@ class Pack:
         sequence boundaries (our kernels use ``cu_seq_lens_*`` anyway; the flag keeps the other paths honest).
         """
         return {
-            "input_ids": self.input_ids[None], "position_ids": self.position_ids[None], "use_cache": False,
-            "cu_seq_lens_q": self.cu_seqlens, "cu_seq_lens_k": self.cu_seqlens,
-            "max_length_q": self.max_seqlen, "max_length_k": self.max_seqlen,
+            "input_ids": self.input_ids[None],
+            "position_ids": self.position_ids[None],
+            "use_cache": False,
+            "cu_seq_lens_q": self.cu_seqlens,
+            "cu_seq_lens_k": self.cu_seqlens,
+            "max_length_q": self.max_seqlen,
+            "max_length_k": self.max_seqlen,
         }
 
 
@@ -147,7 +157,8 @@ def build_pack(sequences: Sequence[tuple[Sequence[int], Sequence[int]]]) -> Pack
     targets = np.concatenate([np.concatenate([lab[1:], ignore]) for lab in labels])
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     return Pack(
-        input_ids=torch.from_numpy(np.concatenate(ids)), targets=torch.from_numpy(targets),
+        input_ids=torch.from_numpy(np.concatenate(ids)),
+        targets=torch.from_numpy(targets),
         position_ids=torch.from_numpy(np.arange(int(lengths.sum())) - starts),
         seq_index=torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths)),
         cu_seqlens=torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)),

@@ -106,7 +106,8 @@ class Recipe:
         # that cannot fit stops here, before anything is loaded.
         gpu_bytes = torch.cuda.mem_get_info(self.device)[1] if self.cuda else None
         self.memory, self.memory_estimate = memory_estimate.plan(
-            cfg, self.world, gpu_bytes, memory_estimate.host_memory_available())
+            cfg, self.world, gpu_bytes, memory_estimate.host_memory_available()
+        )
         self.zero_stage = self.memory.zero_stage
 
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
@@ -118,12 +119,29 @@ class Recipe:
             return out
 
         self.examples, self.data_report = load_examples(
-            [(f.path, f.ratio) for f in cfg.data], self.tokenizer, cfg.max_tokens_per_pack, cfg.overlong, cfg.seed,
-            self.rank, self.world, all_gather, log=_log_line, rejected_path=cfg.output_dir / REJECTED_FILE)
+            [(f.path, f.ratio) for f in cfg.data],
+            self.tokenizer,
+            cfg.max_tokens_per_pack,
+            cfg.overlong,
+            cfg.seed,
+            self.rank,
+            self.world,
+            all_gather,
+            log=_log_line,
+            rejected_path=cfg.output_dir / REJECTED_FILE,
+        )
         self.sampler = StepSampler(
-            [len(e) for e in self.examples], strategy=cfg.strategy, global_batch_size=cfg.global_batch_size,
-            capacity=cfg.max_tokens_per_pack, micro_batch_size=cfg.micro_batch_size, world_size=self.world,
-            rank=self.rank, seed=cfg.seed, epochs=cfg.epochs, max_steps=cfg.max_steps)
+            [len(e) for e in self.examples],
+            strategy=cfg.strategy,
+            global_batch_size=cfg.global_batch_size,
+            capacity=cfg.max_tokens_per_pack,
+            micro_batch_size=cfg.micro_batch_size,
+            world_size=self.world,
+            rank=self.rank,
+            seed=cfg.seed,
+            epochs=cfg.epochs,
+            max_steps=cfg.max_steps,
+        )
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
         resume_from = self.latest_checkpoint() if cfg.resume else None
@@ -135,8 +153,8 @@ class Recipe:
         # (transformers' HfDeepSpeedConfig would partition while loading, but needs accelerate, whose import
         # of DeepSpeed prints to stdout on CPU machines.)
         model = AutoModelForCausalLM.from_pretrained(
-            cfg.model_path, attn_implementation=attention.NAME,
-            dtype=torch.bfloat16 if self.bf16 else torch.float32)
+            cfg.model_path, attn_implementation=attention.NAME, dtype=torch.bfloat16 if self.bf16 else torch.float32
+        )
         model.config.use_cache = False
         self.model_shape = _model_shape(model)
         # ZeRO-3 gathers parameters inside each layer, and not the same number of times in the forward pass and
@@ -152,15 +170,23 @@ class Recipe:
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         total, warmup = self.sampler.total_steps, math.ceil(cfg.warmup_ratio * self.sampler.total_steps)
         schedule = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
-            opt, lambda s: lr_factor(s, total, warmup, cfg.lr_schedule, cfg.min_lr_ratio))
-        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config,
-                                                    lr_scheduler=schedule)
+            opt, lambda s: lr_factor(s, total, warmup, cfg.lr_schedule, cfg.min_lr_ratio)
+        )
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=groups, config=ds_config, lr_scheduler=schedule
+        )
         if resume_from is not None:
             self.resume(resume_from, reshard)
             if self.rank == 0:
-                _log_line(f"resumed from step {self.sampler.position} of {self.sampler.total_steps}, checkpoint "
-                          f"{resume_from}" + (f" (written by {resharding.saved_world_size(resume_from)} ranks, "
-                                              f"resharded to {self.world})" if reshard else ""))
+                _log_line(
+                    f"resumed from step {self.sampler.position} of {self.sampler.total_steps}, checkpoint "
+                    f"{resume_from}"
+                    + (
+                        f" (written by {resharding.saved_world_size(resume_from)} ranks, resharded to {self.world})"
+                        if reshard
+                        else ""
+                    )
+                )
         self._trim_log(self.sampler.position)
 
     def deepspeed_config(self) -> dict:
@@ -172,14 +198,25 @@ class Recipe:
         if cfg.offload_params:
             zero["offload_param"] = {"device": "cpu", "pin_memory": self.cuda}
         return {
-            "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-            "train_batch_size": self.world, "managed_gradient_accumulation": False,
-            "gradient_clipping": cfg.max_grad_norm, "bf16": {"enabled": self.bf16},
-            "zero_optimization": zero, "zero_force_ds_cpu_optimizer": False,
-            "optimizer": {"type": "AdamW", "params": {
-                "lr": cfg.learning_rate, "betas": list(cfg.adam_betas), "weight_decay": cfg.weight_decay,
-                "torch_adam": True}},
-            "steps_per_print": 1 << 30, "wall_clock_breakdown": False,
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "train_batch_size": self.world,
+            "managed_gradient_accumulation": False,
+            "gradient_clipping": cfg.max_grad_norm,
+            "bf16": {"enabled": self.bf16},
+            "zero_optimization": zero,
+            "zero_force_ds_cpu_optimizer": False,
+            "optimizer": {
+                "type": "AdamW",
+                "params": {
+                    "lr": cfg.learning_rate,
+                    "betas": list(cfg.adam_betas),
+                    "weight_decay": cfg.weight_decay,
+                    "torch_adam": True,
+                },
+            },
+            "steps_per_print": 1 << 30,
+            "wall_clock_breakdown": False,
         }
 
     # ---------------------------------------------------------------- train
@@ -196,8 +233,11 @@ class Recipe:
 
         cfg, engine = self.cfg, self.engine
         engine.train()
-        reporter = ProgressReporter("train", self.sampler.total_steps, "steps",
-                                    min_interval_s=cfg.progress_interval_s) if self.rank == 0 else None
+        reporter = (
+            ProgressReporter("train", self.sampler.total_steps, "steps", min_interval_s=cfg.progress_interval_s)
+            if self.rank == 0
+            else None
+        )
         self.start, self.run_tokens = time.monotonic(), 0
         peak = cfg.peak_tflops_per_device or (H100_DENSE_BF16_TFLOPS if self.cuda else None)
         for plan in self.sampler:
@@ -225,17 +265,29 @@ class Recipe:
             elapsed = time.monotonic() - t0
             mfu = None
             if peak:
-                flops = training_flops(self.model_shape["non_embedding_params"], self.model_shape["layers"],
-                                       self.model_shape["hidden"], lengths)
+                flops = training_flops(
+                    self.model_shape["non_embedding_params"],
+                    self.model_shape["layers"],
+                    self.model_shape["hidden"],
+                    lengths,
+                )
                 mfu = flops / elapsed / (peak * 1e12 * self.world)
             self._log_step(plan.step, step_loss, float(local), counts, sum(lengths), elapsed)
             if reporter:
-                reporter.update(self.sampler.position, loss=step_loss, tokens_per_s=sum(lengths) / elapsed,
-                                mfu=mfu, lr=engine.get_lr()[0])
+                reporter.update(
+                    self.sampler.position,
+                    loss=step_loss,
+                    tokens_per_s=sum(lengths) / elapsed,
+                    mfu=mfu,
+                    lr=engine.get_lr()[0],
+                )
             if stop and self.sampler.position < self.sampler.total_steps:
                 self.save_checkpoint()
                 raise Preempted(f"stopped by SIGTERM after step {self.sampler.position}")
-            if self.sampler.position % cfg.checkpoint_every_steps == 0 and self.sampler.position < self.sampler.total_steps:
+            if (
+                self.sampler.position % cfg.checkpoint_every_steps == 0
+                and self.sampler.position < self.sampler.total_steps
+            ):
                 self.save_checkpoint()
         self.train_s = time.monotonic() - self.start
         self.save_checkpoint()
@@ -251,9 +303,16 @@ class Recipe:
 
     def _log_step(self, step: int, loss: float, local: float, counts, tokens: int, seconds: float) -> None:
         """Append this rank's view of the step to OUTPUT_DIR/train-log-rank{R}.jsonl."""
-        record = {"step": step + 1, "loss": loss, "local_loss": local, "sequences": counts.sequences,
-                  "micro_batches": counts.micro_batches, "target_tokens": counts.target_tokens, "tokens": tokens,
-                  "seconds": round(seconds, 4)}
+        record = {
+            "step": step + 1,
+            "loss": loss,
+            "local_loss": local,
+            "sequences": counts.sequences,
+            "micro_batches": counts.micro_batches,
+            "target_tokens": counts.target_tokens,
+            "tokens": tokens,
+            "seconds": round(seconds, 4),
+        }
         self.cfg.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a") as log:
             log.write(json.dumps(record) + "\n")
@@ -284,15 +343,20 @@ class Recipe:
             tmp.mkdir(parents=True)
         dist.barrier()
         self.engine.save_checkpoint(str(tmp), tag=STATE_TAG, save_latest=False)
-        torch.save({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.cuda else None},
-                   tmp / f"rng-rank{self.rank}.pt")
+        torch.save(
+            {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.cuda else None},
+            tmp / f"rng-rank{self.rank}.pt",
+        )
         dist.barrier()
         if self.rank == 0:
-            (tmp / "trainer_state.json").write_text(json.dumps({
-                "sampler": self.sampler.state_dict(), "losses": self.losses, "tokens_seen": self.tokens_seen}))
+            (tmp / "trainer_state.json").write_text(
+                json.dumps(
+                    {"sampler": self.sampler.state_dict(), "losses": self.losses, "tokens_seen": self.tokens_seen}
+                )
+            )
             os.replace(tmp, final)
             _atomic_write(self.ckpt_root / "latest", name)
-            for old in sorted(self.ckpt_root.glob("step-*"))[:-self.cfg.keep_checkpoints]:
+            for old in sorted(self.ckpt_root.glob("step-*"))[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
         self.last_checkpoint = final
@@ -355,19 +419,32 @@ class Recipe:
     def summary(self, wall_s: float, export: Path | None) -> dict:
         """The stage summary (≤ 4 KiB) the operator reads from the termination message."""
         return {
-            "stage": "train", "ok": True, "steps": self.sampler.position, "total_steps": self.sampler.total_steps,
-            "final_loss": self.losses[-1] if self.losses else None, "first_loss": self.losses[0] if self.losses else None,
-            "tokens_seen": self.tokens_seen, "packing_efficiency": self.sampler.packing_efficiency(),
+            "stage": "train",
+            "ok": True,
+            "steps": self.sampler.position,
+            "total_steps": self.sampler.total_steps,
+            "final_loss": self.losses[-1] if self.losses else None,
+            "first_loss": self.losses[0] if self.losses else None,
+            "tokens_seen": self.tokens_seen,
+            "packing_efficiency": self.sampler.packing_efficiency(),
             "wall_s": round(wall_s, 1),
             "tokens_per_s": round(self.run_tokens / self.train_s, 1) if getattr(self, "train_s", 0) else None,
-            "strategy": self.cfg.strategy, "loss_weighting": self.cfg.loss_weighting,
-            "attention_backend": self.backend, "world_size": self.world, "zero_stage": self.zero_stage,
+            "strategy": self.cfg.strategy,
+            "loss_weighting": self.cfg.loss_weighting,
+            "attention_backend": self.backend,
+            "world_size": self.world,
+            "zero_stage": self.zero_stage,
             "checkpoint_keeps": self.checkpoint_keeps if self.cfg.gradient_checkpointing else None,
             "checkpoint_layers": self.cfg.checkpoint_layers if self.cfg.gradient_checkpointing else None,
-            "chosen_by_fit": [k for k, v in (("zero_stage", self.cfg.zero_stage),
-                                             ("checkpoint_keeps", self.cfg.checkpoint_keeps)) if v is None],
-            "memory_estimate": self.memory_estimate.as_dict(), "peak_gpu_gib": _peak_gpu_gib(self.cuda),
-            "checkpoint": str(getattr(self, "last_checkpoint", "")), "export": str(export) if export else None,
+            "chosen_by_fit": [
+                k
+                for k, v in (("zero_stage", self.cfg.zero_stage), ("checkpoint_keeps", self.cfg.checkpoint_keeps))
+                if v is None
+            ],
+            "memory_estimate": self.memory_estimate.as_dict(),
+            "peak_gpu_gib": _peak_gpu_gib(self.cuda),
+            "checkpoint": str(getattr(self, "last_checkpoint", "")),
+            "export": str(export) if export else None,
             "data": self.data_report.summary(),
             "rejected_records": str(self.cfg.output_dir / REJECTED_FILE),
         }
@@ -391,8 +468,12 @@ class Recipe:
                 write_summary(summary, self.cfg.termination_message_path)
             return summary
         except Preempted as stopped:
-            summary = {**self.summary(time.monotonic() - t0, None), "ok": False, "preempted": True,
-                       "error": str(stopped)}
+            summary = {
+                **self.summary(time.monotonic() - t0, None),
+                "ok": False,
+                "preempted": True,
+                "error": str(stopped),
+            }
             if self.rank == 0:
                 write_summary(summary, self.cfg.termination_message_path)
             return summary
@@ -402,6 +483,7 @@ class Recipe:
 
 def _model_shape(model) -> dict:
     """Sizes for the FLOP count: parameters besides the input embedding (the LM head counted), layers, hidden."""
+
     def numel(p):  # under ZeRO-3 a partitioned parameter keeps its full size in ds_numel
         return getattr(p, "ds_numel", p.numel())
 

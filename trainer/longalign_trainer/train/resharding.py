@@ -32,9 +32,22 @@ def make_universal(checkpoint: Path, state_tag: str) -> str:
         tmp = checkpoint / f".tmp-{UNIVERSAL_TAG}"
         shutil.rmtree(tmp, ignore_errors=True)
         done = subprocess.run(
-            [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-             str(checkpoint / state_tag), "--output_folder", str(tmp), "--num_extract_workers", "1",
-             "--num_merge_workers", "1"], capture_output=True, text=True)
+            [
+                sys.executable,
+                "-m",
+                "deepspeed.checkpoint.ds_to_universal",
+                "--input_folder",
+                str(checkpoint / state_tag),
+                "--output_folder",
+                str(tmp),
+                "--num_extract_workers",
+                "1",
+                "--num_merge_workers",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"converting {checkpoint} for another number of ranks failed:\n{done.stderr[-2000:]}")
         os.replace(tmp, final)

@@ -15,12 +15,23 @@ The group's shape (nodes, GPUs per node) is not a setting here: torchrun's envir
 
 from __future__ import annotations
 
-SIMPLE = {"maxTokensPerPack": "max_tokens_per_pack", "batching": "strategy", "lossWeighting": "loss_weighting",
-          "globalBatchSize": "global_batch_size", "epochs": "epochs", "gradientCheckpointing": "gradient_checkpointing",
-          "checkpointEverySteps": "checkpoint_every_steps"}
-NESTED = {"deepspeed": {"zeroStage": "zero_stage", "offloadOptimizer": "offload_optimizer",
-                        "offloadParams": "offload_params"},
-          "optimizer": {"learningRate": "learning_rate", "weightDecay": "weight_decay", "warmupRatio": "warmup_ratio"}}
+SIMPLE = {
+    "maxTokensPerPack": "max_tokens_per_pack",
+    "batching": "strategy",
+    "lossWeighting": "loss_weighting",
+    "globalBatchSize": "global_batch_size",
+    "epochs": "epochs",
+    "gradientCheckpointing": "gradient_checkpointing",
+    "checkpointEverySteps": "checkpoint_every_steps",
+}
+NESTED = {
+    "deepspeed": {
+        "zeroStage": "zero_stage",
+        "offloadOptimizer": "offload_optimizer",
+        "offloadParams": "offload_params",
+    },
+    "optimizer": {"learningRate": "learning_rate", "weightDecay": "weight_decay", "warmupRatio": "warmup_ratio"},
+}
 SHAPE = ("nodes", "gpusPerNode")
 
 
@@ -39,8 +50,11 @@ def to_train(raw: dict) -> dict:
     ('/models/m', [{'path': '/data/d.jsonl'}], 'sorted', 2, 1e-05)
     """
     body = dict(raw["training"])
-    cfg: dict = {"model_path": raw["baseModelPath"], "output_dir": raw["outputDir"],
-                 "data": [{"path": body.pop("datasetPath")}]}
+    cfg: dict = {
+        "model_path": raw["baseModelPath"],
+        "output_dir": raw["outputDir"],
+        "data": [{"path": body.pop("datasetPath")}],
+    }
     if raw.get("terminationMessagePath"):
         cfg["termination_message_path"] = raw["terminationMessagePath"]
     for key in SHAPE:
