@@ -196,6 +196,38 @@ def test_an_overlong_judge_prompt_is_unscored_with_the_reason_and_the_rest_score
     assert summary["longbench_chat_score"] == pytest.approx((rows[0]["score"] + rows[2]["score"]) / 2, abs=1e-3)
 
 
+def test_an_answer_too_long_for_the_judge_is_cut_in_the_middle_and_scored(
+    tmp_path, vllm_server, tiny_model_dir, fault_proxy
+):
+    """An answer longer than the judge's context: the judge is asked again with the answer's middle cut out
+    (head and tail kept) until it fits, and scores it; the result says how much of the answer it saw."""
+    import asyncio
+
+    from longalign_trainer.chat_client import ChatClient
+    from longalign_trainer.evaluate.judge import Judge
+    from longalign_trainer.evaluate.run import Endpoint
+
+    judge_proxy = fault_proxy()
+    cfg = parse_config(eval_config(tmp_path, tiny_model_dir, vllm_server.base_url, judge_proxy.base_url))
+    j = cfg.judge
+    answer = "It opened in 1874. " + " ".join(["The line ran north along the river."] * 1000) + " It closed in 1931."
+
+    async def grade():
+        client = ChatClient(Endpoint([j.base_url], j.model, j.api_key_env, j.temperature), cfg.engine)
+        try:
+            return await Judge(j, client, seed=0).grade(1, "When did it open?", "In 1874.", [], answer)
+        finally:
+            await client.close()
+
+    verdict = asyncio.run(grade())
+    assert verdict.reason is None and verdict.score is not None
+    assert verdict.judged_answer_chars is not None and verdict.judged_answer_chars < len(answer) / 2
+    first, last = judge_proxy.requests[0]["body"], judge_proxy.requests[-1]["body"]
+    assert answer in first["messages"][-1]["content"]  # asked whole first: it overflowed
+    judged = last["messages"][-1]["content"]
+    assert "It opened in 1874." in judged and "It closed in 1931." in judged and answer not in judged
+
+
 def test_a_rerun_asks_for_no_answer_or_score_already_obtained(tmp_path, vllm_server, tiny_model_dir, fault_proxy):
     """The judge is down in the first run (incomplete): the answers are kept. The rerun asks the model nothing
     and the judge only for the scores; a third run asks nobody anything and gives the same results."""

@@ -14,8 +14,10 @@ shuffled order (different per run and per repeat); the rating an integer 1-10 wr
 Either way the judge never sees the long document.
 
 A reply without a valid rating is asked again (``judge.attempts`` queries in all); after that the answer is
-*unscored*, never given a number we made up. A judge prompt longer than the judge's context leaves that
-answer unscored with the reason; the other answers are scored as usual. Transient request errors are retried by
+*unscored*, never given a number we made up. A judge prompt longer than the judge's context has its long part,
+the answer, cut in the middle (head and tail kept, halved until it fits; ``judged_answer_chars`` in the results
+says how much the judge saw); when the rest of the prompt alone does not fit, that answer is unscored with the
+reason, and the other answers are scored as usual. Transient request errors are retried by
 the client (``chat_client.ChatClient``: backoff, ``Retry-After``); when they persist the answer is unscored too, with
 the reason recorded.
 """
@@ -184,6 +186,24 @@ def published_score(reply: str | None) -> float | None:
     return float(numbers[0]) if numbers else None
 
 
+MIN_CUT_ANSWER_CHARS = 400  # an answer cut shorter than this would be judged on too little of itself
+
+
+def middle_cut(answer: str) -> str | None:
+    """``answer`` halved by dropping its middle (head and tail kept, joined by `` ... ``); None when it is
+    already too short to cut further (``MIN_CUT_ANSWER_CHARS``).
+
+    >>> middle_cut("a" * 300 + "b" * 300 + "c" * 300) == "a" * 225 + " ... " + "c" * 225
+    True
+    >>> middle_cut("short answer") is None
+    True
+    """
+    if len(answer) < 2 * MIN_CUT_ANSWER_CHARS:
+        return None
+    keep = len(answer) // 2
+    return answer[: keep // 2] + " ... " + answer[len(answer) - (keep - keep // 2) :]
+
+
 def shuffled(examples: list[dict], seed: int, case: object, repeat: int) -> list[dict]:
     """The examples in a random order fixed by (run seed, case, repeat): the paper shuffles them per run.
 
@@ -205,6 +225,8 @@ class Grade:
     replies: list[str] = field(default_factory=list)
     queries: int = 0
     reason: str | None = None
+    judged_answer_chars: int | None = None
+    """Set when the answer was too long for the judge's context: the length of the middle-cut answer it judged."""
 
 
 class Judge:
@@ -243,7 +265,8 @@ class Judge:
         grade = Grade(score=None)
         for repeat in range(self.cfg.repeats):
             messages = self.messages(case, question, reference, examples, answer, repeat)
-            for _ in range(self.cfg.attempts):
+            attempts = 0
+            while attempts < self.cfg.attempts:
                 grade.queries += 1
                 try:
                     c = await self.client.complete(
@@ -253,12 +276,19 @@ class Judge:
                     self.consecutive_failures += 1
                     grade.reason = f"judge_unavailable: {e}"[:300]
                     return grade
-                except ContextOverflow as e:  # asking again cannot help; the other answers go on
-                    grade.reason = (
-                        f"judge_context_overflow: the judge prompt ({len(messages[-1]['content'])} "
-                        f"characters) does not fit the judge's context: {e}"
-                    )[:300]
-                    return grade
+                except ContextOverflow as e:
+                    cut = middle_cut(answer)
+                    if cut is None:  # the question, reference and examples alone overflow; the others go on
+                        grade.reason = (
+                            f"judge_context_overflow: the judge prompt ({len(messages[-1]['content'])} "
+                            f"characters) does not fit the judge's context: {e}"
+                        )[:300]
+                        return grade
+                    answer = cut  # the long part is the answer: judge its head and tail, as a long input is cut
+                    grade.judged_answer_chars = len(answer)
+                    messages = self.messages(case, question, reference, examples, answer, repeat)
+                    continue
+                attempts += 1
                 self.consecutive_failures = 0
                 grade.replies.append(c.text[:2000])
                 score = published_score(c.text) if self.template is not None else parse_score(c.text)

@@ -252,6 +252,7 @@ async def evaluate(
                 "judge_queries": grade.queries,
                 "unscored_reason": grade.reason,
                 "judge_replies": grade.replies[-2:],
+                "judged_answer_chars": grade.judged_answer_chars,
             }
             if obtained and not (grade.reason or "").startswith("judge_unavailable"):
                 obtained.put(grade_key, "grade", case.idx, verdict)
