@@ -239,12 +239,14 @@ def test_sigterm_commits_finished_documents_at_once_and_the_rerun_completes(tmp_
     config = write_config(tmp_path / "datagen.json", cfg)
     proc = run_cli(config, tmp_path / "summary-1")
     done = 0
-    for line in proc.stdout:  # progress lines tell how many documents are finished
+    # Progress lines tell how many documents are finished. The first comes with the first finished document,
+    # the next only 5 s later, by when a fast server may have finished all six: stop at the first.
+    for line in proc.stdout:
         progress = parse_progress(line)
-        if progress and progress["done"] >= 2:
+        if progress and progress["done"] >= 1:
             done = progress["done"]
             break
-    assert done >= 2, proc.stderr.read()[-2000:]
+    assert 1 <= done < 6, proc.stderr.read()[-2000:]
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1, stderr[-2000:]

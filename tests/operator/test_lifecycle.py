@@ -64,7 +64,11 @@ def test_a_run_goes_through_every_stage_to_succeeded(cluster, operator, volumes)
         "training": training(dataset=False, annotations={DURATION: "2s"}),
         "evaluation": {
             "needle": {},
-            "longBenchChat": {"path": "/data/longbench-chat.jsonl"},
+            "longBenchChat": {
+                "path": "/data/longbench-chat/test_cases.json",
+                "fewShotPath": "/data/longbench-chat/few_shots.json",
+                "promptPath": "/data/longbench-chat/prompt_fs.txt",
+            },
             "judge": {
                 "endpoint": "https://judge.example/v1",
                 "model": "judge",
