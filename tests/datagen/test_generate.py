@@ -195,6 +195,10 @@ def test_killed_at_any_moment_and_restarted_it_loses_and_duplicates_nothing(tmp_
         if p.name in {s["file"] for s in json.loads((out / "manifest.json").read_text())["shards"]}
     }
 
+    # the rerun goes to the server directly: endpoints may change between runs
+    config = write_config(
+        tmp_path / "datagen.json", {**cfg, "teacher": {**cfg["teacher"], "base_urls": [vllm_server.base_url]}}
+    )
     proc = run_cli(config, tmp_path / "summary-2")
     _, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr[-3000:]
@@ -224,29 +228,25 @@ def test_killed_at_any_moment_and_restarted_it_loses_and_duplicates_nothing(tmp_
     )
 
 
-def test_sigterm_commits_finished_documents_at_once_and_the_rerun_completes(tmp_path, vllm_server, tiny_model_dir):
+def test_sigterm_commits_finished_documents_at_once_and_the_rerun_completes(
+    tmp_path, vllm_server, tiny_model_dir, fault_proxy
+):
     expected = make_documents(tmp_path / "docs", n_txt=6, start=20)
     # nothing would be committed before the end without the SIGTERM handler: no size or time trigger
-    cfg = base_config(
-        tmp_path,
-        tmp_path / "docs",
-        [vllm_server.base_url],
-        tiny_model_dir,
-        shard_max_samples=1000,
-        flush_interval_s=3600,
-        engine={"concurrency": 1},
-    )
+    # Progress lines come at most every 5 s: every request is held 1 s (a document takes two or more), so that
+    # the run is still going when the line that says documents are finished arrives.
+    slow = fault_proxy(lambda n: ("delay", 1.0))
+    settings = {"shard_max_samples": 1000, "flush_interval_s": 3600, "engine": {"concurrency": 1}}
+    cfg = base_config(tmp_path, tmp_path / "docs", [slow.base_url], tiny_model_dir, **settings)
     config = write_config(tmp_path / "datagen.json", cfg)
     proc = run_cli(config, tmp_path / "summary-1")
-    done = 0
-    # Progress lines tell how many documents are finished. The first comes with the first finished document,
-    # the next only 5 s later, by when a fast server may have finished all six: stop at the first.
-    for line in proc.stdout:
+    done = total = 0
+    for line in proc.stdout:  # progress lines tell how many documents are finished
         progress = parse_progress(line)
-        if progress and progress["done"] >= 1:
-            done = progress["done"]
+        if progress and progress["done"] >= 2:
+            done, total = progress["done"], progress["total"]
             break
-    assert 1 <= done < 6, proc.stderr.read()[-2000:]
+    assert 2 <= done < total, proc.stderr.read()[-2000:]
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1, stderr[-2000:]
@@ -255,6 +255,10 @@ def test_sigterm_commits_finished_documents_at_once_and_the_rerun_completes(tmp_
     committed = manifest_documents(tmp_path / "out")
     assert len(committed) == summary["documents_done"] >= done
 
+    # the rerun goes to the server directly: endpoints may change between runs
+    config = write_config(
+        tmp_path / "datagen.json", {**cfg, "teacher": {**cfg["teacher"], "base_urls": [vllm_server.base_url]}}
+    )
     proc = run_cli(config, tmp_path / "summary-2")
     _, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr[-2000:]
