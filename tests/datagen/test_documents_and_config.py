@@ -17,6 +17,12 @@ from longalign_trainer.datagen.config import PROMPTS_DIR, ConfigError, load_conf
 from longalign_trainer.datagen.documents import load_corpus
 
 
+def datagen_command(config, summary) -> subprocess.CompletedProcess:
+    """``longalign datagen --config CONFIG`` as a user runs it, its summary at ``summary``."""
+    command = ["datagen", "--config", str(config), "--summary-path", str(summary)]
+    return subprocess.run([sys.executable, "-m", "longalign_operator.cli", *command], capture_output=True, text=True)
+
+
 def test_corpus_reads_all_formats_tags_sources_splits_and_counts_skips(tmp_path, tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     docs = corpus_documents(4, 1200) + corpus_documents(1, 3600, start=60)  # ~500-900 tokens; ~1600-2000
@@ -88,20 +94,7 @@ def test_invalid_config_names_each_field_and_the_command_exits_2(tmp_path):
         load_config(path)
     text = str(err.value)
     assert "teacher.temperatur: Extra inputs are not permitted" in text
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "longalign_operator.cli",
-            "datagen",
-            "--config",
-            str(path),
-            "--summary-path",
-            str(tmp_path / "summary"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    done = datagen_command(path, tmp_path / "summary")
     assert done.returncode == 2
     assert "teacher.temperatur" in done.stderr
 
@@ -109,20 +102,7 @@ def test_invalid_config_names_each_field_and_the_command_exits_2(tmp_path):
     ok = {k: v for k, v in bad.items() if k not in ("task_types", "min_tokens", "max_tokens")}
     ok["teacher"] = {"base_urls": ["http://t/v1"], "model": "m", "tokenizer": str(tmp_path / "missing")}
     path.write_text(yaml.safe_dump(ok))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "longalign_operator.cli",
-            "datagen",
-            "--config",
-            str(path),
-            "--summary-path",
-            str(tmp_path / "summary"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    done = datagen_command(path, tmp_path / "summary")
     assert done.returncode == 2 and "teacher.tokenizer: " in done.stderr, done.stderr[-2000:]
 
     fixed = {**bad, "teacher": {"base_urls": ["http://t/v1"], "model": "m"}}
@@ -159,20 +139,7 @@ def test_bad_input_exits_2_with_one_line_naming_it_and_a_summary(tmp_path, tiny_
         cfg["teacher"]["tokenizer"] = str(tmp_path / "no-tok")
     path = tmp_path / "c.yaml"
     path.write_text("documents_dir: [x\n" if broken == "malformed YAML" else yaml.safe_dump(cfg))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "longalign_operator.cli",
-            "datagen",
-            "--config",
-            str(path),
-            "--summary-path",
-            str(tmp_path / "summary"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    done = datagen_command(path, tmp_path / "summary")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     [line] = [x for x in done.stderr.splitlines() if x.startswith("datagen: ")]
     assert line.startswith(f"datagen: {expected}"), line
