@@ -192,9 +192,11 @@ def stage_config(run: Run, stage: str, attempt: int) -> dict[str, Any]:
             "startup_deadline_seconds",
             "active_deadline_seconds",
             "stall_seconds",
+            "settings",
         },
         exclude_none=True,
     )
+    body = merge(body, section.settings or {})
     output_dir, data_dir = f"{MOUNTS['checkpoints']}/{run.name}", f"{MOUNTS['data']}/{run.name}"
     # Stages hand over through the volumes: generation writes DATA/data.jsonl, training exports OUTPUT/model.
     if stage == "training" and "datasetPath" not in body:
@@ -212,6 +214,18 @@ def stage_config(run: Run, stage: str, attempt: int) -> dict[str, Any]:
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         stage: body,
     }
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, nested mappings merged key by key.
+
+    >>> merge({"teacher": {"modelPath": "/m"}, "seed": 1}, {"teacher": {"temperature": 1.0}})
+    {'teacher': {'modelPath': '/m', 'temperature': 1.0}, 'seed': 1}
+    """
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def config_map(run: Run, stage: str, attempt: int) -> dict[str, Any]:

@@ -124,6 +124,10 @@ class StageOptions(Model):
     stall_seconds: int = Field(default=1800, ge=60, le=7 * DAY)
     """A running stage that reports no progress for this long is marked Stalled."""
     pod: PodOptions = PodOptions()
+    settings: dict[str, Any] | None = None
+    """Settings of the stage command itself (its own config keys, snake_case, as the example config that
+    ``longalign <stage> --help`` names shows them), merged into the stage's config file over what the operator derives from this
+    spec, e.g. ``{engine: {concurrency: 8}}``; the stage refuses an unknown key when it starts (exit code 2)."""
 
 
 class Teacher(Model):

@@ -45,6 +45,11 @@ def variant(tmp_path: Path, old: str, new: str) -> Path:
             "judgeModel:",
             "metadata.annotations[longalign.dev/local-run] is invalid:\n  judgeModel: Extra inputs are not permitted",
         ),
+        (
+            "judgeModelPath: /models/tiny-llama\n",
+            "judgeModelPath: /models/tiny-llama\n      stageSettings: {training: {progress_interval_s: 0}}\n",
+            "stageSettings: moved into the spec, as spec.<stage>.settings",
+        ),
         ("kind: LongAlignRun", "kind: Pod", "apiVersion/kind: expected longalign.dev/v1alpha1 LongAlignRun"),
         ("  name: tiny-local\n", "", "metadata.name: required"),
         ("  baseModelPath: /models/tiny-llama\n", "  baseModelPath: [/models/tiny-llama\n", "not valid YAML: line "),

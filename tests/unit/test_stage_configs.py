@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from longalign_operator import builders
 from longalign_operator.builders import Run
 from longalign_operator.spec import parse
@@ -73,3 +75,36 @@ def test_evaluation_reads_the_operators_config(tmp_path):
     assert dumped["model"]["path"] == "/checkpoints/r1/model"  # what training exports
     assert (dumped["needle"]["context_lengths"], dumped["needle"]["depths_percent"]) == ([1000, 2000], [50.0])
     assert dumped["output_dir"] == "/results/r1" and dumped["termination_message_path"] == "/dev/termination-log"
+
+
+def test_each_stages_settings_in_the_spec_reach_its_own_config_over_what_the_spec_derives(tmp_path, monkeypatch):
+    from longalign_trainer.evaluate.config import load_config as load_eval
+
+    raw = SPEC.model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["dataGeneration"]["settings"] = {"teacher": {"answer_max_tokens": 48}, "question_max_chars": 60}
+    raw["training"]["settings"] = {"progress_interval_s": 0, "checkpoint_every_steps": 7}
+    raw["evaluation"]["settings"] = {"model": {"max_tokens": 64}}
+    run = Run("r1", "ns", "uid", {}, parse(raw))
+    monkeypatch.setenv("LONGALIGN_TEACHER_URL", builders.teacher_urls(run))
+    paths = {}
+    for stage in ("dataGeneration", "training", "evaluation"):
+        paths[stage] = tmp_path / f"{stage}.json"
+        paths[stage].write_text(builders.config_map(run, stage, 1)["data"]["config.json"])
+    datagen = json.loads(load_datagen(paths["dataGeneration"]).model_dump_json())
+    assert (datagen["teacher"]["answer_max_tokens"], datagen["question_max_chars"]) == (48, 60)
+    assert datagen["teacher"]["max_model_len"] == 32768  # the spec's teacher settings stay beside them
+    train = load_train(paths["training"])
+    assert (train.progress_interval_s, train.checkpoint_every_steps) == (0, 7)  # the setting wins over the spec's
+    assert json.loads(load_eval(paths["evaluation"]).model_dump_json())["model"]["max_tokens"] == 64
+
+
+def test_an_unknown_stage_setting_is_refused_by_the_stage_naming_the_key(tmp_path):
+    from longalign_trainer.config_files import InputError
+
+    raw = SPEC.model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["training"]["settings"] = {"progres_interval_s": 0}
+    run = Run("r1", "ns", "uid", {}, parse(raw))
+    path = tmp_path / "training.json"
+    path.write_text(builders.config_map(run, "training", 1)["data"]["config.json"])
+    with pytest.raises(InputError, match="progres_interval_s"):
+        load_train(path)

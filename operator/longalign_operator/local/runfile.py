@@ -10,8 +10,8 @@ Settings that only make sense on one machine ride in one annotation, which the o
       annotations:
         longalign.dev/local-run: |
           judgeModelPath: /models/tiny-llama   # serve the judge with a local vLLM instead of judge.endpoint
-          stageSettings:                       # each stage command's own settings (snake_case), per stage
-            dataGeneration: {teacher: {answer_max_tokens: 48}}
+
+(The stage commands' own settings are the spec's, ``spec.<stage>.settings``, the same in a cluster.)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import ValidationError, model_validator
 
 from longalign_operator.builders import Run
 from longalign_operator.spec import GROUP, KIND, VERSION, Model, SpecError, parse
@@ -33,21 +33,22 @@ class RunFileError(ValueError):
     """The run file cannot be run; the message says which file and field, and what is wrong."""
 
 
-class StageSettings(Model):
-    """Per stage, settings of the stage command itself (its own config keys, snake_case)."""
-
-    data_generation: dict[str, Any] = Field(default_factory=dict)
-    training: dict[str, Any] = Field(default_factory=dict)
-    evaluation: dict[str, Any] = Field(default_factory=dict)
-
-
 class LocalOptions(Model):
     """What ``longalign run`` reads from the ``longalign.dev/local-run`` annotation."""
 
     judge_model_path: str | None = None
     """Serve the judge from this model folder (a spec path, e.g. /models/x) with a local vLLM server, instead
     of calling ``evaluation.judge.endpoint``; no API key is needed then."""
-    stage_settings: StageSettings = StageSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_settings(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "stageSettings" in raw:
+            raise ValueError(
+                "stageSettings: moved into the spec, as spec.<stage>.settings (e.g. spec.training.settings), "
+                "so that a cluster runs the stages with the same settings"
+            )
+        return raw
 
 
 @dataclass(frozen=True)

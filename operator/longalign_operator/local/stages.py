@@ -1,7 +1,7 @@
 """One stage attempt as a local process: the pod's command, config envelope, servers and environment.
 
-The envelope is the operator's (``builders.stage_config``), with the annotation's stage settings merged into the
-stage's section and every pod path made local. Around the command, what the pod would find in the cluster:
+The envelope is the operator's (``builders.stage_config``, the spec's stage ``settings`` included), with every
+pod path made local. Around the command, what the pod would find in the cluster:
 
     dataGeneration  the teacher served by a local vLLM (LONGALIGN_TEACHER_URL), stopped when the attempt ends
     training        torchrun with ``--train-processes`` processes on this machine (DeepSpeed on the CPU, gloo)
@@ -54,8 +54,7 @@ class LocalStages:
     def envelope(self, stage: str, attempt: int, services: Services | None = None) -> dict:
         """The stage config file's content: the operator's envelope, with local settings and local paths."""
         envelope = builders.stage_config(self.run, stage, attempt)
-        settings = getattr(self.options.stage_settings, ATTR[stage])
-        envelope[stage] = merge(merge(envelope[stage], settings), services.section if services else {})
+        envelope[stage] = builders.merge(envelope[stage], services.section if services else {})
         envelope = self.volumes.localize(envelope)
         envelope["terminationMessagePath"] = str(self.summary_path(stage, attempt))
         return envelope
@@ -190,18 +189,6 @@ def vllm(model: str, served_name: str, max_model_len: int | None, log_path: Path
         yield server.base_url
     finally:
         server.stop()
-
-
-def merge(base: dict, extra: dict) -> dict:
-    """``base`` with ``extra`` merged in, nested mappings merged key by key.
-
-    >>> merge({"teacher": {"modelPath": "/m"}, "seed": 1}, {"teacher": {"temperature": 1.0}})
-    {'teacher': {'modelPath': '/m', 'temperature': 1.0}, 'seed': 1}
-    """
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def _job(name: str, exit_code: int, message: str | None, progress: dict | None) -> JobView:
