@@ -1,9 +1,10 @@
 """Command line of the local control plane.
 
-    python -m localcluster demo   # start, show the nodes, install the operator, take a run to the end, stop
+    python -m localcluster demo   # start, show the nodes, run manifests/examples/tiny-cluster.yaml on the real
+                                  #   nodes through the helm-installed operator, stop
     python -m localcluster up     # start, install the CRD and RBAC, keep running until Ctrl-C (prints how to use it)
 
-Both start the real nodes too (--real-nodes 0 leaves them out; they need root).
+Both start the real nodes too (they need root; `up --real-nodes 0` leaves them out, `demo` needs them).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from localcluster.cluster import LocalCluster, bin_dir, wait_for
-from localcluster.operator_process import install_manifests, install_operator
+from localcluster import tiny_run
+from localcluster.cluster import LocalCluster, bin_dir
+from localcluster.operator_process import install_manifests
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "manifests" / "examples" / "tiny-run.yaml"
+EXAMPLE = tiny_run.EXAMPLE
 NODE_COLUMNS = (
     "custom-columns=NAME:.metadata.name,READY:.status.conditions[?(@.type=='Ready')].status,"
     "GPUS:.status.allocatable.nvidia\\.com/gpu,PRODUCT:.metadata.labels.nvidia\\.com/gpu\\.product,"
@@ -31,26 +33,20 @@ NODE_COLUMNS = (
 
 
 def demo_run(cluster: LocalCluster) -> None:
-    """Install the operator (as its ServiceAccount) and take the tiny example run to its end, showing it."""
-    operator = install_operator(cluster)
-    try:
-        print(f"\noperator running (log: {operator.log}); kubectl apply -f {EXAMPLE.relative_to(REPO)}")
-        cluster.create_bound_claims("default")
-        cluster.kubectl("apply", "-n", "default", "-f", str(EXAMPLE))
-        seen: list[str] = []
-
-        def finished() -> bool:
-            row = cluster.kubectl("get", "lar", "tiny", "-n", "default", "--no-headers").stdout.strip()
-            if row and (not seen or row.split()[1:3] != seen[-1].split()[1:3]):
-                seen.append(row)
-                print("  " + row, flush=True)
-            return len(row.split()) > 1 and row.split()[1] in ("Succeeded", "Failed")
-
-        wait_for(finished, 180, "the tiny run to finish", interval=0.5)
-        print(cluster.kubectl("get", "lar", "-n", "default", "-o", "wide").stdout, end="")
-        print(cluster.kubectl("get", "jobs", "-n", "default", "-l", "longalign.dev/run=tiny").stdout, end="")
-    finally:
-        operator.stop()
+    """The tiny example on the real nodes, through the helm-installed operator, shown as it goes."""
+    namespace = "default"
+    t0 = time.monotonic()
+    print(f"image trainer-cpu on the real nodes: {cluster.load_image('trainer-cpu')}", flush=True)
+    pod = tiny_run.install_operator_chart(cluster, namespace)
+    print(f"operator (helm release longalign) Ready on {pod['spec']['nodeName']}", flush=True)
+    resource = tiny_run.example()
+    tiny_run.prepare_namespace(cluster, namespace, resource)
+    print(f"volumes filled with tiny stand-ins, judge starting; kubectl apply -f {EXAMPLE.relative_to(REPO)}")
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
+    tiny_run.follow(cluster, namespace, resource["metadata"]["name"], show=lambda line: print("  " + line, flush=True))
+    print(cluster.kubectl("get", "lar", "-n", namespace, "-o", "wide").stdout, end="")
+    print(cluster.kubectl("get", "jobs,pods", "-n", namespace, "-o", "wide").stdout, end="")
+    print(f"demo done in {time.monotonic() - t0:.0f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    if args.command == "demo" and args.real_nodes < 2:
+        parser.error("demo runs a 2-pod training group on the real nodes: --real-nodes must be at least 2")
     binaries = bin_dir()
     if args.command == "demo" and args.data_dir is None:
         scratch = tempfile.TemporaryDirectory(prefix="longalign-demo-")

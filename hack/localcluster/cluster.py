@@ -54,7 +54,9 @@ class LocalCluster:
     Use as a context manager, or call ``start()`` and ``stop()``. ``kubeconfig`` is an admin kubeconfig
     (group ``system:masters``); ``env()`` gives an environment with ``KUBECONFIG`` and the binaries on PATH.
     ``real_nodes`` real CPU nodes (``real-node-<i>``, label ``type: real``) run pods for real; they are
-    tainted ``longalign.dev/real-node=true:NoSchedule``, so only pods that tolerate it land there.
+    tainted ``longalign.dev/real-node=true:NoSchedule``, so only pods that tolerate it land there. Each
+    advertises ``real_node_gpus`` ``nvidia.com/gpu`` (a stand-in in the node's status, as for any extended
+    resource: a pod that asks for one is placed there and gets no device, so the stages run on the CPU).
     """
 
     def __init__(
@@ -65,18 +67,21 @@ class LocalCluster:
         cpu_nodes: int = 2,
         zones: tuple[str, ...] = ("zone-a", "zone-b"),
         real_nodes: int = 2,
+        real_node_gpus: int = 1,
     ) -> None:
         self.bin = binaries or bin_dir()
         self.dir = Path(data_dir or tempfile.mkdtemp(prefix="longalign-cluster-"))
         self.nodes = [(GPU_NODE, i) for i in range(gpu_nodes)] + [(CPU_NODE, i) for i in range(cpu_nodes)]
         self.zones = zones
         self.real_node_count = real_nodes
+        self.real_node_gpus = real_node_gpus
         self.real_nodes: list[RealNode] = []
         self.kubeconfig = self.dir / "admin.kubeconfig"
         self.api_port = 0
         self.network: BridgeNetwork | None = None
         self._procs = Processes(self.dir)
         self._images: dict[str, str] = {}  # name -> reference, of the images imported into the real nodes
+        self._kubelet_args: tuple[PKI, str, str] | None = None  # (pki, apiserver URL, DNS address), for restarts
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def start(self, timeout: float = 90.0) -> LocalCluster:
@@ -125,6 +130,8 @@ class LocalCluster:
             if self.network:
                 self._start_real_nodes(pki, api.url, deadline)
             self._wait(self._nodes_schedulable, deadline, "the nodes (Ready, not-ready taint removed)")
+            for node in self.real_nodes:
+                self.advertise_gpus(node.name)
             self._wait(self._default_service_account, deadline, "kube-controller-manager (default ServiceAccount)")
         except BaseException:
             self.stop()
@@ -153,9 +160,36 @@ class LocalCluster:
             realnode.wait_for_containerd(self._procs, node, deadline - time.monotonic())
         for name in ("pause", "busybox"):
             self.load_image(name)
+        self._kubelet_args = (pki, server, dns.address)
         for node in self.real_nodes:
             realnode.start_kubelet(self._procs, self.bin, pki, node, server, dns.address)
             start_kube_proxy(self._procs, self.bin, pki, node, server, net.cluster_cidr)
+
+    def stop_kubelet(self, name: str) -> None:
+        """Stop real node ``name``'s kubelet (SIGTERM), as a node that stops reporting: its containers keep
+        running, the node controller marks it NotReady/Unknown after its grace period."""
+        self._procs.stop({f"kubelet-{name}"})
+
+    def start_kubelet(self, name: str) -> None:
+        """Start real node ``name``'s kubelet again and advertise its GPUs once the node is Ready."""
+        node = next(n for n in self.real_nodes if n.name == name)
+        if self._kubelet_args is None:
+            raise RuntimeError("the real nodes were never started")
+        pki, server, dns = self._kubelet_args
+        realnode.start_kubelet(self._procs, self.bin, pki, node, server, dns)
+        wait_for(lambda: self._node_ready(name), 60, f"node {name} to be Ready again")
+        self.advertise_gpus(name)
+
+    def advertise_gpus(self, name: str) -> None:
+        """Put ``real_node_gpus`` ``nvidia.com/gpu`` into node ``name``'s capacity and allocatable (a kubelet
+        keeps extended resources that others set; one that re-registers may reset them, hence after restarts)."""
+        if not self.real_node_gpus:
+            return
+        patch = [
+            {"op": "add", "path": f"/status/{field}/nvidia.com~1gpu", "value": str(self.real_node_gpus)}
+            for field in ("capacity", "allocatable")
+        ]
+        self.kubectl("patch", "node", name, "--subresource=status", "--type=json", "-p", json.dumps(patch))
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop everything in reverse start order (SIGKILL what outlives ``timeout``); remove what the real
@@ -241,11 +275,14 @@ class LocalCluster:
 
     def load_image(self, name: str) -> str:
         """Build image ``name`` (``images.ensure_image``) and import it into every real node, once; returns its
-        reference, for a pod spec (with ``imagePullPolicy: IfNotPresent`` or ``Never``)."""
+        reference, for a pod spec (with ``imagePullPolicy: IfNotPresent`` or ``Never``). Each node also knows
+        it as ``images.local_reference(name)`` (``localhost/longalign-<name>:local``), the name the shipped
+        examples use."""
         if name not in self._images:
             image = images.ensure_image(name)
-            for node in self.real_nodes:
-                node.import_image(image.archive)
+            for i, node in enumerate(self.real_nodes):
+                node.import_image(image.archive, share_blobs_of=self.real_nodes[0] if i else None)
+                node.ctr("images", "tag", "--force", image.reference, images.local_reference(name))
             self._images[name] = image.reference
         return self._images[name]
 
@@ -284,6 +321,9 @@ class LocalCluster:
         """
         for name in names:
             pv = f"{namespace}-{name}"[:63]
+            folder = self.volume_dir(namespace, name)
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o777)  # a fresh volume any pod's user may write, as a provisioner leaves it
             self.kubectl(
                 "create",
                 "-f",
@@ -298,7 +338,7 @@ class LocalCluster:
                             "accessModes": ["ReadWriteMany"],
                             "storageClassName": "",
                             "persistentVolumeReclaimPolicy": "Retain",
-                            "hostPath": {"path": str(self.dir / "volumes" / pv), "type": "DirectoryOrCreate"},
+                            "hostPath": {"path": str(folder), "type": "DirectoryOrCreate"},
                             "claimRef": {"namespace": namespace, "name": name},
                         },
                     }
@@ -318,6 +358,10 @@ class LocalCluster:
                     },
                 },
             )
+
+    def volume_dir(self, namespace: str, claim: str) -> Path:
+        """The folder behind claim ``claim`` of ``create_bound_claims`` (what its pods see at the mount)."""
+        return self.dir / "volumes" / f"{namespace}-{claim}"[:63]
 
     def create(self, namespace: str, *objects: dict) -> None:
         """Create objects (as dicts) in a namespace."""
@@ -373,6 +417,12 @@ class LocalCluster:
             any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions", []))
             and not any(t["key"].startswith("node.kubernetes.io/") for t in n["spec"].get("taints", []))
             for n in nodes
+        )
+
+    def _node_ready(self, name: str) -> bool:
+        out = self.kubectl("get", "node", name, "-o", "json", check=False)
+        return out.returncode == 0 and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in json.loads(out.stdout)["status"]["conditions"]
         )
 
     def _default_service_account(self) -> bool:

@@ -79,6 +79,12 @@ IMAGES: dict[str, Recipe] = {
 }
 
 
+def local_reference(name: str) -> str:
+    """The stable name under which the local cluster's nodes also know image ``name``, whatever its key
+    (``LocalCluster.load_image`` tags it): what the shipped examples name, e.g. tiny-cluster.yaml's image."""
+    return f"localhost/longalign-{name}:local"
+
+
 def cache_dir() -> Path:
     """Where the image archives live: ``$LONGALIGN_CACHE/images`` (default ``~/.cache/longalign/images``)."""
     root = os.environ.get("LONGALIGN_CACHE")

@@ -58,7 +58,7 @@ class Processes:
         """
         if netns is not None:
             argv = ["nsenter", f"--net={netns}", "--", *argv]
-        log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
+        log = open(self.log_dir / f"{name}.log", "a")  # noqa: SIM115 - closed in stop(); "a": a restart appends
         self._logs.append(log)
         proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent

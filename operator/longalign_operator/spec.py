@@ -126,8 +126,9 @@ class StageOptions(Model):
     pod: PodOptions = PodOptions()
     settings: dict[str, Any] | None = None
     """Settings of the stage command itself (its own config keys, snake_case, as the example config that
-    ``longalign <stage> --help`` names shows them), merged into the stage's config file over what the operator derives from this
-    spec, e.g. ``{engine: {concurrency: 8}}``; the stage refuses an unknown key when it starts (exit code 2)."""
+    ``longalign <stage> --help`` names shows them), merged into the stage's config file over what the operator
+    derives from this spec, e.g. ``{engine: {concurrency: 8}}``; the stage refuses an unknown key when it starts
+    (exit code 2)."""
 
 
 class Teacher(Model):

@@ -53,7 +53,8 @@ def test_the_cpu_trainer_image_runs_the_stages_and_vllm_with_the_tests_versions(
     assert "--served-model-name" in run(image, "python", "-m", "vllm.entrypoints.openai.api_server", "--help")
 
     script = (
-        "import json, os, deepspeed, torch, vllm; print(json.dumps({'uid': os.getuid(), 'versions': {"
+        # vllm._C: vLLM's CPU kernels, which a server loads (they need libnuma)
+        "import json, os, deepspeed, torch, vllm, vllm._C; print(json.dumps({'uid': os.getuid(), 'versions': {"
         "'deepspeed': deepspeed.__version__, 'torch': torch.__version__, 'vllm': vllm.__version__}}))"
     )
     seen = json.loads(run(image, "python", "-c", script).strip().splitlines()[-1])

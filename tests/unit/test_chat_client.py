@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
+import threading
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from longalign_trainer.chat_client import ChatClient, EngineConfig, RequestFailed
+from longalign_trainer.chat_client import ChatClient, EngineConfig, FatalRequestError, RequestFailed
 
 
 @dataclass
@@ -49,3 +53,51 @@ def test_an_unreachable_server_is_named_with_the_reason_once_retries_are_exhaust
 
     asyncio.run(ask())
     assert client.stats["connection_errors"] == 2
+
+
+def _models_server(port: int, model: str) -> ThreadingHTTPServer:
+    """An OpenAI-style ``GET /v1/models`` listing ``model``, on ``port`` (what vLLM answers once loaded)."""
+
+    class Models(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"object": "list", "data": [{"id": model, "object": "model"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Models)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_the_client_waits_for_a_server_that_starts_later_and_names_one_that_never_does():
+    url = closed_port_url()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    client = ChatClient(Endpoint([url]), EngineConfig())
+    servers: list[ThreadingHTTPServer] = []
+    starter = threading.Timer(1.5, lambda: servers.append(_models_server(port, "m")))
+    starter.start()
+
+    async def wait(c: ChatClient, timeout: float) -> float:
+        try:
+            return await c.wait_until_serving(timeout, interval_s=0.2)
+        finally:
+            await c.close()
+
+    try:
+        waited = asyncio.run(wait(client, 30))
+        assert 1.0 <= waited < 10  # it waited for the late server, then went on at once
+        never = closed_port_url()
+        with pytest.raises(RequestFailed, match=rf"not serving 'm' after 1 s: {re.escape(never)}/ \("):
+            asyncio.run(wait(ChatClient(Endpoint([never]), EngineConfig()), 1))
+        with pytest.raises(FatalRequestError, match=r"does not serve 'other' \(it serves \['m'\]\)"):
+            asyncio.run(wait(ChatClient(Endpoint([url], model="other"), EngineConfig()), 5))
+    finally:
+        starter.cancel()
+        for s in servers:
+            s.shutdown()

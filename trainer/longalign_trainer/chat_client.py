@@ -51,6 +51,12 @@ class EngineConfig(BaseModel):
     max_retries: int = Field(5, ge=0, description="retries of one request on 429, 5xx, timeouts, lost connections")
     backoff_initial_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
+    startup_wait_s: float = Field(
+        1800.0,
+        ge=0,
+        description="data generation: wait this long at the start for a teacher server to serve the model "
+        "(servers started beside the generator, e.g. the teacher's pods, load their model first)",
+    )
     max_consecutive_failures: int = Field(
         8,
         gt=0,
@@ -117,6 +123,31 @@ class ChatClient:
 
     def release(self, i: int) -> None:
         self.in_flight[i] -= 1
+
+    async def wait_until_serving(self, timeout_s: float, interval_s: float = 2.0) -> float:
+        """Until a server lists the model in ``/models`` (requests fail over from the others); returns the
+        seconds waited. ``RequestFailed`` naming every server after ``timeout_s``; ``FatalRequestError`` when a
+        server answers that it serves other models or refuses the key."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        last: dict[str, str] = {}
+        while True:
+            for client in self.clients:
+                try:
+                    models = await client.models.list()
+                except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                    raise FatalRequestError(f"{client.base_url}: {e}") from None
+                except (openai.APIConnectionError, openai.APIStatusError) as e:
+                    last[str(client.base_url)] = str(e)
+                    continue
+                served = [m.id for m in models.data]
+                if self.cfg.model not in served:
+                    raise FatalRequestError(f"{client.base_url} does not serve {self.cfg.model!r} (it serves {served})")
+                return loop.time() - t0
+            if loop.time() - t0 >= timeout_s:
+                servers = ", ".join(f"{url} ({reason})" for url, reason in last.items())
+                raise RequestFailed(f"not serving {self.cfg.model!r} after {timeout_s:.0f} s: {servers}")
+            await asyncio.sleep(interval_s)
 
     async def max_model_len(self) -> int:
         """The servers' context length: from the config, else vLLM's ``max_model_len`` in ``/v1/models``."""

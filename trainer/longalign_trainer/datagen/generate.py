@@ -282,6 +282,9 @@ async def _work(
 ) -> None:
     """Process the pending documents with ``engine.concurrency`` workers, committing each finished one."""
     try:
+        waited = await teacher.wait_until_serving(cfg.engine.startup_wait_s)
+        if waited >= 1:
+            print(f"datagen: the teacher servers serve {cfg.teacher.model!r} (waited {waited:.0f} s)", flush=True)
         gen = Generator(cfg, teacher, tokenizer, await teacher.max_model_len())
         queue: asyncio.Queue[Document] = asyncio.Queue()
         for d in pending:
