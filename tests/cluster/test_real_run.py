@@ -103,7 +103,7 @@ class RealRun:
         return [(e["reason"], e["message"]) for e in ordered]
 
 
-def test_resource() -> dict:
+def fault_run_resource() -> dict:
     """The shipped example, trained long enough to checkpoint several times between the faults."""
     resource = tiny_run.example()
     training = resource["spec"]["training"]
@@ -126,7 +126,7 @@ def real_run(cluster: LocalCluster):
         "the namespace's default ServiceAccount",
     )
     tiny_run.install_operator_chart(cluster, NAMESPACE)
-    resource = test_resource()
+    resource = fault_run_resource()
     tiny_run.prepare_namespace(cluster, NAMESPACE, resource)
     cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(resource))
     run = RealRun(cluster, NAMESPACE)

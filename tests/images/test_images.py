@@ -51,6 +51,10 @@ def test_the_cpu_trainer_image_runs_the_stages_and_vllm_with_the_tests_versions(
     image = ensure_image("trainer-cpu")
     assert "usage: longalign train" in run(image, "longalign", "train", "--help")
     assert "--served-model-name" in run(image, "python", "-m", "vllm.entrypoints.openai.api_server", "--help")
+    # vLLM's torch.compile and DeepSpeed's CPU ops build C++ against Python's headers when they start
+    assert "g++" in run(image, "g++", "--version")
+    headers = "import os, sysconfig; print(os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))"
+    assert run(image, "python", "-c", headers).strip() == "True"
 
     script = (
         # vllm._C: vLLM's CPU kernels, which a server loads (they need libnuma)

@@ -18,6 +18,8 @@ def test_tiny_model_loads_and_masks_only_assistant_tokens(tmp_path):
         check=True,
     )
     assert done.stdout.strip() == str(out)
+    # readable by every user, as a model folder from a hub: a server in a pod runs as another user than its builder
+    assert {f.name: f.stat().st_mode & 0o044 for f in out.iterdir()} == {f.name: 0o044 for f in out.iterdir()}
     tok = transformers.AutoTokenizer.from_pretrained(out)
     model = transformers.AutoModelForCausalLM.from_pretrained(out)
     assert model.config.head_dim >= 64  # vLLM's CPU attention rejects smaller heads

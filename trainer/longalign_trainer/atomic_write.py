@@ -19,3 +19,14 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def make_readable(folder: Path) -> None:
+    """Give every file below ``folder`` the permissions a plainly written file gets (0666 minus the umask):
+    libraries that write through private temporary files (transformers' ``model.safetensors``: 0600) would
+    otherwise leave a model only its writer can read, and a server running as another user cannot load it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)

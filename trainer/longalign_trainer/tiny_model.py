@@ -16,6 +16,8 @@ import inspect
 import json
 from pathlib import Path
 
+from longalign_trainer.atomic_write import make_readable
+
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
 # Each turn is "<|role|>\n{content}<|end|>\n". The assistant's content and its closing <|end|> sit inside a
@@ -155,6 +157,7 @@ def build_tiny_model(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
     ).save_pretrained(out)
     (out / "longalign-tiny.json").write_text(json.dumps({"seed": seed, "built_by": "longalign_trainer.tiny_model"}))
+    make_readable(out)
     return out
 
 

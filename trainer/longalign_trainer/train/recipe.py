@@ -28,6 +28,7 @@ import time
 import warnings
 from pathlib import Path
 
+from longalign_trainer.atomic_write import make_readable
 from longalign_trainer.contract import ProgressReporter, write_summary
 from longalign_trainer.train import attention, checkpointing, fused_ops, linear_loss, memory_estimate, resharding
 from longalign_trainer.train.batching import StepSampler
@@ -410,6 +411,7 @@ class Recipe:
             module.config.use_cache = True
             module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
+            make_readable(tmp)
             shutil.rmtree(out, ignore_errors=True)
             os.replace(tmp, out)
         dist.barrier()
