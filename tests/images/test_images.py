@@ -55,6 +55,9 @@ def test_the_cpu_trainer_image_runs_the_stages_and_vllm_with_the_tests_versions(
     assert "g++" in run(image, "g++", "--version")
     headers = "import os, sysconfig; print(os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))"
     assert run(image, "python", "-c", headers).strip() == "True"
+    # DeepSpeed's shared-memory collectives come built, so a training pod does not compile them when it starts
+    ops = "from deepspeed.git_version_info import installed_ops; print(bool(installed_ops['deepspeed_shm_comm']))"
+    assert run(image, "python", "-c", ops).strip().splitlines()[-1] == "True"
 
     script = (
         # vllm._C: vLLM's CPU kernels, which a server loads (they need libnuma)
