@@ -72,6 +72,7 @@ MEASURED_GIB = [  # (shape, ZeRO stage, keeps, checkpointed layers (None: all), 
     (ISSUE9, 2, "nothing", None, 22.8),
     (ISSUE9, 3, "nothing", None, 22.8),
     (WIDTH8B, 2, "matmuls", None, 100.7),
+    (WIDTH8B, 2, "matmuls", 2, 114.5),
     (WIDTH8B, 3, "nothing", None, 58.7),
 ]
 
