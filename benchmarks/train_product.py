@@ -10,10 +10,14 @@ them), then runs, each in a process of its own (one GPU, so every row has the GP
   ``--variants`` override (``zero_stage=3``, ``checkpoint_keeps=attention``, ...), one epoch, 64k packs,
   96 sequences per step; from each run's summary and step log: tokens/s over the whole epoch (the first step
   and its compilation included) and over the steady steps (all but the first), MFU against 989 TFLOP/s (the
-  FLOP count of train_throughput.py), peak GPU memory against the trainer's memory estimate, packing
-  efficiency against the set's bound, and what the defaults chose;
+  FLOP count of train_throughput.py) over both, peak GPU memory against the trainer's memory estimate,
+  packing efficiency against the set's bound, and what the defaults chose;
 * ``--peers`` rows: train_throughput.py strategies (hf_packing, hf_liger, ours_packing_weighted) on the
-  same length mix and shape (their own synthetic tokens: the same mix, not the same sequences).
+  same sequence lengths and shape (``--lengths``: the set's, as the trainer tokenized them; random tokens);
+* ``--profile``: the defaults once more through train_profiled.py (where the steady steps' time goes: host
+  pack building, forward, backward, optimizer step, the rest; GPU kernel time by kind and how busy the GPU
+  was), run first: its compilation fills the machine's compile caches, so every row then starts as on a
+  machine that has trained before (without it the first row pays the compilation, on a fresh machine ~10 s).
 
     python benchmarks/train_product.py --shape 0.79b                      # on the GPU machine
     python benchmarks/train_product.py --shape 8b-width --variants zero_stage=3 --peers hf_liger
@@ -179,8 +183,11 @@ def flops(model: Path, lengths: list[int]) -> float:
     return 6.0 * non_embedding * sum(lengths) + 6.0 * shape.layers * shape.hidden * sum(s * s for s in lengths)
 
 
-def run_product(work: Path, name: str, model: Path, data: Path, args, overrides: dict, total_flops: float) -> dict:
-    """One ``longalign train`` run under torchrun; its figures from the summary and the step log."""
+def run_product(
+    work: Path, name: str, model: Path, data: Path, args, overrides: dict, total_flops: float, profile: bool = False
+) -> dict:
+    """One ``longalign train`` run under torchrun; its figures from the summary and the step log (``profile``:
+    through train_profiled.py instead, its row where the steady steps' time went)."""
     import yaml
 
     out = work / name
@@ -199,15 +206,14 @@ def run_product(work: Path, name: str, model: Path, data: Path, args, overrides:
         **overrides,
     }
     (out / "train.yaml").write_text(yaml.safe_dump(cfg))
+    entry = [str(HERE / "train_profiled.py"), "--json", str(out / "profile.json")]
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node",
         "1",
-        "-m",
-        "longalign_operator.cli",
-        "train",
+        *(entry if profile else ["-m", "longalign_operator.cli", "train"]),
         "--config",
         str(out / "train.yaml"),
     ]
@@ -220,6 +226,11 @@ def run_product(work: Path, name: str, model: Path, data: Path, args, overrides:
         "rc": rc,
         "process_s": round(time.monotonic() - t0, 1),
     }
+    if profile:
+        try:
+            return {**row, "profile": json.loads((out / "profile.json").read_text())}
+        except (OSError, ValueError):
+            return {**row, "error": (out / "log").read_text()[-1500:]}
     try:
         s = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
@@ -235,11 +246,17 @@ def run_product(work: Path, name: str, model: Path, data: Path, args, overrides:
             "tokens_per_s": s["tokens_per_s"],
             "steady_tokens_per_s": sum(r["tokens"] for r in steady) / sum(r["seconds"] for r in steady),
             "mfu_989": total_flops / train_s / PEAK,
+            "steady_mfu_989": (  # per step against the trainer's peak (989 on GPUs; none on CPU)
+                sum(r["mfu"] * r["seconds"] for r in steady) / sum(r["seconds"] for r in steady)
+                if all(r.get("mfu") is not None for r in steady)
+                else None
+            ),
             "peak_gib": s["peak_gpu_gib"],
             "estimate_gib": s["memory_estimate"]["gpu_gib"],
             "packing_efficiency": s["packing_efficiency"],
             "zero_stage": s["zero_stage"],
             "checkpoint_keeps": s["checkpoint_keeps"],
+            "checkpoint_layers": s["checkpoint_layers"],
             "chosen_by_fit": s["chosen_by_fit"],
             "steps": s["steps"],
             "attention": s["attention_backend"],
@@ -251,8 +268,8 @@ def run_product(work: Path, name: str, model: Path, data: Path, args, overrides:
     return row
 
 
-def run_peer(work: Path, strategy: str, args) -> dict:
-    """One train_throughput.py strategy in a process of its own; its row from its JSON."""
+def run_peer(work: Path, strategy: str, args, lengths_file: Path) -> dict:
+    """One train_throughput.py strategy in a process of its own, on the set's lengths; its row from its JSON."""
     out = work / f"peer-{strategy}.json"
     cmd = [
         sys.executable,
@@ -261,8 +278,8 @@ def run_peer(work: Path, strategy: str, args) -> dict:
         strategy,
         "--json",
         str(out),
-        "--sequences",
-        str(args.sequences),
+        "--lengths",
+        str(lengths_file),
         "--skip-pack-check",
         "--global-batch",
         str(args.global_batch),
@@ -327,6 +344,7 @@ def main() -> int:
         help="';'-separated override sets for extra longalign train rows (the defaults always run)",
     )
     p.add_argument("--peers", default="hf_packing,hf_liger,ours_packing_weighted")
+    p.add_argument("--profile", action="store_true", help="also profile the defaults (train_profiled.py)")
     p.add_argument("--refuse", default="", help="override set that must be refused up front (see above)")
     p.add_argument("--refuse-shape", default="8b-full", choices=[*SHAPES, *SHAPES_EXTRA])
     p.add_argument("--work", default="/tmp/train-product")
@@ -353,6 +371,8 @@ def main() -> int:
         torch.cuda.empty_cache()
     lengths = write_set(work / "set.jsonl", model, synthetic_lengths(args.sequences, 0, args.cap, *mix), 0)
     kept = [n for n in lengths if n <= args.cap]
+    lengths_file = work / "lengths.json"
+    lengths_file.write_text(json.dumps(kept))
     bound = sum(kept) / (math.ceil(sum(kept) / args.cap) * args.cap)
     env = {
         "device": torch.cuda.get_device_name() if on_gpu else "cpu",
@@ -365,13 +385,16 @@ def main() -> int:
     }
     print(json.dumps(env), flush=True)
     total_flops = flops(model, kept)
+    if args.profile:
+        rows.append(run_product(work, "profiled", model, work / "set.jsonl", args, {}, total_flops, profile=True))
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "profile"}), flush=True)
     for name, overrides in [("defaults", {})] + [
         (v.replace("=", "-").replace(",", "+"), parse_overrides(v)) for v in args.variants.split(";") if v
     ]:
         rows.append(run_product(work, name, model, work / "set.jsonl", args, overrides, total_flops))
         print(json.dumps(rows[-1]), flush=True)
     for strategy in [s for s in args.peers.split(",") if s]:
-        rows.append(run_peer(work, strategy, args))
+        rows.append(run_peer(work, strategy, args, lengths_file))
         print(json.dumps(rows[-1]), flush=True)
     with open(args.json, "w") as f:
         json.dump({"env": env, "rows": rows}, f)
@@ -382,7 +405,10 @@ def main() -> int:
         f"\n{env['device']}, {args.shape}, {env['sequences']} sequences, {env['tokens']:,} tokens, "
         f"packing bound {bound:.3f}"
     )
-    print(f"{'row':<44}{'tok/s':>8}{'steady':>8}{'MFU':>6}{'peak':>7}{'est.':>7}{'pack':>7}{'×Liger':>7}  chosen")
+    print(
+        f"{'row':<44}{'tok/s':>8}{'steady':>8}{'MFU':>6}{'st.MFU':>7}{'peak':>7}{'est.':>7}{'pack':>7}{'×Liger':>7}"
+        "  chosen"
+    )
     for r in rows:
         if "error" in r and r.get("error"):
             print(f"{r['row']:<44} ERROR {str(r['error'])[-300:]}")
@@ -390,11 +416,22 @@ def main() -> int:
         if "message" in r:
             print(f"{r['row']:<44} exit {r['rc']} after {r['seconds']} s: {r['message']}")
             continue
+        if "profile" in r:
+            prof = r["profile"]
+            figures = {k: v for k, v in prof.items() if k != "kernels"}
+            print(f"\nprofile of the defaults' steady steps: {json.dumps(figures)}")
+            print(prof["kernels"])
+            continue
         tps = r.get("tokens_per_s")
-        chosen = f"ZeRO-{r['zero_stage']} keeps {r['checkpoint_keeps']}" if "zero_stage" in r else ""
+        chosen = (
+            f"ZeRO-{r['zero_stage']} keeps {r['checkpoint_keeps']} layers {r['checkpoint_layers']}"
+            if "zero_stage" in r
+            else ""
+        )
         print(
             f"{r['row']:<44}{fmt(tps, ',.0f'):>8}{fmt(r.get('steady_tokens_per_s'), ',.0f'):>8}"
-            f"{fmt(r.get('mfu_989') and 100 * r['mfu_989'], '.1f'):>6}{fmt(r.get('peak_gib'), '.1f'):>7}"
+            f"{fmt(r.get('mfu_989') and 100 * r['mfu_989'], '.1f'):>6}"
+            f"{fmt(r.get('steady_mfu_989') and 100 * r['steady_mfu_989'], '.1f'):>7}{fmt(r.get('peak_gib'), '.1f'):>7}"
             f"{fmt(r.get('estimate_gib'), '.1f'):>7}{fmt(r.get('packing_efficiency'), '.3f'):>7}"
             f"{fmt(liger and tps and tps / liger, '.2f'):>7}  {chosen}"
         )

@@ -55,6 +55,7 @@ import os
 import random
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -63,7 +64,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from longalign_trainer.train import attention, checkpointing, fused_ops, linear_loss  # noqa: E402
 from longalign_trainer.train.batching import StepSampler  # noqa: E402
-from longalign_trainer.train.loss import count_step, weighted_loss  # noqa: E402
+from longalign_trainer.train.loss import count_step, loss_weights, weighted_loss  # noqa: E402
 from longalign_trainer.train.packing import IGNORE_INDEX, build_pack  # noqa: E402
 
 PEAK_DENSE, PEAK_MEASURED = 989e12, 790e12
@@ -266,12 +267,12 @@ def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: i
                 use_cache=False,
             ).loss
         else:
-            pack = build_pack([seqs[i] for i in mb]).to(device)
+            host = build_pack([seqs[i] for i in mb])
+            weights = loss_weights(host.targets, host.seq_index, counts[b], world, strategy != "ours_packing")
+            pack, weights = host.to(device), weights.to(device)
             with linear_loss.targets(pack.targets, compiled=args.fused_ops and device.type == "cuda"):
                 token_loss = model(**pack.as_model_inputs()).logits[0]
-            loss = weighted_loss(
-                token_loss, pack.targets, pack.seq_index, counts[b], world, weighting=strategy != "ours_packing"
-            )
+            loss = weighted_loss(token_loss, weights)
         loss.backward()
         return loss.detach()
 
@@ -379,8 +380,8 @@ def kernel_profiler(cuda: bool):
     return profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU])
 
 
-def kernel_time_table(prof, cuda: bool) -> str:
-    """GPU kernel time (on CPU: op time) by kind, and the 10 dearest kernels (host-side CUDA calls left out)."""
+def kernel_times(prof, cuda: bool) -> tuple[dict[str, float], list[tuple[float, int, str]]]:
+    """GPU kernel time (on CPU: op time) in µs by kind, and (µs, calls, name) per kernel."""
     kinds: dict[str, float] = {}
     kernels = []
     for event in prof.key_averages():
@@ -391,6 +392,12 @@ def kernel_time_table(prof, cuda: bool) -> str:
         kind = next((k for k, marks in KERNEL_KINDS if any(m in name for m in marks)), "other")
         kinds[kind] = kinds.get(kind, 0.0) + spent
         kernels.append((spent, event.count, event.key[:100]))
+    return kinds, kernels
+
+
+def kernel_time_table(prof, cuda: bool) -> str:
+    """GPU kernel time (on CPU: op time) by kind, and the 10 dearest kernels (host-side CUDA calls left out)."""
+    kinds, kernels = kernel_times(prof, cuda)
     total = sum(kinds.values()) or 1.0
     lines = [f"kernel time by kind (total {total / 1e6:.1f} s):"]
     lines += [
@@ -433,6 +440,7 @@ def main() -> int:
     )
     p.add_argument("--warmup-micro-steps", type=int, default=2, help="untimed micro-steps first, grads discarded")
     p.add_argument("--sequences", type=int, default=200)
+    p.add_argument("--lengths", help="JSON list of sequence lengths to use instead of --sequences synthetic ones")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--global-batch", type=int, default=96, help="sequences per optimizer step (naive, sorted)")
     p.add_argument("--packing-batch", type=int, default=0, help="sequences per step for our packing (0: all)")
@@ -477,6 +485,12 @@ def main() -> int:
             torch.bfloat16,
             "flex_attention",
         )
+    lengths = (
+        json.loads(Path(args.lengths).read_text())
+        if args.lengths
+        else synthetic_lengths(args.sequences, args.seed, args.cap, long_lo, short_hi, median)
+    )
+    args.sequences = len(lengths)
     args.packing_batch = args.packing_batch or args.sequences
 
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -492,7 +506,6 @@ def main() -> int:
     import transformers
 
     backend = attention.register(args.attention_backend, device.type)
-    lengths = synthetic_lengths(args.sequences, args.seed, args.cap, long_lo, short_hi, median)
     seqs = make_sequences(lengths, args.vocab, args.seed)
     env = {
         "torch": torch.__version__,

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from longalign_trainer.train.batching import StepSampler
 from longalign_trainer.train.linear_loss import per_token_linear_loss
-from longalign_trainer.train.loss import count_step, weighted_loss
+from longalign_trainer.train.loss import count_step, loss_weights, weighted_loss
 from longalign_trainer.train.packing import IGNORE_INDEX, build_pack
 
 VOCAB = 50
@@ -64,11 +64,8 @@ def rank_loss(seqs, seed, weighting, micro_batches, world_size) -> float:
     counts = count_step([(p.targets, p.seq_index) for p in packs])
     total = 0.0
     for p in packs:
-        total += float(
-            weighted_loss(
-                per_token_loss(fixed_logits(p, seed), p.targets), p.targets, p.seq_index, counts, world_size, weighting
-            )
-        )
+        weights = loss_weights(p.targets, p.seq_index, counts, world_size, weighting)
+        total += float(weighted_loss(per_token_loss(fixed_logits(p, seed), p.targets), weights))
     return total
 
 

@@ -218,7 +218,13 @@ def test_killed_run_resumes_on_the_same_loss_trajectory(reference, tmp_path, tin
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"strategy": "sorted", "zero_stage": 2, "micro_batch_size": 2, "loss_weighting": False},
+        {
+            "strategy": "sorted",
+            "zero_stage": 2,
+            "micro_batch_size": 2,
+            "loss_weighting": False,
+            "checkpoint_keeps": "attention",
+        },
         {"strategy": "naive", "zero_stage": 1, "gradient_checkpointing": False},
         {"strategy": "packing", "zero_stage": 3, "offload_optimizer": True, "offload_params": True},
     ],
@@ -230,9 +236,12 @@ def test_other_strategies_and_zero_stages_train(tmp_path, tiny_model, data, over
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] and summary["steps"] == 3 and summary["strategy"] == overrides["strategy"]
     assert (summary["packing_efficiency"] is None) == (overrides["strategy"] != "packing")
-    # below ZeRO-3 selective checkpointing, as much as fits (the estimate on CPU: no GPU limit, the most)
-    keeps = "nothing" if overrides["zero_stage"] == 3 else "matmuls"
-    assert summary["checkpoint_keeps"] == (keeps if overrides.get("gradient_checkpointing", True) else None)
+    # Below ZeRO-3 selective checkpointing, as much as fits; on CPU (no GPU limit) everything fits, so no layer
+    # is checkpointed, unless the config names what to keep: then every layer is.
+    keeps = overrides.get("checkpoint_keeps") or ("nothing" if overrides["zero_stage"] == 3 else "matmuls")
+    checkpointing = overrides.get("gradient_checkpointing", True)
+    assert summary["checkpoint_keeps"] == (keeps if checkpointing else None)
+    assert summary["checkpoint_layers"] == (None if not checkpointing or "checkpoint_keeps" in overrides else 0)
     losses = step_losses(out, 0)
     assert losses[3] < losses[1]
     if overrides["strategy"] != "packing":  # 16 sequences per step, micro_batch_size each, over 2 ranks

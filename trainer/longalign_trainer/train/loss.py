@@ -49,7 +49,7 @@ def count_step(
     for targets, seq_index in micro_batches:
         valid = targets != IGNORE_INDEX
         if valid.any():
-            local[0] += seq_index[valid].unique().numel()
+            local[0] += int((torch.bincount(seq_index[valid]) > 0).sum())  # linear, unlike unique()'s sort
             local[1] += 1
             local[2] += valid.sum()
     if dist.is_available() and dist.is_initialized():
@@ -60,22 +60,27 @@ def count_step(
     return StepCounts(sequences=m, micro_batches=k, target_tokens=t)
 
 
-def weighted_loss(
-    token_loss: torch.Tensor,
+def loss_weights(
     targets: torch.Tensor,
     seq_index: torch.Tensor,
     counts: StepCounts,
     world_size: int,
     weighting: bool = True,
 ) -> torch.Tensor:
-    """This micro-batch's share of the step loss (see the module docstring); backpropagate it unscaled."""
+    """Per-token weights ``w`` of one micro-batch (fp32, 0 where no loss is taken): its share of the step loss is
+    ``Σ_t CE_t · w_t`` (see the module docstring). Computed on the host where the pack is built, so the
+    training loop never waits for the GPU to learn a count."""
     import torch
 
     valid = targets != IGNORE_INDEX
     if not valid.any() or counts.sequences == 0:
-        return (token_loss * 0.0).sum()  # keeps the graph (ZeRO-3 hooks) without contributing
+        return torch.zeros(targets.shape)  # keeps the graph (ZeRO-3 hooks) without contributing
     if weighting:
-        n = torch.bincount(seq_index[valid], minlength=int(seq_index.max()) + 1).to(token_loss.dtype)
-        weights = torch.where(valid, 1.0 / n.clamp(min=1)[seq_index], 0.0)
-        return (token_loss * weights).sum() * (world_size / counts.sequences)
-    return (token_loss * valid).sum() / valid.sum() * (world_size / counts.micro_batches)
+        n = torch.bincount(seq_index[valid], minlength=int(seq_index.max()) + 1).float()
+        return torch.where(valid, 1.0 / n.clamp(min=1)[seq_index], 0.0) * (world_size / counts.sequences)
+    return valid.float() * (world_size / counts.micro_batches / int(valid.sum()))
+
+
+def weighted_loss(token_loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """This micro-batch's share of the step loss, ``Σ_t CE_t · w_t`` (``loss_weights``); backpropagate it unscaled."""
+    return (token_loss * weights).sum()

@@ -12,7 +12,8 @@ of them, per pack of ``T`` tokens (bf16, one pack per micro-step, every Llama-st
 
 On the host, every rank loads the whole model (bf16) before DeepSpeed partitions it, and ZeRO-Offload keeps
 the fp32 master weights, AdamW states and gradients there. ``choose`` picks the fastest ZeRO stage and
-checkpointing that fit (ZeRO-2 and selective checkpointing before ZeRO-3, which recomputes everything);
+checkpointing that fit (ZeRO-2 and selective checkpointing before ZeRO-3, which recomputes everything; the
+fewest checkpointed layers, none where every layer's activations fit, so that nothing is recomputed);
 ``check`` refuses a config that cannot fit, with the numbers, before anything is loaded.
 """
 
@@ -170,19 +171,32 @@ def estimate(shape: ModelShape, s: Setting) -> Estimate:
 
 
 def choose(
-    shape: ModelShape, s: Setting, gpu_bytes: int, zero_stage: int | None, checkpoint_keeps: str | None
+    shape: ModelShape,
+    s: Setting,
+    gpu_bytes: int,
+    zero_stage: int | None,
+    checkpoint_keeps: str | None,
+    checkpoint_layers: int | None = None,
 ) -> Setting:
-    """``s`` with what the config leaves open (``None``: ZeRO stage, checkpointing) filled in: the fastest
-    option that fits ``gpu_bytes`` with 10 % to spare (ZeRO-2 with the most kept activations first, ZeRO-3
-    last), else the one that needs least."""
+    """``s`` with what the config leaves open (``None``: ZeRO stage, checkpointing, checkpointed layers) filled
+    in: the fastest option that fits ``gpu_bytes`` with 10 % to spare, else the one that needs least. Fastest
+    first: ZeRO-2, then the most kept activations, then the fewest checkpointed layers (0: none recomputed);
+    ZeRO-3 last. A config that names what checkpointing keeps has every layer checkpointed unless it also
+    says how many."""
     from dataclasses import replace
 
     stages = [zero_stage] if zero_stage is not None else [3] if s.offload_params else [2, 3]
     keeps = [checkpoint_keeps] if checkpoint_keeps is not None else list(KEEPS_FASTEST_FIRST)
+    layers: list[int | None] = (
+        list(range(shape.layers + 1))
+        if checkpoint_layers is None and checkpoint_keeps is None and s.gradient_checkpointing
+        else [checkpoint_layers]
+    )
     candidates = [
-        replace(s, zero_stage=z, checkpoint_keeps=k if z < 3 else "nothing")
+        replace(s, zero_stage=z, checkpoint_keeps=k if z < 3 else "nothing", checkpoint_layers=n)
         for z in stages
         for k in (keeps if z < 3 else keeps[-1:])
+        for n in layers
     ]
     for c in candidates:
         if estimate(shape, c).gpu * 1.1 <= gpu_bytes:
@@ -257,7 +271,14 @@ def plan(cfg: TrainConfig, world_size: int, gpu_bytes: int | None, host_bytes: i
         checkpoint_layers=cfg.checkpoint_layers,
         bf16=cfg.bf16 if cfg.bf16 is not None else gpu_bytes is not None,
     )  # as the recipe decides
-    chosen = choose(shape, base, gpu_bytes if gpu_bytes is not None else 1 << 62, cfg.zero_stage, cfg.checkpoint_keeps)
+    chosen = choose(
+        shape,
+        base,
+        gpu_bytes if gpu_bytes is not None else 1 << 62,
+        cfg.zero_stage,
+        cfg.checkpoint_keeps,
+        cfg.checkpoint_layers,
+    )
     e = estimate(shape, chosen)
     check(e, chosen, gpu_bytes, host_bytes)
     return chosen, e

@@ -34,7 +34,7 @@ from longalign_trainer.train import attention, checkpointing, fused_ops, linear_
 from longalign_trainer.train.batching import StepSampler
 from longalign_trainer.train.config import TrainConfig
 from longalign_trainer.train.data import REJECTED_FILE, load_examples
-from longalign_trainer.train.loss import count_step, weighted_loss
+from longalign_trainer.train.loss import count_step, loss_weights, weighted_loss
 from longalign_trainer.train.packing import IGNORE_INDEX, Pack, build_pack
 
 H100_DENSE_BF16_TFLOPS = 989.0
@@ -161,8 +161,9 @@ class Recipe:
         # ZeRO-3 gathers parameters inside each layer, and not the same number of times in the forward pass and
         # its recomputation, which selective checkpointing's op-by-op replay refuses: it gets full checkpointing.
         self.checkpoint_keeps = self.memory.checkpoint_keeps if self.zero_stage < 3 else "nothing"
+        self.checkpoint_layers = self.memory.checkpoint_layers
         if cfg.gradient_checkpointing:
-            checkpointing.enable(model, self.checkpoint_keeps, cfg.checkpoint_layers)
+            checkpointing.enable(model, self.checkpoint_keeps, self.checkpoint_layers)
         if cfg.fused_ops and self.cuda:
             fused_ops.apply(model)
         linear_loss.apply(model)
@@ -245,12 +246,15 @@ class Recipe:
             t0 = time.monotonic()
             packs = [self.make_pack(mb) for mb in self.sampler.my_micro_batches(plan)]
             counts = count_step([(p.targets, p.seq_index) for p in packs])
+            # The step's packs and loss weights go to the GPU before its first forward pass: from there on the loop
+            # only queues work, never waiting for the GPU between passes.
+            weights = [loss_weights(p.targets, p.seq_index, counts, self.world, cfg.loss_weighting) for p in packs]
+            on_gpu = [(p.to(self.device), w.to(self.device)) for p, w in zip(packs, weights, strict=True)]
             local = torch.zeros((), dtype=torch.float64, device=self.device)
-            for pack in packs:
-                pack = pack.to(self.device)
+            for pack, pack_weights in on_gpu:
                 with linear_loss.targets(pack.targets, compiled=cfg.fused_ops and self.cuda):
                     token_loss = engine(**pack.as_model_inputs()).logits[0]  # per token: the head computes the loss
-                loss = weighted_loss(token_loss, pack.targets, pack.seq_index, counts, self.world, cfg.loss_weighting)
+                loss = weighted_loss(token_loss, pack_weights)
                 engine.backward(loss, scale_wrt_gas=False)
                 local += loss.detach().double()
             engine.step()
@@ -273,7 +277,7 @@ class Recipe:
                     lengths,
                 )
                 mfu = flops / elapsed / (peak * 1e12 * self.world)
-            self._log_step(plan.step, step_loss, float(local), counts, sum(lengths), elapsed)
+            self._log_step(plan.step, step_loss, float(local), counts, sum(lengths), elapsed, mfu)
             if reporter:
                 reporter.update(
                     self.sampler.position,
@@ -302,7 +306,9 @@ class Recipe:
         """This rank's training log, one JSON record per step."""
         return self.cfg.output_dir / f"train-log-rank{self.rank}.jsonl"
 
-    def _log_step(self, step: int, loss: float, local: float, counts, tokens: int, seconds: float) -> None:
+    def _log_step(
+        self, step: int, loss: float, local: float, counts, tokens: int, seconds: float, mfu: float | None
+    ) -> None:
         """Append this rank's view of the step to OUTPUT_DIR/train-log-rank{R}.jsonl."""
         record = {
             "step": step + 1,
@@ -313,6 +319,7 @@ class Recipe:
             "target_tokens": counts.target_tokens,
             "tokens": tokens,
             "seconds": round(seconds, 4),
+            "mfu": None if mfu is None else round(mfu, 4),
         }
         self.cfg.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a") as log:
@@ -437,10 +444,14 @@ class Recipe:
             "world_size": self.world,
             "zero_stage": self.zero_stage,
             "checkpoint_keeps": self.checkpoint_keeps if self.cfg.gradient_checkpointing else None,
-            "checkpoint_layers": self.cfg.checkpoint_layers if self.cfg.gradient_checkpointing else None,
+            "checkpoint_layers": self.checkpoint_layers if self.cfg.gradient_checkpointing else None,
             "chosen_by_fit": [
                 k
-                for k, v in (("zero_stage", self.cfg.zero_stage), ("checkpoint_keeps", self.cfg.checkpoint_keeps))
+                for k, v in (
+                    ("zero_stage", self.cfg.zero_stage),
+                    ("checkpoint_keeps", self.cfg.checkpoint_keeps),
+                    ("checkpoint_layers", self.cfg.checkpoint_layers),
+                )
                 if v is None
             ],
             "memory_estimate": self.memory_estimate.as_dict(),
