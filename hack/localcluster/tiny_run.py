@@ -136,7 +136,10 @@ def judge_objects(image: str) -> list[dict]:
         ],
         "ports": [{"name": "http", "containerPort": JUDGE_PORT}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": JUDGE_PORT}, "periodSeconds": 5},
-        "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
+        "volumeMounts": [
+            {"name": "models", "mountPath": "/models", "readOnly": True},
+            {"name": "dshm", "mountPath": "/dev/shm"},  # vLLM's engine needs more than the default 64 MiB
+        ],
     }
     deployment = {
         "apiVersion": "apps/v1",
@@ -150,7 +153,10 @@ def judge_objects(image: str) -> list[dict]:
                 "spec": {
                     **ON_REAL_NODES,
                     "containers": [container],
-                    "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "models"}}],
+                    "volumes": [
+                        {"name": "models", "persistentVolumeClaim": {"claimName": "models"}},
+                        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+                    ],
                     "automountServiceAccountToken": False,
                 },
             },
