@@ -410,3 +410,29 @@ def test_a_checkpoint_resumes_on_another_number_of_ranks(reference, tmp_path, ti
     assert sorted(again) == [11, 12] and step_losses(two, 1) == again
     for step in again:
         assert again[step] == pytest.approx(expected[step], rel=1e-6), step
+
+
+def test_sequence_parallel_trains_the_same_losses_and_resumes_under_another_size(reference, tmp_path, tiny_model, data):
+    """2 ranks in one SP group (each pack split in halves, data parallelism 1) follow the 2 data-parallel ranks'
+    losses; its checkpoint, resumed with SP 1 (data parallelism 2), continues on the SP 2 run's losses."""
+    ref_out, _ = reference
+    expected = step_losses(ref_out, 0)
+    sp2 = tmp_path / "sp2"
+    train(write_config(sp2, tiny_model, data, sequence_parallel_size=2))
+    losses = step_losses(sp2, 0)
+    assert sorted(losses) == list(range(1, STEPS + 1)) and step_losses(sp2, 1) == losses
+    for step in losses:  # the same objective: ranks hold other shares of each step (tolerance: sums reordered)
+        assert losses[step] == pytest.approx(expected[step], rel=1e-5), step
+    summary = json.loads((sp2 / "summary.json").read_text())
+    assert summary["sequence_parallel_size"] == 2 and summary["world_size"] == 2
+
+    sp1 = tmp_path / "sp1"
+    (sp1 / "checkpoints").mkdir(parents=True)
+    shutil.copytree(sp2 / "checkpoints" / "step-00000008", sp1 / "checkpoints" / "step-00000008")
+    (sp1 / "checkpoints" / "latest").write_text("step-00000008")
+    again = train(write_config(sp1, tiny_model, data, sequence_parallel_size=1))
+    assert "train: resumed from step 8 of 12" in again.stderr
+    resumed = step_losses(sp1, 0)
+    assert sorted(resumed) == [9, 10, 11, 12]
+    for step in resumed:
+        assert resumed[step] == pytest.approx(losses[step], rel=1e-5), step

@@ -67,15 +67,31 @@ def weighted_loss(
     counts: StepCounts,
     world_size: int,
     weighting: bool = True,
+    part: slice = slice(None),
 ) -> torch.Tensor:
-    """This micro-batch's share of the step loss (see the module docstring); backpropagate it unscaled."""
+    """This micro-batch's share of the step loss (see the module docstring); backpropagate it unscaled.
+
+    ``targets`` and ``seq_index`` are the whole micro-batch's; ``token_loss`` is its tokens ``part`` (under
+    sequence parallelism a rank holds a slice of the pack, weighted by the whole pack's counts, so the slices'
+    losses add up to the pack's).
+    """
+    return (token_loss * _token_weights(targets, seq_index, counts, world_size, weighting)[part]).sum()
+
+
+def _token_weights(
+    targets: torch.Tensor,
+    seq_index: torch.Tensor,
+    counts: StepCounts,
+    world_size: int,
+    weighting: bool = True,
+) -> torch.Tensor:
+    """Per token of a whole micro-batch, the weight of its loss (0 where no loss is taken)."""
     import torch
 
     valid = targets != IGNORE_INDEX
     if not valid.any() or counts.sequences == 0:
-        return (token_loss * 0.0).sum()  # keeps the graph (ZeRO-3 hooks) without contributing
+        return torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
     if weighting:
-        n = torch.bincount(seq_index[valid], minlength=int(seq_index.max()) + 1).to(token_loss.dtype)
-        weights = torch.where(valid, 1.0 / n.clamp(min=1)[seq_index], 0.0)
-        return (token_loss * weights).sum() * (world_size / counts.sequences)
-    return (token_loss * valid).sum() / valid.sum() * (world_size / counts.micro_batches)
+        n = torch.bincount(seq_index[valid], minlength=int(seq_index.max()) + 1).float()
+        return torch.where(valid, 1.0 / n.clamp(min=1)[seq_index], 0.0) * (world_size / counts.sequences)
+    return valid.float() / valid.sum() * (world_size / counts.micro_batches)

@@ -248,7 +248,7 @@ def plan(cfg: TrainConfig, world_size: int, gpu_bytes: int | None, host_bytes: i
     base = Setting(
         zero_stage=cfg.zero_stage or 2,
         checkpoint_keeps=cfg.checkpoint_keeps or "attention",
-        pack_tokens=cfg.max_tokens_per_pack,
+        pack_tokens=-(-cfg.max_tokens_per_pack // cfg.sequence_parallel_size),  # each SP rank holds a slice
         gpus_per_node=local,
         nodes=max(1, world_size // local),
         offload_optimizer=cfg.offload_optimizer,
