@@ -221,8 +221,9 @@ def test_killed_run_resumes_on_the_same_loss_trajectory(reference, tmp_path, tin
         {"strategy": "sorted", "zero_stage": 2, "micro_batch_size": 2, "loss_weighting": False},
         {"strategy": "naive", "zero_stage": 1, "gradient_checkpointing": False},
         {"strategy": "packing", "zero_stage": 3, "offload_optimizer": True, "offload_params": True},
+        {"strategy": "packing", "zero_stage": 3, "offload_checkpoints": True, "tiled_mlp": True},
     ],
-    ids=["sorted-zero2", "naive-zero1", "packing-zero3-offload"],
+    ids=["sorted-zero2", "naive-zero1", "packing-zero3-offload", "packing-zero3-long-sequence-features"],
 )
 def test_other_strategies_and_zero_stages_train(tmp_path, tiny_model, data, overrides):
     out = tmp_path / "run"
@@ -231,7 +232,7 @@ def test_other_strategies_and_zero_stages_train(tmp_path, tiny_model, data, over
     assert summary["ok"] and summary["steps"] == 3 and summary["strategy"] == overrides["strategy"]
     assert (summary["packing_efficiency"] is None) == (overrides["strategy"] != "packing")
     # below ZeRO-3 selective checkpointing, as much as fits (the estimate on CPU: no GPU limit, the most)
-    keeps = "nothing" if overrides["zero_stage"] == 3 else "matmuls"
+    keeps = "nothing" if overrides["zero_stage"] == 3 or overrides.get("offload_checkpoints") else "matmuls"
     assert summary["checkpoint_keeps"] == (keeps if overrides.get("gradient_checkpointing", True) else None)
     losses = step_losses(out, 0)
     assert losses[3] < losses[1]

@@ -37,6 +37,7 @@ from longalign_trainer.train import (
     memory_estimate,
     resharding,
     sequence_parallel,
+    tiled_mlp,
 )
 from longalign_trainer.train.batching import StepSampler
 from longalign_trainer.train.config import TrainConfig
@@ -174,9 +175,11 @@ class Recipe:
         # its recomputation, which selective checkpointing's op-by-op replay refuses: it gets full checkpointing.
         self.checkpoint_keeps = self.memory.checkpoint_keeps if self.zero_stage < 3 else "nothing"
         if cfg.gradient_checkpointing:
-            checkpointing.enable(model, self.checkpoint_keeps, cfg.checkpoint_layers)
+            checkpointing.enable(model, self.checkpoint_keeps, cfg.checkpoint_layers, cfg.offload_checkpoints)
         if cfg.fused_ops and self.cuda:
             fused_ops.apply(model)
+        if cfg.tiled_mlp:
+            tiled_mlp.apply(model)
         linear_loss.apply(model)
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
         no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
