@@ -10,6 +10,9 @@ inside the LM head a chunk of rows at a time (``train/linear_loss.py``). Configu
   comes from the full logits, as a plain Hugging Face model computes it);
 * ``plain``: no feature at all (no checkpointing, full logits).
 
+On a GPU every configuration also runs ``fused_ops`` (compiled RMSNorm, SwiGLU, RoPE), as the trainer does by
+default there; ``--no-fused-ops`` runs them eager (the eager RMSNorm keeps fp32 copies for its backward pass).
+
 The model: Llama-3.1-8B's width (hidden 4096, 32 query and 8 key/value heads of 128, MLP 14336, vocabulary
 128256, untied head), ``--layers`` of its 32 decoder layers (default 2), random bf16 weights, one process and
 no DeepSpeed engine. The full 8B does not fit one H200 with its AdamW states (16 B/parameter with fp32
@@ -26,8 +29,11 @@ first and also gives tokens/s and MFU at each length. One JSON line per step att
     python benchmarks/long_sequence.py --layers 2 --budget-s 330 --out /tmp/long_sequence.jsonl
     python benchmarks/long_sequence.py --smoke          # a tiny width on CPU: seconds (checks the script)
 
-On the device tool's image: the trainer's package and DeepSpeed's wheel (for TiledMLP) travel in a carried
-folder; see README's benchmark section for the exact command.
+On the device tool's image (no DeepSpeed, whose ``TiledMLP`` this needs): ``bash benchmarks/train_gpu_check.sh
+fetch`` and ``bash benchmarks/flash_attn_3.sh fetch`` here; there, carrying ``.dswhl`` and ``.fa3``: ``source
+benchmarks/flash_attn_3.sh install /tmp/fa3; python3 -m pip install -q --no-index --no-deps --target /tmp/dswhl
+.dswhl/*.whl; PYTHONPATH=$PYTHONPATH:/tmp/dswhl PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3
+benchmarks/long_sequence.py ...``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ Every rank of a ``torchrun`` group (or a single local process) runs this. Each o
 1. the sampler hands this rank its micro-batches of the step (the same global plan on every rank);
 2. the step's counts (sequences M, micro-batches K) are all-reduced, so loss weighting needs no global view;
 3. every micro-batch is one pack through ``longalign_packed`` attention; its weighted loss is backpropagated
-   unscaled (DeepSpeed runs with caller-owned gradient accumulation: ``step()`` is the boundary);
+   unscaled (DeepSpeed runs with caller-owned gradient accumulation: ``step()`` is the boundary). With
+   sequence parallelism the ranks of an SP group share each pack, each running its slice of the tokens
+   (``sequence_parallel.py``), and the sampler deals packs over the data-parallel ranks (world / SP size);
 4. ``engine.step()`` clips, updates and advances the schedule; rank 0 reports progress.
 
 Checkpoints (DeepSpeed state + sampler position + RNG) go to a temporary folder that is renamed when
