@@ -479,6 +479,7 @@ def _record_results(status: LongAlignRunStatus, stage: str, summary: dict[str, A
             "last_checkpoint_step": "steps",
             "zero_stage": "zero_stage",
             "checkpoint_keeps": "checkpoint_keeps",
+            "sequence_parallel_size": "sequence_parallel_size",
         },
         "evaluation": {"long_bench_chat_score": "longbench_chat_score", "needle_accuracy": "needle_accuracy"},
     }[stage]

@@ -30,7 +30,10 @@ DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 """What Kubernetes accepts as the name of a claim, Secret, ServiceAccount or PriorityClass."""
 MAX_TOKENS = 1_048_576
 """Longest sequence, pack or document any field may ask for (2^20 tokens): beyond the longest context any
-model trained or served on today's GPUs uses (a pack is one sequence's activations on one GPU)."""
+model trained or served on today's GPUs uses (a pack is one sequence's activations on one GPU). A training
+pack may be ``sequenceParallelSize`` times longer: its GPUs share it."""
+MAX_SEQUENCE_PARALLEL = 16
+"""Largest SP group: the GPUs of one node."""
 DAY = 86_400
 RENDEZVOUS_ENV = (
     "MASTER_ADDR",
@@ -194,7 +197,13 @@ class Training(StageOptions):
     nodes: int = Field(default=1, ge=1, le=512)
     gpus_per_node: int = Field(default=8, ge=1, le=16)
     deepspeed: DeepSpeed = DeepSpeed()
-    max_tokens_per_pack: int = Field(default=65536, ge=128, le=MAX_TOKENS, multiple_of=128)
+    sequence_parallel_size: int = Field(default=1, ge=1, le=MAX_SEQUENCE_PARALLEL)
+    """Ulysses sequence parallelism: each pack is split along the sequence over this many GPUs of a node (data
+    parallelism over the rest); must divide gpusPerNode and the model's attention and key/value heads (the
+    trainer refuses a model whose heads it does not divide). maxTokensPerPack may grow with it: at most
+    1048576 tokens per GPU of the group."""
+    max_tokens_per_pack: int = Field(default=65536, ge=128, le=MAX_TOKENS * MAX_SEQUENCE_PARALLEL, multiple_of=128)
+    """Tokens per pack, a multiple of 128: at most 1048576 × sequenceParallelSize."""
     batching: Literal["packing", "sorted", "naive"] = "packing"
     """packing: sequences packed up to maxTokensPerPack; sorted: batches of similar length; naive: padded."""
     loss_weighting: bool = True
@@ -350,6 +359,22 @@ RULES: list[Rule] = [
         "must not be set when dataGeneration is enabled: training reads the data generation writes "
         "(/data/<run>/data.jsonl); disable dataGeneration to train on your own file",
         lambda s: not (s.data_generation.enabled and s.training.enabled and s.training.dataset_path is not None),
+    ),
+    Rule(
+        "training.sequenceParallelSize",
+        f"!({_has('training.sequenceParallelSize')})"
+        " || (has(self.training.gpusPerNode) ? self.training.gpusPerNode : 8)"
+        " % self.training.sequenceParallelSize == 0",
+        "must divide gpusPerNode: sequence parallelism stays inside a node (its all-to-all runs every layer)",
+        lambda s: s.training.gpus_per_node % s.training.sequence_parallel_size == 0,
+    ),
+    Rule(
+        "training.maxTokensPerPack",
+        f"!({_has('training.maxTokensPerPack')}) || self.training.maxTokensPerPack <= {MAX_TOKENS}"
+        " * (has(self.training.sequenceParallelSize) ? self.training.sequenceParallelSize : 1)",
+        f"must be at most {MAX_TOKENS} × sequenceParallelSize ({MAX_TOKENS} tokens per GPU of a pack's group); "
+        "raise sequenceParallelSize for longer packs",
+        lambda s: s.training.max_tokens_per_pack <= MAX_TOKENS * s.training.sequence_parallel_size,
     ),
     Rule(
         "training.deepspeed.offloadParams",

@@ -83,6 +83,8 @@ class Results(Model):
     """The ZeRO stage training ran with (chosen by fit unless the spec set it)."""
     checkpoint_keeps: str | None = None
     """What gradient checkpointing kept (chosen by fit unless the stage settings set it)."""
+    sequence_parallel_size: int | None = None
+    """The GPUs each pack was split over (Ulysses sequence parallelism; 1: none)."""
 
 
 class LongAlignRunStatus(Model):

@@ -167,10 +167,29 @@ REFUSED_SAYING = [
         ),
     ),
     (
-        "pack-no-gpu-holds",
+        "pack-no-gpu-group-holds",
         training_with(maxTokensPerPack=1_000_000_000),
         "spec.training.maxTokensPerPack",
-        "less than or equal to 1048576",
+        "less than or equal to 16777216",
+    ),
+    (
+        "pack-longer-than-its-sp-group-holds",
+        training_with(maxTokensPerPack=2_097_152 + 128, sequenceParallelSize=2),
+        "spec.training.maxTokensPerPack",
+        "must be at most 1048576 × sequenceParallelSize (1048576 tokens per GPU of a pack's group); raise "
+        "sequenceParallelSize for longer packs",
+    ),
+    (
+        "sp-group-across-nodes",
+        training_with(gpusPerNode=8, sequenceParallelSize=3),
+        "spec.training.sequenceParallelSize",
+        "must divide gpusPerNode: sequence parallelism stays inside a node",
+    ),
+    (
+        "sp-group-larger-than-the-default-node",
+        training_with(sequenceParallelSize=16),
+        "spec.training.sequenceParallelSize",
+        "must divide gpusPerNode",
     ),
     (
         "teacher-context-no-gpu-holds",
@@ -306,6 +325,8 @@ GOOD_SPECS = [
         spec_with(training={"enabled": False}, evaluation={"checkpointPath": "/checkpoints/final", "needle": {}}),
     ),
     ("zero3-offload", spec_with(training={**VALID["training"], "deepspeed": {"offloadParams": True}})),
+    ("two-million-tokens-over-2-gpus", training_with(maxTokensPerPack=2_097_152, sequenceParallelSize=2)),
+    ("sp-16-on-a-16-gpu-node", training_with(gpusPerNode=16, sequenceParallelSize=16)),
     (
         "teacher-key-from-a-secret",
         spec_with(

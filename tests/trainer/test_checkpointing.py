@@ -5,29 +5,63 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longalign_trainer.train import attention, checkpointing
+from longalign_trainer.train import attention, checkpointing, tiled_mlp
 from longalign_trainer.train.packing import build_pack
 
 
-def pack_gradients(tiny_model, keep: str | None, layers: int | None = None) -> dict[str, torch.Tensor]:
+def pack_gradients(
+    tiny_model, keep: str | None, layers: int | None = None, offload: bool = False, tile: int | None = None
+) -> tuple[float, dict[str, torch.Tensor]]:
+    """The loss of one pack and every parameter's gradient, with the given checkpointing and MLP tiling."""
     from transformers import AutoModelForCausalLM
 
     attention.register("sdpa_block_diagonal", "cpu")
     model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attention.NAME, dtype=torch.float32)
     model.train()
     if keep is not None:
-        checkpointing.enable(model, keep, layers)
+        checkpointing.enable(model, keep, layers, offload)
+        offloaded = [
+            layer._gradient_checkpointing_func is checkpointing.offloaded_checkpoint
+            for layer in checkpointing.decoder_layers(model)
+        ]
+        assert offloaded == [offload] * model.config.num_hidden_layers
+    if tile is not None:
+        assert tiled_mlp.apply(model, tile) == model.config.num_hidden_layers
     torch.manual_seed(0)
     pack = build_pack([(s, s) for s in (torch.randint(10, 4000, (n,)).tolist() for n in (30, 9, 51))])
-    model(**pack.as_model_inputs()).logits.square().mean().backward()
-    return {n: p.grad for n, p in model.named_parameters()}
+    loss = model(**pack.as_model_inputs()).logits.square().mean()
+    loss.backward()
+    return float(loss.detach()), {n: p.grad for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("keep", checkpointing.KEEPS)
 def test_gradients_equal_those_without_checkpointing(tiny_model, keep):
-    plain, checkpointed = pack_gradients(tiny_model, None), pack_gradients(tiny_model, keep)
+    (_, plain), (_, checkpointed) = pack_gradients(tiny_model, None), pack_gradients(tiny_model, keep)
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize(
+    "keep,offload,tile",
+    [("nothing", True, None), (None, False, 16), ("nothing", False, 16), ("nothing", True, 16)],
+    ids=["offloaded-checkpoints", "tiled-mlp", "tiled-mlp-checkpointed", "tiled-mlp-offloaded"],
+)
+def test_offloaded_checkpoints_and_tiled_mlp_compute_the_plain_loss_and_gradients(tiny_model, keep, offload, tile):
+    """Checkpoints kept in CPU memory, and the MLP in tiles of 16 tokens (a 90-token pack: 6 tiles, the last
+    one shorter), recomputed in the backward pass: the loss and every gradient of the plain computation."""
+    loss, plain = pack_gradients(tiny_model, None)
+    got_loss, got = pack_gradients(tiny_model, keep, offload=offload, tile=tile)
+    assert got_loss == pytest.approx(loss, rel=1e-6)
+    for name, grad in plain.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_offloaded_checkpoints_refuse_selective_checkpointing(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    with pytest.raises(ValueError, match="offload_checkpoints: recomputes every layer in full"):
+        checkpointing.enable(model, "matmuls", offload=True)
 
 
 def test_checkpoint_layers_checkpoints_the_first_n_only(tiny_model):
@@ -38,7 +72,7 @@ def test_checkpoint_layers_checkpoints_the_first_n_only(tiny_model):
     assert len(layers) == model.config.num_hidden_layers >= 2
     assert checkpointing.enable(model, "matmuls", 1) == 1
     assert [layer.gradient_checkpointing for layer in layers] == [True] + [False] * (len(layers) - 1)
-    plain, partial = pack_gradients(tiny_model, None), pack_gradients(tiny_model, "matmuls", 1)
+    (_, plain), (_, partial) = pack_gradients(tiny_model, None), pack_gradients(tiny_model, "matmuls", 1)
     for name, grad in plain.items():
         torch.testing.assert_close(partial[name], grad, rtol=1e-5, atol=1e-6, msg=name)
 

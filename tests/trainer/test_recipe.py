@@ -227,8 +227,9 @@ def test_killed_run_resumes_on_the_same_loss_trajectory(reference, tmp_path, tin
         },
         {"strategy": "naive", "zero_stage": 1, "gradient_checkpointing": False},
         {"strategy": "packing", "zero_stage": 3, "offload_optimizer": True, "offload_params": True},
+        {"strategy": "packing", "zero_stage": 3, "offload_checkpoints": True, "tiled_mlp": True},
     ],
-    ids=["sorted-zero2", "naive-zero1", "packing-zero3-offload"],
+    ids=["sorted-zero2", "naive-zero1", "packing-zero3-offload", "packing-zero3-long-sequence-features"],
 )
 def test_other_strategies_and_zero_stages_train(tmp_path, tiny_model, data, overrides):
     out = tmp_path / "run"
@@ -237,11 +238,15 @@ def test_other_strategies_and_zero_stages_train(tmp_path, tiny_model, data, over
     assert summary["ok"] and summary["steps"] == 3 and summary["strategy"] == overrides["strategy"]
     assert (summary["packing_efficiency"] is None) == (overrides["strategy"] != "packing")
     # Below ZeRO-3 selective checkpointing, as much as fits; on CPU (no GPU limit) everything fits, so no layer
-    # is checkpointed, unless the config names what to keep: then every layer is.
-    keeps = overrides.get("checkpoint_keeps") or ("nothing" if overrides["zero_stage"] == 3 else "matmuls")
+    # is checkpointed, unless the config names what to keep (offloading checkpoints keeps nothing): then every
+    # layer is.
+    named = "checkpoint_keeps" in overrides or overrides.get("offload_checkpoints")
+    keeps = overrides.get("checkpoint_keeps") or (
+        "nothing" if overrides["zero_stage"] == 3 or overrides.get("offload_checkpoints") else "matmuls"
+    )
     checkpointing = overrides.get("gradient_checkpointing", True)
     assert summary["checkpoint_keeps"] == (keeps if checkpointing else None)
-    assert summary["checkpoint_layers"] == (None if not checkpointing or "checkpoint_keeps" in overrides else 0)
+    assert summary["checkpoint_layers"] == (None if not checkpointing or named else 0)
     losses = step_losses(out, 0)
     assert losses[3] < losses[1]
     if overrides["strategy"] != "packing":  # 16 sequences per step, micro_batch_size each, over 2 ranks
@@ -419,3 +424,29 @@ def test_a_checkpoint_resumes_on_another_number_of_ranks(reference, tmp_path, ti
     assert sorted(again) == [11, 12] and step_losses(two, 1) == again
     for step in again:
         assert again[step] == pytest.approx(expected[step], rel=1e-6), step
+
+
+def test_sequence_parallel_trains_the_same_losses_and_resumes_under_another_size(reference, tmp_path, tiny_model, data):
+    """2 ranks in one SP group (each pack split in halves, data parallelism 1) follow the 2 data-parallel ranks'
+    losses; its checkpoint, resumed with SP 1 (data parallelism 2), continues on the SP 2 run's losses."""
+    ref_out, _ = reference
+    expected = step_losses(ref_out, 0)
+    sp2 = tmp_path / "sp2"
+    train(write_config(sp2, tiny_model, data, sequence_parallel_size=2))
+    losses = step_losses(sp2, 0)
+    assert sorted(losses) == list(range(1, STEPS + 1)) and step_losses(sp2, 1) == losses
+    for step in losses:  # the same objective: ranks hold other shares of each step (tolerance: sums reordered)
+        assert losses[step] == pytest.approx(expected[step], rel=1e-5), step
+    summary = json.loads((sp2 / "summary.json").read_text())
+    assert summary["sequence_parallel_size"] == 2 and summary["world_size"] == 2
+
+    sp1 = tmp_path / "sp1"
+    (sp1 / "checkpoints").mkdir(parents=True)
+    shutil.copytree(sp2 / "checkpoints" / "step-00000008", sp1 / "checkpoints" / "step-00000008")
+    (sp1 / "checkpoints" / "latest").write_text("step-00000008")
+    again = train(write_config(sp1, tiny_model, data, sequence_parallel_size=1))
+    assert "train: resumed from step 8 of 12" in again.stderr
+    resumed = step_losses(sp1, 0)
+    assert sorted(resumed) == [9, 10, 11, 12]
+    for step in resumed:
+        assert resumed[step] == pytest.approx(losses[step], rel=1e-5), step

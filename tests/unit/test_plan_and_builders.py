@@ -123,11 +123,17 @@ def test_a_completed_stage_records_its_summary_and_the_next_stage_starts_in_the_
     done = JobView(
         "r-train-1",
         "Complete",
-        pods=(PodView("r-train-1-0", "Succeeded", termination_message='{"final_loss": 1.5, "export": "/c/model"}'),),
+        pods=(
+            PodView(
+                "r-train-1-0",
+                "Succeeded",
+                termination_message='{"final_loss": 1.5, "export": "/c/model", "sequence_parallel_size": 2}',
+            ),
+        ),
     )
     p, status = advance(run, status, [done])
     assert status["stages"]["training"]["state"] == "Succeeded"
-    assert status["results"] == {"finalLoss": 1.5, "checkpointPath": "/c/model"}
+    assert status["results"] == {"finalLoss": 1.5, "checkpointPath": "/c/model", "sequenceParallelSize": 2}
     assert status["phase"] == "Evaluating" and [o["metadata"]["name"] for o in p.create] == ["r-eval-1", "r-eval-1"]
 
 

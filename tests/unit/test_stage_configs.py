@@ -31,6 +31,7 @@ SPEC = parse(
             "deepspeed": {"zeroStage": 2, "offloadOptimizer": True},
             "optimizer": {"learningRate": 1e-5},
             "checkpointEverySteps": 50,
+            "sequenceParallelSize": 2,
         },
         "evaluation": {"needle": {"contextLengths": [1000, 2000], "depthsPercent": [50]}},
     }
@@ -56,6 +57,7 @@ def test_training_reads_the_operators_config(tmp_path):
         16,
     )
     assert (cfg.zero_stage, cfg.offload_optimizer, cfg.learning_rate, cfg.checkpoint_every_steps) == (2, True, 1e-5, 50)
+    assert cfg.sequence_parallel_size == 2
     assert str(cfg.termination_message_path) == "/dev/termination-log"
 
 

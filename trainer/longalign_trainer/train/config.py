@@ -101,6 +101,35 @@ class TrainConfig(BaseModel):
             "summary says which was chosen. A config that cannot fit is refused before loading (exit status 2)"
         ),
     )
+    sequence_parallel_size: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description=(
+            "Ulysses sequence parallelism: each pack is split along the sequence over this many consecutive ranks "
+            "of a node (attention through an all-to-all of heads and sequence; see train/sequence_parallel.py), "
+            "data parallelism over the rest, so a pack may be this many times longer than one GPU holds. Must "
+            "divide the ranks per node and the model's attention and key/value heads (refused otherwise). "
+            "Checkpoints resume under another size. Default 1: no sequence parallelism"
+        ),
+    )
+    tiled_mlp: bool = Field(
+        False,
+        description=(
+            "compute each decoder layer's MLP a tile of hidden-size tokens at a time, recomputing each tile in "
+            "the backward pass (DeepSpeed's TiledMLP, as ALST does): the MLP's intermediate activations (3 × "
+            "intermediate width per token) exist for one tile only. One more MLP forward per layer and step; "
+            "for packs of 128k tokens and more"
+        ),
+    )
+    offload_checkpoints: bool = Field(
+        False,
+        description=(
+            "keep each checkpointed layer's input (hidden × 2 bytes per token and layer: 8 GiB per layer at 1M "
+            "tokens for Llama-3.1-8B) in pinned CPU memory, copied back for its recomputation; implies "
+            "checkpoint_keeps: nothing (full recomputation) and needs gradient_checkpointing"
+        ),
+    )
     offload_optimizer: bool = Field(False, description="ZeRO-Offload: keep optimizer states in CPU memory")
     offload_params: bool = Field(False, description="keep parameters in CPU memory (ZeRO-3 only)")
     bf16: bool | None = Field(None, description="bf16 training; default: on with a GPU, off (fp32) on CPU")
@@ -172,6 +201,13 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.offload_params and self.zero_stage not in (3, None):
             raise ValueError("offload_params: needs zero_stage 3")
+        if self.offload_checkpoints and not self.gradient_checkpointing:
+            raise ValueError("offload_checkpoints: needs gradient_checkpointing (it offloads the checkpoints)")
+        if self.offload_checkpoints and self.checkpoint_keeps not in (None, "nothing"):
+            raise ValueError(
+                f"offload_checkpoints: recomputes every layer in full; leave checkpoint_keeps unset or set it to "
+                f"nothing, not {self.checkpoint_keeps}"
+            )
         given = [f.ratio is not None for f in self.data]
         if any(given) and not all(given):
             missing = ", ".join(f"data[{n}]" for n, g in enumerate(given) if not g)

@@ -66,19 +66,24 @@ def loss_weights(
     counts: StepCounts,
     world_size: int,
     weighting: bool = True,
+    part: slice = slice(None),
 ) -> torch.Tensor:
-    """Per-token weights ``w`` of one micro-batch (fp32, 0 where no loss is taken): its share of the step loss is
-    ``Σ_t CE_t · w_t`` (see the module docstring). Computed on the host where the pack is built, so the
-    training loop never waits for the GPU to learn a count."""
+    """Per-token weights ``w`` of one micro-batch's tokens ``part`` (fp32, 0 where no loss is taken): their share of
+    the step loss is ``Σ_t CE_t · w_t`` (see the module docstring). ``targets`` and ``seq_index`` are the whole
+    micro-batch's: under sequence parallelism a rank holds a slice of the pack, weighted by the whole pack's counts,
+    so the slices' losses add up to the pack's. Computed on the host where the pack is built, so the training loop
+    never waits for the GPU to learn a count."""
     import torch
 
     valid = targets != IGNORE_INDEX
     if not valid.any() or counts.sequences == 0:
-        return torch.zeros(targets.shape)  # keeps the graph (ZeRO-3 hooks) without contributing
+        return torch.zeros(targets.shape)[part]  # keeps the graph (ZeRO-3 hooks) without contributing
     if weighting:
         n = torch.bincount(seq_index[valid], minlength=int(seq_index.max()) + 1).float()
-        return torch.where(valid, 1.0 / n.clamp(min=1)[seq_index], 0.0) * (world_size / counts.sequences)
-    return valid.float() * (world_size / counts.micro_batches / int(valid.sum()))
+        weights = torch.where(valid, 1.0 / n.clamp(min=1)[seq_index], 0.0) * (world_size / counts.sequences)
+    else:
+        weights = valid.float() * (world_size / counts.micro_batches / int(valid.sum()))
+    return weights[part]
 
 
 def weighted_loss(token_loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

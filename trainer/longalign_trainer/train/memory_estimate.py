@@ -77,6 +77,8 @@ class Setting:
     offload_params: bool = False
     gradient_checkpointing: bool = True
     checkpoint_layers: int | None = None  # checkpoint only the first N layers (None: all)
+    offload_checkpoints: bool = False  # checkpointed layers' inputs in host memory
+    tiled_mlp: bool = False  # the MLP's intermediates exist for one tile of hidden-size tokens
     bf16: bool = True
 
 
@@ -121,10 +123,11 @@ def saved_per_token(shape: ModelShape, keeps: str) -> int:
     return saved[keeps]
 
 
-def full_layer_per_token(shape: ModelShape) -> int:
-    """Bytes per token an unchecked layer keeps for its backward (norm outputs, q/k/v, attention, MLP)."""
+def full_layer_per_token(shape: ModelShape, tiled_mlp: bool = False) -> int:
+    """Bytes per token an unchecked layer keeps for its backward (norm outputs, q/k/v, attention, MLP; with
+    ``tiled_mlp`` the MLP keeps only its input: its intermediates are counted once per tile, apart)."""
     h, kv, i = shape.hidden, shape.kv_width, shape.intermediate
-    return 2 * (6 * h + 2 * kv + 3 * i) + 4 * shape.heads + 8
+    return 2 * (6 * h + 2 * kv + (0 if tiled_mlp else 3 * i)) + 4 * shape.heads + 8
 
 
 def estimate(shape: ModelShape, s: Setting) -> Estimate:
@@ -160,13 +163,15 @@ def estimate(shape: ModelShape, s: Setting) -> Estimate:
         else min(layers, layers if s.checkpoint_layers is None else s.checkpoint_layers)
     )
     keeps = s.checkpoint_keeps if s.zero_stage < 3 else "nothing"
-    per_token = (
-        checked * saved_per_token(shape, keeps)
-        + (layers - checked) * full_layer_per_token(shape)
-        + full_layer_per_token(shape)
-    )  # the layer being recomputed / backpropagated
+    full = full_layer_per_token(shape, s.tiled_mlp)
+    kept = 0 if s.offload_checkpoints else saved_per_token(shape, keeps)
+    per_token = checked * kept + (layers - checked) * full + full  # + the layer being recomputed / backpropagated
     rows = min(t, linear_loss.rows_per_chunk(shape.vocab))
     activations = t * per_token + rows * shape.vocab * (2 + 4)  # one loss chunk: bf16 logits, fp32 softmax
+    if s.tiled_mlp:  # gate, up and their product for one tile, and their gradients
+        activations += min(t, shape.hidden) * 2 * 6 * shape.intermediate
+    if s.offload_checkpoints:
+        host += s.gpus_per_node * checked * t * saved_per_token(shape, "nothing")
     return Estimate(int(gpu_states), int(activations), int(host))
 
 
@@ -210,9 +215,10 @@ def check(e: Estimate, s: Setting, gpu_bytes: int | None, host_bytes: int | None
     if gpu_bytes is not None and e.gpu > gpu_bytes:
         problems.append(
             f"GPU memory per rank: needs ~{e.gpu / GIB:.1f} GiB (model states "
-            f"{e.gpu_model_states / GIB:.1f} + activations at {s.pack_tokens} tokens per pack "
+            f"{e.gpu_model_states / GIB:.1f} + activations at {s.pack_tokens} tokens per pack and rank "
             f"{e.gpu_activations / GIB:.1f}), the GPU has {gpu_bytes / GIB:.1f} GiB; fixes: more GPUs "
-            "(ZeRO partitions the model states over them), zero_stage 3, offload_optimizer, a smaller "
+            "(ZeRO partitions the model states over them), sequence_parallel_size, zero_stage 3, offload_optimizer, "
+            "offload_checkpoints, tiled_mlp, a smaller "
             "max_tokens_per_pack or checkpoint_keeps: nothing"
         )
     if host_bytes is not None and e.host > host_bytes:
@@ -262,22 +268,20 @@ def plan(cfg: TrainConfig, world_size: int, gpu_bytes: int | None, host_bytes: i
     base = Setting(
         zero_stage=cfg.zero_stage or 2,
         checkpoint_keeps=cfg.checkpoint_keeps or "attention",
-        pack_tokens=cfg.max_tokens_per_pack,
+        pack_tokens=-(-cfg.max_tokens_per_pack // cfg.sequence_parallel_size),  # each SP rank holds a slice
         gpus_per_node=local,
         nodes=max(1, world_size // local),
         offload_optimizer=cfg.offload_optimizer,
         offload_params=cfg.offload_params,
         gradient_checkpointing=cfg.gradient_checkpointing,
         checkpoint_layers=cfg.checkpoint_layers,
+        offload_checkpoints=cfg.offload_checkpoints,
+        tiled_mlp=cfg.tiled_mlp,
         bf16=cfg.bf16 if cfg.bf16 is not None else gpu_bytes is not None,
     )  # as the recipe decides
+    keeps = "nothing" if cfg.offload_checkpoints else cfg.checkpoint_keeps  # offloading recomputes in full
     chosen = choose(
-        shape,
-        base,
-        gpu_bytes if gpu_bytes is not None else 1 << 62,
-        cfg.zero_stage,
-        cfg.checkpoint_keeps,
-        cfg.checkpoint_layers,
+        shape, base, gpu_bytes if gpu_bytes is not None else 1 << 62, cfg.zero_stage, keeps, cfg.checkpoint_layers
     )
     e = estimate(shape, chosen)
     check(e, chosen, gpu_bytes, host_bytes)

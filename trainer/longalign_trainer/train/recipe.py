@@ -5,7 +5,9 @@ Every rank of a ``torchrun`` group (or a single local process) runs this. Each o
 1. the sampler hands this rank its micro-batches of the step (the same global plan on every rank);
 2. the step's counts (sequences M, micro-batches K) are all-reduced, so loss weighting needs no global view;
 3. every micro-batch is one pack through ``longalign_packed`` attention; its weighted loss is backpropagated
-   unscaled (DeepSpeed runs with caller-owned gradient accumulation: ``step()`` is the boundary);
+   unscaled (DeepSpeed runs with caller-owned gradient accumulation: ``step()`` is the boundary). With
+   sequence parallelism the ranks of an SP group share each pack, each running its slice of the tokens
+   (``sequence_parallel.py``), and the sampler deals packs over the data-parallel ranks (world / SP size);
 4. ``engine.step()`` clips, updates and advances the schedule; rank 0 reports progress.
 
 Checkpoints (DeepSpeed state + sampler position + RNG) go to a temporary folder that is renamed when
@@ -30,7 +32,16 @@ from pathlib import Path
 
 from longalign_trainer.atomic_write import make_readable
 from longalign_trainer.contract import ProgressReporter, write_summary
-from longalign_trainer.train import attention, checkpointing, fused_ops, linear_loss, memory_estimate, resharding
+from longalign_trainer.train import (
+    attention,
+    checkpointing,
+    fused_ops,
+    linear_loss,
+    memory_estimate,
+    resharding,
+    sequence_parallel,
+    tiled_mlp,
+)
 from longalign_trainer.train.batching import StepSampler
 from longalign_trainer.train.config import TrainConfig
 from longalign_trainer.train.data import REJECTED_FILE, load_examples
@@ -86,7 +97,7 @@ class Recipe:
         import deepspeed
         import torch
         import torch.distributed as dist
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         cfg = self.cfg
         if threading.current_thread() is threading.main_thread():
@@ -97,11 +108,16 @@ class Recipe:
         self.cuda = torch.cuda.is_available()
         deepspeed.init_distributed(dist_backend="nccl" if self.cuda else "gloo")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.sp = sequence_parallel.layout(
+            self.rank, self.world, cfg.sequence_parallel_size, memory_estimate.gpus_per_node()
+        )
         self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if self.cuda else torch.device("cpu")
         if self.cuda:
             torch.cuda.set_device(self.device)
         self.bf16 = self.cuda if cfg.bf16 is None else cfg.bf16
         self.backend = attention.register(cfg.attention_backend, self.device.type)
+        sequence_parallel.check_heads(AutoConfig.from_pretrained(cfg.model_path), self.sp.size)
+        sequence_parallel.register(self.sp)
         torch.manual_seed(cfg.seed)
         # ZeRO stage and checkpointing as the config says or, where it leaves them open, by what fits; a config
         # that cannot fit stops here, before anything is loaded.
@@ -137,8 +153,8 @@ class Recipe:
             global_batch_size=cfg.global_batch_size,
             capacity=cfg.max_tokens_per_pack,
             micro_batch_size=cfg.micro_batch_size,
-            world_size=self.world,
-            rank=self.rank,
+            world_size=self.sp.dp_size,  # the ranks of an SP group share their packs
+            rank=self.sp.dp_rank,
             seed=cfg.seed,
             epochs=cfg.epochs,
             max_steps=cfg.max_steps,
@@ -163,9 +179,11 @@ class Recipe:
         self.checkpoint_keeps = self.memory.checkpoint_keeps if self.zero_stage < 3 else "nothing"
         self.checkpoint_layers = self.memory.checkpoint_layers
         if cfg.gradient_checkpointing:
-            checkpointing.enable(model, self.checkpoint_keeps, self.checkpoint_layers)
+            checkpointing.enable(model, self.checkpoint_keeps, self.checkpoint_layers, cfg.offload_checkpoints)
         if cfg.fused_ops and self.cuda:
             fused_ops.apply(model)
+        if cfg.tiled_mlp:
+            tiled_mlp.apply(model)
         linear_loss.apply(model)
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
         no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
@@ -223,10 +241,13 @@ class Recipe:
 
     # ---------------------------------------------------------------- train
     def make_pack(self, micro_batch) -> Pack:
-        """The pack of a micro-batch; an empty one (a rank with less work this step) is a one-token filler."""
+        """The pack of a micro-batch, padded to a multiple of the SP size; an empty one (a rank with less work
+        this step) is a one-token filler."""
         if not micro_batch:
-            return build_pack([([self.pad_id], [IGNORE_INDEX])])
-        return build_pack([(self.examples[i].input_ids, self.examples[i].labels) for i in micro_batch])
+            pack = build_pack([([self.pad_id], [IGNORE_INDEX])])
+        else:
+            pack = build_pack([(self.examples[i].input_ids, self.examples[i].labels) for i in micro_batch])
+        return sequence_parallel.pad_pack(pack, self.sp.size, self.pad_id)
 
     def train(self) -> None:
         """The loop: for every step, forward/backward each micro-batch, then one optimizer step."""
@@ -245,16 +266,30 @@ class Recipe:
         for plan in self.sampler:
             t0 = time.monotonic()
             packs = [self.make_pack(mb) for mb in self.sampler.my_micro_batches(plan)]
-            counts = count_step([(p.targets, p.seq_index) for p in packs])
+            # The ranks of an SP group hold the same packs: the first of them counts them for the step.
+            counts = count_step([(p.targets, p.seq_index) for p in packs] if self.sp.rank == 0 else [])
             # The step's packs and loss weights go to the GPU before its first forward pass: from there on the loop
-            # only queues work, never waiting for the GPU between passes.
-            weights = [loss_weights(p.targets, p.seq_index, counts, self.world, cfg.loss_weighting) for p in packs]
-            on_gpu = [(p.to(self.device), w.to(self.device)) for p, w in zip(packs, weights, strict=True)]
+            # only queues work, never waiting for the GPU between passes. Under SP a rank takes its slice of each.
+            weights = [
+                loss_weights(
+                    p.targets,
+                    p.seq_index,
+                    counts,
+                    self.world,
+                    cfg.loss_weighting,
+                    part=sequence_parallel.token_slice(p.num_tokens, self.sp),
+                )
+                for p in packs
+            ]
+            on_gpu = [
+                (sequence_parallel.local_pack(p.to(self.device), self.sp), w.to(self.device))
+                for p, w in zip(packs, weights, strict=True)
+            ]
             local = torch.zeros((), dtype=torch.float64, device=self.device)
-            for pack, pack_weights in on_gpu:
-                with linear_loss.targets(pack.targets, compiled=cfg.fused_ops and self.cuda):
-                    token_loss = engine(**pack.as_model_inputs()).logits[0]  # per token: the head computes the loss
-                loss = weighted_loss(token_loss, pack_weights)
+            for mine, mine_weights in on_gpu:  # the whole pack without SP
+                with linear_loss.targets(mine.targets, compiled=cfg.fused_ops and self.cuda):
+                    token_loss = engine(**mine.as_model_inputs()).logits[0]  # per token: the head computes the loss
+                loss = weighted_loss(token_loss, mine_weights)
                 engine.backward(loss, scale_wrt_gas=False)
                 local += loss.detach().double()
             engine.step()
@@ -442,6 +477,7 @@ class Recipe:
             "loss_weighting": self.cfg.loss_weighting,
             "attention_backend": self.backend,
             "world_size": self.world,
+            "sequence_parallel_size": self.sp.size,
             "zero_stage": self.zero_stage,
             "checkpoint_keeps": self.checkpoint_keeps if self.cfg.gradient_checkpointing else None,
             "checkpoint_layers": self.checkpoint_layers if self.cfg.gradient_checkpointing else None,

@@ -23,6 +23,7 @@ SIMPLE = {
     "epochs": "epochs",
     "gradientCheckpointing": "gradient_checkpointing",
     "checkpointEverySteps": "checkpoint_every_steps",
+    "sequenceParallelSize": "sequence_parallel_size",
 }
 NESTED = {
     "deepspeed": {

@@ -1,0 +1,256 @@
+"""The longest single sequence that trains on one GPU, with and without each memory feature; tokens/s and MFU.
+
+One training step (forward, backward, optimizer step) on one sequence of L tokens, through the trainer's own
+parts: the ``longalign_packed`` attention (FlashAttention-3 where installed), gradient checkpointing
+(``train/checkpointing.py``), ``offload_checkpoints``, ``tiled_mlp`` (``train/tiled_mlp.py``) and the loss
+inside the LM head a chunk of rows at a time (``train/linear_loss.py``). Configurations:
+
+* ``all``: checkpointing (full recomputation) + checkpoints offloaded to CPU + tiled MLP + chunked loss;
+* ``no_offload``, ``no_tiled_mlp``, ``no_chunked_loss``: ``all`` without that one feature (the loss then
+  comes from the full logits, as a plain Hugging Face model computes it);
+* ``plain``: no feature at all (no checkpointing, full logits).
+
+On a GPU every configuration also runs ``fused_ops`` (compiled RMSNorm, SwiGLU, RoPE), as the trainer does by
+default there; ``--no-fused-ops`` runs them eager (the eager RMSNorm keeps fp32 copies for its backward pass).
+
+The model: Llama-3.1-8B's width (hidden 4096, 32 query and 8 key/value heads of 128, MLP 14336, vocabulary
+128256, untied head), ``--layers`` of its 32 decoder layers (default 2), random bf16 weights, one process and
+no DeepSpeed engine. The full 8B does not fit one H200 with its AdamW states (16 B/parameter with fp32
+master weights: 128 GB) and long activations together, and every decoder layer adds the same time and
+(checkpointed and offloaded) almost no GPU memory, so fewer layers of the same width measure what a length
+costs per layer. The optimizer step is torch's fused AdamW on the bf16 parameters (bf16 states). MFU counts
+6·N·L + 6·layers·hidden·L² FLOPs per step (``recipe.training_flops``; the recomputation not counted) against
+989 TFLOP/s (H100/H200 dense bf16).
+
+For each configuration the lengths double from ``--start`` until one fails (out of memory) or the next would
+not finish in the time left (``--budget-s``, estimated from the last step: time grows with L²); ``all`` runs
+first and also gives tokens/s and MFU at each length. One JSON line per step attempt goes to ``--out``.
+
+    python benchmarks/long_sequence.py --layers 2 --budget-s 330 --out /tmp/long_sequence.jsonl
+    python benchmarks/long_sequence.py --smoke          # a tiny width on CPU: seconds (checks the script)
+
+On the device tool's image (no DeepSpeed, whose ``TiledMLP`` this needs): ``bash benchmarks/train_gpu_check.sh
+fetch`` and ``bash benchmarks/flash_attn_3.sh fetch`` here; there, carrying ``.dswhl`` and ``.fa3``: ``source
+benchmarks/flash_attn_3.sh install /tmp/fa3; python3 -m pip install -q --no-index --no-deps --target /tmp/dswhl
+.dswhl/*.whl; PYTHONPATH=$PYTHONPATH:/tmp/dswhl PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python3
+benchmarks/long_sequence.py ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "trainer")]
+
+WIDTH_8B = {
+    "hidden_size": 4096,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 14336,
+    "vocab_size": 128256,
+    "rope_theta": 500000.0,
+}
+SMOKE = {
+    "hidden_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "intermediate_size": 256,
+    "vocab_size": 512,
+}
+CONFIGS = {  # name -> (checkpointing, offload_checkpoints, tiled_mlp, chunked loss)
+    "all": (True, True, True, True),
+    "no_chunked_loss": (True, True, True, False),
+    "no_tiled_mlp": (True, True, False, True),
+    "no_offload": (True, False, True, True),
+    "plain": (False, False, False, False),
+}
+PEAK = 989e12
+
+
+def build(width: dict, layers: int, features: tuple[bool, bool, bool, bool], device, fused: bool):
+    """The model with the configuration's features (and ``fused_ops``, as the trainer on a GPU), and its optimizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from longalign_trainer.train import attention, checkpointing, fused_ops, linear_loss, tiled_mlp
+
+    checkpoint, offload, tiled, chunked = features
+    config = LlamaConfig(**width, num_hidden_layers=layers, max_position_embeddings=1 << 23, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention.NAME, dtype=torch.bfloat16)
+    model.config.use_cache = False
+    model.train()
+    if checkpoint:
+        checkpointing.enable(model, "nothing", offload=offload)
+    if fused:
+        fused_ops.apply(model)
+    if tiled:
+        tiled_mlp.apply(model)
+    if chunked:
+        linear_loss.apply(model)
+    on_gpu = device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=on_gpu, foreach=None if on_gpu else False)
+    return model, optimizer
+
+
+def train_step(model, optimizer, length: int, chunked: bool, device) -> float:
+    """One step on one random sequence of ``length`` tokens (every token with a target); returns the loss."""
+    import torch
+
+    from longalign_trainer.train import linear_loss
+    from longalign_trainer.train.packing import build_pack
+
+    ids = torch.randint(0, model.config.vocab_size, (length,)).tolist()
+    pack = build_pack([(ids, ids)]).to(device)
+    if chunked:
+        with linear_loss.targets(pack.targets):
+            token_loss = model(**pack.as_model_inputs()).logits[0]
+    else:
+        logits = model(**pack.as_model_inputs()).logits[0]
+        token_loss = torch.nn.functional.cross_entropy(
+            logits.float(), pack.targets, ignore_index=-100, reduction="none"
+        )
+        del logits
+    loss = token_loss.sum() / (pack.targets != -100).sum()
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss)
+
+
+def attempt(model, optimizer, length: int, chunked: bool, device) -> dict:
+    """Time one step; out of memory is a result, not an error."""
+    import torch
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sync()
+    t0 = time.perf_counter()
+    try:
+        loss = train_step(model, optimizer, length, chunked, device)
+        sync()
+    except torch.OutOfMemoryError as oom:
+        failed = {"ok": False, "seconds": round(time.perf_counter() - t0, 2), "error": str(oom).split("\n")[0][:160]}
+    else:
+        failed = None
+    if failed:  # outside the handler, whose traceback holds the step's tensors
+        optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return failed
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return {"ok": True, "seconds": round(seconds, 3), "loss": round(loss, 4), "peak_gib": peak and round(peak, 1)}
+
+
+def flops(model, length: int) -> float:
+    """Training FLOPs of one step (the trainer's count: recomputation not included)."""
+    from longalign_trainer.train.recipe import training_flops
+
+    cfg = model.config
+    non_embedding = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    return training_flops(non_embedding, cfg.num_hidden_layers, cfg.hidden_size, [length])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layers", type=int, default=2, help="decoder layers of the 8B's width")
+    p.add_argument("--start", type=int, default=65536, help="first length of every configuration")
+    p.add_argument("--max-length", type=int, default=1 << 22)
+    p.add_argument("--budget-s", type=float, default=330.0, help="stop starting steps after this many seconds")
+    p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated, from " + ", ".join(CONFIGS))
+    p.add_argument("--out", type=Path, default=Path("long_sequence.jsonl"))
+    p.add_argument("--smoke", action="store_true", help="tiny width on CPU, short lengths")
+    p.add_argument(
+        "--no-fused-ops", action="store_true", help="eager RMSNorm/SwiGLU/RoPE (fp32 temporaries of the norms kept)"
+    )
+    args = p.parse_args()
+
+    import torch
+
+    from longalign_trainer.train import attention
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    width, start = (SMOKE, 256) if args.smoke else (WIDTH_8B, args.start)
+    limit = 2048 if args.smoke else args.max_length
+    backend = attention.register("auto", device.type)
+    began = time.monotonic()
+    rows = []
+    with open(args.out, "w") as out:
+        for name in args.configs.split(","):
+            features = CONFIGS[name]
+            model, optimizer = build(
+                width, args.layers, features, device, device.type == "cuda" and not args.no_fused_ops
+            )
+            attempt(model, optimizer, 1024, features[3], device)  # warm-up: kernels, allocator, pinned buffers
+            length, last = start, None
+            while length <= limit:
+                left = args.budget_s - (time.monotonic() - began)
+                expected = last["seconds"] * (length / last["length"]) ** 2 if last else 0.0
+                if expected > left:
+                    rows.append(
+                        {
+                            "config": name,
+                            "length": length,
+                            "ok": None,
+                            "skipped": f"~{expected:.0f} s left {left:.0f} s",
+                        }
+                    )
+                    print(json.dumps(rows[-1]), flush=True)
+                    out.write(json.dumps(rows[-1]) + "\n")
+                    break
+                result = {
+                    "config": name,
+                    "length": length,
+                    "backend": backend,
+                    "layers": args.layers,
+                    "fused_ops": device.type == "cuda" and not args.no_fused_ops,
+                    **attempt(model, optimizer, length, features[3], device),
+                }
+                if result["ok"]:
+                    result["tokens_per_s"] = round(length / result["seconds"])
+                    result["mfu"] = round(flops(model, length) / result["seconds"] / PEAK, 4)
+                rows.append(result)
+                print(json.dumps(result), flush=True)
+                out.write(json.dumps(result) + "\n")
+                out.flush()
+                if not result["ok"]:
+                    break
+                last, length = result, length * 2
+            del model, optimizer
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    print(table(rows))
+    return 0
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per configuration, the longest length that trained, and each step's figures."""
+    lines = ["| config | length | result | s/step | tokens/s | MFU | peak GiB |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["ok"] is None:
+            lines.append(f"| {r['config']} | {r['length']} | not tried ({r['skipped']}) | | | | |")
+        elif not r["ok"]:
+            lines.append(f"| {r['config']} | {r['length']} | out of memory | | | | |")
+        else:
+            lines.append(
+                f"| {r['config']} | {r['length']} | trains | {r['seconds']} | {r['tokens_per_s']} | "
+                f"{100 * r['mfu']:.1f} % | {r['peak_gib']} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
