@@ -11,6 +11,7 @@ RESULT_FIELDS = {
     "checkpointPath",
     "lastCheckpointStep",
     "zeroStage",
+    "sequenceParallelSize",
     "longBenchChatScore",
     "needleAccuracy",
 }

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from run_results import RESULT_FIELDS
+
 TINY = Path(__file__).parents[2] / "manifests" / "examples" / "tiny-local.yaml"
 PLOTS = ("length_histogram.png", "loss.png", "tokens_per_s.png", "longbench_chat_scores.png", "needle_heatmap.png")
 
@@ -63,6 +65,7 @@ def test_the_tiny_example_runs_every_stage_and_reports(tmp_path):
         "evaluation": ("Succeeded", 1),
     }
     results = status["results"]
+    assert set(results) == RESULT_FIELDS  # what the same run through the operator on real pods reports too
     assert results["samplesGenerated"] == 24
     training = status["stages"]["training"]["summary"]
     assert results["finalLoss"] == training["final_loss"] < training["first_loss"]  # the tiny model learned a little
