@@ -9,6 +9,7 @@ import time
 
 import pytest
 from runs import apply_run, events, run_status, wait_phase
+from test_least_privilege import can_i
 from test_lifecycle import BASE, DURATION, OUTCOME, training
 
 from localcluster import LocalCluster, kueue, wait_for
@@ -138,3 +139,12 @@ def test_a_group_larger_than_the_quota_is_never_half_started(cluster, queue):
         time.sleep(0.5)
     [job] = cluster.get("jobs", "-n", ns, "-l", "longalign.dev/run=big")["items"]
     assert job["spec"]["suspend"] is True
+
+
+def test_the_operator_may_read_kueues_workloads_and_nothing_more(cluster, operator):
+    # Checked here, where Kueue's CRD exists (kubectl auth can-i resolves the resource first).
+    rights = {verb: can_i(cluster, verb, "workloads.kueue.x-k8s.io", "team-a") for verb in ("list", "watch")}
+    assert rights == {"list": True, "watch": True}
+    for verb in ("get", "create", "update", "patch", "delete"):
+        assert not can_i(cluster, verb, "workloads.kueue.x-k8s.io", "team-a"), verb
+    assert not can_i(cluster, "create", "clusterqueues.kueue.x-k8s.io", "team-a")

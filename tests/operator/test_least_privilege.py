@@ -25,8 +25,6 @@ def can_i(cluster: LocalCluster, verb: str, resource: str, namespace: str) -> bo
         ("patch", "longalignruns.longalign.dev/status", True),
         ("get", "pods/log", True),
         ("watch", "nodes", True),
-        ("watch", "workloads.kueue.x-k8s.io", True),
-        ("update", "workloads.kueue.x-k8s.io", False),
         ("create", "events", True),
         ("get", "secrets", False),
         ("list", "secrets", False),
