@@ -6,7 +6,9 @@
 # The cache is keyed by every version below; change a version and a fresh directory is built.
 # Binaries: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, helm; for the real
 # nodes kubelet, kube-proxy and coredns; plus KWOK's own node stages (kwok-node-stages.yaml) and Logs CRD
-# (kwok-logs-crd.yaml), taken from the same kwok module.
+# (kwok-logs-crd.yaml), taken from the same kwok module. Kueue goes into kueue/ (the controller, and its
+# config/components/crd and config/components/webhook from the same module); kueue/VERSION keys that folder
+# by its own version, so changing KUEUE_VERSION rebuilds Kueue alone.
 set -euo pipefail
 
 K8S_VERSION=v1.34.4        # kube-apiserver, controller manager, scheduler, kubectl, kubelet, kube-proxy
@@ -14,6 +16,7 @@ ETCD_VERSION=v3.6.16       # the 3.6 line Kubernetes 1.34 supports (>= 3.5.13)
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
 COREDNS_VERSION=v1.12.4
+KUEUE_VERSION=v0.15.2      # the newest Kueue built against k8s.io/* v0.34 (v0.16 moved to v0.35)
 
 KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_coredns-${COREDNS_VERSION}"
 CACHE_ROOT=${LONGALIGN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/longalign}
@@ -26,6 +29,7 @@ missing=()
 for b in "${ALL[@]}"; do [ -x "$BIN/$b" ] || missing+=("$b"); done
 [ -s "$BIN/kwok-node-stages.yaml" ] || missing+=(kwok-node-stages)
 [ -s "$BIN/kwok-logs-crd.yaml" ] || missing+=(kwok-logs-crd)
+[ "$(cat "$BIN/kueue/VERSION" 2>/dev/null)" = "$KUEUE_VERSION" ] || missing+=(kueue)
 if [ ${#missing[@]} -eq 0 ]; then echo "$BIN"; exit 0; fi
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
@@ -83,6 +87,19 @@ copy_kwok_logs_crd() {
   cp "$dir/kustomize/crd/bases/kwok.x-k8s.io_logs.yaml" "$BIN/kwok-logs-crd.yaml"
 }
 
+build_kueue() {
+  # Kueue's go.mod has no replace directives: `go install` builds it as published.
+  local dir out="$BIN/kueue"
+  log "kueue $KUEUE_VERSION"
+  rm -rf "$out" && mkdir -p "$out/config"
+  GOBIN="$out" go install -trimpath -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION" \
+    "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  dir=$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  cp -r "$dir/config/components/crd" "$dir/config/components/webhook" "$out/config/"
+  chmod -R u+w "$out/config"  # the module cache is read-only
+  echo "$KUEUE_VERSION" > "$out/VERSION"
+}
+
 k8s_missing=()
 for b in "${missing[@]}"; do
   case $b in
@@ -95,11 +112,13 @@ for b in "${missing[@]}"; do
     coredns) build_go_install coredns "github.com/coredns/coredns@$COREDNS_VERSION" ;;
     kwok-node-stages) copy_kwok_node_stages ;;
     kwok-logs-crd) copy_kwok_logs_crd ;;
+    kueue) build_kueue ;;
   esac
 done
 [ ${#k8s_missing[@]} -eq 0 ] || build_k8s "${k8s_missing[@]}"
 for b in "${ALL[@]}"; do [ -x "$BIN/$b" ] || { echo "build.sh: $b was not built" >&2; exit 1; }; done
 [ -s "$BIN/kwok-node-stages.yaml" ] || { echo "build.sh: kwok node stages missing" >&2; exit 1; }
 [ -s "$BIN/kwok-logs-crd.yaml" ] || { echo "build.sh: kwok Logs CRD missing" >&2; exit 1; }
+[ -x "$BIN/kueue/kueue" ] || { echo "build.sh: kueue was not built" >&2; exit 1; }
 log "built ${missing[*]} in $(( $(date +%s) - start )) s into $BIN"
 echo "$BIN"

@@ -3,8 +3,8 @@ nodes, and real CPU nodes that run pods.
 
 The parts, each in a module of its own: ``pki`` (certificates), ``etcd``, ``apiserver``, ``controller_manager``,
 ``scheduler``, ``kwok`` (the simulated nodes), ``network`` (a bridge and a network namespace per real node),
-``realnode`` (containerd + kubelet), ``kube_proxy``, ``coredns``. ``build.sh`` builds the binaries from Go
-modules; ``images.py`` builds the images the real nodes run.
+``realnode`` (containerd + kubelet), ``kube_proxy``, ``coredns``, ``kueue`` (optional). ``build.sh`` builds
+the binaries from Go modules; ``images.py`` builds the images the real nodes run.
 
 Every process is started in its own process group with a parent-death signal, and ``stop()`` ends them in
 reverse order with a timeout, so nothing outlives the cluster even when a test run is killed.
@@ -23,7 +23,7 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from localcluster import coredns, images, realnode
+from localcluster import coredns, images, kueue, realnode
 from localcluster.apiserver import start_apiserver
 from localcluster.controller_manager import start_controller_manager
 from localcluster.etcd import start_etcd
@@ -57,6 +57,8 @@ class LocalCluster:
     tainted ``longalign.dev/real-node=true:NoSchedule``, so only pods that tolerate it land there. Each
     advertises ``real_node_gpus`` ``nvidia.com/gpu`` (a stand-in in the node's status, as for any extended
     resource: a pod that asks for one is placed there and gets no device, so the stages run on the CPU).
+    ``kueue=True`` also runs Kueue (``kueue.py``) with its ResourceFlavors for both kinds of node; queues are
+    made with ``create_queues``.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class LocalCluster:
         zones: tuple[str, ...] = ("zone-a", "zone-b"),
         real_nodes: int = 2,
         real_node_gpus: int = 1,
+        kueue: bool = False,
     ) -> None:
         self.bin = binaries or bin_dir()
         self.dir = Path(data_dir or tempfile.mkdtemp(prefix="longalign-cluster-"))
@@ -75,6 +78,7 @@ class LocalCluster:
         self.zones = zones
         self.real_node_count = real_nodes
         self.real_node_gpus = real_node_gpus
+        self.kueue = kueue
         self.real_nodes: list[RealNode] = []
         self.kubeconfig = self.dir / "admin.kubeconfig"
         self.api_port = 0
@@ -133,6 +137,8 @@ class LocalCluster:
             for node in self.real_nodes:
                 self.advertise_gpus(node.name)
             self._wait(self._default_service_account, deadline, "kube-controller-manager (default ServiceAccount)")
+            if self.kueue:
+                self._start_kueue(pki, deadline)
         except BaseException:
             self.stop()
             raise
@@ -190,6 +196,24 @@ class LocalCluster:
             for field in ("capacity", "allocatable")
         ]
         self.kubectl("patch", "node", name, "--subresource=status", "--type=json", "-p", json.dumps(patch))
+
+    def _start_kueue(self, pki: PKI, deadline: float) -> None:
+        health = kueue.start_kueue(self._procs, self.bin, pki, self.dir, self.kubeconfig, self.kubectl)
+        self._wait(lambda: self._http_ok(f"http://127.0.0.1:{health}/readyz"), deadline, "kueue")
+        flavors = json.dumps({"apiVersion": "v1", "kind": "List", "items": kueue.resource_flavors()})
+        # Served once its webhooks answer (the ResourceFlavor webhook defaults every flavor).
+        self._wait(
+            lambda: self.kubectl("apply", "-f", "-", input=flavors, check=False).returncode == 0,
+            deadline,
+            "kueue's webhooks (ResourceFlavors created)",
+        )
+
+    def create_queues(self, cluster_queue: str, gpus: int, local_queues: dict[str, str]) -> None:
+        """A Kueue ClusterQueue with ``gpus`` GPUs of the GPU nodes (``kueue.cluster_queue``) and a LocalQueue
+        for it per entry of ``local_queues`` (namespace -> LocalQueue name)."""
+        items = [kueue.cluster_queue(cluster_queue, gpus)]
+        items += [kueue.local_queue(name, ns, cluster_queue) for ns, name in local_queues.items()]
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop everything in reverse start order (SIGKILL what outlives ``timeout``); remove what the real

@@ -23,6 +23,7 @@ LABEL_RUN = f"{GROUP}/run"
 LABEL_STAGE = f"{GROUP}/stage"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY = "kueue.x-k8s.io/priority-class"
 CONFIG_DIR = "/etc/longalign"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 MASTER_PORT = 29500
@@ -76,6 +77,8 @@ def _labels(run: Run, stage: str, attempt: int | None = None) -> dict[str, str]:
         labels[LABEL_ATTEMPT] = str(attempt)
     if KUEUE_QUEUE in run.labels:
         labels[KUEUE_QUEUE] = run.labels[KUEUE_QUEUE]
+        if run.spec.workload_priority_class:
+            labels[KUEUE_PRIORITY] = run.spec.workload_priority_class
     return labels
 
 
@@ -193,6 +196,7 @@ def stage_config(run: Run, stage: str, attempt: int) -> dict[str, Any]:
             "active_deadline_seconds",
             "stall_seconds",
             "settings",
+            "termination_grace_period_seconds",
         },
         exclude_none=True,
     )
@@ -324,7 +328,7 @@ def training_job(run: Run, attempt: int) -> dict[str, Any]:
         env=env,
         gpus=t.gpus_per_node,
         config_map=name,
-        extra={"subdomain": service},
+        extra={"subdomain": service, "terminationGracePeriodSeconds": t.termination_grace_period_seconds},
     )
     return _job(
         run, "training", attempt, t, template, completionMode="Indexed", completions=t.nodes, parallelism=t.nodes

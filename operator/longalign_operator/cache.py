@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from longalign_operator.builders import LABEL_STAGE, teacher_name
-from longalign_operator.plan import JobView, PodView
+from longalign_operator.plan import JobView, PodView, WorkloadView
 
 EXPECT_FOR_S = 120.0
 """Forget an expectation the watch never confirmed after this long (the object was changed by someone else)."""
@@ -40,7 +40,51 @@ def job_record(job: Mapping[str, Any]) -> JobView:
             reason, message = c.get("reason"), c.get("message")
     if state == "Active" and (job.get("spec") or {}).get("suspend"):
         state = "Suspended"
-    return JobView(name=job["metadata"]["name"], state=state, reason=reason, message=message)
+    status = job.get("status") or {}
+    return JobView(
+        name=job["metadata"]["name"],
+        state=state,
+        reason=reason,
+        message=message,
+        pods_left=(status.get("active") or 0) + (status.get("terminating") or 0),
+        start_time=status.get("startTime"),
+    )
+
+
+def workload_record(workload: Mapping[str, Any]) -> tuple[str, WorkloadView] | None:
+    """A Kueue Workload reduced to the name of the Job it stands for and its admission: admitted or why not
+    (its QuotaReserved or else Admitted condition), and the Evicted condition when Kueue evicts it.
+
+    >>> job, view = workload_record({"metadata": {"ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
+    ...     "name": "r-train-1"}]}, "status": {"conditions": [{"type": "QuotaReserved", "status": "False",
+    ...     "reason": "Pending", "message": "insufficient unused quota for nvidia.com/gpu"}]}})
+    >>> job, view.admitted, view.reason, view.message, view.evicted
+    ('r-train-1', False, 'Pending', 'insufficient unused quota for nvidia.com/gpu', None)
+    """
+    owner = next(
+        (
+            o["name"]
+            for o in (workload.get("metadata") or {}).get("ownerReferences") or []
+            if o.get("apiVersion") == "batch/v1" and o.get("kind") == "Job"
+        ),
+        None,
+    )
+    if owner is None:
+        return None
+    conditions = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or []}
+    admitted = (conditions.get("Admitted") or {}).get("status") == "True"
+    waiting = next(
+        (c for t in ("QuotaReserved", "Admitted") if (c := conditions.get(t)) and c.get("status") != "True"), None
+    )
+    evicted = conditions.get("Evicted")
+    return owner, WorkloadView(
+        admitted=admitted,
+        reason=None if admitted or waiting is None else waiting.get("reason"),
+        message=None if admitted or waiting is None else waiting.get("message"),
+        evicted=(evicted.get("reason") or "Evicted", evicted.get("message") or "")
+        if evicted and evicted.get("status") == "True"
+        else None,
+    )
 
 
 def pod_record(pod: Mapping[str, Any], deleted: bool = False) -> PodView:
@@ -174,6 +218,11 @@ class GonePods:
         """Remember a pod of ``job`` that is being deleted (or was) while it had not finished."""
         with self._lock:
             self._pods.setdefault((namespace, run), {})[pod.name] = (self._clock(), job, replace(pod, deleted=True))
+
+    def remembers(self, namespace: str, run: str, pod: str) -> bool:
+        """Whether pod ``pod`` of the run is remembered (its later states, e.g. how it stopped, replace it)."""
+        with self._lock:
+            return pod in self._pods.get((namespace, run), {})
 
     def add_to(self, namespace: str, run: str, pods: Iterable[tuple[str, PodView]]) -> list[tuple[str, PodView]]:
         """``pods`` ((job, pod) pairs from the index) plus the remembered ones the index no longer holds.

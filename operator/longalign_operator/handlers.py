@@ -23,13 +23,22 @@ import socket
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 from longalign_operator.builders import LABEL_RUN, Run, run_name_problems, teacher_name
-from longalign_operator.cache import JOB_NAME_LABEL, assemble, job_record, merge_patch, pod_group, pod_record
+from longalign_operator.cache import (
+    JOB_NAME_LABEL,
+    assemble,
+    job_record,
+    merge_patch,
+    pod_group,
+    pod_record,
+    workload_record,
+)
 from longalign_operator.gateway import Gateway
 from longalign_operator.metrics import Metrics
 from longalign_operator.plan import Observed, plan
@@ -47,6 +56,8 @@ EXCLUDED = [
 ]
 """Namespaces (globs) whose runs are refused, with a status and an Event: pods made there could use what the
 namespace holds (kube-system's Secrets, ...); `longalign operator --exclude-namespaces` sets it."""
+KUEUE_WORKLOADS = ("kueue.x-k8s.io", "v1beta1", "workloads")
+"""Kueue's Workloads, in the version every Kueue release since 0.3 serves (and 0.15 stores)."""
 COMPONENT = "longalign-operator"
 """The reporting component of our Events (``From`` in ``kubectl describe``)."""
 
@@ -129,6 +140,23 @@ async def claims(namespace: str, name: str, **_: Any) -> dict:
     return {(namespace, name): True}
 
 
+@kopf.index(*KUEUE_WORKLOADS)  # type: ignore[arg-type]  # namespace: see above
+async def job_workloads(namespace: str, body: kopf.Body, **_: Any) -> dict:
+    """Kueue's Workloads, by (namespace, name of the Job each stands for). Watched only where Kueue's CRD is
+    installed when the operator starts."""
+    record = workload_record(body)
+    return {} if record is None else {(namespace, record[0]): record[1]}
+
+
+@kopf.on.event(*KUEUE_WORKLOADS)  # type: ignore[arg-type]  # namespace: see above
+async def workload_changed(namespace: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Kueue admitted, queued or evicted a Job: step the run it belongs to (its name prefixes the Job's)."""
+    if (record := workload_record(body)) is not None:
+        for (ns, run), wake in memo.wakeups.items():
+            if ns == namespace and record[0].startswith(f"{run}-"):
+                wake.set()
+
+
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT})  # type: ignore[arg-type]  # namespace: see above
 async def job_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     """A run's Job changed: step the run now."""
@@ -139,12 +167,14 @@ async def job_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_:
 async def pod_changed(
     event: kopf.RawEvent, namespace: str, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    """A run's pod changed: step the run now. A Job pod going away unfinished is remembered (``GonePods``)."""
+    """A run's pod changed: step the run now. A Job pod going away unfinished is remembered (``GonePods``), with
+    the states it passes through until it is gone."""
     run = labels[LABEL_RUN]
     if JOB_NAME_LABEL in labels and (event["type"] == "DELETED" or body["metadata"].get("deletionTimestamp")):
-        pod = pod_record(body, deleted=True)
-        if pod.phase not in ("Succeeded", "Failed"):
-            memo.gateway.gone.record(namespace, run, labels[JOB_NAME_LABEL], pod)
+        pod, gone = pod_record(body, deleted=True), memo.gateway.gone
+        # Once remembered, its last state is kept: a preempted training pod's summary says what it checkpointed.
+        if pod.phase not in ("Succeeded", "Failed") or gone.remembers(namespace, run, pod.name):
+            gone.record(namespace, run, labels[JOB_NAME_LABEL], pod)
     _wake(memo, (namespace, run))
 
 
@@ -194,6 +224,7 @@ async def drive(
     run_pods: kopf.Index,
     claims: kopf.Index,
     nodes: kopf.Index,
+    job_workloads: kopf.Index,
     **_: Any,
 ) -> None:
     """Step the run whenever woken, and at least every INTERVAL seconds, until it is deleted."""
@@ -204,7 +235,8 @@ async def drive(
         wake.clear()
         context = contextvars.copy_context()  # lets kopf.event() post from the worker thread
         try:
-            await loop.run_in_executor(memo.pool, context.run, reconcile, body, memo, run_jobs, run_pods, claims, nodes)
+            indexes = (run_jobs, run_pods, claims, nodes, job_workloads)
+            await loop.run_in_executor(memo.pool, context.run, reconcile, body, memo, *indexes)
         except Exception:  # an API error or a bug: log it, keep the run's loop alive, try again later
             logger.exception("reconcile failed; retrying in %.0f s", INTERVAL)
             await stopped.wait(INTERVAL)
@@ -214,7 +246,13 @@ async def drive(
 
 
 def reconcile(
-    body: kopf.Body, memo: kopf.Memo, run_jobs: kopf.Index, run_pods: kopf.Index, claims: kopf.Index, nodes: kopf.Index
+    body: kopf.Body,
+    memo: kopf.Memo,
+    run_jobs: kopf.Index,
+    run_pods: kopf.Index,
+    claims: kopf.Index,
+    nodes: kopf.Index,
+    job_workloads: kopf.Index,
 ) -> None:
     """One level-based reconcile step of a LongAlignRun."""
     gateway: Gateway = memo.gateway
@@ -240,7 +278,7 @@ def reconcile(
     except SpecError as e:
         _refuse(body, meta, status, gateway, "InvalidSpec", f"invalid spec: {e}")
         return
-    observed = _observe(meta, status, spec, gateway, run_jobs, run_pods, claims, nodes)
+    observed = _observe(meta, status, spec, gateway, run_jobs, run_pods, claims, nodes, job_workloads)
     result = plan(observed)
     for kind, name in result.delete:
         gateway.delete(kind, name, meta["namespace"])
@@ -265,6 +303,7 @@ def _observe(
     run_pods: kopf.Index,
     claims: kopf.Index,
     nodes: kopf.Index,
+    job_workloads: kopf.Index,
 ) -> Observed:
     """The run and its children as the caches show them, corrected by this process's own recent writes."""
     ns, name = meta["namespace"], meta["name"]
@@ -273,6 +312,7 @@ def _observe(
     seen = assemble(run_jobs.get((ns, name), ()), pods)
     jobs = gateway.expectations.correct(ns, seen, name)
     jobs = {n: gateway.with_progress(j, ns) if j.state == "Active" else j for n, j in jobs.items()}
+    jobs = {n: replace(j, workload=next(iter(job_workloads.get((ns, n), ())), None)) for n, j in jobs.items()}
     servers = tuple(sorted((p for group, p in pods if group == teacher_name(name)), key=lambda p: p.name))
     return Observed(
         run=run,

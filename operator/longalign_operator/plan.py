@@ -10,8 +10,13 @@ at its attempt's Job and pods and decides:
                             is the cause (``fault``): a lost node, an eviction, a deleted pod, an exit code
     a pod lost ............ the same at once, the Job deleted, without waiting for Kubernetes to fail it
                             (node deleted or not reporting, pod evicted, preempted or deleted)
-    pods not all running .. Queued / Starting with the pods' reason; past startupDeadlineSeconds the attempt
-                            is deleted (releasing every GPU it holds) and counts as a failure
+    pods not all running .. Queued / Starting with the pods' reason; past startupDeadlineSeconds (counted from
+                            the Job's start, its admission under Kueue) the attempt is deleted (releasing every
+                            GPU it holds) and counts as a failure
+    Job suspended ......... waiting for a queue (Kueue): Queued with Kueue's reason, for as long as it takes;
+                            suspended after its admission (Kueue preempted it): Preempted, not a failure; once
+                            its pods have stopped (checkpointing on SIGTERM) the Job is deleted and the next
+                            attempt, queued again, resumes from the checkpoint
     spec.suspend .......... delete the active attempt; resuming starts a new attempt (not a failure)
 """
 
@@ -78,6 +83,19 @@ class PodView:
 
 
 @dataclass(frozen=True)
+class WorkloadView:
+    """What Kueue says of a Job: its Workload's admission conditions."""
+
+    admitted: bool = False
+    reason: str | None = None
+    """Why it is not admitted (the QuotaReserved, else Admitted condition): Pending, Inadmissible, ..."""
+    message: str | None = None
+    """Kueue's words for it, e.g. insufficient unused quota for nvidia.com/gpu in flavor ..., 8 more needed."""
+    evicted: tuple[str, str] | None = None
+    """(reason, message) of its Evicted condition: Preempted, PodsReadyTimeout, ClusterQueueStopped, ..."""
+
+
+@dataclass(frozen=True)
 class JobView:
     """One attempt's Job as observed."""
 
@@ -87,6 +105,12 @@ class JobView:
     reason: str | None = None
     message: str | None = None
     pods: tuple[PodView, ...] = ()
+    pods_left: int = 0
+    """Its pods that have not stopped yet (the Job's active and terminating counts)."""
+    start_time: str | None = None
+    """When it started, or resumed from suspension (its admission under Kueue); None while suspended."""
+    workload: WorkloadView | None = None
+    """Its Kueue Workload, when Kueue manages it."""
     progress: dict[str, Any] | None = None
     """The newest progress line its lead pod printed (the stage contract), if any."""
     progress_time: str | None = None
@@ -208,6 +232,9 @@ def _advance(obs: Observed, p: Plan, stage: str, options: StageOptions, st: Stag
     if job.state == "Complete":
         _succeed(obs, p, stage, st, job)
         return True
+    if job.state == "Suspended":
+        _suspended(obs, p, stage, st, job)
+        return False
     found = fault(job.pods, obs.nodes)
     # A pod that failed on its own fails the Job within moments: wait for that and keep the Job (and the pod's
     # log); a pod Kubernetes lost or took away ends the attempt now, deleting the Job and the rest of its pods.
@@ -230,6 +257,8 @@ def _advance(obs: Observed, p: Plan, stage: str, options: StageOptions, st: Stag
             terminal=terminal is not None,
         )
         return False
+    if st.state == "Preempted" and job.start_time is None:
+        return False  # the attempt after a preemption, not admitted yet
     _observe_active(obs, p, stage, options, st, job)
     return False
 
@@ -360,17 +389,16 @@ def _observe_active(obs: Observed, p: Plan, stage: str, options: StageOptions, s
     state: StageState
     reason: str
     message: str | None
-    if job.state == "Suspended":
-        state, reason, message = "Queued", "WaitingForAdmission", "the Job waits for a queue (Kueue) to admit it"
-    elif stage == "dataGeneration":
+    if stage == "dataGeneration":
         teacher = obs.run.spec.data_generation.teacher
         expected = teacher.replicas * teacher.nodes_per_replica if teacher else 0
         state, reason, message = _pods_state(job.pods, 1, obs.servers, expected)
     else:
         group = obs.run.spec.training.nodes if stage == "training" else 1
         state, reason, message = _pods_state(job.pods, group)
-    if state != "Running" and st.start_time:
-        waited = (obs.now - parse_time(st.start_time)).total_seconds()
+    started = job.start_time or st.start_time
+    if state != "Running" and started:
+        waited = (obs.now - parse_time(started)).total_seconds()
         if waited > options.startup_deadline_seconds:
             detail = f"not all pods running after {int(waited)} s ({reason}: {message})"
             _fail_attempt(obs, p, stage, options, st, "StartupDeadlineExceeded", detail, delete=job.name)
@@ -388,6 +416,63 @@ def _observe_active(obs: Observed, p: Plan, stage: str, options: StageOptions, s
         )
     st.state, st.reason, st.message = state, reason, message
     p.status.message = f"{stage}: {message or state.lower()}"
+
+
+# A stage in these states had its Job admitted: a suspension now is a preemption, not a wait for admission
+# (what tells when Kueue's Workload is not visible; its Evicted condition tells first).
+ADMITTED = {"Running", "Stalled"}
+# Evictions after which Kueue will not admit the Workload again by itself (it deactivated it): the Job stays.
+DEACTIVATED = {"InactiveWorkload", "Deactivated", "MaximumExecutionTimeExceeded"}
+
+
+def _suspended(obs: Observed, p: Plan, stage: str, st: StageStatus, job: JobView) -> None:
+    """The attempt's Job is suspended: waiting for a queue to admit it, or preempted by it."""
+    workload = job.workload
+    evicted = workload.evicted if workload else None
+    if evicted is None and st.state in ADMITTED:
+        evicted = ("Suspended", "its Job was suspended while its pods ran")
+    if evicted is not None and evicted[0] not in DEACTIVATED:
+        _preempted(obs, p, stage, st, job, *evicted)
+        return
+    if st.state == "Preempted" and evicted is None:
+        return  # the attempt after a preemption, waiting for admission: its message says so
+    if evicted is not None:
+        reason, message = evicted
+    else:
+        reason = (workload.reason if workload else None) or "WaitingForAdmission"
+        message = (workload.message if workload else None) or "the Job waits for a queue (Kueue) to admit it"
+    if (st.state, st.reason) != ("Queued", reason):
+        p.events.append(Event("Normal", "StageQueued", f"{stage}: {message}", stage))
+    st.state, st.reason, st.message = "Queued", reason, message
+    p.status.message = f"{stage}: {message}"
+
+
+def _preempted(obs: Observed, p: Plan, stage: str, st: StageStatus, job: JobView, reason: str, why: str) -> None:
+    """Kueue evicted the admitted attempt (its Job suspended): not a failure. Once its pods have stopped (a
+    training pod checkpoints the current step on SIGTERM) the Job is deleted and the next attempt is queued;
+    it resumes from the checkpoint when admitted."""
+    if st.state != "Preempted" or st.reason != reason:
+        p.events.append(Event("Normal", "StagePreempted", f"{stage}: attempt {st.attempts} preempted ({why})", stage))
+    if job.pods_left:
+        st.state, st.reason = "Preempted", reason
+        st.message = f"attempt {st.attempts} preempted ({why}); {job.pods_left} pod(s) stopping"
+        p.status.message = f"{stage}: {st.message}"
+        return
+    summary = _summary(job)
+    steps = summary.get("steps") if summary and summary.get("preempted") else None
+    if isinstance(steps, int):
+        kept = f"{steps} steps kept"
+        p.status.results.last_checkpoint_step = steps
+    else:
+        kept = "the latest checkpoint kept"
+    st.preemptions += 1
+    p.delete.append(("Job", job.name))
+    preempted = st.attempts
+    _start_attempt(obs, p, stage, st)
+    st.state, st.reason = "Preempted", reason
+    st.message = f"attempt {preempted} preempted; {kept}; attempt {st.attempts} resumes from it once admitted"
+    p.events.append(Event("Normal", "StageRequeued", f"{stage}: {st.message}", stage))
+    p.status.message = f"{stage}: {st.message}"
 
 
 def _record_progress(p: Plan, st: StageStatus, job: JobView) -> None:

@@ -35,6 +35,8 @@ pack may be ``sequenceParallelSize`` times longer: its GPUs share it."""
 MAX_SEQUENCE_PARALLEL = 16
 """Largest SP group: the GPUs of one node."""
 DAY = 86_400
+TRAINING_GRACE_S = 300
+"""Default terminationGracePeriodSeconds of training pods (README: Preemption says where it comes from)."""
 RENDEZVOUS_ENV = (
     "MASTER_ADDR",
     "MASTER_PORT",
@@ -214,6 +216,10 @@ class Training(StageOptions):
     optimizer: Optimizer = Optimizer()
     gradient_checkpointing: bool = True
     checkpoint_every_steps: int = Field(default=100, ge=1, le=1_000_000)
+    termination_grace_period_seconds: int = Field(default=TRAINING_GRACE_S, ge=30, le=DAY)
+    """How long a training pod asked to stop (Kueue preempting it, a node drained) has to write its checkpoint
+    of the current step before it is killed: the trainer checkpoints on SIGTERM. The default covers a measured
+    checkpoint with room to spare (README: Preemption); a longer one delays whoever preempted the run."""
 
 
 class JudgeOptions(Model):
@@ -291,6 +297,10 @@ class LongAlignRunSpec(Model):
     data_generation: DataGeneration = DataGeneration(enabled=False)
     training: Training = Training()
     evaluation: Evaluation = Evaluation(enabled=False)
+    workload_priority_class: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
+    """Kueue's WorkloadPriorityClass for the run's Jobs (label kueue.x-k8s.io/priority-class): within a queue, a
+    higher priority is admitted first and may preempt lower ones. Takes effect with the run's label
+    kueue.x-k8s.io/queue-name."""
     suspend: bool = False
     """Stop the active stage's pods (releasing their GPUs); set back to false to continue from the last checkpoint."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=365 * DAY)

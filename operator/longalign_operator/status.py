@@ -21,7 +21,7 @@ class Model(SpecModel):
 
 Phase = Literal["Pending", "GeneratingData", "Training", "Evaluating", "Succeeded", "Failed", "Suspended"]
 StageState = Literal[
-    "Pending", "Queued", "Starting", "Running", "Stalled", "Succeeded", "Failed", "Skipped", "Suspended"
+    "Pending", "Queued", "Starting", "Running", "Stalled", "Preempted", "Succeeded", "Failed", "Skipped", "Suspended"
 ]
 STAGES = ("dataGeneration", "training", "evaluation")
 
@@ -45,6 +45,8 @@ class StageStatus(Model):
     """Attempts started so far (the first try counts)."""
     failures: int = 0
     """Attempts that failed; the stage fails for good once they exceed its backoffLimit."""
+    preemptions: int = 0
+    """Attempts a queue (Kueue) preempted; not failures: the next attempt resumes from the checkpoint."""
     reason: str | None = None
     """Why the stage is in this state, e.g. Unschedulable, ImagePullBackOff, BackoffLimitExceeded."""
     message: str | None = None

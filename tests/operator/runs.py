@@ -14,7 +14,8 @@ def apply_run(cluster: LocalCluster, namespace: str, name: str, spec: dict, labe
         "metadata": {"name": name, "labels": labels or {}},
         "spec": spec,
     }
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(run))
+    r = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(run), check=False)
+    assert r.returncode == 0, r.stderr
 
 
 def events(cluster: LocalCluster, namespace: str, name: str) -> list[str]:

@@ -355,27 +355,3 @@ def test_metrics_and_liveness_report_the_runs(cluster, operator, volumes):
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as response:
         return response.read().decode()
-
-
-def test_a_queued_run_waits_for_admission_of_each_stage(cluster, operator, volumes):
-    ns = volumes
-    apply_run(
-        cluster, ns, "queued", {**BASE, "training": training()}, labels={"kueue.x-k8s.io/queue-name": "gpu-team-a"}
-    )
-    wait_for(
-        lambda: (
-            run_status(cluster, ns, "queued").get("stages", {}).get("training", {}).get("reason")
-            == "WaitingForAdmission"
-        ),
-        60,
-        "the training stage to wait for admission",
-    )
-    [job] = jobs(cluster, ns, "training")
-    assert job["spec"]["suspend"] is True
-    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-team-a"
-    assert not cluster.get("pods", "-n", ns, "-l", "longalign.dev/run=queued")["items"]  # no GPU held yet
-    # Admission, as Kueue grants it: the Job is unsuspended.
-    cluster.kubectl(
-        "patch", "job", job["metadata"]["name"], "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}'
-    )
-    wait_phase(cluster, ns, "queued", "Succeeded")

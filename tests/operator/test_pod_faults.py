@@ -55,8 +55,10 @@ def test_a_lost_node_fails_the_attempt_at_once_naming_the_node(cluster, operator
     )
     try:
         pinned = training(labels={OUTCOME: "hang"}, nodeSelector={"sim.longalign.dev/node": node})
-        spec = {**BASE, "training": {**pinned, "nodes": 1, "backoffLimit": 0}}
-        apply_run(cluster, ns, "stranded", spec)
+        # The pod outlives its node until the pod garbage collector removes it, and the namespace controller
+        # looks again only after the pods' grace period: 30 s, not training's default 300 s.
+        training_spec = {**pinned, "nodes": 1, "backoffLimit": 0, "terminationGracePeriodSeconds": 30}
+        apply_run(cluster, ns, "stranded", {**BASE, "training": training_spec})
         pod = lead_pod(cluster, ns, "stranded-train-1")["metadata"]["name"]
         t0 = time.monotonic()
         cluster.kubectl("delete", "node", node)

@@ -8,7 +8,7 @@ import pytest
 
 from longalign_operator import builders
 from longalign_operator.builders import Run
-from longalign_operator.plan import JobView, Observed, PodView, plan
+from longalign_operator.plan import JobView, Observed, PodView, WorkloadView, plan
 from longalign_operator.spec import parse
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -181,6 +181,83 @@ def test_suspend_deletes_the_active_attempt_and_resume_starts_a_new_one_without_
     p, status = advance(run, status, [])
     assert status["stages"]["training"]["attempts"] == 2 and status["stages"]["training"]["failures"] == 0
     assert p.events[0][:2] == ("Normal", "Resumed")
+
+
+QUEUE = {"kueue.x-k8s.io/queue-name": "gpus"}
+WAITING = WorkloadView(
+    reason="Pending", message="insufficient unused quota for nvidia.com/gpu in flavor f, 8 more needed"
+)
+
+
+def test_a_job_waiting_for_kueue_shows_kueues_reason_and_no_startup_deadline_applies_until_admission():
+    run = make_run(labels=QUEUE, training={"datasetPath": "/data/d.jsonl", "startupDeadlineSeconds": 600})
+    _, status = advance(run, {})
+    waiting = JobView("r-train-1", "Suspended", workload=WAITING)
+    p, status = advance(run, status, [waiting], now=T0 + timedelta(hours=5))
+    stage = status["stages"]["training"]
+    assert (stage["state"], stage["reason"], stage["message"]) == ("Queued", "Pending", WAITING.message)
+    assert not p.delete and status["phase"] == "Training"
+    assert [e.reason for e in p.events] == ["StageQueued"]
+    # Admitted 5 h after the attempt began: the deadline counts from the Job's start, not from then.
+    admitted = T0 + timedelta(hours=5)
+    starting = JobView("r-train-1", "Active", pods=(PodView("r-train-1-0", "Pending"),), start_time=_ts(admitted))
+    p, status = advance(run, status, [starting], now=admitted + timedelta(seconds=60))
+    assert status["stages"]["training"]["state"] == "Starting" and not p.delete
+
+
+def _ts(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_preempted_attempt_waits_for_its_pods_to_stop_then_the_next_is_queued_without_a_failure():
+    run = make_run(labels=QUEUE)
+    _, status = advance(run, {})
+    running = JobView("r-train-1", "Active", pods=(PodView("r-train-1-0", "Running"),), start_time=_ts(T0))
+    _, status = advance(run, status, [running])
+    evicted = WorkloadView(evicted=("Preempted", "Preempted to accommodate a workload"))
+    stopping = JobView("r-train-1", "Suspended", pods=running.pods, pods_left=1, start_time=_ts(T0), workload=evicted)
+    p, status = advance(run, status, [stopping])
+    assert status["stages"]["training"]["state"] == "Preempted" and not p.delete and not p.create
+    assert [e.reason for e in p.events] == ["StagePreempted"]
+    summary = '{"stage": "train", "ok": false, "preempted": true, "steps": 40}'
+    stopped = PodView("r-train-1-0", "Failed", termination_message=summary, exit_code=143, deleted=True)
+    p, status = advance(run, status, [JobView("r-train-1", "Suspended", pods=(stopped,), workload=evicted)])
+    stage = status["stages"]["training"]
+    assert (stage["state"], stage["attempts"], stage["failures"], stage["preemptions"]) == ("Preempted", 2, 0, 1)
+    assert "40 steps kept" in stage["message"] and status["results"]["lastCheckpointStep"] == 40
+    assert p.delete == [("Job", "r-train-1")] and [o["metadata"]["name"] for o in p.create][-1] == "r-train-2"
+    assert "StageRequeued" in [e.reason for e in p.events]
+    # The next attempt, queued: still Preempted until Kueue admits it, then it runs.
+    p, status = advance(run, status, [JobView("r-train-2", "Suspended", workload=WAITING)])
+    assert status["stages"]["training"]["state"] == "Preempted" and not p.events
+    readmitted = JobView("r-train-2", "Active", pods=(PodView("r-train-2-0", "Running"),), start_time=_ts(T0))
+    _, status = advance(run, status, [readmitted])
+    assert status["stages"]["training"]["state"] == "Running"
+
+
+def test_a_workload_kueue_deactivated_keeps_its_job_and_shows_why():
+    run = make_run(labels=QUEUE)
+    _, status = advance(run, {})
+    deactivated = WorkloadView(evicted=("InactiveWorkload", "The workload is deactivated"))
+    p, status = advance(run, status, [JobView("r-train-1", "Suspended", workload=deactivated)])
+    stage = status["stages"]["training"]
+    assert (stage["state"], stage["reason"], stage.get("preemptions", 0)) == ("Queued", "InactiveWorkload", 0)
+    assert not p.delete and not p.create
+
+
+def test_kueue_labels_and_the_training_grace_period_reach_the_jobs_but_not_the_stage_config():
+    run = make_run(
+        labels=QUEUE,
+        workloadPriorityClass="team-high",
+        training={"datasetPath": "/data/d.jsonl", "terminationGracePeriodSeconds": 900},
+    )
+    job = builders.training_job(run, 1)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "team-high"
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 900
+    assert "terminationGracePeriodSeconds" not in builders.stage_config(run, "training", 1)["training"]
+    unqueued = builders.training_job(make_run(workloadPriorityClass="team-high"), 1)
+    assert "kueue.x-k8s.io/priority-class" not in unqueued["metadata"]["labels"]  # no queue: Kueue ignores it
+    assert "suspend" not in unqueued["spec"]
 
 
 def test_missing_claims_hold_the_run_and_ttl_deletes_a_finished_one():
