@@ -353,7 +353,7 @@ def test_6_the_run_reports_what_longalign_run_reports_and_its_story(real_run):
         lead = next(
             p
             for p in real_run.pods(stage, attempt)
-            if p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index", "0") == "0"
+            if p["metadata"].get("annotations", {}).get("batch.kubernetes.io/job-completion-index", "0") == "0"
         )
         log = real_run.cluster.kubectl("logs", "-n", NAMESPACE, lead["metadata"]["name"]).stdout
         assert '{"longalign": "progress"' in log, (stage, log[-2000:])
