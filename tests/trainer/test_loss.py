@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import run_two_ranks
 
 from longalign_trainer.train.batching import StepSampler
 from longalign_trainer.train.linear_loss import per_token_linear_loss
@@ -116,11 +115,7 @@ def _worker(rank: int, port: int, weighting: bool, out):
 
 @pytest.mark.parametrize("weighting", [True, False])
 def test_two_real_ranks_give_the_reference(weighting):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = mp.Manager().dict()
-    mp.spawn(_worker, args=(port, weighting, out), nprocs=2, join=True)
+    out = run_two_ranks(_worker, weighting)
     expected = reference(make_sequences(0), 0, weighting, LAYOUT)
     assert out[0] == pytest.approx(expected, rel=1e-6)
     assert out[1] == out[0]

@@ -5,13 +5,12 @@ loss weighting on; what cannot be split is refused by name."""
 from __future__ import annotations
 
 import os
-import socket
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import run_two_ranks
 
 from longalign_trainer.config_files import InputError
 from longalign_trainer.train import attention, checkpointing, linear_loss, sequence_parallel
@@ -81,11 +80,7 @@ def _worker(rank: int, port: int, model_path, out):
 
 
 def test_two_sp_ranks_give_the_loss_and_gradients_of_one_rank(tiny_model):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = mp.Manager().dict()
-    mp.spawn(_worker, args=(port, tiny_model, out), nprocs=2, join=True)
+    out = run_two_ranks(_worker, tiny_model)
 
     attention.register("sdpa_block_diagonal", "cpu")  # 1 rank, whole packs: the reference
     whole = sequence_parallel.Layout(size=1, rank=0, dp_rank=0, dp_size=1)
