@@ -12,11 +12,22 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from longalign_operator.spec import GROUP, KIND, MOUNTS, VERSION, LongAlignRunSpec, PodOptions, StageOptions
+from longalign_operator.spec import (
+    DAY,
+    GROUP,
+    KIND,
+    MOUNTS,
+    TRAINING_GRACE_S,
+    VERSION,
+    LongAlignRunSpec,
+    PodOptions,
+    StageOptions,
+)
 from longalign_trainer.contract import JUDGE_KEY_ENV, TEACHER_URL_ENV
 
 LABEL_RUN = f"{GROUP}/run"
@@ -287,8 +298,24 @@ def training_service(run: Run) -> dict[str, Any]:
     }
 
 
-def training_job(run: Run, attempt: int) -> dict[str, Any]:
-    """The training pod group: an Indexed Job of ``nodes`` pods, all-or-nothing (any failure fails the group)."""
+def training_grace_seconds(configured: int | None, stop_s: float | None) -> int:
+    """The training pods' terminationGracePeriodSeconds: ``configured`` (the spec's), else 300 s until the
+    trainer has measured what stopping costs (``stop_s``: its slowest step plus its slowest checkpoint write),
+    then twice that plus 30 s for the processes to stop, at least 60 s.
+
+    >>> [training_grace_seconds(c, s) for c, s in ((None, None), (None, 2.4), (None, 200.2), (120, 2.4))]
+    [300, 60, 431, 120]
+    """
+    if configured is not None:
+        return configured
+    if stop_s is None:
+        return TRAINING_GRACE_S
+    return min(DAY, max(60, math.ceil(2 * stop_s + 30)))
+
+
+def training_job(run: Run, attempt: int, stop_s: float | None = None) -> dict[str, Any]:
+    """The training pod group: an Indexed Job of ``nodes`` pods, all-or-nothing (any failure fails the group);
+    ``stop_s`` sets its grace period (``training_grace_seconds``)."""
     t = run.spec.training
     name = attempt_name(run.name, "training", attempt)
     service = f"{run.name}-train"
@@ -328,7 +355,10 @@ def training_job(run: Run, attempt: int) -> dict[str, Any]:
         env=env,
         gpus=t.gpus_per_node,
         config_map=name,
-        extra={"subdomain": service, "terminationGracePeriodSeconds": t.termination_grace_period_seconds},
+        extra={
+            "subdomain": service,
+            "terminationGracePeriodSeconds": training_grace_seconds(t.termination_grace_period_seconds, stop_s),
+        },
     )
     return _job(
         run, "training", attempt, t, template, completionMode="Indexed", completions=t.nodes, parallelism=t.nodes
@@ -459,8 +489,8 @@ def judge_env(run: Run) -> list[dict[str, Any]]:
     return [{"name": JUDGE_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
 
 
-def stage_objects(run: Run, stage: str, attempt: int) -> list[dict[str, Any]]:
-    """Everything one attempt of a stage needs, in creation order."""
+def stage_objects(run: Run, stage: str, attempt: int, stop_s: float | None = None) -> list[dict[str, Any]]:
+    """Everything one attempt of a stage needs, in creation order (``stop_s``: ``training_grace_seconds``)."""
     objects = [config_map(run, stage, attempt)]
     if stage == "dataGeneration":
         objects += teacher_objects(run)
@@ -468,7 +498,7 @@ def stage_objects(run: Run, stage: str, attempt: int) -> list[dict[str, Any]]:
             single_pod_job(run, stage, attempt, gpus=0, env=[{"name": TEACHER_URL_ENV, "value": teacher_urls(run)}])
         )
     elif stage == "training":
-        objects += [training_service(run), training_job(run, attempt)]
+        objects += [training_service(run), training_job(run, attempt, stop_s)]
     else:
         objects.append(single_pod_job(run, stage, attempt, gpus=run.spec.evaluation.gpus, env=judge_env(run)))
     return objects

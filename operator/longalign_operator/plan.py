@@ -306,10 +306,38 @@ def _start_attempt(obs: Observed, p: Plan, stage: str, st: StageStatus) -> None:
     st.state, st.reason, st.message = "Starting", "Creating", f"attempt {st.attempts}"
     st.start_time = ts(obs.now)
     st.end_time = None
-    p.create += builders.stage_objects(obs.run, stage, st.attempts)
+    p.create += builders.stage_objects(obs.run, stage, st.attempts, st.stop_seconds)
+    if stage == "training":
+        _set_grace_period(obs, p, st)
     p.status.message = f"{stage}: starting attempt {st.attempts}"
     p.status.progress, p.status.eta = "0%", None
     p.events.append(Event("Normal", "StageStarted", f"{stage}: attempt {st.attempts} started", stage))
+
+
+def _set_grace_period(obs: Observed, p: Plan, st: StageStatus) -> None:
+    """Record the new training attempt's grace period; warn when the spec's is shorter than what stopping
+    was measured to need."""
+    configured = obs.run.spec.training.termination_grace_period_seconds
+    st.grace_period_seconds = builders.training_grace_seconds(configured, st.stop_seconds)
+    needed = builders.training_grace_seconds(None, st.stop_seconds)
+    if st.stop_seconds is not None and st.grace_period_seconds < needed:
+        p.events.append(
+            Event(
+                "Warning",
+                "GracePeriodShort",
+                f"training: terminationGracePeriodSeconds {configured} may end a stopping pod before its "
+                f"checkpoint is written (its slowest step and checkpoint took {st.stop_seconds:.0f} s): set "
+                f"training.terminationGracePeriodSeconds to {needed} or more, or leave it unset",
+                "training",
+            )
+        )
+
+
+def _record_stop_cost(st: StageStatus, slowest_step_s: object, slowest_checkpoint_s: object) -> None:
+    """Keep the largest stop cost the trainer reported: its slowest step plus its slowest checkpoint write."""
+    if isinstance(slowest_step_s, (int, float)) and isinstance(slowest_checkpoint_s, (int, float)):
+        cost = float(slowest_step_s) + float(slowest_checkpoint_s)
+        st.stop_seconds = round(max(st.stop_seconds or 0.0, cost), 2)
 
 
 def _succeed(obs: Observed, p: Plan, stage: str, st: StageStatus, job: JobView) -> None:
@@ -320,6 +348,8 @@ def _succeed(obs: Observed, p: Plan, stage: str, st: StageStatus, job: JobView) 
     if summary is not None:
         st.summary = summary
         _record_results(p.status, stage, summary)
+        if stage == "training":
+            _record_stop_cost(st, summary.get("slowest_step_s"), summary.get("slowest_checkpoint_s"))
     if stage == "dataGeneration":
         name = builders.teacher_name(obs.run.name)
         p.delete += [("StatefulSet", name), ("Service", name)]
@@ -459,6 +489,8 @@ def _preempted(obs: Observed, p: Plan, stage: str, st: StageStatus, job: JobView
         p.status.message = f"{stage}: {st.message}"
         return
     summary = _summary(job)
+    if stage == "training" and summary:
+        _record_stop_cost(st, summary.get("slowest_step_s"), summary.get("slowest_checkpoint_s"))
     steps = summary.get("steps") if summary and summary.get("preempted") else None
     if isinstance(steps, int):
         kept = f"{steps} steps kept"
@@ -489,8 +521,10 @@ def _record_progress(p: Plan, st: StageStatus, job: JobView) -> None:
     st.last_progress_time = job.progress_time
     p.status.progress = f"{st.progress_percent:.0f}%"
     p.status.eta = None if st.eta_seconds is None else format_duration(st.eta_seconds)
-    if line.get("stage") == "train" and isinstance(loss := st.metrics.get("loss"), (int, float)):
-        p.status.loss = significant(loss)
+    if line.get("stage") == "train":
+        _record_stop_cost(st, st.metrics.get("slowestStepS"), st.metrics.get("slowestCheckpointS"))
+        if isinstance(loss := st.metrics.get("loss"), (int, float)):
+            p.status.loss = significant(loss)
 
 
 def significant(value: float) -> str:

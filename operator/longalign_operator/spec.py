@@ -36,7 +36,8 @@ MAX_SEQUENCE_PARALLEL = 16
 """Largest SP group: the GPUs of one node."""
 DAY = 86_400
 TRAINING_GRACE_S = 300
-"""Default terminationGracePeriodSeconds of training pods (README: Preemption says where it comes from)."""
+"""terminationGracePeriodSeconds of a training attempt's pods before the trainer has measured what stopping
+costs (README: Preemption says where it comes from)."""
 RENDEZVOUS_ENV = (
     "MASTER_ADDR",
     "MASTER_PORT",
@@ -216,10 +217,11 @@ class Training(StageOptions):
     optimizer: Optimizer = Optimizer()
     gradient_checkpointing: bool = True
     checkpoint_every_steps: int = Field(default=100, ge=1, le=1_000_000)
-    termination_grace_period_seconds: int = Field(default=TRAINING_GRACE_S, ge=30, le=DAY)
+    termination_grace_period_seconds: int | None = Field(default=None, ge=30, le=DAY)
     """How long a training pod asked to stop (Kueue preempting it, a node drained) has to write its checkpoint
-    of the current step before it is killed: the trainer checkpoints on SIGTERM. The default covers a measured
-    checkpoint with room to spare (README: Preemption); a longer one delays whoever preempted the run."""
+    of the current step before it is killed: the trainer checkpoints on SIGTERM. Unset: 300 s until the trainer
+    has measured its slowest step and checkpoint, then twice their sum plus 30 s for each later attempt
+    (README: Preemption); a longer one delays whoever preempted the run."""
 
 
 class JudgeOptions(Model):

@@ -61,6 +61,12 @@ class StageStatus(Model):
     gradNorm, ...)."""
     summary: dict[str, Any] | None = None
     """The stage's final summary, as it wrote it to its termination message."""
+    stop_seconds: float | None = None
+    """Training: what stopping on SIGTERM cost at most, as the trainer measured it over the attempts: its
+    slowest step plus its slowest checkpoint write (seconds)."""
+    grace_period_seconds: int | None = None
+    """Training: the terminationGracePeriodSeconds of the current attempt's pods (the spec's, or following
+    ``stopSeconds``)."""
 
 
 class Stages(Model):

@@ -383,6 +383,8 @@ def test_sigterm_checkpoints_the_current_step_and_the_run_resumes(reference, tmp
     stopped_at = summary["steps"]
     assert 3 <= stopped_at < STEPS
     assert (out / "checkpoints" / "latest").read_text() == f"step-{stopped_at:08d}"  # no periodic one was due
+    # what stopping cost, measured, for the operator's grace period: the steps and the SIGTERM checkpoint
+    assert 0 < summary["slowest_step_s"] < 60 and 0 < summary["slowest_checkpoint_s"] < 60, summary
     train(config)
     expected, resumed = step_losses(ref_out, 0), step_losses(out, 0)
     assert sorted(resumed) == list(range(1, STEPS + 1))

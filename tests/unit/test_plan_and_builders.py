@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -233,6 +234,53 @@ def test_a_preempted_attempt_waits_for_its_pods_to_stop_then_the_next_is_queued_
     readmitted = JobView("r-train-2", "Active", pods=(PodView("r-train-2-0", "Running"),), start_time=_ts(T0))
     _, status = advance(run, status, [readmitted])
     assert status["stages"]["training"]["state"] == "Running"
+
+
+def grace_of(objects: list[dict]) -> int:
+    [job] = [o for o in objects if o["kind"] == "Job"]
+    return job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+
+
+def preempt(run: Run, status: dict, attempt: int, summary: dict) -> tuple:
+    """Attempt ``attempt`` runs, is preempted, and stops with ``summary``: (plan, status) of the next attempt."""
+    name = f"r-train-{attempt}"
+    running = JobView(name, "Active", pods=(PodView(f"{name}-0", "Running"),), start_time=_ts(T0))
+    _, status = advance(run, status, [running])
+    evicted = WorkloadView(evicted=("Preempted", "Preempted to accommodate a workload"))
+    stopped = PodView(f"{name}-0", "Failed", termination_message=json.dumps(summary), exit_code=143, deleted=True)
+    return advance(run, status, [JobView(name, "Suspended", pods=(stopped,), workload=evicted)])
+
+
+def test_the_grace_period_follows_the_stop_cost_the_trainer_measured_unless_the_spec_sets_one():
+    stopped = {"stage": "train", "ok": False, "preempted": True, "steps": 40}
+    run = make_run(labels=QUEUE)
+    p, status = advance(run, {})
+    assert grace_of(p.create) == 300 and status["stages"]["training"]["gracePeriodSeconds"] == 300  # not measured
+    p, status = preempt(run, status, 1, {**stopped, "slowest_step_s": 4.5, "slowest_checkpoint_s": 40.0})
+    assert status["stages"]["training"]["stopSeconds"] == 44.5
+    assert grace_of(p.create) == 119 and status["stages"]["training"]["gracePeriodSeconds"] == 119  # 2 × 44.5 + 30
+    # a slower checkpoint reported in a progress line raises it; a faster one later does not lower it
+    line = {"longalign": "progress", "stage": "train", "done": 50, "total": 100, "unit": "steps"}
+    for checkpoint_s in (90.0, 10.0):
+        running = JobView(
+            "r-train-2",
+            "Active",
+            pods=(PodView("r-train-2-0", "Running"),),
+            start_time=_ts(T0),
+            progress={**line, "metrics": {"slowest_step_s": 5.0, "slowest_checkpoint_s": checkpoint_s}},
+        )
+        _, status = advance(run, status, [running])
+    assert status["stages"]["training"]["stopSeconds"] == 95.0
+    p, _ = preempt(run, status, 2, stopped)
+    assert grace_of(p.create) == 220
+
+    short = make_run(labels=QUEUE, training={"datasetPath": "/data/d.jsonl", "terminationGracePeriodSeconds": 60})
+    p, status = advance(short, {})
+    assert grace_of(p.create) == 60 and not [e for e in p.events if e.reason == "GracePeriodShort"]
+    p, status = preempt(short, status, 1, {**stopped, "slowest_step_s": 4.5, "slowest_checkpoint_s": 40.0})
+    assert grace_of(p.create) == 60  # the user's choice stands, with a warning that names the field and the fix
+    [warning] = [e for e in p.events if e.reason == "GracePeriodShort"]
+    assert warning.type == "Warning" and "training.terminationGracePeriodSeconds to 119" in warning.message
 
 
 def test_a_workload_kueue_deactivated_keeps_its_job_and_shows_why():

@@ -90,6 +90,10 @@ class Recipe:
         self.losses: list[float] = []
         self.tokens_seen = 0
         self.ckpt_root = cfg.checkpoints
+        self.slowest_step_s = 0.0
+        self.slowest_checkpoint_s = 0.0
+        """What stopping on SIGTERM costs at most, as measured: the step in flight, then a checkpoint (the operator
+        sets the training pods' grace period from them)."""
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -303,6 +307,7 @@ class Recipe:
             self.tokens_seen += sum(lengths)
             self.run_tokens += sum(lengths)  # this process's steps only (tokens_seen includes resumed ones)
             elapsed = time.monotonic() - t0
+            self.slowest_step_s = max(self.slowest_step_s, elapsed)
             mfu = None
             if peak:
                 flops = training_flops(
@@ -320,6 +325,8 @@ class Recipe:
                     tokens_per_s=sum(lengths) / elapsed,
                     mfu=mfu,
                     lr=engine.get_lr()[0],
+                    slowest_step_s=self.slowest_step_s,
+                    slowest_checkpoint_s=self.slowest_checkpoint_s or None,
                 )
             if stop and self.sampler.position < self.sampler.total_steps:
                 self.save_checkpoint()
@@ -381,6 +388,7 @@ class Recipe:
         if final.exists():  # already saved at this position (a finished run started again)
             self.last_checkpoint = final
             return final
+        t0 = time.monotonic()
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -403,6 +411,7 @@ class Recipe:
                 shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
         self.last_checkpoint = final
+        self.slowest_checkpoint_s = max(self.slowest_checkpoint_s, time.monotonic() - t0)
         return final
 
     def latest_checkpoint(self) -> Path | None:
@@ -493,6 +502,8 @@ class Recipe:
             "memory_estimate": self.memory_estimate.as_dict(),
             "peak_gpu_gib": _peak_gpu_gib(self.cuda),
             "checkpoint": str(getattr(self, "last_checkpoint", "")),
+            "slowest_step_s": round(self.slowest_step_s, 2),
+            "slowest_checkpoint_s": round(self.slowest_checkpoint_s, 2),
             "export": str(export) if export else None,
             "data": self.data_report.summary(),
             "rejected_records": str(self.cfg.output_dir / REJECTED_FILE),
