@@ -14,9 +14,10 @@ from localcluster import LocalCluster, wait_for
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory) -> LocalCluster:
-    """A real cluster with 8 GPU and 2 CPU KWOK nodes and 2 real nodes, fresh for this session, stopped at its end."""
+    """A real cluster with 8 GPU and 2 CPU KWOK nodes, 2 real nodes and Kueue (used only by Jobs that name a
+    LocalQueue), fresh for this session, stopped at its end."""
     t0 = time.monotonic()
-    with LocalCluster(data_dir=tmp_path_factory.mktemp("cluster")) as c:
+    with LocalCluster(data_dir=tmp_path_factory.mktemp("cluster"), kueue=True) as c:
         print(f"\nlocal cluster ready in {time.monotonic() - t0:.1f} s; KUBECONFIG={c.kubeconfig}")
         yield c
 

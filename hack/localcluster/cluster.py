@@ -208,10 +208,10 @@ class LocalCluster:
             "kueue's webhooks (ResourceFlavors created)",
         )
 
-    def create_queues(self, cluster_queue: str, gpus: int, local_queues: dict[str, str]) -> None:
-        """A Kueue ClusterQueue with ``gpus`` GPUs of the GPU nodes (``kueue.cluster_queue``) and a LocalQueue
-        for it per entry of ``local_queues`` (namespace -> LocalQueue name)."""
-        items = [kueue.cluster_queue(cluster_queue, gpus)]
+    def create_queues(self, cluster_queue: str, quotas: list[dict], local_queues: dict[str, str]) -> None:
+        """A Kueue ClusterQueue with ``quotas`` (``kueue.gpu_node_quotas``, ``kueue.real_node_quotas``) and a
+        LocalQueue for it per entry of ``local_queues`` (namespace -> LocalQueue name)."""
+        items = [kueue.cluster_queue(cluster_queue, quotas)]
         items += [kueue.local_queue(name, ns, cluster_queue) for ns, name in local_queues.items()]
         self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
 

@@ -146,12 +146,33 @@ def resource_flavors() -> list[dict[str, Any]]:
     ]
 
 
-def cluster_queue(name: str, gpus: int, gpu_node_cpus: str = "1536", real_cpus: str = "8") -> dict[str, Any]:
-    """A ClusterQueue with ``gpus`` GPUs (and CPU, memory) of the GPU flavor and CPU quota on the real nodes.
+def flavor_quota(flavor: str, cpu: str, memory: str, gpus: int) -> dict[str, Any]:
+    """One flavor's quota in a ClusterQueue: CPU, memory and GPUs."""
+    return {
+        "name": flavor,
+        "resources": [
+            {"name": "cpu", "nominalQuota": cpu},
+            {"name": "memory", "nominalQuota": memory},
+            {"name": "nvidia.com/gpu", "nominalQuota": gpus},
+        ],
+    }
 
-    The CPU flavor comes first with no GPUs, so pods without GPUs go to the real nodes and pods with GPUs to
-    the GPU nodes. Within the queue a higher-priority workload preempts lower-priority ones.
-    """
+
+def gpu_node_quotas(gpus: int) -> list[dict[str, Any]]:
+    """``gpus`` GPUs of the KWOK GPU nodes, after CPU quota on the real nodes without GPUs: pods without GPUs go
+    to the real nodes, pods with GPUs to the GPU nodes."""
+    return [flavor_quota(CPU_FLAVOR, "8", "16Gi", 0), flavor_quota(GPU_FLAVOR, "1536", "16Ti", gpus)]
+
+
+def real_node_quotas(gpus: int) -> list[dict[str, Any]]:
+    """The real nodes alone, with ``gpus`` of their stand-in GPUs: for runs whose every stage runs there (a
+    queue that also had the GPU nodes' flavor would place a pod there rather than preempt for a real node)."""
+    return [flavor_quota(CPU_FLAVOR, "8", "16Gi", gpus)]
+
+
+def cluster_queue(name: str, quotas: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ClusterQueue with ``quotas`` (``flavor_quota``s, tried in order). Within the queue a higher-priority
+    workload preempts lower-priority ones."""
     return {
         "apiVersion": "kueue.x-k8s.io/v1beta1",
         "kind": "ClusterQueue",
@@ -159,29 +180,7 @@ def cluster_queue(name: str, gpus: int, gpu_node_cpus: str = "1536", real_cpus: 
         "spec": {
             "namespaceSelector": {},
             "preemption": {"withinClusterQueue": "LowerPriority"},
-            "resourceGroups": [
-                {
-                    "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
-                    "flavors": [
-                        {
-                            "name": CPU_FLAVOR,
-                            "resources": [
-                                {"name": "cpu", "nominalQuota": real_cpus},
-                                {"name": "memory", "nominalQuota": "16Gi"},
-                                {"name": "nvidia.com/gpu", "nominalQuota": 0},
-                            ],
-                        },
-                        {
-                            "name": GPU_FLAVOR,
-                            "resources": [
-                                {"name": "cpu", "nominalQuota": gpu_node_cpus},
-                                {"name": "memory", "nominalQuota": "16Ti"},
-                                {"name": "nvidia.com/gpu", "nominalQuota": gpus},
-                            ],
-                        },
-                    ],
-                }
-            ],
+            "resourceGroups": [{"coveredResources": ["cpu", "memory", "nvidia.com/gpu"], "flavors": quotas}],
         },
     }
 

@@ -12,15 +12,21 @@ nothing lost:
 2. a training pod deleted after a checkpoint: the next attempt resumes from it;
 3. a node's kubelet stopped while a training pod runs there: NodeLost within the node controller's grace period,
    and training resumes once the node is back;
-4. the operator's container SIGKILLed mid-stage: it carries on, no duplicate Jobs or pods;
-5. the judge unreachable: evaluation fails its attempt without a score, and scores once the judge is back;
-6. the run succeeds with the results ``longalign run`` reports (tests/run_results.py), and its Events, rows and
+4. Kueue preempting training for a higher-priority Job: the pods checkpoint the step they are in on SIGTERM,
+   the stage is Preempted (no failure), and it resumes from that step once Kueue admits it again;
+5. the operator's container SIGKILLed mid-stage: it carries on, no duplicate Jobs or pods;
+6. the judge unreachable: evaluation fails its attempt without a score, and scores once the judge is back;
+7. the run succeeds with the results ``longalign run`` reports (tests/run_results.py), and its Events, rows and
    logs tell the story.
+
+The run's stages are admitted by real Kueue (its Jobs carry the LocalQueue's name), from a ClusterQueue of the
+real nodes' 2 stand-in GPUs.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +35,7 @@ from pathlib import Path
 import pytest
 from run_results import RESULT_FIELDS
 
-from localcluster import LocalCluster, tiny_run, wait_for
+from localcluster import LocalCluster, images, kueue, tiny_run, wait_for
 from localcluster.realnode import RealNode
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
@@ -37,8 +43,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 NAME = "tiny-cluster"
 NAMESPACE = "real-run"
 CHECKPOINT_EVERY = 8
-EPOCHS = 18  # about 140 steps of about 1 s: the third attempt still trains after the kubelet's 50 s
+EPOCHS = 22  # about 170 steps of about 1 s: the third attempt, after the kubelet's 50 s, trains until preempted
 NODE_GRACE_S = 50  # kube-controller-manager's --node-monitor-grace-period (the default)
+QUEUE = "real"  # the LocalQueue of the run's namespace, on ClusterQueue real-run: the real nodes' 2 GPUs
 
 
 @dataclass
@@ -113,6 +120,8 @@ def fault_run_resource() -> dict:
     # one document at a time, each committed at once: the generator is surely mid-way when it is killed
     resource["spec"]["dataGeneration"]["settings"]["engine"]["concurrency"] = 1
     resource["spec"]["dataGeneration"]["settings"]["flush_interval_s"] = 0.1
+    resource["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": QUEUE}
+    resource["spec"]["workloadPriorityClass"] = "team-low"
     return resource
 
 
@@ -127,6 +136,9 @@ def real_run(cluster: LocalCluster):
         30,
         "the namespace's default ServiceAccount",
     )
+    priorities = [kueue.priority_class("team-low", 10), kueue.priority_class("team-high", 1000)]
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": priorities}))
+    cluster.create_queues("real-run", kueue.real_node_quotas(2), {NAMESPACE: QUEUE})
     tiny_run.install_operator_chart(cluster, NAMESPACE)
     resource = fault_run_resource()
     tiny_run.prepare_namespace(cluster, NAMESPACE, resource)
@@ -264,8 +276,57 @@ def test_3_a_node_whose_kubelet_stops_is_named_lost_and_training_resumes_once_it
     assert resumed >= step
 
 
-def test_4_a_sigkilled_operator_carries_on_without_duplicate_jobs_or_pods(real_run):
+def preempting_job(name: str, seconds: int) -> dict:
+    """A Job of another team's, of higher priority, in the run's queue: one pod on a real node holding one of its
+    GPUs for ``seconds``."""
+    labels = {"kueue.x-k8s.io/queue-name": QUEUE, "kueue.x-k8s.io/priority-class": "team-high"}
+    container = {
+        "name": "main",
+        "image": images.local_reference("busybox"),
+        "imagePullPolicy": "Never",
+        "command": ["sleep", str(seconds)],
+        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+    }
+    pod = {"restartPolicy": "Never", "containers": [container], **tiny_run.ON_REAL_NODES}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"suspend": True, "backoffLimit": 0, "template": {"spec": pod}},
+    }
+
+
+def test_4_kueue_preempts_training_which_checkpoints_its_step_on_sigterm_and_resumes_from_it(real_run):
+    cluster, checkpoints = real_run.cluster, real_run.volume("checkpoints")
     real_run.until("training attempt 3 running", lambda _: resumed_from(real_run, 3))
+    cluster.load_image("busybox")
+    cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(preempting_job("urgent", 15)))
+    periodic = checkpoint_step(checkpoints)
+    stage = real_run.until(
+        "training preempted, attempt 4 queued",
+        lambda run: (st := run["status"]["stages"]["training"]).get("preemptions") == 1 and st["attempts"] == 4 and st,
+        timeout=180,
+    )
+    assert (stage["state"], stage["reason"], stage["failures"]) == ("Preempted", "Preempted", 2), stage
+    kept = int(re.search(r"(\d+) steps kept", stage["message"])[1])
+    assert kept == checkpoint_step(checkpoints) >= periodic  # the checkpoint written on SIGTERM is the newest
+    resumed = real_run.until("attempt 4 resumed", lambda _: resumed_from(real_run, 4), timeout=300)
+    assert resumed == kept
+    # The stop cost the preempted attempt measured (its slowest step and checkpoint, the one on SIGTERM included)
+    # sets the next attempt's grace period, instead of the 300 s before anything was measured.
+    stage = real_run.stage("training")
+    grace_4 = real_run.pods("training", 4)[0]["spec"]["terminationGracePeriodSeconds"]
+    print(f"stop cost measured: {stage['stopSeconds']} s; attempt 4's grace period {grace_4} s", flush=True)
+    assert stage["stopSeconds"] > 0 and 60 <= grace_4 == stage["gracePeriodSeconds"] < 300, stage
+    urgent = cluster.get("job", "urgent", "-n", NAMESPACE)
+    assert urgent["status"].get("succeeded") == 1 and not urgent["spec"]["suspend"]  # Kueue admitted it
+    story = [(r, m) for r, m in real_run.events() if m.startswith("training")]
+    assert any(r == "StagePreempted" for r, _ in story), story
+    assert any(r == "StageRequeued" and f"{kept} steps kept" in m for r, m in story), story
+
+
+def test_5_a_sigkilled_operator_carries_on_without_duplicate_jobs_or_pods(real_run):
+    real_run.until("training attempt 4 running", lambda _: resumed_from(real_run, 4))
     [operator] = real_run.cluster.get("pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/instance=longalign")["items"]
     real_run.sigkill(operator)
     wait_for(
@@ -283,12 +344,12 @@ def test_4_a_sigkilled_operator_carries_on_without_duplicate_jobs_or_pods(real_r
     assert len(names) == len(set(names))
     stage = real_run.stage("training")
     if stage["state"] != "Succeeded":  # still the same attempt, with its 2 pods
-        assert stage["attempts"] == 3
-        assert len([p for p in real_run.pods("training", 3) if not p["metadata"].get("deletionTimestamp")]) == 2
-    assert not real_run.pods("training", 4)
+        assert stage["attempts"] == 4
+        assert len([p for p in real_run.pods("training", 4) if not p["metadata"].get("deletionTimestamp")]) == 2
+    assert not real_run.pods("training", 5)
 
 
-def test_5_an_unreachable_judge_fails_the_evaluation_attempt_without_a_score_and_it_scores_once_back(real_run):
+def test_6_an_unreachable_judge_fails_the_evaluation_attempt_without_a_score_and_it_scores_once_back(real_run):
     cluster = real_run.cluster
     cluster.kubectl(
         "patch", "service", "judge", "-n", NAMESPACE, "-p", json.dumps({"spec": {"selector": {"app": "away"}}})
@@ -313,15 +374,16 @@ def test_5_an_unreachable_judge_fails_the_evaluation_attempt_without_a_score_and
     assert 1 <= run["status"]["results"]["longBenchChatScore"] <= 10
 
 
-def test_6_the_run_reports_what_longalign_run_reports_and_its_story(real_run):
+def test_7_the_run_reports_what_longalign_run_reports_and_its_story(real_run):
     status = real_run.get()["status"]
     assert status["phase"] == "Succeeded"
     assert set(status["results"]) == RESULT_FIELDS
     assert {s: (v["state"], v["attempts"], v["failures"]) for s, v in status["stages"].items()} == {
         "dataGeneration": ("Succeeded", 2, 1),
-        "training": ("Succeeded", 3, 2),
+        "training": ("Succeeded", 4, 2),
         "evaluation": ("Succeeded", 2, 1),
     }
+    assert status["stages"]["training"]["preemptions"] == 1
     training = status["stages"]["training"]["summary"]
     assert training["world_size"] == 2 and training["zero_stage"] == 3
     # the loss trajectory continues across the attempts: every step logged once, in order
@@ -338,7 +400,7 @@ def test_6_the_run_reports_what_longalign_run_reports_and_its_story(real_run):
     ]
     stages = [stage for stage, _ in story]
     assert stages == sorted(stages, key=["dataGeneration", "training", "evaluation"].index), story
-    for stage, (attempts, failures) in {"dataGeneration": (2, 1), "training": (3, 2), "evaluation": (2, 1)}.items():
+    for stage, (attempts, failures) in {"dataGeneration": (2, 1), "training": (4, 2), "evaluation": (2, 1)}.items():
         reasons = [r for s, r in story if s == stage]
         assert reasons[0] == "StageStarted" and reasons[-1] == "StageSucceeded", (stage, reasons)
         assert (reasons.count("StageStarted"), reasons.count("StageRetrying")) == (attempts, failures), reasons
@@ -349,7 +411,7 @@ def test_6_the_run_reports_what_longalign_run_reports_and_its_story(real_run):
     assert any(eta for _, _, eta, _ in training) and any(loss for _, _, _, loss in training)
     assert any(" Training " in row for row in real_run.rows)
     # `kubectl logs` of each stage's lead pod shows its progress lines
-    for stage, attempt in (("training", 3), ("evaluation", 2)):
+    for stage, attempt in (("training", 4), ("evaluation", 2)):
         lead = next(
             p
             for p in real_run.pods(stage, attempt)

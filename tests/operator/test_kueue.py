@@ -43,7 +43,7 @@ def operator(cluster):
 @pytest.fixture
 def queue(cluster, operator, volumes) -> str:
     """The test's namespace with a LocalQueue ``gpus`` on a ClusterQueue of its own (16 GPUs)."""
-    cluster.create_queues(volumes, GPUS, {volumes: "gpus"})
+    cluster.create_queues(volumes, kueue.gpu_node_quotas(GPUS), {volumes: "gpus"})
     return volumes
 
 
