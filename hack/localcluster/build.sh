@@ -5,7 +5,7 @@
 #
 # The cache is keyed by every version below; change a version and a fresh directory is built.
 # Binaries: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, helm; for the real
-# nodes kubelet, kube-proxy and coredns; plus KWOK's own node stages (kwok-node-stages.yaml) and Logs CRD
+# nodes kubelet, kube-proxy and coredns (with the plugins the cluster uses: gomod/coredns); plus KWOK's own node stages (kwok-node-stages.yaml) and Logs CRD
 # (kwok-logs-crd.yaml), taken from the same kwok module. Kueue goes into kueue/ (the controller, and its
 # config/components/crd and config/components/webhook from the same module); kueue/VERSION keys that folder
 # by its own version, so changing KUEUE_VERSION rebuilds Kueue alone.
@@ -31,6 +31,14 @@ for b in "${ALL[@]}"; do [ -x "$BIN/$b" ] || missing+=("$b"); done
 [ -s "$BIN/kwok-logs-crd.yaml" ] || missing+=(kwok-logs-crd)
 [ "$(cat "$BIN/kueue/VERSION" 2>/dev/null)" = "$KUEUE_VERSION" ] || missing+=(kueue)
 if [ ${#missing[@]} -eq 0 ]; then echo "$BIN"; exit 0; fi
+
+pinned() {  # wrapper module, module path, version: the wrapper's go.mod must require that version
+  grep -q "^[[:space:]]*\(require \)\?$2 $3\b" "$HERE/gomod/$1/go.mod" ||
+    { echo "build.sh: gomod/$1/go.mod does not require $2 $3 (set both versions together)" >&2; exit 1; }
+}
+pinned k8s k8s.io/kubernetes "$K8S_VERSION"
+pinned etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+pinned coredns github.com/coredns/coredns "$COREDNS_VERSION"
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 mkdir -p "$BIN"
@@ -87,6 +95,12 @@ copy_kwok_logs_crd() {
   cp "$dir/kustomize/crd/bases/kwok.x-k8s.io_logs.yaml" "$BIN/kwok-logs-crd.yaml"
 }
 
+build_coredns() {
+  # A main of our own with only the plugins coredns.py's Corefile uses (gomod/coredns/main.go).
+  log "coredns $COREDNS_VERSION (plugins bind, errors, cache, kubernetes)"
+  (cd "$HERE/gomod/coredns" && go build -trimpath -ldflags "-s -w" -o "$BIN/coredns" .)
+}
+
 build_kueue() {
   # Kueue's go.mod has no replace directives: `go install` builds it as published.
   local dir out="$BIN/kueue"
@@ -109,7 +123,7 @@ for b in "${missing[@]}"; do
             "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" ;;
     helm) build_go_install helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
             "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION $(helm_kube_version_flags)" ;;
-    coredns) build_go_install coredns "github.com/coredns/coredns@$COREDNS_VERSION" ;;
+    coredns) build_coredns ;;
     kwok-node-stages) copy_kwok_node_stages ;;
     kwok-logs-crd) copy_kwok_logs_crd ;;
     kueue) build_kueue ;;
