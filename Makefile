@@ -9,14 +9,14 @@ DEMO_DIR ?= build/tiny-local
 .PHONY: setup demo cluster-demo cluster check fix test images
 
 setup:
-	bash hack/setup.sh
+	bash hack/setup.sh $(SETUP_FLAGS)
 
 # The tiny example, every stage for real on this machine (vLLM on the CPU, 2-process DeepSpeed), from scratch.
 demo: setup
 	rm -rf $(DEMO_DIR)
 	$(VENV)/bin/longalign run manifests/examples/tiny-local.yaml --prepare-tiny --workdir $(DEMO_DIR)
 
-# The tiny example on the local Kubernetes control plane, through the operator (KWOK plays the pods).
+# The tiny example on the local cluster's real nodes, through the helm-installed operator (hack/localcluster/tiny_run.py).
 cluster-demo: setup
 	PYTHONPATH=hack $(PY) -m localcluster demo
 
@@ -42,5 +42,7 @@ fix: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The tests' setup also builds the container images (setup.sh --images), while the Go binaries compile.
+test: SETUP_FLAGS = --images
 test: setup check
 	$(PY) -m pytest $(PYTEST_ARGS)
