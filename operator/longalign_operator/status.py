@@ -86,7 +86,7 @@ class Results(Model):
     checkpoint_keeps: str | None = None
     """What gradient checkpointing kept (chosen by fit unless the stage settings set it)."""
     sequence_parallel_size: int | None = None
-    """The GPUs each pack was split over (Ulysses sequence parallelism; 1: none)."""
+    """The GPUs each pack was split over (sequence parallelism; 1: none)."""
 
 
 class LongAlignRunStatus(Model):
