@@ -185,22 +185,28 @@ def test_flash_attn_3_backend_equals_the_reference_and_is_not_recomputed(model, 
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["sdpa_block_diagonal", "cudnn", "flash_attn_3"])
+@pytest.mark.parametrize("backend", ["sdpa_block_diagonal", "cudnn", "flash_attn_3", "flex"])
 def test_a_slice_of_queries_with_its_sequences_earlier_keys_gives_the_whole_packs_rows(
     backend, monkeypatch, fa3_stand_in
 ):
     """Sequence parallelism with all-gathered keys: each of 3 slices of a pack runs its queries against its
     pieces' keys from each sequence's start (a piece that continues a sequence sees the keys before the slice:
     the causal mask aligned bottom-right). Together the slices give the whole pack's output and gradients, on
-    every backend that runs on CPU (cuDNN's split on CPU's SDPA; FlashAttention-3 through its op protocol)."""
+    every backend that runs on CPU (cuDNN's split on CPU's SDPA; FlashAttention-3 through its op protocol;
+    FlexAttention uncompiled, its output only: on CPU it has no backward pass, and torch 2.13's CPU compiler
+    fails on query and key lengths that differ)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
     from longalign_trainer.train import sequence_parallel
 
     cudnn_on_cpu(monkeypatch, pad_to=8)
+    monkeypatch.setattr(attention, "_compiled_flex", lambda: flex_attention)
     monkeypatch.setitem(attention._chosen, "backend", backend)
     torch.manual_seed(4)
     lengths = [25, 4, 30, 1, 12]  # slices of 24: a long piece that continues its sequence, long and short ones
     pack = build_pack([([1] * n, [1] * n) for n in lengths])
-    q, k, v = (torch.randn(1, pack.num_tokens, h, 16).transpose(1, 2).requires_grad_() for h in (4, 1, 1))
+    needs_grad = backend != "flex"
+    q, k, v = (torch.randn(1, pack.num_tokens, h, 16).transpose(1, 2).requires_grad_(needs_grad) for h in (4, 1, 1))
     grad_out = torch.randn(1, pack.num_tokens, 4, 16)
     outs = []
     for rank in range(3):
@@ -221,11 +227,14 @@ def test_a_slice_of_queries_with_its_sequences_earlier_keys_gives_the_whole_pack
         outs.append(out)
     assert [int(o.shape[1]) for o in outs] == [24, 24, 24]
     sliced = torch.cat(outs, dim=1)
+    reference = attention._sdpa_block_diagonal(q, k, v, pack.cu_seqlens, pack.cu_seqlens, 0.25).transpose(1, 2)
+    torch.testing.assert_close(sliced, reference, rtol=1e-5, atol=1e-5)
+    if not needs_grad:
+        return
     sliced.backward(grad_out)
-    got = [sliced.detach(), *(t.grad for t in (q, k, v))]
+    got = [t.grad for t in (q, k, v)]
     for t in (q, k, v):
         t.grad = None
-    reference = attention._sdpa_block_diagonal(q, k, v, pack.cu_seqlens, pack.cu_seqlens, 0.25).transpose(1, 2)
     reference.backward(grad_out)
-    for g, r in zip(got, [reference.detach(), *(t.grad for t in (q, k, v))], strict=True):
+    for g, r in zip(got, [t.grad for t in (q, k, v)], strict=True):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
