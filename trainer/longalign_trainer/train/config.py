@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from longalign_trainer.config_files import InputError, read_mapping
+from longalign_trainer.train.sequence_parallel import Choice
 
 
 class DataFile(BaseModel):
@@ -113,7 +114,7 @@ class TrainConfig(BaseModel):
             "sequence parallelism"
         ),
     )
-    sequence_parallel_attention: Literal["auto", "ulysses", "allgather_kv"] = Field(
+    sequence_parallel_attention: Choice = Field(
         "auto",
         description=(
             "how attention sees the other SP ranks' tokens: ulysses (an all-to-all of heads and sequence; needs "

@@ -58,7 +58,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from longalign_trainer.config_files import InputError
 from longalign_trainer.train import attention
@@ -68,21 +68,22 @@ if TYPE_CHECKING:
     import torch
     from torch.distributed import ProcessGroup
 
-SCHEMES = ("ulysses", "allgather_kv")  # how attention sees the tokens of other ranks (module docstring)
+# sequence_parallel_attention: how attention sees the tokens of other ranks (module docstring)
+Choice = Literal["auto", "ulysses", "allgather_kv"]
 _group: list[ProcessGroup | None] = [None]  # the SP group the registered attention exchanges over
 
 
 @dataclass(frozen=True)
 class Layout:
     """Where a rank sits: its SP group (``None`` without SP), its data-parallel coordinates, and the SP attention
-    scheme (one of ``SCHEMES``; ``choose_attention`` picks it for a model)."""
+    scheme (``choose_attention`` picks it for a model)."""
 
     size: int  # SP ranks per group
     rank: int  # this rank within its SP group
     dp_rank: int
     dp_size: int
     group: ProcessGroup | None = None
-    attention: str = "ulysses"
+    attention: str = "ulysses"  # or "allgather_kv"
 
 
 def layout(rank: int, world: int, size: int, local_world: int) -> Layout:
@@ -107,7 +108,7 @@ def layout(rank: int, world: int, size: int, local_world: int) -> Layout:
     return Layout(size, rank % size, rank // size, world // size, mine)
 
 
-def choose_attention(lay: Layout, model_config: Any, asked: str = "auto") -> Layout:
+def choose_attention(lay: Layout, model_config: Any, asked: Choice = "auto") -> Layout:
     """``lay`` with its SP attention scheme: ``asked``, or for ``auto`` Ulysses where the SP size divides the
     model's query and key/value heads, else ``allgather_kv``. Raises ``InputError`` naming
     ``sequence_parallel_attention`` when ``ulysses`` is asked of heads it cannot split.
@@ -117,8 +118,6 @@ def choose_attention(lay: Layout, model_config: Any, asked: str = "auto") -> Lay
     >>> [choose_attention(Layout(n, 0, 0, 1), qwen).attention for n in (2, 4, 8)]
     ['ulysses', 'ulysses', 'allgather_kv']
     """
-    if asked not in ("auto", *SCHEMES):
-        raise ValueError(f"sequence_parallel_attention: {asked!r} is not one of {('auto', *SCHEMES)}")
     heads = model_config.num_attention_heads
     kv_heads = getattr(model_config, "num_key_value_heads", None) or heads
     splits = heads % lay.size == 0 and kv_heads % lay.size == 0
