@@ -599,6 +599,7 @@ def _record_results(status: LongAlignRunStatus, stage: str, summary: dict[str, A
             "zero_stage": "zero_stage",
             "checkpoint_keeps": "checkpoint_keeps",
             "sequence_parallel_size": "sequence_parallel_size",
+            "sequence_parallel_attention": "sequence_parallel_attention",
         },
         "evaluation": {"long_bench_chat_score": "longbench_chat_score", "needle_accuracy": "needle_accuracy"},
     }[stage]

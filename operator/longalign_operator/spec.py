@@ -201,10 +201,11 @@ class Training(StageOptions):
     gpus_per_node: int = Field(default=8, ge=1, le=16)
     deepspeed: DeepSpeed = DeepSpeed()
     sequence_parallel_size: int = Field(default=1, ge=1, le=MAX_SEQUENCE_PARALLEL)
-    """Ulysses sequence parallelism: each pack is split along the sequence over this many GPUs of a node (data
-    parallelism over the rest); must divide gpusPerNode and the model's attention and key/value heads (the
-    trainer refuses a model whose heads it does not divide). maxTokensPerPack may grow with it: at most
-    1048576 tokens per GPU of the group."""
+    """Sequence parallelism: each pack is split along the sequence over this many GPUs of a node (data
+    parallelism over the rest); must divide gpusPerNode. Attention runs as Ulysses (an all-to-all of heads)
+    where the size divides the model's attention and key/value heads, else with all-gathered keys and values
+    (any head count; the trainer's setting sequence_parallel_attention, in settings, can force either).
+    maxTokensPerPack may grow with it: at most 1048576 tokens per GPU of the group."""
     max_tokens_per_pack: int = Field(default=65536, ge=128, le=MAX_TOKENS * MAX_SEQUENCE_PARALLEL, multiple_of=128)
     """Tokens per pack, a multiple of 128: at most 1048576 × sequenceParallelSize."""
     batching: Literal["packing", "sorted", "naive"] = "packing"

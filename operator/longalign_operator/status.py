@@ -92,7 +92,9 @@ class Results(Model):
     checkpoint_keeps: str | None = None
     """What gradient checkpointing kept (chosen by fit unless the stage settings set it)."""
     sequence_parallel_size: int | None = None
-    """The GPUs each pack was split over (Ulysses sequence parallelism; 1: none)."""
+    """The GPUs each pack was split over (sequence parallelism; 1: none)."""
+    sequence_parallel_attention: str | None = None
+    """How attention saw the other SP ranks' tokens: ulysses or allgather_kv (none without SP)."""
 
 
 class LongAlignRunStatus(Model):

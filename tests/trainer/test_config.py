@@ -30,6 +30,10 @@ BASE = {"model_path": "m", "data": [{"path": "a.jsonl"}], "output_dir": "out"}
     [
         ({"max_tokens_per_pack": 1000}, "max_tokens_per_pack: Value error, must be a multiple of 128, got 1000"),
         ({"strategy": "shuffle"}, "strategy: Input should be 'naive', 'packing' or 'sorted'"),
+        (
+            {"sequence_parallel_attention": "ring"},
+            "sequence_parallel_attention: Input should be 'auto', 'ulysses' or 'allgather_kv'",
+        ),
         ({"data": []}, "data: List should have at least 1 item"),
         ({"data": [{"path": "a.jsonl", "ratio": -1}]}, "data.0.ratio: Input should be greater than 0"),
         ({"zero_stage": 2, "offload_params": True}, "offload_params: needs zero_stage 3"),

@@ -63,6 +63,19 @@ def test_what_the_config_says_is_kept():
     assert (chosen.zero_stage, chosen.checkpoint_keeps, chosen.checkpoint_layers) == (2, "attention", 16)
 
 
+def test_all_gathered_keys_and_values_are_counted_where_a_layer_holds_them():
+    """Sequence parallelism with all-gathered K/V (SP 8, 1M-token packs, the 8B's widths, full recomputation):
+    the other 7 ranks' keys and values (7/8 M tokens × 2 × 1024 values, bf16: 3.5 GiB) are held by the layer
+    being recomputed and once more as their gradient; each layer left unchecked holds them too."""
+    t = 1 << 17  # the rank's slice
+    gathered = 7 * t * 2 * 2 * WIDTH8B.kv_width
+    for layers, extra_layers in ((None, 2), (6, 4)):  # all 8 layers checkpointed; 2 of them not
+        plain = estimate(WIDTH8B, Setting(2, "nothing", t, checkpoint_layers=layers))
+        gathers = estimate(WIDTH8B, Setting(2, "nothing", t, checkpoint_layers=layers, gathered_kv_tokens=7 * t))
+        assert gathers.gpu_activations - plain.gpu_activations == extra_layers * gathered
+    assert gathered == 3.5 * GIB
+
+
 # Peak GPU memory (torch.cuda.max_memory_allocated) of `longalign train`, one H200, 64k packs, 2026-12-01
 # (benchmarks/train_product.py; README "Training speed").
 MEASURED_GIB = [  # (shape, ZeRO stage, keeps, checkpointed layers (None: all), peak GiB)

@@ -428,19 +428,24 @@ def test_a_checkpoint_resumes_on_another_number_of_ranks(reference, tmp_path, ti
         assert again[step] == pytest.approx(expected[step], rel=1e-6), step
 
 
-def test_sequence_parallel_trains_the_same_losses_and_resumes_under_another_size(reference, tmp_path, tiny_model, data):
+@pytest.mark.parametrize("scheme", ["auto", "allgather_kv"])
+def test_sequence_parallel_trains_the_same_losses_and_resumes_under_another_size(
+    scheme, reference, tmp_path, tiny_model, data
+):
     """2 ranks in one SP group (each pack split in halves, data parallelism 1) follow the 2 data-parallel ranks'
-    losses; its checkpoint, resumed with SP 1 (data parallelism 2), continues on the SP 2 run's losses."""
+    losses, with Ulysses (auto's choice for the tiny model's heads) and with all-gathered keys and values; its
+    checkpoint, resumed with SP 1 (data parallelism 2), continues on the SP 2 run's losses."""
     ref_out, _ = reference
     expected = step_losses(ref_out, 0)
     sp2 = tmp_path / "sp2"
-    train(write_config(sp2, tiny_model, data, sequence_parallel_size=2))
+    train(write_config(sp2, tiny_model, data, sequence_parallel_size=2, sequence_parallel_attention=scheme))
     losses = step_losses(sp2, 0)
     assert sorted(losses) == list(range(1, STEPS + 1)) and step_losses(sp2, 1) == losses
     for step in losses:  # the same objective: ranks hold other shares of each step (tolerance: sums reordered)
         assert losses[step] == pytest.approx(expected[step], rel=1e-5), step
     summary = json.loads((sp2 / "summary.json").read_text())
     assert summary["sequence_parallel_size"] == 2 and summary["world_size"] == 2
+    assert summary["sequence_parallel_attention"] == ("ulysses" if scheme == "auto" else scheme)
 
     sp1 = tmp_path / "sp1"
     (sp1 / "checkpoints").mkdir(parents=True)

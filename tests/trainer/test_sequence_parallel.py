@@ -1,6 +1,8 @@
 """Sequence parallelism: 2 real gloo ranks holding halves of each pack compute what 1 rank computes on the
 whole packs (loss and every parameter's gradient), with sequences that cross the split point and LongAlign's
-loss weighting on; what cannot be split is refused by name."""
+loss weighting on, under both attention schemes: Ulysses on the tiny model (4 query, 2 key/value heads) and
+all-gathered keys and values on a model with 1 key/value head, which Ulysses cannot split and the automatic
+choice gives to ``allgather_kv``; what cannot be split is refused by name."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from longalign_trainer.config_files import InputError
 from longalign_trainer.train import attention, checkpointing, linear_loss, sequence_parallel
 from longalign_trainer.train.loss import count_step, loss_weights, weighted_loss
 from longalign_trainer.train.packing import IGNORE_INDEX, build_pack
+
+SCHEMES = ("ulysses", "allgather_kv")  # the scheme auto picks for each model of the test
 
 # Two packs of 88 and 61 tokens: the halves cut through a sequence in each (the first pack's last sequence
 # spans tokens 43..87, cut at 44; the second's spans 27..60, cut at 31), and 61 tokens need the filler that
@@ -63,29 +67,52 @@ def step(model, lay, world: int):
     return total, [p.grad.clone() for p in model.parameters()]
 
 
-def _worker(rank: int, port: int, model_path, out):
+def _worker(rank: int, port: int, model_paths, out):
+    from transformers import AutoConfig
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         attention.register("sdpa_block_diagonal", "cpu")
-        lay = sequence_parallel.layout(rank, 2, 2, local_world=2)
-        sequence_parallel.register(lay)
-        loss, grads = step(load_model(model_path), lay, world=2)
-        for t in [loss, *grads]:  # DeepSpeed averages over all ranks
-            dist.all_reduce(t)
-            t /= 2
-        out[rank] = (float(loss), grads, lay.dp_size)
+        group = sequence_parallel.layout(rank, 2, 2, local_world=2)
+        for case, path in model_paths.items():
+            lay = sequence_parallel.choose_attention(group, AutoConfig.from_pretrained(path), "auto")
+            sequence_parallel.register(lay)
+            loss, grads = step(load_model(path), lay, world=2)
+            for t in [loss, *grads]:  # DeepSpeed averages over all ranks
+                dist.all_reduce(t)
+                t /= 2
+            out[case, rank] = (float(loss), grads, lay.dp_size, lay.attention)
     finally:
         dist.destroy_process_group()
 
 
-def test_two_sp_ranks_give_the_loss_and_gradients_of_one_rank(tiny_model):
-    out = run_two_ranks(_worker, tiny_model)
+@pytest.fixture(scope="module")
+def model_paths(tiny_model, tmp_path_factory):
+    """The tiny model, and the same shape with a single key/value head (random weights, seeded)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    config = AutoConfig.from_pretrained(tiny_model)
+    config.num_key_value_heads = 1
+    torch.manual_seed(0)
+    one_kv_head = tmp_path_factory.mktemp("one-kv-head")
+    AutoModelForCausalLM.from_config(config).save_pretrained(one_kv_head)
+    return dict(zip(SCHEMES, (tiny_model, one_kv_head), strict=True))
+
+
+@pytest.fixture(scope="module")
+def two_ranks(model_paths):
+    """Both models' step on 2 SP ranks (one pair of processes for both)."""
+    return run_two_ranks(_worker, model_paths)
+
+
+@pytest.mark.parametrize("case", SCHEMES)
+def test_two_sp_ranks_give_the_loss_and_gradients_of_one_rank(case, model_paths, two_ranks):
     attention.register("sdpa_block_diagonal", "cpu")  # 1 rank, whole packs: the reference
     whole = sequence_parallel.Layout(size=1, rank=0, dp_rank=0, dp_size=1)
-    loss, grads = step(load_model(tiny_model), whole, world=1)
-    (sp_loss, sp_grads, dp_size), (other_loss, _, _) = out[0], out[1]
+    loss, grads = step(load_model(model_paths[case]), whole, world=1)
+    (sp_loss, sp_grads, dp_size, scheme), (other_loss, *_) = two_ranks[case, 0], two_ranks[case, 1]
+    assert scheme == case  # auto: Ulysses where SP 2 divides the heads, else the all-gather
     assert dp_size == 1 and other_loss == sp_loss
     assert sp_loss == pytest.approx(float(loss), rel=1e-6)
     assert any(g.abs().sum() > 0 for g in grads)
@@ -105,8 +132,21 @@ def test_the_split_crosses_sequences_and_pads_with_a_filler():
 
 
 def test_sizes_that_cannot_split_are_refused_by_name():
-    refused = "sequence_parallel_size: 4 does not divide the model's 4 attention heads and 2 key/value heads"
+    """Ulysses asked of heads it cannot split is refused, naming the setting and the fixes; auto takes the
+    all-gather there, and Ulysses where it can split."""
+    qwen = SimpleNamespace(num_attention_heads=28, num_key_value_heads=4)  # Qwen2.5-7B's heads
+    at_8 = sequence_parallel.Layout(size=8, rank=0, dp_rank=0, dp_size=1)
+    refused = (
+        "sequence_parallel_attention: ulysses splits the attention heads and the key/value heads over the SP ranks, "
+        "but sequence_parallel_size 8 does not divide the model's 28 attention heads and 4 key/value heads "
+        r"\(num_attention_heads, num_key_value_heads in config.json\): use sequence_parallel_attention auto or "
+        "allgather_kv .*, or a sequence_parallel_size that divides 4"
+    )
     with pytest.raises(InputError, match=refused):
-        sequence_parallel.check_heads(SimpleNamespace(num_attention_heads=4, num_key_value_heads=2), 4)
+        sequence_parallel.choose_attention(at_8, qwen, "ulysses")
+    assert sequence_parallel.choose_attention(at_8, qwen, "auto").attention == "allgather_kv"
+    assert sequence_parallel.choose_attention(at_8, qwen, "allgather_kv").attention == "allgather_kv"
+    at_4 = sequence_parallel.Layout(size=4, rank=0, dp_rank=0, dp_size=1)
+    assert sequence_parallel.choose_attention(at_4, qwen, "auto").attention == "ulysses"
     with pytest.raises(InputError, match="sequence_parallel_size: 3 does not divide the 8 ranks of a node"):
         sequence_parallel.layout(0, 16, 3, local_world=8)

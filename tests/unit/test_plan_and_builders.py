@@ -128,13 +128,25 @@ def test_a_completed_stage_records_its_summary_and_the_next_stage_starts_in_the_
             PodView(
                 "r-train-1-0",
                 "Succeeded",
-                termination_message='{"final_loss": 1.5, "export": "/c/model", "sequence_parallel_size": 2}',
+                termination_message=json.dumps(
+                    {
+                        "final_loss": 1.5,
+                        "export": "/c/model",
+                        "sequence_parallel_size": 2,
+                        "sequence_parallel_attention": "allgather_kv",
+                    }
+                ),
             ),
         ),
     )
     p, status = advance(run, status, [done])
     assert status["stages"]["training"]["state"] == "Succeeded"
-    assert status["results"] == {"finalLoss": 1.5, "checkpointPath": "/c/model", "sequenceParallelSize": 2}
+    assert status["results"] == {
+        "finalLoss": 1.5,
+        "checkpointPath": "/c/model",
+        "sequenceParallelSize": 2,
+        "sequenceParallelAttention": "allgather_kv",
+    }
     assert status["phase"] == "Evaluating" and [o["metadata"]["name"] for o in p.create] == ["r-eval-1", "r-eval-1"]
 
 

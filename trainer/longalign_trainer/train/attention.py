@@ -26,6 +26,14 @@ order ``auto`` tries them:
   quadratic in the pack length: for CPU runs and tests).
 
 Without ``cu_seq_lens_q`` (plain inference) every backend is ordinary causal attention.
+
+Queries and keys may be different tokens (sequence parallelism with all-gathered keys,
+``sequence_parallel.py``): piece ``i`` of ``cu_seq_lens_q`` attends to piece ``i`` of ``cu_seq_lens_k``, the
+causal mask aligned bottom-right, so a piece of queries that continues a sequence sees that sequence's earlier
+keys (its last query sees the piece's last key). FlashAttention's varlen kernels (2.1 and later, 3, and
+PyTorch's ``varlen_attn``, which runs FlashAttention-2) align their causal mask bottom-right themselves; the
+mask of ``sdpa_block_diagonal`` and ``flex`` is built so; ``cudnn`` gives such pieces to ``torch_varlen``
+(SDPA's ``is_causal`` aligns top-left).
 """
 
 from __future__ import annotations
@@ -89,39 +97,46 @@ def packed_attention_forward(
     dropout: float = 0.0,
     scaling: float | None = None,
     cu_seq_lens_q=None,
+    cu_seq_lens_k=None,
     max_length_q=None,
+    max_length_k=None,
     **kwargs,
 ):
-    """transformers' attention signature: q ``[1, Hq, T, D]``, k/v ``[1, Hkv, T, D]`` → ``([1, T, Hq, D], None)``."""
+    """transformers' attention signature: q ``[1, Hq, Tq, D]``, k/v ``[1, Hkv, Tk, D]`` → ``([1, Tq, Hq, D], None)``.
+
+    ``cu_seq_lens_k`` (default: ``cu_seq_lens_q``) bounds each query piece's keys (module docstring)."""
     import torch
 
     if cu_seq_lens_q is None:  # not a pack: ordinary causal attention over the whole row
         cu_seq_lens_q = torch.tensor([0, query.shape[2]], dtype=torch.int32, device=query.device)
         max_length_q = query.shape[2]
+    if cu_seq_lens_k is None:
+        cu_seq_lens_k, max_length_k = cu_seq_lens_q, max_length_q
     if query.shape[0] != 1:
         raise ValueError(f"{NAME} takes one pack per forward (batch 1), got batch {query.shape[0]}")
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     backend = _chosen["backend"]
     if backend == "sdpa_block_diagonal":
-        out = _sdpa_block_diagonal(query, key, value, cu_seq_lens_q, scaling)
+        out = _sdpa_block_diagonal(query, key, value, cu_seq_lens_q, cu_seq_lens_k, scaling)
     elif backend == "flex":
-        out = _flex(query, key, value, cu_seq_lens_q, scaling)
+        out = _flex(query, key, value, cu_seq_lens_q, cu_seq_lens_k, scaling)
     elif backend == "cudnn":
-        return _cudnn(query, key, value, cu_seq_lens_q, scaling), None
+        return _cudnn(query, key, value, cu_seq_lens_q, cu_seq_lens_k, scaling), None
     else:  # varlen kernels take [T, H, D]
         q, k, v = (_tokens_first(t) for t in (query, key, value))
-        cu = cu_seq_lens_q.to(torch.int32)
+        cu_q, cu_k = cu_seq_lens_q.to(torch.int32), cu_seq_lens_k.to(torch.int32)
+        max_q, max_k = int(max_length_q), int(max_length_k)
         if backend == "flash_attn_3":
-            out = _flash_attn_3_function().apply(q, k, v, cu, int(max_length_q), scaling)
+            out = _flash_attn_3_function().apply(q, k, v, cu_q, cu_k, max_q, max_k, scaling)
         elif backend == "flash_attn":
             from flash_attn import flash_attn_varlen_func
 
             out = flash_attn_varlen_func(
-                q, k, v, cu, cu, max_length_q, max_length_q, dropout_p=dropout, softmax_scale=scaling, causal=True
+                q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=dropout, softmax_scale=scaling, causal=True
             )
         else:
-            out = _torch_varlen(q, k, v, cu, int(max_length_q), scaling)
+            out = _torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scaling)
         return out[None], None
     return out.transpose(1, 2).contiguous(), None
 
@@ -132,25 +147,43 @@ def _tokens_first(t):
     return t.squeeze(0).transpose(0, 1)
 
 
-def block_diagonal_causal_mask(cu_seqlens, total: int):
-    """Boolean ``[T, T]`` mask: True where query i may attend to key j (same sequence, j ≤ i).
+def block_diagonal_causal_mask(cu_q, total_q: int, cu_k=None, total_k: int | None = None):
+    """Boolean ``[Tq, Tk]`` mask: True where query i may attend to key j (the same piece, causal aligned
+    bottom-right); without ``cu_k`` the keys are the queries' tokens (same sequence, j ≤ i).
 
     >>> import torch
     >>> block_diagonal_causal_mask(torch.tensor([0, 2, 3]), 3).int().tolist()
     [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    >>> block_diagonal_causal_mask(torch.tensor([0, 1, 3]), 3, torch.tensor([0, 3, 5]), 5).int().tolist()
+    [[1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
     """
     import torch
 
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    seq = torch.repeat_interleave(torch.arange(len(lengths), device=cu_seqlens.device), lengths, output_size=total)
-    pos = torch.arange(total, device=cu_seqlens.device)
-    return (seq[:, None] == seq[None, :]) & (pos[None, :] <= pos[:, None])
+    seq_q, last_key, seq_k = _pieces(
+        cu_q, total_q, cu_q if cu_k is None else cu_k, total_q if total_k is None else total_k
+    )
+    keys = torch.arange(len(seq_k), device=cu_q.device)
+    return (seq_q[:, None] == seq_k[None, :]) & (keys[None, :] <= last_key[:, None])
 
 
-def _sdpa_block_diagonal(query, key, value, cu_seqlens, scaling):
+def _pieces(cu_q, total_q: int, cu_k, total_k: int):
+    """Per query token its piece and the last key it may see (global key index); per key token its piece."""
     import torch
 
-    mask = block_diagonal_causal_mask(cu_seqlens, query.shape[2])
+    def piece_of_each_token(cu, total):
+        lengths = (cu[1:] - cu[:-1]).long()
+        return torch.repeat_interleave(torch.arange(len(lengths), device=cu.device), lengths, output_size=total)
+
+    seq_q, seq_k = piece_of_each_token(cu_q, total_q), piece_of_each_token(cu_k, total_k)
+    shift = (cu_k[1:] - cu_q[1:]).long()  # bottom-right: a query piece's last token sees its key piece's last
+    last_key = torch.arange(total_q, device=cu_q.device) + shift[seq_q]
+    return seq_q, last_key, seq_k
+
+
+def _sdpa_block_diagonal(query, key, value, cu_q, cu_k, scaling):
+    import torch
+
+    mask = block_diagonal_causal_mask(cu_q, query.shape[2], cu_k, key.shape[2])
     return torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
     )
@@ -164,27 +197,26 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=True)
 
 
-_block_mask_cache: list = [None, None]  # [cu_seqlens tensor, BlockMask]: all layers of a forward share one
+_block_mask_cache: list = [None, None, None]  # [cu_q, cu_k, BlockMask]: all layers of a forward share one
 
 
-def _flex(query, key, value, cu_seqlens, scaling):
-    import torch
+def _flex(query, key, value, cu_q, cu_k, scaling):
     from torch.nn.attention.flex_attention import create_block_mask
 
-    if _block_mask_cache[0] is not cu_seqlens:
-        total = query.shape[2]
-        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-        doc = torch.repeat_interleave(torch.arange(len(lengths), device=query.device), lengths, output_size=total)
+    if _block_mask_cache[0] is not cu_q or _block_mask_cache[1] is not cu_k:
+        total_q, total_k = query.shape[2], key.shape[2]
+        seq_q, last_key, seq_k = _pieces(cu_q, total_q, cu_k, total_k)
 
         def document_causal(b, h, q_idx, kv_idx):
-            return (doc[q_idx] == doc[kv_idx]) & (kv_idx <= q_idx)
+            return (seq_q[q_idx] == seq_k[kv_idx]) & (kv_idx <= last_key[q_idx])
 
         _block_mask_cache[:] = [
-            cu_seqlens,
-            create_block_mask(document_causal, None, None, total, total, device=query.device),
+            cu_q,
+            cu_k,
+            create_block_mask(document_causal, None, None, total_q, total_k, device=query.device),
         ]
     return _compiled_flex()(
-        query, key, value, block_mask=_block_mask_cache[1], scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
+        query, key, value, block_mask=_block_mask_cache[2], scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
     )
 
 
@@ -208,29 +240,29 @@ def _flash_attn_3_function():
 
     class FlashAttn3(torch.autograd.Function):
         """Causal varlen attention through ``torch.ops.flash_attn_3`` (FlashAttention-3's own op schema):
-        ``[T, Hq, D]``, ``[T, Hkv, D]`` × 2 → ``[T, Hq, D]``."""
+        ``[Tq, Hq, D]``, ``[Tk, Hkv, D]`` × 2 → ``[Tq, Hq, D]``."""
 
         @staticmethod
-        def forward(ctx, q, k, v, cu, max_len: int, scaling: float):
+        def forward(ctx, q, k, v, cu_q, cu_k, max_q: int, max_k: int, scaling: float):
             out, lse, *_ = torch.ops.flash_attn_3.fwd(
                 q,
                 k,
                 v,
-                cu_seqlens_q=cu,
-                cu_seqlens_k=cu,
-                max_seqlen_q=max_len,
-                max_seqlen_k=max_len,
+                cu_seqlens_q=cu_q,
+                cu_seqlens_k=cu_k,
+                max_seqlen_q=max_q,
+                max_seqlen_k=max_k,
                 softmax_scale=scaling,
                 is_causal=True,
                 num_splits=1,
             )
-            ctx.save_for_backward(q, k, v, out, lse, cu)
-            ctx.max_len, ctx.scaling = max_len, scaling
+            ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
+            ctx.max_q, ctx.max_k, ctx.scaling = max_q, max_k, scaling
             return out
 
         @staticmethod
         def backward(ctx, grad):
-            q, k, v, out, lse, cu = ctx.saved_tensors
+            q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
             dq, dk, dv, *_ = torch.ops.flash_attn_3.bwd(
                 grad.contiguous(),
                 q,
@@ -238,14 +270,14 @@ def _flash_attn_3_function():
                 v,
                 out,
                 lse,
-                cu_seqlens_q=cu,
-                cu_seqlens_k=cu,
-                max_seqlen_q=ctx.max_len,
-                max_seqlen_k=ctx.max_len,
+                cu_seqlens_q=cu_q,
+                cu_seqlens_k=cu_k,
+                max_seqlen_q=ctx.max_q,
+                max_seqlen_k=ctx.max_k,
                 softmax_scale=ctx.scaling,
                 is_causal=True,
             )
-            return dq, dk, dv, None, None, None
+            return dq, dk, dv, None, None, None, None, None
 
     return FlashAttn3
 
@@ -261,18 +293,20 @@ def _cudnn_attention_usable() -> bool:
     )
 
 
-_host_lengths_cache: list = [None, None]  # [cu_seqlens tensor, its lengths as a list]: one device sync per forward
+_host_lengths_cache: list = [None, None, None]  # [cu_q, cu_k, (q, k) lengths]: one device sync per forward
 
 
-def _host_lengths(cu_seqlens) -> list[int]:
-    if _host_lengths_cache[0] is not cu_seqlens:
-        bounds = cu_seqlens.tolist()
-        _host_lengths_cache[:] = [cu_seqlens, [b - a for a, b in itertools.pairwise(bounds)]]
-    return _host_lengths_cache[1]
+def _host_lengths(cu_q, cu_k) -> list[tuple[int, int]]:
+    """Each piece's (query, key) lengths as host integers."""
+    if _host_lengths_cache[0] is not cu_q or _host_lengths_cache[1] is not cu_k:
+        lengths = [[b - a for a, b in itertools.pairwise(cu.tolist())] for cu in (cu_q, cu_k)]
+        _host_lengths_cache[:] = [cu_q, cu_k, list(zip(*lengths, strict=True))]
+    return _host_lengths_cache[2]
 
 
-def _cudnn(query, key, value, cu_seqlens, scaling):
-    """Long sequences one by one on cuDNN, runs of short ones through varlen: ``[1, T, Hq, D]``.
+def _cudnn(query, key, value, cu_q, cu_k, scaling):
+    """Long sequences one by one on cuDNN, runs of short ones through varlen: ``[1, Tq, Hq, D]``. A piece of
+    queries shorter than its keys (module docstring) counts as short: SDPA's causal mask aligns top-left.
 
     Works on ``[T, H, D]`` views (``_tokens_first``) split once per tensor: the backward pass of a
     split is one concatenation, where slicing each piece out would zero-fill and add a whole-pack gradient
@@ -280,19 +314,26 @@ def _cudnn(query, key, value, cu_seqlens, scaling):
     """
     import torch
 
-    segments = []  # (is_long, lengths): each long sequence alone, each run of short ones together
-    for is_long, run in itertools.groupby(_host_lengths(cu_seqlens), key=lambda n: n >= CUDNN_MIN_LENGTH):
+    segments = []  # (is_long, [(q length, k length)]): each long sequence alone, each run of short ones together
+    for is_long, run in itertools.groupby(
+        _host_lengths(cu_q, cu_k), key=lambda n: n[0] >= CUDNN_MIN_LENGTH and n[0] == n[1]
+    ):
         group = list(run)
         segments += [(True, [n]) for n in group] if is_long else [(False, group)]
-    sizes = [sum(run) for _, run in segments]
-    pieces = zip(*(_tokens_first(t).split(sizes) for t in (query, key, value)), strict=True)
+    sizes_q, sizes_k = ([sum(n[side] for n in run) for _, run in segments] for side in (0, 1))
+    q_pieces = _tokens_first(query).split(sizes_q)
+    k_pieces, v_pieces = (_tokens_first(t).split(sizes_k) for t in (key, value))
     outs = []
-    for (is_long, run), (q, k, v) in zip(segments, pieces, strict=True):
+    for (is_long, run), q, k, v in zip(segments, q_pieces, k_pieces, v_pieces, strict=True):
         if is_long:
             outs.append(_causal_padded(q, k, v, scaling, pad_to=CUDNN_PAD))
         else:
-            cu = torch.tensor([0, *itertools.accumulate(run)], dtype=torch.int32).to(query.device, non_blocking=True)
-            outs.append(_torch_varlen(q, k, v, cu, max(run), scaling))
+            run_q, run_k = ([0, *itertools.accumulate(n[side] for n in run)] for side in (0, 1))
+            cu_run_q, cu_run_k = (
+                torch.tensor(c, dtype=torch.int32).to(query.device, non_blocking=True) for c in (run_q, run_k)
+            )
+            max_q, max_k = (max(n[side] for n in run) for side in (0, 1))
+            outs.append(_torch_varlen(q, k, v, cu_run_q, cu_run_k, max_q, max_k, scaling))
     return torch.cat(outs)[None]
 
 
@@ -316,7 +357,7 @@ def _causal_padded(q, k, v, scaling, pad_to: int = 1):
     return out[0].transpose(0, 1)[:n]
 
 
-def _torch_varlen(q, k, v, cu, max_len: int, scaling: float):
+def _torch_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scaling: float):
     from torch.nn.attention.varlen import varlen_attn
 
     params = inspect.signature(varlen_attn).parameters
@@ -331,7 +372,7 @@ def _torch_varlen(q, k, v, cu, max_len: int, scaling: float):
         else:
             groups = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kwargs)
+    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs)
 
 
 def warm_up_cudnn(lengths, heads: int, kv_heads: int, head_dim: int, dtype, device) -> int:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from longalign_trainer.config_files import InputError, read_mapping
+from longalign_trainer.train.sequence_parallel import Choice
 
 
 class DataFile(BaseModel):
@@ -106,11 +107,22 @@ class TrainConfig(BaseModel):
         ge=1,
         le=16,
         description=(
-            "Ulysses sequence parallelism: each pack is split along the sequence over this many consecutive ranks "
-            "of a node (attention through an all-to-all of heads and sequence; see train/sequence_parallel.py), "
-            "data parallelism over the rest, so a pack may be this many times longer than one GPU holds. Must "
-            "divide the ranks per node and the model's attention and key/value heads (refused otherwise). "
-            "Checkpoints resume under another size. Default 1: no sequence parallelism"
+            "sequence parallelism: each pack is split along the sequence over this many consecutive ranks of a "
+            "node (attention as sequence_parallel_attention says; see train/sequence_parallel.py), data "
+            "parallelism over the rest, so a pack may be this many times longer than one GPU holds. Must divide "
+            "the ranks per node (refused otherwise). Checkpoints resume under another size. Default 1: no "
+            "sequence parallelism"
+        ),
+    )
+    sequence_parallel_attention: Choice = Field(
+        "auto",
+        description=(
+            "how attention sees the other SP ranks' tokens: ulysses (an all-to-all of heads and sequence; needs "
+            "sequence_parallel_size to divide the model's attention heads and key/value heads, refused "
+            "otherwise; every rank does the same work) or allgather_kv (each rank keeps its queries and "
+            "all-gathers the pack's keys and values, as Llama 3's context parallelism: any head count, e.g. 4 "
+            "key/value heads at SP 8; holds the whole pack's keys and values per layer, and later ranks do more "
+            "of the causal attention work). auto: ulysses where it divides the heads, else allgather_kv"
         ),
     )
     tiled_mlp: bool = Field(

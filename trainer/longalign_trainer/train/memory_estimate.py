@@ -8,7 +8,9 @@ of them, per pack of ``T`` tokens (bf16, one pack per micro-step, every Llama-st
   counted in the layer's widths: hidden ``h``, key/value width ``kv``, MLP width ``i``): its input, plus the
   attention output, plus the MLP's gate/up projections, plus the attention projections;
 * a layer left unchecked keeps everything its backward needs, as does the one layer being recomputed;
-* one chunk of the loss's logits (train/linear_loss.py: the full logits never exist).
+* one chunk of the loss's logits (train/linear_loss.py: the full logits never exist);
+* under sequence parallelism with all-gathered keys (``allgather_kv``), the other ranks' keys and values: held
+  by every layer that keeps its activations and by the one being recomputed, and their gradient once.
 
 On the host, every rank loads the whole model (bf16) before DeepSpeed partitions it, and ZeRO-Offload keeps
 the fp32 master weights, AdamW states and gradients there. ``choose`` picks the fastest ZeRO stage and
@@ -80,6 +82,7 @@ class Setting:
     offload_checkpoints: bool = False  # checkpointed layers' inputs in host memory
     tiled_mlp: bool = False  # the MLP's intermediates exist for one tile of hidden-size tokens
     bf16: bool = True
+    gathered_kv_tokens: int = 0  # other SP ranks' tokens whose keys and values attention gathers (allgather_kv)
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,7 @@ def estimate(shape: ModelShape, s: Setting) -> Estimate:
     activations = t * per_token + rows * shape.vocab * (2 + 4)  # one loss chunk: bf16 logits, fp32 softmax
     if s.tiled_mlp:  # gate, up and their product for one tile, and their gradients
         activations += min(t, shape.hidden) * 2 * 6 * shape.intermediate
+    activations += (layers - checked + 2) * s.gathered_kv_tokens * 2 * 2 * shape.kv_width  # bf16 keys and values
     if s.offload_checkpoints:
         host += s.gpus_per_node * checked * t * saved_per_token(shape, "nothing")
     return Estimate(int(gpu_states), int(activations), int(host))
@@ -258,17 +262,27 @@ def gpus_per_node() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
 
 
-def plan(cfg: TrainConfig, world_size: int, gpu_bytes: int | None, host_bytes: int | None) -> tuple[Setting, Estimate]:
+def plan(
+    cfg: TrainConfig,
+    world_size: int,
+    gpu_bytes: int | None,
+    host_bytes: int | None,
+    sp_attention: str = "ulysses",
+) -> tuple[Setting, Estimate]:
     """The setting a run uses (its ZeRO stage and checkpointing chosen by ``choose`` where ``cfg`` leaves them
-    open) and its estimate; raises ``DoesNotFit`` before anything is loaded when it cannot fit."""
+    open) and its estimate, for the SP attention scheme chosen (``sequence_parallel.choose_attention``); raises
+    ``DoesNotFit`` before anything is loaded when it cannot fit."""
     from transformers import AutoConfig
 
     shape = ModelShape.from_config(AutoConfig.from_pretrained(cfg.model_path))
     local = gpus_per_node()
+    pack_tokens = -(-cfg.max_tokens_per_pack // cfg.sequence_parallel_size)  # each SP rank holds a slice
+    gathers = sp_attention == "allgather_kv" and cfg.sequence_parallel_size > 1
     base = Setting(
         zero_stage=cfg.zero_stage or 2,
         checkpoint_keeps=cfg.checkpoint_keeps or "attention",
-        pack_tokens=-(-cfg.max_tokens_per_pack // cfg.sequence_parallel_size),  # each SP rank holds a slice
+        pack_tokens=pack_tokens,
+        gathered_kv_tokens=(cfg.sequence_parallel_size - 1) * pack_tokens if gathers else 0,
         gpus_per_node=local,
         nodes=max(1, world_size // local),
         offload_optimizer=cfg.offload_optimizer,

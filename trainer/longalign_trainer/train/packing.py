@@ -89,6 +89,10 @@ class Pack:
     seq_index: torch.Tensor  # per token: index of its sequence within the pack
     cu_seqlens: torch.Tensor  # int32, [0, e1, ..., total]
     max_seqlen: int
+    # Where each sequence's keys lie when attention sees other tokens as keys than the pack's own (sequence
+    # parallelism's all-gathered keys, train/sequence_parallel.py); None: the pack's own tokens, cu_seqlens.
+    cu_seqlens_k: torch.Tensor | None = None
+    max_seqlen_k: int | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -114,6 +118,8 @@ class Pack:
             self.seq_index.to(device),
             self.cu_seqlens.to(device),
             self.max_seqlen,
+            None if self.cu_seqlens_k is None else self.cu_seqlens_k.to(device),
+            self.max_seqlen_k,
         )
 
     def as_model_inputs(self) -> dict[str, Any]:
@@ -127,9 +133,9 @@ class Pack:
             "position_ids": self.position_ids[None],
             "use_cache": False,
             "cu_seq_lens_q": self.cu_seqlens,
-            "cu_seq_lens_k": self.cu_seqlens,
+            "cu_seq_lens_k": self.cu_seqlens if self.cu_seqlens_k is None else self.cu_seqlens_k,
             "max_length_q": self.max_seqlen,
-            "max_length_k": self.max_seqlen,
+            "max_length_k": self.max_seqlen if self.max_seqlen_k is None else self.max_seqlen_k,
         }
 
 

@@ -120,14 +120,16 @@ class Recipe:
             torch.cuda.set_device(self.device)
         self.bf16 = self.cuda if cfg.bf16 is None else cfg.bf16
         self.backend = attention.register(cfg.attention_backend, self.device.type)
-        sequence_parallel.check_heads(AutoConfig.from_pretrained(cfg.model_path), self.sp.size)
+        self.sp = sequence_parallel.choose_attention(
+            self.sp, AutoConfig.from_pretrained(cfg.model_path), cfg.sequence_parallel_attention
+        )
         sequence_parallel.register(self.sp)
         torch.manual_seed(cfg.seed)
         # ZeRO stage and checkpointing as the config says or, where it leaves them open, by what fits; a config
         # that cannot fit stops here, before anything is loaded.
         gpu_bytes = torch.cuda.mem_get_info(self.device)[1] if self.cuda else None
         self.memory, self.memory_estimate = memory_estimate.plan(
-            cfg, self.world, gpu_bytes, memory_estimate.host_memory_available()
+            cfg, self.world, gpu_bytes, memory_estimate.host_memory_available(), self.sp.attention
         )
         self.zero_stage = self.memory.zero_stage
 
@@ -286,7 +288,7 @@ class Recipe:
                 for p in packs
             ]
             on_gpu = [
-                (sequence_parallel.local_pack(p.to(self.device), self.sp), w.to(self.device))
+                (sequence_parallel.local_pack(p, self.sp).to(self.device), w.to(self.device))
                 for p, w in zip(packs, weights, strict=True)
             ]
             local = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -487,6 +489,7 @@ class Recipe:
             "attention_backend": self.backend,
             "world_size": self.world,
             "sequence_parallel_size": self.sp.size,
+            "sequence_parallel_attention": self.sp.attention if self.sp.size > 1 else None,
             "zero_stage": self.zero_stage,
             "checkpoint_keeps": self.checkpoint_keeps if self.cfg.gradient_checkpointing else None,
             "checkpoint_layers": self.checkpoint_layers if self.cfg.gradient_checkpointing else None,
