@@ -15,10 +15,11 @@ default there; ``--no-fused-ops`` runs them eager (the eager RMSNorm keeps fp32 
 
 The model: Llama-3.1-8B's width (hidden 4096, 32 query and 8 key/value heads of 128, MLP 14336, vocabulary
 128256, untied head), ``--layers`` of its 32 decoder layers (default 2), random bf16 weights, one process and
-no DeepSpeed engine. The full 8B does not fit one H200 with its AdamW states (16 B/parameter with fp32
-master weights: 128 GB) and long activations together, and every decoder layer adds the same time and
-(checkpointed and offloaded) almost no GPU memory, so fewer layers of the same width measure what a length
-costs per layer. The optimizer step is torch's fused AdamW on the bf16 parameters (bf16 states). MFU counts
+no DeepSpeed engine. The full 8B does not fit one H200 with fp32 AdamW states (16 B/parameter with fp32
+master weights: 128 GB) and long activations together; with this script's bf16 states (8 B/parameter) it
+does (``--layers 32``). Every decoder layer adds the same time and (checkpointed and offloaded) no GPU
+memory, only its checkpoint's host memory, so fewer layers of the same width measure what a length costs
+per layer. The optimizer step is torch's fused AdamW on the bf16 parameters (bf16 states). MFU counts
 6·N·L + 6·layers·hidden·L² FLOPs per step (``recipe.training_flops``; the recomputation not counted) against
 989 TFLOP/s (H100/H200 dense bf16).
 
@@ -26,7 +27,15 @@ For each configuration the lengths double from ``--start`` until one fails (out 
 not finish in the time left (``--budget-s``, estimated from the last step: time grows with L²); ``all`` runs
 first and also gives tokens/s and MFU at each length. One JSON line per step attempt goes to ``--out``.
 
+Beside each step's peak GPU memory it prints the trainer's memory estimate for it (``estimate``: this script's
+model states + ``memory_estimate.activation_bytes``, the trainer's memory model of the same checkpointing,
+tiled MLP and chunked loss), and the host memory the offloaded checkpoints need; a length the estimate says
+cannot fit the GPU or the host's available memory is refused before anything is built for it, with the
+numbers. ``--snapshot-at L`` records every allocation of the step of length L (torch's memory history,
+sizes only: ``torch.cuda.memory._dump_snapshot``) into ``--snapshot-dir``.
+
     python benchmarks/long_sequence.py --layers 2 --budget-s 330 --out /tmp/long_sequence.jsonl
+    python benchmarks/long_sequence.py --layers 32 --start 393216 --max-length 393216 --configs all  # the 8B
     python benchmarks/long_sequence.py --smoke          # a tiny width on CPU: seconds (checks the script)
 
 On the device tool's image (no DeepSpeed, whose ``TiledMLP`` this needs): ``bash benchmarks/train_gpu_check.sh

@@ -188,9 +188,9 @@ def checked_layers(shape: ModelShape, s: Setting) -> int:
 
 def activation_bytes(shape: ModelShape, s: Setting) -> int:
     """GPU bytes beyond the model states at the peak of one pack's forward and backward pass: the larger of
-    the loss's backward (``loss_phase_per_token``) and the first layer backpropagated (``layer_backward_per_token``),
-    each with what every other layer keeps until its own backward pass, plus the rotary embedding's cos and sin
-    (bf16, one head wide), which every layer uses."""
+    the loss's backward (``loss_phase_per_token``) and the first layer backpropagated (its attention's or its
+    MLP's backward: ``layer_backward_per_token``), each with what every other layer keeps until its own
+    backward pass, plus the rotary embedding's cos and sin (bf16, one head wide), which every layer uses."""
     t, layers = s.pack_tokens, shape.layers
     checked = checked_layers(shape, s)
     keeps = s.checkpoint_keeps if s.zero_stage < 3 else "nothing"
@@ -204,9 +204,9 @@ def activation_bytes(shape: ModelShape, s: Setting) -> int:
     loss = t * (all_layers + loss_phase_per_token(shape) + rotary) + rows * shape.vocab * LOSS_CHUNK_BYTES_PER_LOGIT
     if s.zero_stage == 3:  # ZeRO-3 gathers the LM head (bf16, and its gradient) rather than a decoder weight
         loss += 4 * (shape.largest_layer_params - shape.largest_decoder_weight)
-    layer = t * (others + layer_backward_per_token(shape, s.tiled_mlp, s.offload_checkpoints) + rotary)
-    if s.tiled_mlp:  # one tile's gate, up and their product, and their gradients (the MLP's backward, apart)
-        layer = max(layer, t * (others + 2 * (8 * shape.hidden + 2 * shape.kv_width) + rotary) + _tile_bytes(shape, t))
+    attention, mlp = layer_backward_per_token(shape, s.tiled_mlp, s.offload_checkpoints)
+    tile = min(t, shape.hidden) * 2 * 6 * shape.intermediate if s.tiled_mlp else 0  # gate, up, product, gradients
+    layer = max(t * (others + attention + rotary), t * (others + mlp + rotary) + tile)
     return int(max(loss, layer))
 
 
@@ -221,23 +221,20 @@ def loss_phase_per_token(shape: ModelShape) -> int:
     return 4 * 2 * shape.hidden
 
 
-def layer_backward_per_token(shape: ModelShape, tiled_mlp: bool, offloaded: bool) -> int:
-    """Bytes per token alive while a decoder layer is backpropagated (recomputed first if checkpointed), at
-    the larger of its two peaks. Attention's backward: the layer's input, the first norm's output, the rotated
-    queries and keys, the values, the attention output and log-sum-exp, the gradients coming in (the layer's
-    output's), of the residual stream and of the attention output, the query/key/value gradients and
-    FlashAttention's fp32 accumulators of them (queries 4·hidden, keys and values 4·kv each). The MLP's
-    backward (untiled): everything the layer keeps, the incoming gradient and the gradients of the MLP's gate
-    and up projections.
-    An offloaded checkpoint also holds its recomputed output until the layer's backward ends."""
+def layer_backward_per_token(shape: ModelShape, tiled_mlp: bool, offloaded: bool) -> tuple[int, int]:
+    """Bytes per token alive while a decoder layer is backpropagated (recomputed first if checkpointed), at its
+    attention's backward and at its MLP's. Attention's: the layer's input, the first norm's output, the
+    rotated queries and keys, the values, the attention output and log-sum-exp, the gradients coming in (the
+    layer's output's), of the residual stream and of the attention output, the query/key/value gradients and
+    FlashAttention's fp32 accumulators of them (queries 4·hidden, keys and values 4·kv each). The MLP's:
+    everything the layer keeps, the incoming gradient and the gradients of the gate and up projections (tiled:
+    the MLP keeps only its input, and its input's gradient; one tile's intermediates are counted apart). An
+    offloaded checkpoint also holds its recomputed output until the layer's backward ends."""
     h, kv, i = shape.hidden, shape.kv_width, shape.intermediate
     attention = 2 * (4 * h + 2 * kv) + 4 * shape.heads + 2 * (4 * h + 2 * kv) + (4 * h + 2 * 4 * kv)
-    mlp = 0 if tiled_mlp else full_layer_per_token(shape) + 2 * (h + 2 * i)
-    return max(attention, mlp) + (2 * h if offloaded else 0)
-
-
-def _tile_bytes(shape: ModelShape, t: int) -> int:
-    return min(t, shape.hidden) * 2 * 6 * shape.intermediate
+    mlp = full_layer_per_token(shape, tiled_mlp) + 2 * (2 * h if tiled_mlp else h + 2 * i)
+    out = 2 * h if offloaded else 0
+    return attention + out, mlp + out
 
 
 def choose(
