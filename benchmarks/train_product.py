@@ -14,6 +14,10 @@ them), then runs, each in a process of its own (one GPU, so every row has the GP
   packing efficiency against the set's bound, and what the defaults chose;
 * ``--peers`` rows: train_throughput.py strategies (hf_packing, hf_liger, ours_packing_weighted) on the
   same sequence lengths and shape (``--lengths``: the set's, as the trainer tokenized them; random tokens);
+* ``--long L1,L2,...``: instead of the set above, one conversation of about each length (a single sequence
+  per step, ``max_tokens_per_pack`` the longest), trained in one run with ``--variants``' first override set
+  (e.g. ``offload_checkpoints=true,tiled_mlp=true``), one row per step: its tokens/s, MFU, peak GPU memory
+  (the step log's) against the trainer's estimate for that pack (``--layers`` overrides the shape's depth);
 * ``--profile``: the defaults once more through train_profiled.py (where the steady steps' time goes: host
   pack building, forward, backward, optimizer step, the rest; GPU kernel time by kind and how busy the GPU
   was), run first: its compilation fills the machine's compile caches, so every row then starts as on a
@@ -21,6 +25,8 @@ them), then runs, each in a process of its own (one GPU, so every row has the GP
 
     python benchmarks/train_product.py --shape 0.79b                      # on the GPU machine
     python benchmarks/train_product.py --shape 8b-width --variants zero_stage=3 --peers hf_liger
+    python benchmarks/train_product.py --shape 8b-width --layers 2 --long 262144,1048576 \
+        --variants offload_checkpoints=true,tiled_mlp=true --peers ""      # single long sequences
     python benchmarks/train_product.py --smoke                            # tiny shapes on CPU, minutes
 
 On the device tool's image (no DeepSpeed, pydantic or Liger): ``bash benchmarks/train_gpu_check.sh fetch`` and
@@ -88,14 +94,16 @@ WORDS = [
 ]
 
 
-def write_model(out: Path, shape: str, cap: int, on_gpu: bool) -> Path:
-    """A random Llama of ``shape`` in bf16 with the tiny model's tokenizer and chat template."""
+def write_model(out: Path, shape: str, cap: int, on_gpu: bool, depth: int | None = None) -> Path:
+    """A random Llama of ``shape`` (``depth`` decoder layers, default the shape's) in bf16 with the tiny model's
+    tokenizer and chat template."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from longalign_trainer.tiny_model import build_tokenizer
 
     h, layers, heads, kv, mlp, vocab = {**SHAPES, **SHAPES_EXTRA}[shape]
+    layers = depth or layers
     cfg = LlamaConfig(
         vocab_size=vocab,
         hidden_size=h,
@@ -268,6 +276,42 @@ def run_product(
     return row
 
 
+def long_rows(work: Path, name: str, model: Path, overrides: dict) -> list[dict]:
+    """One row per step of a ``--long`` run: the step's pack, speed, peak GPU memory and the estimate for it."""
+    from transformers import AutoConfig
+
+    from longalign_trainer.train.memory_estimate import GIB, ModelShape, Setting, estimate
+
+    s = json.loads((work / name / "summary.json").read_text())
+    shape = ModelShape.from_config(AutoConfig.from_pretrained(model))
+    rows = []
+    for r in (json.loads(x) for x in (work / name / "train-log-rank0.jsonl").read_text().splitlines()):
+        setting = Setting(
+            zero_stage=s["zero_stage"],
+            checkpoint_keeps=s["checkpoint_keeps"] or "nothing",
+            pack_tokens=r["tokens"],
+            checkpoint_layers=s["checkpoint_layers"],
+            gradient_checkpointing=s["checkpoint_keeps"] is not None,
+            offload_checkpoints=bool(overrides.get("offload_checkpoints")),
+            tiled_mlp=bool(overrides.get("tiled_mlp")),
+        )
+        rows.append(
+            {
+                "row": f"longalign train {name} step {r['step']}",
+                "tokens": r["tokens"],
+                "seconds": r["seconds"],
+                "tokens_per_s": r["tokens"] / r["seconds"],
+                "steady_mfu_989": r["mfu"],
+                "peak_gib": r["peak_gpu_gib"],
+                "estimate_gib": round(estimate(shape, setting).gpu / GIB, 1),
+                "zero_stage": s["zero_stage"],
+                "checkpoint_keeps": s["checkpoint_keeps"],
+                "checkpoint_layers": s["checkpoint_layers"],
+            }
+        )
+    return rows
+
+
 def run_peer(work: Path, strategy: str, args, lengths_file: Path) -> dict:
     """One train_throughput.py strategy in a process of its own, on the set's lengths; its row from its JSON."""
     out = work / f"peer-{strategy}.json"
@@ -349,15 +393,20 @@ def main() -> int:
     p.add_argument("--refuse-shape", default="8b-full", choices=[*SHAPES, *SHAPES_EXTRA])
     p.add_argument("--work", default="/tmp/train-product")
     p.add_argument("--smoke", action="store_true", help="tiny model and lengths, on CPU")
+    p.add_argument("--layers", type=int, default=None, help="decoder layers (default: the shape's)")
+    p.add_argument("--long", default="", help="comma-separated lengths: one sequence of each, one per step")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "train_product.json"))
     args = p.parse_args()
     import torch
 
     on_gpu = torch.cuda.is_available() and not args.smoke
+    longs = [int(n) for n in args.long.split(",") if n]
     if args.smoke:
         args.shape, args.cap, args.sequences, mix = "smoke", 1024, min(args.sequences, 40), (256, 256, 40)
     else:
         args.cap, mix = 65536, (8192, 8192, 900)
+    if longs:  # a little under each length (the tokenizer's count is only estimated), packs of the longest
+        args.cap, args.global_batch = -(-max(longs) // 128) * 128, 1
     work = Path(args.work)
     subprocess.run(["rm", "-rf", str(work)])
     work.mkdir(parents=True)
@@ -366,10 +415,11 @@ def main() -> int:
         rows.append(refusal(work, args.refuse_shape, parse_overrides(args.refuse), args))
         print(json.dumps(rows[-1]), flush=True)
     t0 = time.monotonic()
-    model = write_model(work / "model", args.shape, args.cap, on_gpu)
+    model = write_model(work / "model", args.shape, args.cap, on_gpu, args.layers)
     if on_gpu:
         torch.cuda.empty_cache()
-    lengths = write_set(work / "set.jsonl", model, synthetic_lengths(args.sequences, 0, args.cap, *mix), 0)
+    wanted = [int(n * 0.99) for n in longs] or synthetic_lengths(args.sequences, 0, args.cap, *mix)
+    lengths = write_set(work / "set.jsonl", model, wanted, 0)
     kept = [n for n in lengths if n <= args.cap]
     lengths_file = work / "lengths.json"
     lengths_file.write_text(json.dumps(kept))
@@ -388,11 +438,13 @@ def main() -> int:
     if args.profile:
         rows.append(run_product(work, "profiled", model, work / "set.jsonl", args, {}, total_flops, profile=True))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "profile"}), flush=True)
-    for name, overrides in [("defaults", {})] + [
-        (v.replace("=", "-").replace(",", "+"), parse_overrides(v)) for v in args.variants.split(";") if v
-    ]:
+    variants = [(v.replace("=", "-").replace(",", "+"), parse_overrides(v)) for v in args.variants.split(";") if v]
+    for name, overrides in variants[:1] if longs else [("defaults", {}), *variants]:
         rows.append(run_product(work, name, model, work / "set.jsonl", args, overrides, total_flops))
         print(json.dumps(rows[-1]), flush=True)
+        if longs and not rows[-1].get("error"):
+            rows += long_rows(work, name, model, overrides)
+            print("\n".join(json.dumps(r) for r in rows[-len(kept) :]), flush=True)
     for strategy in [s for s in args.peers.split(",") if s]:
         rows.append(run_peer(work, strategy, args, lengths_file))
         print(json.dumps(rows[-1]), flush=True)

@@ -56,6 +56,17 @@ def test_offloaded_checkpoints_and_tiled_mlp_compute_the_plain_loss_and_gradient
         torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("elements", [1, 90 * 64, 3 << 29, (1 << 31) + 4097])
+def test_offloaded_checkpoints_are_pinned_in_power_of_two_pieces_that_cover_the_tensor_exactly(elements):
+    """torch's pinned allocator rounds each allocation up to a power of two: pieces of such sizes waste nothing
+    (3 << 29 bf16 values, a Llama-3.1-8B layer's input at 384k tokens: 2 GiB + 1 GiB, not 4 GiB)."""
+    pieces = checkpointing.pinned_pieces(elements)
+    assert all(n & (n - 1) == 0 for _, n in pieces)
+    assert [start for start, _ in pieces] == [sum(n for _, n in pieces[:k]) for k in range(len(pieces))]
+    assert sum(n for _, n in pieces) == elements
+    assert len(pieces) == bin(elements).count("1")
+
+
 def test_offloaded_checkpoints_refuse_selective_checkpointing(tiny_model):
     from transformers import AutoModelForCausalLM
 

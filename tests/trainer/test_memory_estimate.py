@@ -13,7 +13,16 @@ import pytest
 import yaml
 from transformers import LlamaConfig
 
-from longalign_trainer.train.memory_estimate import GIB, ModelShape, Setting, choose, estimate
+from longalign_trainer.train.memory_estimate import (
+    GIB,
+    DoesNotFit,
+    ModelShape,
+    Setting,
+    activation_bytes,
+    check,
+    choose,
+    estimate,
+)
 
 ISSUE9 = ModelShape.from_config(
     LlamaConfig(
@@ -29,6 +38,8 @@ LLAMA8B = dict(
     vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8
 )
 WIDTH8B = ModelShape.from_config(LlamaConfig(num_hidden_layers=8, **LLAMA8B))
+TWO_LAYERS8B = ModelShape.from_config(LlamaConfig(num_hidden_layers=2, **LLAMA8B))
+FULL8B = ModelShape.from_config(LlamaConfig(num_hidden_layers=32, **LLAMA8B))
 
 
 @pytest.mark.parametrize(
@@ -38,7 +49,7 @@ WIDTH8B = ModelShape.from_config(LlamaConfig(num_hidden_layers=8, **LLAMA8B))
         (ISSUE9, 80, 2, "matmuls", 7),
         (ISSUE9, 40, 2, "attention", 14),
         (ISSUE9, 30, 2, "nothing", 16),
-        (WIDTH8B, 139, 2, "matmuls", 2),
+        (WIDTH8B, 139, 2, "matmuls", 0),  # estimate 126.2 GiB (2 layers checkpointed: 114.5 measured)
         (WIDTH8B, 80, 2, "attention", 8),
         (WIDTH8B, 40, 3, "nothing", 8),
     ],
@@ -76,26 +87,59 @@ def test_all_gathered_keys_and_values_are_counted_where_a_layer_holds_them():
     assert gathered == 3.5 * GIB
 
 
-# Peak GPU memory (torch.cuda.max_memory_allocated) of `longalign train`, one H200, 64k packs, 2026-12-01
-# (benchmarks/train_product.py; README "Training speed").
-MEASURED_GIB = [  # (shape, ZeRO stage, keeps, checkpointed layers (None: all), peak GiB)
-    (ISSUE9, 2, "matmuls", None, 56.6),
-    (ISSUE9, 2, "matmuls", 0, 74.4),
-    (ISSUE9, 2, "attention", None, 26.6),
-    (ISSUE9, 2, "nothing", None, 22.8),
-    (ISSUE9, 3, "nothing", None, 22.8),
-    (WIDTH8B, 2, "matmuls", None, 100.7),
-    (WIDTH8B, 2, "matmuls", 2, 114.5),
-    (WIDTH8B, 3, "nothing", None, 58.7),
+# Peak GPU memory (torch.cuda.max_memory_allocated) of `longalign train`, one H200, 2026-12-01
+# (benchmarks/train_product.py; README "Training speed" and "Long sequences on one GPU").
+MEASURED_GIB = [  # (shape, ZeRO stage, keeps, checkpointed layers (None: all), pack tokens, features, peak GiB)
+    (ISSUE9, 2, "matmuls", None, 65536, {}, 56.6),
+    (ISSUE9, 2, "matmuls", 0, 65536, {}, 74.4),
+    (ISSUE9, 2, "attention", None, 65536, {}, 26.6),
+    (ISSUE9, 2, "nothing", None, 65536, {}, 22.8),
+    (ISSUE9, 3, "nothing", None, 65536, {}, 22.8),
+    (WIDTH8B, 2, "matmuls", None, 65536, {}, 100.7),
+    (WIDTH8B, 2, "matmuls", 2, 65536, {}, 114.5),
+    (WIDTH8B, 3, "nothing", None, 65536, {}, 58.7),
+    # One sequence per step, offloaded checkpoints and tiled MLP: the run's second step (its first one, at 256k,
+    # peaks in the optimizer step: AdamW creates its states there, after that step's backward pass).
+    (TWO_LAYERS8B, 2, "nothing", None, 519867, {"offload_checkpoints": True, "tiled_mlp": True}, 75.17),
 ]
 
 
-@pytest.mark.parametrize("shape,stage,keeps,layers,measured", MEASURED_GIB)
+@pytest.mark.parametrize("shape,stage,keeps,layers,tokens,features,measured", MEASURED_GIB)
 def test_the_estimate_is_within_ten_percent_of_the_measured_peak_and_not_below_it(
-    shape, stage, keeps, layers, measured
+    shape, stage, keeps, layers, tokens, features, measured
 ):
-    estimated = estimate(shape, Setting(stage, keeps, 65536, checkpoint_layers=layers)).gpu / GIB
+    estimated = estimate(shape, Setting(stage, keeps, tokens, checkpoint_layers=layers, **features)).gpu / GIB
     assert measured <= estimated <= measured * 1.1
+
+
+# benchmarks/long_sequence.py, one H200, 2026-12-01 (README "Long sequences on one GPU"): one sequence per step,
+# every memory feature on (full recomputation, offloaded checkpoints, tiled MLP, chunked loss), bf16 AdamW
+# without DeepSpeed: 8 bytes per parameter of model states (parameters, gradients, AdamW's two states).
+LONG_SEQUENCE_GIB = [  # (shape, tokens, peak GPU GiB, peak host GiB (the process's resident set) or None)
+    (TWO_LAYERS8B, 262144, 36.35, None),
+    (TWO_LAYERS8B, 1048576, 115.0, None),
+    (FULL8B, 262144, 85.1, 65.7),
+    (FULL8B, 393216, 98.21, 97.8),
+]
+
+
+@pytest.mark.parametrize("shape,tokens,gpu,host", LONG_SEQUENCE_GIB)
+def test_the_activations_at_long_sequences_are_what_the_runs_used(shape, tokens, gpu, host):
+    """The activation part of the estimate (the same memory model as the trainer's) on top of the script's
+    model states, against the measured peak: within 10 % and never under it; the host's pinned checkpoints too."""
+    s = Setting(2, "nothing", tokens, offload_checkpoints=True, tiled_mlp=True)
+    assert gpu <= (8 * shape.params + activation_bytes(shape, s)) / GIB <= gpu * 1.1
+    if host is not None:  # the process (PROCESS_HOST_BYTES) + every layer's input, pinned (no model load here)
+        estimated_host = estimate(shape, s).host - 2 * shape.params
+        assert host <= estimated_host / GIB <= host * 1.1
+
+
+def test_the_whole_8b_at_512k_is_refused_on_a_128_gb_host():
+    """32 layers' offloaded checkpoints at 512k tokens are 128 GiB of pinned host memory (plus the bf16 model
+    that every rank loads first): more than the H200 machine's 124.8 GiB available (384k, 96 GiB, trained)."""
+    s = Setting(2, "nothing", 524288, offload_checkpoints=True, tiled_mlp=True)
+    with pytest.raises(DoesNotFit, match=r"host memory: the 1 rank\(s\) of a node need ~1[4-9][0-9]\.[0-9] GiB"):
+        check(estimate(FULL8B, s), s, None, int(124.8 * GIB))
 
 
 def test_a_config_that_cannot_fit_is_refused_before_loading_with_the_numbers(tmp_path):

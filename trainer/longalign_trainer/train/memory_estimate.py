@@ -1,16 +1,26 @@
 """Will a training config fit? GPU and host memory per rank, estimated from the model's shape before loading it.
 
 Model states (parameters, gradients, AdamW states, as ZeRO partitions them) come from DeepSpeed's own
-estimators (``estimate_zero2_model_states_mem_needs`` and the ZeRO-3 twin, without their 1.5× buffer). On top
-of them, per pack of ``T`` tokens (bf16, one pack per micro-step, every Llama-style decoder layer alike):
+estimators (``estimate_zero2_model_states_mem_needs`` and the ZeRO-3 twin, without their 1.5× buffer; they
+count the fp32 gradients of the optimizer step). On top of them, the activations of one pack of ``T`` tokens
+at the peak of its backward pass (bf16, one pack per micro-step, every Llama-style decoder layer alike),
+counted as what is alive there, in the layer's widths (hidden ``h``, key/value ``kv``, MLP ``i``), at the
+larger of two moments (``activation_bytes``):
 
-* what each checkpointed layer keeps until the backward pass, by ``checkpoint_keeps`` (``SAVED_PER_TOKEN``,
-  counted in the layer's widths: hidden ``h``, key/value width ``kv``, MLP width ``i``): its input, plus the
-  attention output, plus the MLP's gate/up projections, plus the attention projections;
-* a layer left unchecked keeps everything its backward needs, as does the one layer being recomputed;
-* one chunk of the loss's logits (train/linear_loss.py: the full logits never exist);
-* under sequence parallelism with all-gathered keys (``allgather_kv``), the other ranks' keys and values: held
-  by every layer that keeps its activations and by the one being recomputed, and their gradient once.
+* the loss's backward: what every layer keeps until its own backward (by ``checkpoint_keeps``:
+  ``saved_per_token``, nothing with ``offload_checkpoints``; everything for a layer left unchecked:
+  ``full_layer_per_token``), the top layer's output and the final norm's, the gradient of the norm's
+  output, and one chunk of the loss's logits (train/linear_loss.py: the full logits never exist);
+* the first layer backpropagated (the top one): what every other layer keeps, plus what is alive while that
+  layer runs its backward (``layer_backward_per_token``: everything it keeps, the gradients in flight,
+  FlashAttention's fp32 accumulators; with ``tiled_mlp`` one tile of the MLP apart);
+* under sequence parallelism with all-gathered keys (``allgather_kv``), at either moment, the other ranks' keys
+  and values: held by every layer that keeps its activations and by the one being recomputed, and their
+  gradient once.
+
+Measured against this (README, "Long sequences on one GPU"): at 1M tokens with every memory feature on,
+13 hidden-sized bf16 tensors per token (104 KiB for Llama-3.1-8B's width) are alive at that peak, whatever
+the depth; tensors that are small at 64k (gradients in flight, FlashAttention's accumulators) are most of it.
 
 On the host, every rank loads the whole model (bf16) before DeepSpeed partitions it, and ZeRO-Offload keeps
 the fp32 master weights, AdamW states and gradients there. ``choose`` picks the fastest ZeRO stage and
@@ -51,6 +61,8 @@ class ModelShape:
     vocab: int
     params: int  # all parameters
     largest_layer_params: int  # the biggest single weight (ZeRO-3 gathers one at a time): embedding or LM head
+    head_dim: int
+    largest_decoder_weight: int  # the biggest weight inside a decoder layer (ZeRO-3's gather at a layer's peak)
 
     @classmethod
     def from_config(cls, config: Any) -> ModelShape:
@@ -63,7 +75,8 @@ class ModelShape:
         tied = bool(getattr(config, "tie_word_embeddings", False))
         per_layer = h * heads * head_dim * 2 + h * kv_heads * head_dim * 2 + 3 * h * i + 2 * h
         params = layers * per_layer + vocab * h * (1 if tied else 2) + h
-        return cls(h, layers, heads, kv_heads * head_dim, i, vocab, params, vocab * h)
+        largest = max(h * i, h * heads * head_dim)
+        return cls(h, layers, heads, kv_heads * head_dim, i, vocab, params, vocab * h, head_dim, largest)
 
 
 @dataclass(frozen=True)
@@ -142,7 +155,7 @@ def estimate(shape: ModelShape, s: Setting) -> Estimate:
     if s.zero_stage == 3:
         cpu_states, gpu_states, _ = estimate_zero3_model_states_mem_needs(
             shape.params,
-            shape.largest_layer_params,
+            shape.largest_decoder_weight,  # the LM head's gather, at the loss, is counted there (activation_bytes)
             s.gpus_per_node,
             s.nodes,
             cpu_offload=offload,
@@ -159,24 +172,74 @@ def estimate(shape: ModelShape, s: Setting) -> Estimate:
     load = (2 if s.bf16 else 4) * shape.params  # what from_pretrained holds on each rank before partitioning
     host = s.gpus_per_node * (load + PROCESS_HOST_BYTES) + (int(cpu_states) if offload else 0)
 
-    t, layers = s.pack_tokens, shape.layers
-    checked = (
-        0
-        if not s.gradient_checkpointing
-        else min(layers, layers if s.checkpoint_layers is None else s.checkpoint_layers)
-    )
-    keeps = s.checkpoint_keeps if s.zero_stage < 3 else "nothing"
-    full = full_layer_per_token(shape, s.tiled_mlp)
-    kept = 0 if s.offload_checkpoints else saved_per_token(shape, keeps)
-    per_token = checked * kept + (layers - checked) * full + full  # + the layer being recomputed / backpropagated
-    rows = min(t, linear_loss.rows_per_chunk(shape.vocab))
-    activations = t * per_token + rows * shape.vocab * (2 + 4)  # one loss chunk: bf16 logits, fp32 softmax
-    if s.tiled_mlp:  # gate, up and their product for one tile, and their gradients
-        activations += min(t, shape.hidden) * 2 * 6 * shape.intermediate
-    activations += (layers - checked + 2) * s.gathered_kv_tokens * 2 * 2 * shape.kv_width  # bf16 keys and values
-    if s.offload_checkpoints:
-        host += s.gpus_per_node * checked * t * saved_per_token(shape, "nothing")
+    activations = activation_bytes(shape, s)
+    host += s.gpus_per_node * offloaded_checkpoint_bytes(shape, s)
     return Estimate(int(gpu_states), int(activations), int(host))
+
+
+def offloaded_checkpoint_bytes(shape: ModelShape, s: Setting) -> int:
+    """Pinned host bytes one rank's offloaded checkpoints take: every checkpointed layer's input (exactly: see
+    ``checkpointing.pinned_pieces``); 0 without ``offload_checkpoints``."""
+    return checked_layers(shape, s) * s.pack_tokens * 2 * shape.hidden if s.offload_checkpoints else 0
+
+
+def checked_layers(shape: ModelShape, s: Setting) -> int:
+    """How many decoder layers are checkpointed."""
+    if not s.gradient_checkpointing:
+        return 0
+    return min(shape.layers, shape.layers if s.checkpoint_layers is None else s.checkpoint_layers)
+
+
+def activation_bytes(shape: ModelShape, s: Setting) -> int:
+    """GPU bytes beyond the model states at the peak of one pack's forward and backward pass: the larger of
+    the loss's backward (``loss_phase_per_token``) and the first layer backpropagated (its attention's or its
+    MLP's backward: ``layer_backward_per_token``), each with what every other layer keeps until its own
+    backward pass, plus the rotary embedding's cos and sin (bf16, one head wide), which every layer uses."""
+    t, layers = s.pack_tokens, shape.layers
+    checked = checked_layers(shape, s)
+    keeps = s.checkpoint_keeps if s.zero_stage < 3 else "nothing"
+    kept = 0 if s.offload_checkpoints else saved_per_token(shape, keeps)
+    full = full_layer_per_token(shape, s.tiled_mlp)
+    top_checked = checked == layers  # checkpoint_layers checkpoints the first layers: the top one is the last
+    others = (checked - 1 if top_checked else checked) * kept + (layers - checked - (0 if top_checked else 1)) * full
+    all_layers = checked * kept + (layers - checked) * full
+    rotary = 2 * 2 * shape.head_dim
+    rows = min(t, linear_loss.rows_per_chunk(shape.vocab))
+    loss = t * (all_layers + loss_phase_per_token(shape) + rotary) + rows * shape.vocab * LOSS_CHUNK_BYTES_PER_LOGIT
+    if s.zero_stage == 3:  # ZeRO-3 gathers the LM head (bf16, and its gradient) rather than a decoder weight
+        loss += 4 * (shape.largest_layer_params - shape.largest_decoder_weight)
+    attention, mlp = layer_backward_per_token(shape, s.tiled_mlp, s.offload_checkpoints)
+    tile = min(t, shape.hidden) * 2 * 6 * shape.intermediate if s.tiled_mlp else 0  # gate, up, product, gradients
+    layer = max(t * (others + attention + rotary), t * (others + mlp + rotary) + tile)
+    gathered = (layers - checked + 2) * s.gathered_kv_tokens * 2 * 2 * shape.kv_width  # bf16 keys and values
+    return int(max(loss, layer) + gathered)
+
+
+# One loss chunk's logits: bf16 from the matmul, their fp32 copy, fp32 log-softmax, and in the backward pass the
+# fp32 gradient and its bf16 cast.
+LOSS_CHUNK_BYTES_PER_LOGIT = 2 + 4 + 4 + 4 + 2
+
+
+def loss_phase_per_token(shape: ModelShape) -> int:
+    """Bytes per token alive in the loss's backward beyond the layers' own: the top layer's output (kept by the
+    final norm), the norm's output (kept by the loss chunks), the chunks' gradients and their concatenation."""
+    return 4 * 2 * shape.hidden
+
+
+def layer_backward_per_token(shape: ModelShape, tiled_mlp: bool, offloaded: bool) -> tuple[int, int]:
+    """Bytes per token alive while a decoder layer is backpropagated (recomputed first if checkpointed), at its
+    attention's backward and at its MLP's. Attention's: the layer's input, the first norm's output, the
+    rotated queries and keys, the values, the attention output and log-sum-exp, the gradients coming in (the
+    layer's output's), of the residual stream and of the attention output, the query/key/value gradients and
+    FlashAttention's fp32 accumulators of them (queries 4·hidden, keys and values 4·kv each). The MLP's:
+    everything the layer keeps, the incoming gradient and the gradients of the gate and up projections (tiled:
+    the MLP keeps only its input, and its input's gradient; one tile's intermediates are counted apart). An
+    offloaded checkpoint also holds its recomputed output until the layer's backward ends."""
+    h, kv, i = shape.hidden, shape.kv_width, shape.intermediate
+    attention = 2 * (4 * h + 2 * kv) + 4 * shape.heads + 2 * (4 * h + 2 * kv) + (4 * h + 2 * 4 * kv)
+    mlp = full_layer_per_token(shape, tiled_mlp) + 2 * (2 * h if tiled_mlp else h + 2 * i)
+    out = 2 * h if offloaded else 0
+    return attention + out, mlp + out
 
 
 def choose(

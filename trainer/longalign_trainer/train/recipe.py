@@ -89,6 +89,7 @@ class Recipe:
         self.stop_requested = False
         self.losses: list[float] = []
         self.tokens_seen = 0
+        self.peak_bytes = 0  # the most GPU memory allocated before the current step (setup, earlier steps)
         self.ckpt_root = cfg.checkpoints
         self.slowest_step_s = 0.0
         self.slowest_checkpoint_s = 0.0
@@ -271,6 +272,9 @@ class Recipe:
         peak = cfg.peak_tflops_per_device or (H100_DENSE_BF16_TFLOPS if self.cuda else None)
         for plan in self.sampler:
             t0 = time.monotonic()
+            if self.cuda:  # each step's own peak goes to the step log, the run's to the summary
+                self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated())
+                torch.cuda.reset_peak_memory_stats()
             packs = [self.make_pack(mb) for mb in self.sampler.my_micro_batches(plan)]
             # The ranks of an SP group hold the same packs: the first of them counts them for the step.
             counts = count_step([(p.targets, p.seq_index) for p in packs] if self.sp.rank == 0 else [])
@@ -319,7 +323,8 @@ class Recipe:
                     lengths,
                 )
                 mfu = flops / elapsed / (peak * 1e12 * self.world)
-            self._log_step(plan.step, step_loss, float(local), counts, sum(lengths), elapsed, mfu)
+            step_peak = torch.cuda.max_memory_allocated() if self.cuda else None
+            self._log_step(plan.step, step_loss, float(local), counts, sum(lengths), elapsed, mfu, step_peak)
             if reporter:
                 reporter.update(
                     self.sampler.position,
@@ -351,7 +356,15 @@ class Recipe:
         return self.cfg.output_dir / f"train-log-rank{self.rank}.jsonl"
 
     def _log_step(
-        self, step: int, loss: float, local: float, counts, tokens: int, seconds: float, mfu: float | None
+        self,
+        step: int,
+        loss: float,
+        local: float,
+        counts,
+        tokens: int,
+        seconds: float,
+        mfu: float | None,
+        peak_bytes: int | None,
     ) -> None:
         """Append this rank's view of the step to OUTPUT_DIR/train-log-rank{R}.jsonl."""
         record = {
@@ -364,6 +377,7 @@ class Recipe:
             "tokens": tokens,
             "seconds": round(seconds, 4),
             "mfu": None if mfu is None else round(mfu, 4),
+            "peak_gpu_gib": None if peak_bytes is None else round(peak_bytes / 2**30, 2),
         }
         self.cfg.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a") as log:
@@ -471,6 +485,12 @@ class Recipe:
         return out
 
     # ---------------------------------------------------------------- the whole run
+    def _peak_gpu_gib(self) -> float | None:
+        """The most GPU memory this process allocated, setup and every step (what the memory estimate predicts)."""
+        import torch
+
+        return round(max(self.peak_bytes, torch.cuda.max_memory_allocated()) / 2**30, 1) if self.cuda else None
+
     def summary(self, wall_s: float, export: Path | None) -> dict:
         """The stage summary (≤ 4 KiB) the operator reads from the termination message."""
         return {
@@ -503,7 +523,7 @@ class Recipe:
                 if v is None
             ],
             "memory_estimate": self.memory_estimate.as_dict(),
-            "peak_gpu_gib": _peak_gpu_gib(self.cuda),
+            "peak_gpu_gib": self._peak_gpu_gib(),
             "checkpoint": str(getattr(self, "last_checkpoint", "")),
             "slowest_step_s": round(self.slowest_step_s, 2),
             "slowest_checkpoint_s": round(self.slowest_checkpoint_s, 2),
@@ -567,13 +587,6 @@ def _logged_step(line: str) -> int:
 def _log_line(text: str) -> None:
     """One line for people on stderr (stdout carries the progress lines)."""
     print(f"train: {text}", file=sys.stderr, flush=True)
-
-
-def _peak_gpu_gib(cuda: bool) -> float | None:
-    """The most GPU memory this process allocated (what the memory estimate predicts)."""
-    import torch
-
-    return round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None
 
 
 def _atomic_write(path: Path, text: str) -> None:
