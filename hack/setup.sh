@@ -22,7 +22,7 @@ esac
 bash hack/host-packages.sh
 
 bin_out=$(mktemp)
-trap 'kill $(jobs -p) 2>/dev/null; rm -f "$bin_out"' EXIT  # a failed step stops the builds still running
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -f "$bin_out"' EXIT  # a failed step stops the builds still running
 hack/localcluster/build.sh > "$bin_out" &
 build_pid=$!
 images_pid=
