@@ -333,11 +333,12 @@ def _set_grace_period(obs: Observed, p: Plan, st: StageStatus) -> None:
         )
 
 
-def _record_stop_cost(st: StageStatus, slowest_step_s: object, slowest_checkpoint_s: object) -> None:
-    """Keep the largest stop cost the trainer reported: its slowest step plus its slowest checkpoint write."""
-    if isinstance(slowest_step_s, (int, float)) and isinstance(slowest_checkpoint_s, (int, float)):
-        cost = float(slowest_step_s) + float(slowest_checkpoint_s)
-        st.stop_seconds = round(max(st.stop_seconds or 0.0, cost), 2)
+def _record_stop_cost(st: StageStatus, reported: Mapping[str, Any]) -> None:
+    """Keep the largest stop cost the trainer reported (in a progress line's metrics or its summary): its
+    slowest step plus its slowest checkpoint write."""
+    step, checkpoint = reported.get("slowest_step_s"), reported.get("slowest_checkpoint_s")
+    if isinstance(step, (int, float)) and isinstance(checkpoint, (int, float)):
+        st.stop_seconds = round(max(st.stop_seconds or 0.0, float(step) + float(checkpoint)), 2)
 
 
 def _succeed(obs: Observed, p: Plan, stage: str, st: StageStatus, job: JobView) -> None:
@@ -349,7 +350,7 @@ def _succeed(obs: Observed, p: Plan, stage: str, st: StageStatus, job: JobView) 
         st.summary = summary
         _record_results(p.status, stage, summary)
         if stage == "training":
-            _record_stop_cost(st, summary.get("slowest_step_s"), summary.get("slowest_checkpoint_s"))
+            _record_stop_cost(st, summary)
     if stage == "dataGeneration":
         name = builders.teacher_name(obs.run.name)
         p.delete += [("StatefulSet", name), ("Service", name)]
@@ -490,7 +491,7 @@ def _preempted(obs: Observed, p: Plan, stage: str, st: StageStatus, job: JobView
         return
     summary = _summary(job)
     if stage == "training" and summary:
-        _record_stop_cost(st, summary.get("slowest_step_s"), summary.get("slowest_checkpoint_s"))
+        _record_stop_cost(st, summary)
     steps = summary.get("steps") if summary and summary.get("preempted") else None
     if isinstance(steps, int):
         kept = f"{steps} steps kept"
@@ -522,7 +523,7 @@ def _record_progress(p: Plan, st: StageStatus, job: JobView) -> None:
     p.status.progress = f"{st.progress_percent:.0f}%"
     p.status.eta = None if st.eta_seconds is None else format_duration(st.eta_seconds)
     if line.get("stage") == "train":
-        _record_stop_cost(st, st.metrics.get("slowestStepS"), st.metrics.get("slowestCheckpointS"))
+        _record_stop_cost(st, line.get("metrics") or {})
         if isinstance(loss := st.metrics.get("loss"), (int, float)):
             p.status.loss = significant(loss)
 
