@@ -211,9 +211,14 @@ class LocalCluster:
     def create_queues(self, cluster_queue: str, quotas: list[dict], local_queues: dict[str, str]) -> None:
         """A Kueue ClusterQueue with ``quotas`` (``kueue.gpu_node_quotas``, ``kueue.real_node_quotas``) and a
         LocalQueue for it per entry of ``local_queues`` (namespace -> LocalQueue name)."""
-        items = [kueue.cluster_queue(cluster_queue, quotas)]
-        items += [kueue.local_queue(name, ns, cluster_queue) for ns, name in local_queues.items()]
-        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+        self.apply(
+            kueue.cluster_queue(cluster_queue, quotas),
+            *(kueue.local_queue(name, ns, cluster_queue) for ns, name in local_queues.items()),
+        )
+
+    def apply(self, *objects: dict) -> None:
+        """``kubectl apply`` objects (as dicts), each in the namespace its metadata names, if any."""
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop everything in reverse start order (SIGKILL what outlives ``timeout``); remove what the real

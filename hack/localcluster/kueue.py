@@ -195,6 +195,11 @@ def local_queue(name: str, namespace: str, cluster_queue_name: str) -> dict[str,
     }
 
 
+def team_priorities() -> list[dict[str, Any]]:
+    """The WorkloadPriorityClasses the tests' runs name: ``team-low`` (10) and ``team-high`` (1000)."""
+    return [priority_class("team-low", 10), priority_class("team-high", 1000)]
+
+
 def priority_class(name: str, value: int) -> dict[str, Any]:
     """A WorkloadPriorityClass, which a run names in ``spec.workloadPriorityClass``."""
     return {

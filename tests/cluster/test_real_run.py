@@ -136,8 +136,7 @@ def real_run(cluster: LocalCluster):
         30,
         "the namespace's default ServiceAccount",
     )
-    priorities = [kueue.priority_class("team-low", 10), kueue.priority_class("team-high", 1000)]
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": priorities}))
+    cluster.apply(*kueue.team_priorities())
     cluster.create_queues("real-run", kueue.real_node_quotas(2), {NAMESPACE: QUEUE})
     tiny_run.install_operator_chart(cluster, NAMESPACE)
     resource = fault_run_resource()

@@ -28,8 +28,7 @@ def cluster(tmp_path_factory):
     with LocalCluster(
         data_dir=tmp_path_factory.mktemp("kueue-cluster"), gpu_nodes=2, cpu_nodes=0, real_nodes=0, kueue=True
     ) as c:
-        items = [kueue.priority_class("team-low", 10), kueue.priority_class("team-high", 1000)]
-        c.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+        c.apply(*kueue.team_priorities())
         yield c
 
 
