@@ -27,7 +27,7 @@ run() {
     export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}/tmp/dswhl:tests/trainer" PYTHONUNBUFFERED=1
     local work=/tmp/train-gpu-check
     rm -rf "$work" && mkdir -p "$work"
-    python3 -m longalign_operator.cli tiny-model "$work/model" >/dev/null
+    python3 -m longalign_trainer.cli tiny-model "$work/model" >/dev/null
     python3 - "$work" <<'PY'
 import sys
 from pathlib import Path
@@ -48,7 +48,7 @@ for zero in (2, 3):
         "termination_message_path": str(out / "summary.json")}))
 PY
     for zero in 2 3; do
-        torchrun --nproc_per_node 1 -m longalign_operator.cli train --config "$work/zero$zero/train.yaml" \
+        torchrun --nproc_per_node 1 -m longalign_trainer.cli train --config "$work/zero$zero/train.yaml" \
             >"$work/zero$zero/log" 2>&1 || { tail -30 "$work/zero$zero/log"; return 1; }
         python3 - "$work/zero$zero" <<'PY'
 import json

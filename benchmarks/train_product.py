@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "trainer"), str(HERE.parent / "operator")]
+sys.path[:0] = [str(HERE), str(HERE.parent / "trainer")]
 
 from train_throughput import SHAPES, synthetic_lengths  # noqa: E402
 
@@ -61,9 +61,7 @@ PEAK = 989e12
 ENV = {
     **os.environ,
     "PYTHONUNBUFFERED": "1",
-    "PYTHONPATH": os.pathsep.join(
-        [str(HERE.parent / "trainer"), str(HERE.parent / "operator"), *filter(None, [os.environ.get("PYTHONPATH")])]
-    ),
+    "PYTHONPATH": os.pathsep.join([str(HERE.parent / "trainer"), *filter(None, [os.environ.get("PYTHONPATH")])]),
 }
 WORDS = [
     "alpha",
@@ -221,7 +219,7 @@ def run_product(
         "torch.distributed.run",
         "--nproc_per_node",
         "1",
-        *(entry if profile else ["-m", "longalign_operator.cli", "train"]),
+        *(entry if profile else ["-m", "longalign_trainer.cli", "train"]),
         "--config",
         str(out / "train.yaml"),
     ]
@@ -266,6 +264,7 @@ def run_product(
             "checkpoint_keeps": s["checkpoint_keeps"],
             "checkpoint_layers": s["checkpoint_layers"],
             "chosen_by_fit": s["chosen_by_fit"],
+            "setting": s["description"],
             "steps": s["steps"],
             "attention": s["attention_backend"],
             "train_s": round(train_s, 1),
@@ -364,7 +363,7 @@ def refusal(work: Path, shape: str, overrides: dict, args) -> dict:
     )
     t0 = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(out / "train.yaml")],
+        [sys.executable, "-m", "longalign_trainer.cli", "train", "--config", str(out / "train.yaml")],
         capture_output=True,
         text=True,
         env=ENV,

@@ -435,7 +435,7 @@ def _observe_active(obs: Observed, p: Plan, stage: str, options: StageOptions, s
             _fail_attempt(obs, p, stage, options, st, "StartupDeadlineExceeded", detail, delete=job.name)
             return
     if state == "Running":
-        _record_progress(p, st, job)
+        _record_progress(p, stage, st, job)
         quiet_since = job.progress_time or st.start_time
         quiet = (obs.now - parse_time(quiet_since)).total_seconds() if quiet_since else 0
         if quiet > options.stall_seconds:
@@ -508,23 +508,28 @@ def _preempted(obs: Observed, p: Plan, stage: str, st: StageStatus, job: JobView
     p.status.message = f"{stage}: {st.message}"
 
 
-def _record_progress(p: Plan, st: StageStatus, job: JobView) -> None:
-    """Copy the stage's latest progress line into the stage status and the run's headline columns."""
+def _record_progress(p: Plan, stage: str, st: StageStatus, job: JobView) -> None:
+    """Copy the stage's latest progress line into the stage status and the run's headline columns; a new
+    setting is also told in an Event."""
     line = job.progress
     if not line or not line.get("total"):
         return
     st.progress_percent = round(100.0 * line["done"] / line["total"], 1)
     eta = line.get("eta_s")
     st.eta_seconds = None if eta is None else round(eta)
-    st.metrics = {
-        to_camel(k): v for k, v in (line.get("metrics") or {}).items() if isinstance(v, (int, float)) or v is None
-    }
+    if line.get("metrics"):  # a stage's first line (its setting, before any item ends) has none yet
+        st.metrics = {to_camel(k): v for k, v in line["metrics"].items() if isinstance(v, (int, float)) or v is None}
     st.last_progress_time = job.progress_time
+    setting = line.get("setting")
+    if isinstance(setting, dict) and setting != st.setting:
+        st.setting = setting
+        if description := setting.get("description"):
+            p.events.append(Event("Normal", "StageSetting", f"{stage}: {description}", stage))
     p.status.progress = f"{st.progress_percent:.0f}%"
     p.status.eta = None if st.eta_seconds is None else format_duration(st.eta_seconds)
     if line.get("stage") == "train":
         _record_stop_cost(st, line.get("metrics") or {})
-        if isinstance(loss := st.metrics.get("loss"), (int, float)):
+        if isinstance(loss := (st.metrics or {}).get("loss"), (int, float)):
             p.status.loss = significant(loss)
 
 

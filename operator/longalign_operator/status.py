@@ -59,6 +59,10 @@ class StageStatus(Model):
     metrics: dict[str, float | None] | None = None
     """The stage's latest reported metrics at full precision, keys in camelCase (loss, tokensPerS, mfu, lr,
     gradNorm, ...)."""
+    setting: dict[str, Any] | None = None
+    """What the newest attempt runs with, as the stage chose it at its start and reports it in its progress lines,
+    verbatim (training: ZeRO stage, checkpointing, attention, the memory estimate against the GPU's memory, and
+    a ``description``)."""
     summary: dict[str, Any] | None = None
     """The stage's final summary, as it wrote it to its termination message."""
     stop_seconds: float | None = None

@@ -385,6 +385,10 @@ def test_7_the_run_reports_what_longalign_run_reports_and_its_story(real_run):
     assert status["stages"]["training"]["preemptions"] == 1
     training = status["stages"]["training"]["summary"]
     assert training["world_size"] == 2 and training["zero_stage"] == 3
+    # what the trainer chose is in the status from its first progress line on, and told once in an Event
+    setting = status["stages"]["training"]["setting"]
+    assert setting["zero_stage"] == 3 and setting["description"] == training["description"]
+    assert [m for r, m in real_run.events() if r == "StageSetting"] == [f"training: {training['description']}"]
     # the loss trajectory continues across the attempts: every step logged once, in order
     log = real_run.volume("checkpoints") / NAME / "train-log-rank0.jsonl"
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]

@@ -21,6 +21,7 @@ from longalign_trainer.train.memory_estimate import (
     activation_bytes,
     check,
     choose,
+    describe,
     estimate,
 )
 
@@ -63,6 +64,26 @@ def test_zero2_the_most_kept_activations_and_the_fewest_checkpointed_layers_are_
     if layers and stage == 2:  # one layer fewer checkpointed would not have fitted
         fewer = estimate(shape, Setting(2, keeps, 65536, checkpoint_layers=layers - 1)).gpu
         assert fewer * 1.1 > gpu_gib * GIB
+
+
+def test_the_chosen_setting_is_described_for_people_with_its_estimate():
+    chosen = choose(WIDTH8B, Setting(2, "attention", 65536), 80 * GIB, None, None)
+    text = describe(WIDTH8B, chosen, estimate(WIDTH8B, chosen), 80 * GIB)
+    e = estimate(WIDTH8B, chosen)
+    assert text == (
+        "ZeRO-2, 8 of 8 layers checkpointed (keeping attention); memory estimate "
+        f"{e.gpu / GIB:.1f} GiB per GPU of 80.0 (model states {e.gpu_model_states / GIB:.1f} + activations "
+        f"{e.gpu_activations / GIB:.1f} at 65536 tokens per pack), host {e.host / GIB:.1f} GiB per node"
+    )
+    offloaded = Setting(3, "nothing", 1 << 20, offload_optimizer=True, offload_checkpoints=True, tiled_mlp=True)
+    assert describe(FULL8B, offloaded, estimate(FULL8B, offloaded), None).startswith(
+        "ZeRO-3 (optimizer in host memory), 32 of 32 layers checkpointed (recomputed in full, their inputs in host "
+        "memory), tiled MLP; memory estimate "
+    )
+    unchecked = Setting(2, "matmuls", 65536, checkpoint_layers=0)
+    assert describe(ISSUE9, unchecked, estimate(ISSUE9, unchecked), None).startswith(
+        "ZeRO-2, no layer recomputed (all 16 keep their activations); memory estimate "
+    )
 
 
 def test_what_the_config_says_is_kept():

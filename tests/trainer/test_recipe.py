@@ -139,11 +139,24 @@ def test_loss_falls_and_both_ranks_agree(reference):
 def test_progress_lines_and_summary_follow_the_stage_contract(reference):
     out, done = reference
     lines = progress_lines(done.stdout)
-    assert [line["done"] for line in lines] == list(range(1, STEPS + 1))
-    assert lines[0]["rate"] is None and lines[0]["eta_s"] is None  # rates start after the first step
-    assert all(line["rate"] > 0 and line["eta_s"] is not None for line in lines[1:])
+    assert [line["done"] for line in lines] == list(range(0, STEPS + 1))  # the first before any step: the setting
+    assert lines[0]["metrics"] == {} and lines[1]["rate"] is None  # rates start after the first step
+    assert all(line["rate"] > 0 and line["eta_s"] is not None for line in lines[2:])
     assert {"loss", "tokens_per_s", "mfu"} <= set(lines[-1]["metrics"]) and lines[-1]["total"] == STEPS
     summary = json.loads((out / "summary.json").read_text())
+    setting = lines[0]["setting"]
+    assert all(line["setting"] == setting for line in lines) and setting.items() <= summary.items()
+    assert (setting["zero_stage"], setting["checkpoint_keeps"], setting["chosen_by_fit"]) == (
+        3,
+        "nothing",
+        ["checkpoint_keeps", "checkpoint_layers"],
+    )
+    assert setting["description"].startswith(
+        "ZeRO-3, no layer recomputed (all 2 keep their activations); memory estimate "
+    ) and setting["description"].endswith(
+        "sdpa_block_diagonal attention; chosen by fit: checkpoint_keeps, checkpoint_layers"
+    )
+    assert f"train: {setting['description']}" in done.stderr.splitlines()
     assert summary["ok"] and summary["steps"] == STEPS and summary["world_size"] == 2
     assert summary["final_loss"] == float(f"{step_losses(out, 0)[STEPS]:.12g}")  # 12 digits: no float noise
     assert summary["attention_backend"] == "sdpa_block_diagonal"
@@ -324,7 +337,12 @@ def test_bad_input_exits_2_with_one_line_naming_the_file_and_a_summary(tmp_path,
     done = one_process(config, tmp_path)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    [line] = [x for x in done.stderr.splitlines() if x.startswith("train: ") and not x.startswith("train: rejected")]
+    # one line says what is wrong (besides the rejected records' and the setting chosen before the data loads)
+    [line] = [
+        x
+        for x in done.stderr.splitlines()
+        if x.startswith("train: ") and not x.startswith(("train: rejected", "train: ZeRO-"))
+    ]
     assert re.fullmatch(r"train: " + expected + ".*", line), line
     summary = json.loads((tmp_path / "t").read_text())
     assert summary["ok"] is False and summary["exit_code"] == 2 and summary["error"] == line.removeprefix("train: ")

@@ -57,6 +57,20 @@ def test_a_resumed_stage_measures_its_rate_from_where_it_resumed():
     assert reporter.update(950)["rate"] == 5.0
 
 
+def test_a_stage_announces_its_setting_before_its_first_item_and_every_line_repeats_it():
+    out, clock = io.StringIO(), Clock()
+    setting = {"zero_stage": 2, "description": "ZeRO-2, no layer recomputed"}
+    reporter = ProgressReporter("train", total=10, unit="steps", stream=out, bar=None, clock=clock, setting=setting)
+    first = reporter.announce(4)  # resumed after step 4
+    assert (first["done"], first["rate"], first["metrics"], first["setting"]) == (4, None, {}, setting)
+    clock.now += 30  # the first step (compilation) does not count in the rate
+    assert reporter.update(5)["rate"] is None
+    clock.now += 10
+    line = reporter.update(10, loss=1.0)
+    assert (line["rate"], line["setting"]) == (0.5, setting)
+    assert [parse_progress(t)["setting"] for t in out.getvalue().splitlines()] == [setting] * 3
+
+
 def test_readers_skip_everything_that_is_not_a_progress_line():
     log = "\n".join(
         [

@@ -7,7 +7,10 @@ A stage (``longalign datagen|train|eval --config FILE``) reports by writing:
       {"longalign": "progress", "stage": "train", "done": 40, "total": 200, "unit": "steps",
        "rate": 1.9, "eta_s": 84.2, "metrics": {"loss": 1.83, "tokens_per_s": 35100.0}}
 
-  Other output may be interleaved freely; readers skip every line that is not such an object.
+  A line may also carry ``"setting"``: what the stage runs with, as it chose at start (training: its ZeRO
+  stage, checkpointing and memory estimate, with a ``"description"`` for people); the operator shows it in
+  the stage's status. Other output may be interleaved freely; readers skip every line that is not such an
+  object.
 * **a summary** (JSON, at most 4 KiB) at the container's termination-message path, where Kubernetes
   copies it into the pod status: the operator reads results without any extra permission, and stages need
   no Kubernetes API rights.
@@ -57,6 +60,8 @@ class ProgressReporter:
 
     The streams never mix: JSON lines go to ``stream`` (stdout, for the operator) unless a person watches
     both stdout and the bar on one terminal, in which case only the bar is drawn.
+
+    ``setting`` (see the module's docstring) goes into every line, so that the newest line alone tells it.
     """
 
     def __init__(
@@ -69,8 +74,9 @@ class ProgressReporter:
         bar: IO[str] | None = None,
         min_interval_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        setting: dict[str, Any] | None = None,
     ) -> None:
-        self.stage, self.total, self.unit = stage, total, unit
+        self.stage, self.total, self.unit, self.setting = stage, total, unit, setting
         self.bar = bar if bar is not None else (sys.stderr if _isatty(sys.stderr) else None)
         if stream is None:
             stream = sys.stdout
@@ -83,6 +89,12 @@ class ProgressReporter:
         self.start_done: int | None = None
         self.last_emit = -math.inf
 
+    def announce(self, done: int) -> dict[str, Any]:
+        """Report where the stage starts (``done`` items already finished, e.g. on resuming), before its first
+        item: a line without rate or metrics, so the setting is known before the first item ends. Rates still
+        count from the first ``update``."""
+        return self._emit(done, None, {})
+
     def update(self, done: int, **metrics: float | None) -> dict[str, Any] | None:
         """Report that ``done`` of ``total`` items are finished; returns the line emitted, if any."""
         now = self.clock()
@@ -93,6 +105,9 @@ class ProgressReporter:
         self.last_emit = now
         elapsed = now - self.start
         rate = (done - self.start_done) / elapsed if elapsed > 0 and done > self.start_done else None
+        return self._emit(done, rate, metrics)
+
+    def _emit(self, done: int, rate: float | None, metrics: dict[str, float | None]) -> dict[str, Any]:
         eta = (self.total - done) / rate if rate else None
         line = {
             MARKER: "progress",
@@ -103,6 +118,7 @@ class ProgressReporter:
             "rate": None if rate is None else round(rate, 4),
             "eta_s": None if eta is None else round(eta, 1),
             "metrics": {k: _finite(v) for k, v in metrics.items()},
+            **({"setting": self.setting} if self.setting is not None else {}),
         }
         if self.stream is not None:
             print(json.dumps(line), file=self.stream, flush=True)

@@ -301,6 +301,31 @@ def check(e: Estimate, s: Setting, gpu_bytes: int | None, host_bytes: int | None
         )
 
 
+def describe(shape: ModelShape, s: Setting, e: Estimate, gpu_bytes: int | None) -> str:
+    """One line for people: the ZeRO stage and offloading, what checkpointing recomputes, and the estimate
+    against the GPU's memory, e.g. ``ZeRO-2, 2 of 8 layers checkpointed (keeping matmuls); memory estimate
+    124.6 GiB per GPU of 139.8 (model states 40.1 + activations 84.5 at 65536 tokens per pack), host 12.3 GiB
+    per node``."""
+    offloaded = [what for what, on in (("optimizer", s.offload_optimizer), ("parameters", s.offload_params)) if on]
+    parts = [f"ZeRO-{s.zero_stage}" + (f" ({' and '.join(offloaded)} in host memory)" if offloaded else "")]
+    checked = checked_layers(shape, s)
+    keeps = s.checkpoint_keeps if s.zero_stage < 3 else "nothing"
+    if not checked:
+        parts.append(f"no layer recomputed (all {shape.layers} keep their activations)")
+    else:
+        how = "recomputed in full" if keeps == "nothing" else f"keeping {keeps}"
+        where = ", their inputs in host memory" if s.offload_checkpoints else ""
+        parts.append(f"{checked} of {shape.layers} layers checkpointed ({how}{where})")
+    if s.tiled_mlp:
+        parts.append("tiled MLP")
+    per = f"per GPU of {gpu_bytes / GIB:.1f}" if gpu_bytes is not None else "per rank"  # no GPU: CPU memory
+    return (
+        f"{', '.join(parts)}; memory estimate {e.gpu / GIB:.1f} GiB {per} (model states "
+        f"{e.gpu_model_states / GIB:.1f} + activations {e.gpu_activations / GIB:.1f} at {s.pack_tokens} tokens per "
+        f"pack), host {e.host / GIB:.1f} GiB per node"
+    )
+
+
 def host_memory_available() -> int | None:
     """Bytes this node's processes may use: the cgroup's limit (a pod's) or MemAvailable, whichever is less."""
     limits = []

@@ -121,9 +121,8 @@ class Recipe:
             torch.cuda.set_device(self.device)
         self.bf16 = self.cuda if cfg.bf16 is None else cfg.bf16
         self.backend = attention.register(cfg.attention_backend, self.device.type)
-        self.sp = sequence_parallel.choose_attention(
-            self.sp, AutoConfig.from_pretrained(cfg.model_path), cfg.sequence_parallel_attention
-        )
+        model_config = AutoConfig.from_pretrained(cfg.model_path)
+        self.sp = sequence_parallel.choose_attention(self.sp, model_config, cfg.sequence_parallel_attention)
         sequence_parallel.register(self.sp)
         torch.manual_seed(cfg.seed)
         # ZeRO stage and checkpointing as the config says or, where it leaves them open, by what fits; a config
@@ -133,6 +132,13 @@ class Recipe:
             cfg, self.world, gpu_bytes, memory_estimate.host_memory_available(), self.sp.attention
         )
         self.zero_stage = self.memory.zero_stage
+        # ZeRO-3 gathers parameters inside each layer, and not the same number of times in the forward pass and
+        # its recomputation, which selective checkpointing's op-by-op replay refuses: it gets full checkpointing.
+        self.checkpoint_keeps = self.memory.checkpoint_keeps if self.zero_stage < 3 else "nothing"
+        self.checkpoint_layers = self.memory.checkpoint_layers
+        self.setting = self._setting(memory_estimate.ModelShape.from_config(model_config), gpu_bytes)
+        if self.rank == 0:
+            _log_line(self.setting["description"])
 
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
         objects_group = dist.new_group(backend="gloo")  # examples travel as pickled objects, on the CPU
@@ -181,10 +187,6 @@ class Recipe:
         )
         model.config.use_cache = False
         self.model_shape = _model_shape(model)
-        # ZeRO-3 gathers parameters inside each layer, and not the same number of times in the forward pass and
-        # its recomputation, which selective checkpointing's op-by-op replay refuses: it gets full checkpointing.
-        self.checkpoint_keeps = self.memory.checkpoint_keeps if self.zero_stage < 3 else "nothing"
-        self.checkpoint_layers = self.memory.checkpoint_layers
         if cfg.gradient_checkpointing:
             checkpointing.enable(model, self.checkpoint_keeps, self.checkpoint_layers, cfg.offload_checkpoints)
         if cfg.fused_ops and self.cuda:
@@ -215,6 +217,36 @@ class Recipe:
                     )
                 )
         self._trim_log(self.sampler.position)
+
+    def _setting(self, shape: memory_estimate.ModelShape, gpu_bytes: int | None) -> dict:
+        """What this attempt trains with, as chosen at start (where the config leaves it open, by the memory
+        estimate): every progress line carries it, the summary repeats it, ``description`` says it for people."""
+        cfg = self.cfg
+        chosen = [
+            k
+            for k, v in (
+                ("zero_stage", cfg.zero_stage),
+                ("checkpoint_keeps", cfg.checkpoint_keeps),
+                ("checkpoint_layers", cfg.checkpoint_layers),
+            )
+            if v is None
+        ]
+        description = memory_estimate.describe(shape, self.memory, self.memory_estimate, gpu_bytes)
+        return {
+            "attention_backend": self.backend,
+            "sequence_parallel_size": self.sp.size,
+            "sequence_parallel_attention": self.sp.attention if self.sp.size > 1 else None,
+            "zero_stage": self.zero_stage,
+            "checkpoint_keeps": self.checkpoint_keeps if cfg.gradient_checkpointing else None,
+            "checkpoint_layers": self.checkpoint_layers if cfg.gradient_checkpointing else None,
+            "chosen_by_fit": chosen,
+            "memory_estimate": {
+                **self.memory_estimate.as_dict(),
+                **({"gpu_memory_gib": round(gpu_bytes / 2**30, 1)} if gpu_bytes is not None else {}),
+            },
+            "description": f"{description}, {self.backend} attention"
+            + (f"; chosen by fit: {', '.join(chosen)}" if chosen else ""),
+        }
 
     def deepspeed_config(self) -> dict:
         """The DeepSpeed config from our settings (one micro-batch = one pack; we own accumulation)."""
@@ -264,10 +296,14 @@ class Recipe:
         cfg, engine = self.cfg, self.engine
         engine.train()
         reporter = (
-            ProgressReporter("train", self.sampler.total_steps, "steps", min_interval_s=cfg.progress_interval_s)
+            ProgressReporter(
+                "train", self.sampler.total_steps, "steps", min_interval_s=cfg.progress_interval_s, setting=self.setting
+            )
             if self.rank == 0
             else None
         )
+        if reporter:
+            reporter.announce(self.sampler.position)
         self.start, self.run_tokens = time.monotonic(), 0
         peak = cfg.peak_tflops_per_device or (H100_DENSE_BF16_TFLOPS if self.cuda else None)
         for plan in self.sampler:
@@ -506,23 +542,8 @@ class Recipe:
             "tokens_per_s": round(self.run_tokens / self.train_s, 1) if getattr(self, "train_s", 0) else None,
             "strategy": self.cfg.strategy,
             "loss_weighting": self.cfg.loss_weighting,
-            "attention_backend": self.backend,
             "world_size": self.world,
-            "sequence_parallel_size": self.sp.size,
-            "sequence_parallel_attention": self.sp.attention if self.sp.size > 1 else None,
-            "zero_stage": self.zero_stage,
-            "checkpoint_keeps": self.checkpoint_keeps if self.cfg.gradient_checkpointing else None,
-            "checkpoint_layers": self.checkpoint_layers if self.cfg.gradient_checkpointing else None,
-            "chosen_by_fit": [
-                k
-                for k, v in (
-                    ("zero_stage", self.cfg.zero_stage),
-                    ("checkpoint_keeps", self.cfg.checkpoint_keeps),
-                    ("checkpoint_layers", self.cfg.checkpoint_layers),
-                )
-                if v is None
-            ],
-            "memory_estimate": self.memory_estimate.as_dict(),
+            **self.setting,
             "peak_gpu_gib": self._peak_gpu_gib(),
             "checkpoint": str(getattr(self, "last_checkpoint", "")),
             "slowest_step_s": round(self.slowest_step_s, 2),
