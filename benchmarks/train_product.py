@@ -92,27 +92,38 @@ WORDS = [
 ]
 
 
+def llama_config(shape: str, depth: int | None = None, **extra):
+    """The Llama config of ``shape`` (``depth`` decoder layers, default the shape's), untied."""
+    from transformers import LlamaConfig
+
+    h, layers, heads, kv, mlp, vocab = {**SHAPES, **SHAPES_EXTRA}[shape]
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=h,
+        intermediate_size=mlp,
+        num_hidden_layers=depth or layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        tie_word_embeddings=False,
+        **extra,
+    )
+
+
 def write_model(out: Path, shape: str, cap: int, on_gpu: bool, depth: int | None = None) -> Path:
     """A random Llama of ``shape`` (``depth`` decoder layers, default the shape's) in bf16 with the tiny model's
     tokenizer and chat template."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from longalign_trainer.tiny_model import build_tokenizer
 
-    h, layers, heads, kv, mlp, vocab = {**SHAPES, **SHAPES_EXTRA}[shape]
-    layers = depth or layers
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=h,
-        intermediate_size=mlp,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
+    h, _, heads, *_ = {**SHAPES, **SHAPES_EXTRA}[shape]
+    cfg = llama_config(
+        shape,
+        depth,
         head_dim=h // heads,
         max_position_embeddings=cap + 1,
         rope_theta=500000.0,
-        tie_word_embeddings=False,
         bos_token_id=1,
         eos_token_id=7,
         pad_token_id=3,
@@ -129,18 +140,7 @@ def write_model(out: Path, shape: str, cap: int, on_gpu: bool, depth: int | None
 
 def config_only(out: Path, shape: str) -> Path:
     """A model folder with only config.json (what the memory estimate reads before loading)."""
-    from transformers import LlamaConfig
-
-    h, layers, heads, kv, mlp, vocab = {**SHAPES, **SHAPES_EXTRA}[shape]
-    LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=h,
-        intermediate_size=mlp,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        tie_word_embeddings=False,
-    ).save_pretrained(out)
+    llama_config(shape).save_pretrained(out)
     return out
 
 
