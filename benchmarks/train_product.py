@@ -14,6 +14,9 @@ them), then runs, each in a process of its own (one GPU, so every row has the GP
   packing efficiency against the set's bound, and what the defaults chose;
 * ``--peers`` rows: train_throughput.py strategies (hf_packing, hf_liger, ours_packing_weighted) on the
   same sequence lengths and shape (``--lengths``: the set's, as the trainer tokenized them; random tokens);
+  their tokens/s count only their forward and backward passes after untimed warm-up steps (no optimizer step,
+  no compilation), so the table sets each row against HF + Liger twice: its whole epoch (×Liger) and its
+  steady steps (steady), the fairer of the two;
 * ``--long L1,L2,...``: instead of the set above, one conversation of about each length (a single sequence
   per step, ``max_tokens_per_pack`` the longest), trained in one run with ``--variants``' first override set
   (e.g. ``offload_checkpoints=true,tiled_mlp=true``), one row per step: its tokens/s, MFU, peak GPU memory
@@ -457,7 +460,7 @@ def main() -> int:
         f"packing bound {bound:.3f}"
     )
     print(
-        f"{'row':<44}{'tok/s':>8}{'steady':>8}{'MFU':>6}{'st.MFU':>7}{'peak':>7}{'est.':>7}{'pack':>7}{'×Liger':>7}"
+        f"{'row':<44}{'tok/s':>8}{'steady':>8}{'MFU':>6}{'st.MFU':>7}{'peak':>7}{'est.':>7}{'pack':>7}{'×Liger':>7}{'steady':>7}"
         "  chosen"
     )
     for r in rows:
@@ -484,7 +487,8 @@ def main() -> int:
             f"{fmt(r.get('mfu_989') and 100 * r['mfu_989'], '.1f'):>6}"
             f"{fmt(r.get('steady_mfu_989') and 100 * r['steady_mfu_989'], '.1f'):>7}{fmt(r.get('peak_gib'), '.1f'):>7}"
             f"{fmt(r.get('estimate_gib'), '.1f'):>7}{fmt(r.get('packing_efficiency'), '.3f'):>7}"
-            f"{fmt(liger and tps and tps / liger, '.2f'):>7}  {chosen}"
+            f"{fmt(liger and tps and tps / liger, '.2f'):>7}"
+            f"{fmt(liger and r.get('steady_tokens_per_s') and r['steady_tokens_per_s'] / liger, '.2f'):>7}  {chosen}"
         )
     return 0
 
