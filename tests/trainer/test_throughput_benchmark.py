@@ -43,3 +43,44 @@ def test_smoke_run_prints_the_table_and_the_kernel_profile(tmp_path):
     by_name = {r["strategy"]: r for r in result["results"]}
     assert all(r["tokens_per_s"] > 0 and r["micro_steps_run"] == r["of"] for r in by_name.values())
     assert by_name["ours_packing_weighted"]["packing_efficiency"] == result["env"]["packing_bound"]
+
+
+def test_the_product_benchmark_runs_longalign_train_beside_a_peer_and_a_refusal(tmp_path):
+    """train_product.py's CPU smoke mode: `longalign train` with its defaults under torchrun, a variant, a peer,
+    and a config that must be refused before loading."""
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "train_product.py"),
+            "--smoke",
+            "--variants",
+            "zero_stage=3",
+            "--peers",
+            "hf_packing",
+            "--refuse",
+            "zero_stage=3,offload_optimizer=true",
+            "--work",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    refusal, defaults, zero3, peer = result["rows"]
+    assert refusal["rc"] == 2 and "this config cannot fit" in refusal["message"] and "host memory" in refusal["message"]
+    for row in (defaults, zero3):
+        assert row["rc"] == 0 and not row.get("error") and row["tokens_per_s"] > 0 and row["steady_tokens_per_s"] > 0
+        assert row["packing_efficiency"] == round(result["env"]["packing_bound"], 12)
+        assert row["setting"].startswith(f"ZeRO-{row['zero_stage']}, ")
+    assert (defaults["zero_stage"], defaults["chosen_by_fit"]) == (
+        2,
+        ["zero_stage", "checkpoint_keeps", "checkpoint_layers"],
+    )
+    assert zero3["zero_stage"] == 3 and peer["row"] == "hf_packing" and peer["tokens_per_s"] > 0
+    assert "longalign train defaults" in proc.stdout and "ERROR" not in proc.stdout
