@@ -288,15 +288,22 @@ class WrittenStatus:
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``: changed keys, removed ones as null.
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``: changed keys, removed ones as null. A
+    null in ``new`` (a stage's summary may hold some) means absent, as the stored object has it: no patch is
+    sent again and again to write it.
 
     >>> merge_patch({"eta": "5m", "stages": {"t": {"a": 1, "b": 2}}}, {"stages": {"t": {"a": 1, "b": 3}}})
     {'stages': {'t': {'b': 3}}, 'eta': None}
+    >>> merge_patch({"summary": {"a": 1}}, {"summary": {"a": 1, "b": None}})
+    {}
     """
     patch: dict[str, Any] = {}
     for key, value in new.items():
         before = old.get(key)
-        if isinstance(value, Mapping) and isinstance(before, Mapping):
+        if value is None:
+            if key in old:
+                patch[key] = None
+        elif isinstance(value, Mapping) and isinstance(before, Mapping):
             inner = merge_patch(before, value)
             if inner:
                 patch[key] = inner

@@ -520,10 +520,10 @@ def _record_progress(p: Plan, stage: str, st: StageStatus, job: JobView) -> None
     if line.get("metrics"):  # a stage's first line (its setting, before any item ends) has none yet
         st.metrics = {to_camel(k): v for k, v in line["metrics"].items() if isinstance(v, (int, float)) or v is None}
     st.last_progress_time = job.progress_time
-    setting = line.get("setting")
-    if isinstance(setting, dict) and setting != st.setting:
+    if isinstance(setting := line.get("setting"), dict):
+        told = (st.setting or {}).get("description")
         st.setting = setting
-        if description := setting.get("description"):
+        if (description := setting.get("description")) and description != told:
             p.events.append(Event("Normal", "StageSetting", f"{stage}: {description}", stage))
     p.status.progress = f"{st.progress_percent:.0f}%"
     p.status.eta = None if st.eta_seconds is None else format_duration(st.eta_seconds)

@@ -359,27 +359,39 @@ def test_progress_lines_reach_the_status_and_silence_marks_the_stage_stalled():
     assert p.events[0][:2] == ("Warning", "StageStalled")
 
 
+def stored(obj):
+    """``obj`` as the apiserver keeps it after a merge patch: without nulls."""
+    if isinstance(obj, dict):
+        return {k: stored(v) for k, v in obj.items() if v is not None}
+    return obj
+
+
 def test_the_setting_training_chose_reaches_the_status_at_once_and_an_event_when_it_changes():
+    from longalign_operator.cache import merge_patch
+
     run = make_run()
     _, status = advance(run, {})
-    setting = {"zero_stage": 2, "checkpoint_layers": 0, "description": "ZeRO-2, no layer recomputed; estimate 74 GiB"}
+    setting = {"zero_stage": 2, "sequence_parallel_attention": None, "description": "ZeRO-2, no layer recomputed"}
     first = {"longalign": "progress", "stage": "train", "done": 0, "total": 100, "unit": "steps", "metrics": {}}
 
-    def running(attempt: int, line: dict) -> JobView:
+    def step(line: dict, attempt: int = 1) -> tuple:
         name = f"r-train-{attempt}"
-        return JobView(name, "Active", pods=(PodView(f"{name}-0", "Running"),), start_time=_ts(T0), progress=line)
+        job = JobView(name, "Active", pods=(PodView(f"{name}-0", "Running"),), start_time=_ts(T0), progress=line)
+        p, new = advance(run, status, [job])
+        assert merge_patch(stored(new), new) == {}  # once written, nothing is patched again
+        return p, stored(new)
 
-    p, status = advance(run, status, [running(1, {**first, "setting": setting})])
-    assert status["stages"]["training"]["setting"] == setting  # before the first step ends: the trainer's own JSON
+    p, status = step({**first, "setting": setting})
+    assert status["stages"]["training"]["setting"] == stored(setting)  # before the first step ends
     assert [e.message for e in p.events if e.reason == "StageSetting"] == [f"training: {setting['description']}"]
-    step = {**first, "done": 1, "metrics": {"loss": 2.5}, "setting": setting}
-    p, status = advance(run, status, [running(1, step)])
+    line = {**first, "done": 1, "metrics": {"loss": 2.5}, "setting": setting}
+    p, status = step(line)
     assert not [e for e in p.events if e.reason == "StageSetting"]  # told once, not at every line
     assert status["stages"]["training"]["metrics"] == {"loss": 2.5}
-    p, status = advance(run, status, [running(1, {**step, "done": 0, "metrics": {}})])
+    p, status = step({**line, "done": 0, "metrics": {}})
     assert status["stages"]["training"]["metrics"] == {"loss": 2.5}  # a line without metrics keeps the last ones
     zero3 = {**setting, "zero_stage": 3, "description": "ZeRO-3, 8 of 8 layers checkpointed (recomputed in full)"}
-    p, status = advance(run, status, [running(1, {**step, "setting": zero3})])
+    p, status = step({**line, "setting": zero3})
     assert status["stages"]["training"]["setting"]["zero_stage"] == 3
     assert [e.message for e in p.events if e.reason == "StageSetting"] == [f"training: {zero3['description']}"]
 
