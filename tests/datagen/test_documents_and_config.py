@@ -20,7 +20,7 @@ from longalign_trainer.datagen.documents import load_corpus
 def datagen_command(config, summary) -> subprocess.CompletedProcess:
     """``longalign datagen --config CONFIG`` as a user runs it, its summary at ``summary``."""
     command = ["datagen", "--config", str(config), "--summary-path", str(summary)]
-    return subprocess.run([sys.executable, "-m", "longalign_operator.cli", *command], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "longalign_trainer.cli", *command], capture_output=True, text=True)
 
 
 def test_corpus_reads_all_formats_tags_sources_splits_and_counts_skips(tmp_path, tiny_model_dir):

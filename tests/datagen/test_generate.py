@@ -43,7 +43,7 @@ def make_documents(root: Path, n_txt: int = 3, start: int = 0) -> dict[str, tupl
 def run_cli(config: Path, summary: Path, **popen) -> subprocess.Popen:
     env = {**os.environ, "LONGALIGN_TERMINATION_MESSAGE_PATH": str(summary)}
     return subprocess.Popen(
-        [sys.executable, "-m", "longalign_operator.cli", "datagen", "--config", str(config)],
+        [sys.executable, "-m", "longalign_trainer.cli", "datagen", "--config", str(config)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

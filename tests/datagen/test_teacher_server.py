@@ -16,7 +16,7 @@ def teacher_server(*args: str, pod_index: str | None) -> subprocess.CompletedPro
     if pod_index is not None:
         env["POD_INDEX"] = pod_index
     return subprocess.run(
-        [sys.executable, "-m", "longalign_operator.cli", "teacher-server", *args],
+        [sys.executable, "-m", "longalign_trainer.cli", "teacher-server", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -32,7 +32,7 @@ from longalign_trainer.contract import parse_progress
 from longalign_trainer.evaluate.config import parse_config
 from longalign_trainer.evaluate.run import run
 
-CLI = [sys.executable, "-m", "longalign_operator.cli", "eval", "--config"]
+CLI = [sys.executable, "-m", "longalign_trainer.cli", "eval", "--config"]
 
 
 def run_cli(config: Path, timeout: int = 300) -> subprocess.CompletedProcess:

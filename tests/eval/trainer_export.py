@@ -44,7 +44,7 @@ def train_and_export(model_dir: Path, out: Path) -> Path:
         )
     )
     done = subprocess.run(
-        [sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
+        [sys.executable, "-m", "longalign_trainer.cli", "train", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -186,7 +186,7 @@ def test_a_config_that_cannot_fit_is_refused_before_loading_with_the_numbers(tmp
         )
     )
     done = subprocess.run(
-        [sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
+        [sys.executable, "-m", "longalign_trainer.cli", "train", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -40,7 +40,7 @@ def torchrun(config: Path) -> list[str]:
         "--master_port",
         str(free_port()),
         "-m",
-        "longalign_operator.cli",
+        "longalign_trainer.cli",
         "train",
         "--config",
         str(config),
@@ -275,7 +275,7 @@ def test_a_bad_config_is_refused_by_field_name(tmp_path):
         )
     )
     done = subprocess.run(
-        [sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
+        [sys.executable, "-m", "longalign_trainer.cli", "train", "--config", str(config)],
         capture_output=True,
         text=True,
         env={**os.environ, "LONGALIGN_TERMINATION_MESSAGE_PATH": str(tmp_path / "t")},
@@ -288,7 +288,7 @@ def test_a_bad_config_is_refused_by_field_name(tmp_path):
 
 def one_process(config: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
+        [sys.executable, "-m", "longalign_trainer.cli", "train", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=240,
@@ -358,7 +358,7 @@ def test_weighted_loss_trajectory_does_not_depend_on_packing_or_rank_count(refer
     out = tmp_path / "one-process"
     config = write_config(out, tiny_model, data)
     done = subprocess.run(
-        [sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
+        [sys.executable, "-m", "longalign_trainer.cli", "train", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=240,
@@ -426,7 +426,7 @@ def test_a_checkpoint_resumes_on_another_number_of_ranks(reference, tmp_path, ti
     one = tmp_path / "one-process"
     config = start_from(ref_out / "checkpoints" / "step-00000008", one)
     done = subprocess.run(
-        [sys.executable, "-m", "longalign_operator.cli", "train", "--config", str(config)],
+        [sys.executable, "-m", "longalign_trainer.cli", "train", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=240,
