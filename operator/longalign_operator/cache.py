@@ -289,12 +289,12 @@ class WrittenStatus:
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``: changed keys, removed ones as null. A
-    null in ``new`` (a stage's summary may hold some) means absent, as the stored object has it: no patch is
-    sent again and again to write it.
+    null in ``new`` means absent, as the stored object has it (a merge patch cannot store one): a stage's
+    setting, copied from each progress line with its nulls, is not patched again at every reconcile.
 
     >>> merge_patch({"eta": "5m", "stages": {"t": {"a": 1, "b": 2}}}, {"stages": {"t": {"a": 1, "b": 3}}})
     {'stages': {'t': {'b': 3}}, 'eta': None}
-    >>> merge_patch({"summary": {"a": 1}}, {"summary": {"a": 1, "b": None}})
+    >>> merge_patch({"setting": {"a": 1}}, {"setting": {"a": 1, "b": None}})
     {}
     """
     patch: dict[str, Any] = {}
