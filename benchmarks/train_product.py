@@ -235,6 +235,8 @@ def run_product(
         "rc": rc,
         "process_s": round(time.monotonic() - t0, 1),
     }
+    for junk in (out / "checkpoints", out / "model"):  # tens of GB at 8 B width: the next row needs the disk
+        subprocess.run(["rm", "-rf", str(junk)])
     if profile:
         try:
             return {**row, "profile": json.loads((out / "profile.json").read_text())}
@@ -273,8 +275,6 @@ def run_product(
             "train_s": round(train_s, 1),
         }
     )
-    for junk in (out / "checkpoints", out / "model"):  # tens of GB at 8 B width
-        subprocess.run(["rm", "-rf", str(junk)])
     return row
 
 
