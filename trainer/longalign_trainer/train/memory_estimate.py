@@ -352,17 +352,16 @@ def gpus_per_node() -> int:
 
 def plan(
     cfg: TrainConfig,
+    shape: ModelShape,
     world_size: int,
     gpu_bytes: int | None,
     host_bytes: int | None,
     sp_attention: str = "ulysses",
 ) -> tuple[Setting, Estimate]:
-    """The setting a run uses (its ZeRO stage and checkpointing chosen by ``choose`` where ``cfg`` leaves them
-    open) and its estimate, for the SP attention scheme chosen (``sequence_parallel.choose_attention``); raises
-    ``DoesNotFit`` before anything is loaded when it cannot fit."""
-    from transformers import AutoConfig
-
-    shape = ModelShape.from_config(AutoConfig.from_pretrained(cfg.model_path))
+    """The setting a run of the model ``shape`` uses (its ZeRO stage and checkpointing chosen by ``choose``
+    where ``cfg`` leaves them open) and its estimate, for the SP attention scheme chosen
+    (``sequence_parallel.choose_attention``); raises ``DoesNotFit`` before anything is loaded when it cannot
+    fit."""
     local = gpus_per_node()
     pack_tokens = -(-cfg.max_tokens_per_pack // cfg.sequence_parallel_size)  # each SP rank holds a slice
     gathers = sp_attention == "allgather_kv" and cfg.sequence_parallel_size > 1

@@ -128,15 +128,16 @@ class Recipe:
         # ZeRO stage and checkpointing as the config says or, where it leaves them open, by what fits; a config
         # that cannot fit stops here, before anything is loaded.
         gpu_bytes = torch.cuda.mem_get_info(self.device)[1] if self.cuda else None
+        shape = memory_estimate.ModelShape.from_config(model_config)
         self.memory, self.memory_estimate = memory_estimate.plan(
-            cfg, self.world, gpu_bytes, memory_estimate.host_memory_available(), self.sp.attention
+            cfg, shape, self.world, gpu_bytes, memory_estimate.host_memory_available(), self.sp.attention
         )
         self.zero_stage = self.memory.zero_stage
         # ZeRO-3 gathers parameters inside each layer, and not the same number of times in the forward pass and
         # its recomputation, which selective checkpointing's op-by-op replay refuses: it gets full checkpointing.
         self.checkpoint_keeps = self.memory.checkpoint_keeps if self.zero_stage < 3 else "nothing"
         self.checkpoint_layers = self.memory.checkpoint_layers
-        self.setting = self._setting(memory_estimate.ModelShape.from_config(model_config), gpu_bytes)
+        self.setting = self._setting(shape, gpu_bytes)
         if self.rank == 0:
             _log_line(self.setting["description"])
 
