@@ -332,17 +332,19 @@ def training_job(run: Run, attempt: int, stop_s: float | None = None) -> dict[st
             },
         },
     ]
-    # torchrun waits for every node at the rendezvous, so workers started before the master keep waiting
-    # (up to the join timeout) instead of crashing.
+    # Static rendezvous: the pod of index 0 hosts the store because of its index. (c10d's backend decides by
+    # resolving MASTER_ADDR, the pod's own DNS name, which its headless Service may not publish yet when the
+    # container starts: the master then waited as a client like the others, and the attempt failed.) Every pod
+    # retries the name until it resolves and waits for the others as long as the operator waits for the pods
+    # to start (a master may start minutes later: its node's GPUs held by the previous attempt's stopping pod).
     command = [
         "torchrun",
         f"--nnodes={t.nodes}",
         f"--nproc-per-node={t.gpus_per_node}",
         "--node-rank=$(NODE_RANK)",
-        "--rdzv-backend=c10d",
+        "--rdzv-backend=static",
         "--rdzv-endpoint=$(MASTER_ADDR):$(MASTER_PORT)",
-        f"--rdzv-id={name}",
-        "--rdzv-conf=join_timeout=1800",
+        f"--rdzv-conf=timeout={t.startup_deadline_seconds}",
         "--no-python",
         *stage_command("training"),
     ]

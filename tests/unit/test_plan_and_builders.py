@@ -52,6 +52,7 @@ def test_training_group_is_an_indexed_job_with_rendezvous_env_and_the_users_pod_
             "nodes": 4,
             "gpusPerNode": 8,
             "activeDeadlineSeconds": 3600,
+            "startupDeadlineSeconds": 900,
             "pod": {
                 "nodeSelector": {"nvidia.com/gpu.product": "H100"},
                 "priorityClassName": "high",
@@ -98,6 +99,17 @@ def test_training_group_is_an_indexed_job_with_rendezvous_env_and_the_users_pod_
         "train",
         "--config",
         "/etc/longalign/config.json",
+    ]
+    # The pod of index 0 hosts the rendezvous by its index, not by resolving its own DNS name (which may not be
+    # published yet), and every pod waits for the others as long as the operator waits for the pods to start.
+    args = c["command"][1 : c["command"].index("--no-python")]
+    assert args == [
+        "--nnodes=4",
+        "--nproc-per-node=8",
+        "--node-rank=$(NODE_RANK)",
+        "--rdzv-backend=static",
+        "--rdzv-endpoint=$(MASTER_ADDR):$(MASTER_PORT)",
+        "--rdzv-conf=timeout=900",
     ]
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert mounts["/data"]["subPath"] == "team-a" and "/dev/shm" in mounts and "/checkpoints" in mounts
