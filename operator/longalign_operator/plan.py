@@ -243,7 +243,7 @@ def _advance(obs: Observed, p: Plan, stage: str, options: StageOptions, st: Stag
             reason, detail = job.reason or "Failed", job.message or "the stage's Job failed"
         else:
             reason, detail = found.reason, found.message
-        code = found.pod.exit_code if found is not None and found.pod.phase == "Failed" else None
+        code = stated_exit_code(found.pod) if found is not None and found.pod.phase == "Failed" else None
         terminal = TERMINAL_EXIT_CODES.get(code) if code is not None else None
         _fail_attempt(
             obs,
@@ -289,6 +289,17 @@ def fault(pods: tuple[PodView, ...], nodes: Mapping[str, str] | None) -> Fault |
         if pod.deleted:
             return Fault("PodDeleted", f"pod {pod.name} was deleted before it finished", pod)
     return None
+
+
+def stated_exit_code(pod: PodView) -> int | None:
+    """How a failed pod's stage command ended: the exit code its summary states (a training pod's container
+    exits with torchrun's 1 whatever its workers returned), else the container's own."""
+    try:
+        summary = json.loads(pod.termination_message or "")
+    except ValueError:
+        summary = None
+    stated = summary.get("exit_code") if isinstance(summary, dict) else None
+    return stated if isinstance(stated, int) else pod.exit_code
 
 
 def _start_attempt(obs: Observed, p: Plan, stage: str, st: StageStatus) -> None:

@@ -348,6 +348,48 @@ def test_bad_input_exits_2_with_one_line_naming_the_file_and_a_summary(tmp_path,
     assert summary["ok"] is False and summary["exit_code"] == 2 and summary["error"] == line.removeprefix("train: ")
 
 
+def test_a_bad_input_under_torchrun_fails_the_run_at_once_although_torchrun_exits_1(tmp_path, tiny_model, data):
+    """A training pod's container is torchrun, which exits 1 whatever its workers returned: each pod's summary
+    states the 2 (here 2 "nodes" of one process each, as 2 pods run them), and the operator fails the stage at
+    once instead of retrying what no retry can fix."""
+    from longalign_operator.plan import PodView, stated_exit_code
+
+    out = tmp_path / "out"
+    cfg = yaml.safe_load(write_config(out, tiny_model, data).read_text())
+    cfg.pop("termination_message_path")  # each pod's own, from its environment
+    BAD_INPUTS["no usable record"][0](cfg, tmp_path)  # found while the data loads, by both ranks
+    (out / "train.yaml").write_text(yaml.safe_dump(cfg))
+    port = str(free_port())
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                *("--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank)),
+                *("--master_addr", "127.0.0.1", "--master_port", port),
+                *("-m", "longalign_trainer.cli", "train", "--config", str(out / "train.yaml")),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                **os.environ,
+                "OMP_NUM_THREADS": "1",
+                "LONGALIGN_TERMINATION_MESSAGE_PATH": str(tmp_path / f"t{rank}"),
+            },
+        )
+        for rank in (0, 1)
+    ]
+    for rank, node in enumerate(nodes):
+        _, err = node.communicate(timeout=240)
+        assert node.returncode == 1, err[-3000:]
+        pod = PodView(
+            f"r-train-1-{rank}", "Failed", termination_message=(tmp_path / f"t{rank}").read_text(), exit_code=1
+        )
+        assert stated_exit_code(pod) == 2
+
+
 def test_weighted_loss_trajectory_does_not_depend_on_packing_or_rank_count(reference, tmp_path, tiny_model, data):
     """LongAlign's point: with loss weighting, the objective is the same however a step's sequences are packed.
 

@@ -423,11 +423,18 @@ def test_liveness_fails_when_runs_exist_but_reconciling_stopped():
         handlers.reconciling(memo=memo)
 
 
-@pytest.mark.parametrize("exit_code, reason", [(2, "InvalidStageConfig"), (3, "CheckpointUnusable")])
-def test_a_failure_no_retry_can_fix_fails_the_run_at_once(exit_code, reason):
+@pytest.mark.parametrize(
+    "exit_code, summary, reason",
+    [
+        (2, '{"ok": false}', "InvalidStageConfig"),
+        (3, '{"ok": false}', "CheckpointUnusable"),
+        (1, '{"ok": false, "status": "bad_input", "exit_code": 2}', "InvalidStageConfig"),  # torchrun's 1
+    ],
+)
+def test_a_failure_no_retry_can_fix_fails_the_run_at_once(exit_code, summary, reason):
     run = make_run(training={"datasetPath": "/data/d.jsonl", "backoffLimit": 5})
     _, status = advance(run, {})
-    bad = PodView("r-train-1-0", "Failed", termination_message='{"ok": false}', exit_code=exit_code)
+    bad = PodView("r-train-1-0", "Failed", termination_message=summary, exit_code=exit_code)
     p, status = advance(run, status, [JobView("r-train-1", "Failed", "BackoffLimitExceeded", pods=(bad,))])
     assert status["phase"] == "Failed" and status["stages"]["training"]["reason"] == reason and not p.create
 

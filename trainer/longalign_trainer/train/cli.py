@@ -39,17 +39,20 @@ def run(args: argparse.Namespace) -> int:
     from longalign_trainer.train.config import InputError, check_inputs, load_config
 
     lead = os.environ.get("RANK", "0") == "0"
+    # Every pod states a bad input in its own summary: torchrun exits 1 whatever its workers returned, so the
+    # summary is where the operator reads that no retry can help.
+    pod_lead = os.environ.get("LOCAL_RANK", "0") == "0"
     try:
         cfg = load_config(args.config)
         check_inputs(cfg)
     except InputError as exc:
-        return report_bad_input("train", str(exc)) if lead else EXIT_BAD_INPUT
+        return report_bad_input("train", str(exc)) if pod_lead else EXIT_BAD_INPUT
     from longalign_trainer.train.recipe import Recipe
 
     try:
         summary = Recipe(cfg).run()
     except InputError as exc:  # found while reading the data or refused by the memory estimate: every rank agrees
-        return report_bad_input("train", str(exc), cfg.termination_message_path) if lead else EXIT_BAD_INPUT
+        return report_bad_input("train", str(exc), cfg.termination_message_path) if pod_lead else EXIT_BAD_INPUT
     except Exception as exc:
         if lead:
             write_summary(
