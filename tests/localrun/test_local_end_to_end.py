@@ -11,6 +11,8 @@ from pathlib import Path
 
 from run_results import RESULT_FIELDS
 
+from longalign_operator.local.tiny import DOCUMENTS
+
 TINY = Path(__file__).parents[2] / "manifests" / "examples" / "tiny-local.yaml"
 PLOTS = ("length_histogram.png", "loss.png", "tokens_per_s.png", "longbench_chat_scores.png", "needle_heatmap.png")
 
@@ -66,7 +68,11 @@ def test_the_tiny_example_runs_every_stage_and_reports(tmp_path):
     }
     results = status["results"]
     assert set(results) == RESULT_FIELDS  # what the same run through the operator on real pods reports too
-    assert results["samplesGenerated"] == 24
+    # Each document gives its one sample (one task type, one question kept) or one counted reason for none: the
+    # random teacher's proposals do not always parse, and which ones depends on the CPU's kernels.
+    datagen = status["stages"]["dataGeneration"]["summary"]
+    lost = sum(n for why, n in datagen["samples_skipped"].items() if why != "duplicate_task")
+    assert results["samplesGenerated"] == datagen["samples"] == DOCUMENTS - lost > 0, datagen
     training = status["stages"]["training"]["summary"]
     assert results["finalLoss"] == training["final_loss"] < training["first_loss"]  # the tiny model learned a little
     assert results["tokensPerSecond"] > 0 and results["lastCheckpointStep"] == 12
