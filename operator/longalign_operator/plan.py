@@ -40,7 +40,7 @@ PHASE: dict[str, Phase] = {"dataGeneration": "GeneratingData", "training": "Trai
 ATTR = {"dataGeneration": "data_generation", "training": "training", "evaluation": "evaluation"}
 # Exit codes of the stage commands that no retry can fix: 2 a config the stage refuses, 3 a checkpoint that
 # cannot be served. Any other failure (crash, OOM, lost node, preemption) is retried up to backoffLimit.
-TERMINAL_EXIT_CODES = {2: "InvalidStageConfig", 3: "CheckpointUnusable"}
+TERMINAL_EXIT_CODES = {2: "InvalidStageConfig", 3: "CheckpointUnusable", 4: "VolumeFull"}
 START_FAILURES = {
     "ImagePullBackOff",
     "ErrImagePull",

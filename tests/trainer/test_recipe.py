@@ -390,6 +390,42 @@ def test_a_bad_input_under_torchrun_fails_the_run_at_once_although_torchrun_exit
         assert stated_exit_code(pod) == 2
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs as the full volume needs root")
+def test_a_full_checkpoints_volume_stops_the_run_with_the_numbers_and_a_rerun_with_room_resumes(
+    tmp_path, tiny_model, data
+):
+    import re
+
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    # room for one checkpoint of the tiny model (38 MiB over 2 ranks), not two
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60m", "tmpfs", str(volume)], check=True)
+    try:
+        out = volume / "out"
+        config = write_config(out, tiny_model, data, termination_message_path=str(tmp_path / "summary.json"))
+        full = subprocess.run(
+            torchrun(config), capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
+        assert full.returncode == 1, full.stderr[-3000:]  # torchrun's; the summary states the stage's own
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert (summary["status"], summary["exit_code"]) == ("volume_full", 4), summary
+        checkpoints = out / "checkpoints"
+        assert re.match(
+            rf"checkpoint step-00000008 did not fit: the volume of {checkpoints} \(60 MiB\) is full; it takes about "
+            r"3\d MiB \(the partial \d+ MiB written is deleted\)\. keep_checkpoints=2: .* lower "
+            rf"keep_checkpoints\. The last complete checkpoint \({checkpoints / 'step-00000004'}\) is intact",
+            summary["error"],
+        ), summary["error"]
+        assert (checkpoints / "latest").read_text().strip() == "step-00000004"
+        assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-00000004"]  # the partial one went
+        subprocess.run(["mount", "-o", "remount,size=300m", str(volume)], check=True)
+        again = train(config)
+        assert "train: resumed from step 4 of 12" in again.stderr
+        assert (out / "model" / "model.safetensors").exists()
+    finally:
+        subprocess.run(["umount", str(volume)], check=False)
+
+
 def test_weighted_loss_trajectory_does_not_depend_on_packing_or_rank_count(reference, tmp_path, tiny_model, data):
     """LongAlign's point: with loss weighting, the objective is the same however a step's sequences are packed.
 

@@ -45,10 +45,12 @@ SECRET_ENV = (JUDGE_KEY_ENV, TEACHER_KEY_ENV)
 MAX_SUMMARY_BYTES = 4096  # Kubernetes truncates termination messages beyond 4096 bytes
 
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_SERVE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_SERVE, EXIT_VOLUME_FULL = 0, 1, 2, 3, 4
 """Exit codes of every stage: 0 done; 1 failed or incomplete (the operator retries); 2 bad input (a missing,
 empty or invalid file or setting: retrying cannot help, the run fails at once); 3 the checkpoint cannot be
-served (evaluation). Training also exits 143 when SIGTERM stopped it after a checkpoint (resumable)."""
+served (evaluation); 4 a checkpoint or the export did not fit on its volume (training: the run fails at once,
+a rerun once there is room resumes). Training also exits 143 when SIGTERM stopped it after a checkpoint
+(resumable)."""
 
 
 class ProgressReporter:
@@ -212,24 +214,34 @@ def encode_summary(summary: dict[str, Any]) -> str:
 
 
 def write_summary(summary: dict[str, Any], path: Path | None = None) -> Path:
-    """Write the stage's final summary where Kubernetes reads the termination message; return the path."""
+    """Write the stage's final summary where Kubernetes reads the termination message; return the path.
+    Processes of one pod that report at once (ranks whose writes failed alike) replace it whole, one at a time."""
+    import fcntl
+
     path = path or termination_message_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(encode_summary(summary))
+    with path.open("a") as f:  # truncated under the lock, not by opening
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(encode_summary(summary))
     return path
 
 
 def report_bad_input(stage: str, error: str, path: Path | None = None) -> int:
     """Bad input: print one line naming it (no traceback), write the summary, return ``EXIT_BAD_INPUT``."""
+    return report_stop(stage, error, "bad_input", EXIT_BAD_INPUT, path)
+
+
+def report_stop(stage: str, error: str, status: str, code: int, path: Path | None = None) -> int:
+    """A stop no retry can fix: print one line saying why (no traceback), write the summary stating ``status``
+    and the exit ``code`` (which torchrun does not pass on), return ``code``."""
     print(f"{stage}: {error}", file=sys.stderr, flush=True)
     try:
-        write_summary(
-            {"stage": stage, "ok": False, "status": "bad_input", "exit_code": EXIT_BAD_INPUT, "error": error[:2000]},
-            path,
-        )
+        write_summary({"stage": stage, "ok": False, "status": status, "exit_code": code, "error": error[:2000]}, path)
     except OSError as e:  # outside a pod the default path may not be writable: the line above says it all
         print(f"{stage}: summary not written ({e}); set {TERMINATION_MESSAGE_PATH_ENV}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return code
 
 
 def _finite(value: Any) -> Any:

@@ -11,8 +11,9 @@ again resumes from its newest checkpoint.
 
 Exit codes: 0 done; 1 failed (rerun: it resumes); 2 bad input (a missing or empty file, no usable
 record, a missing model folder, an invalid config, a config that cannot fit in memory, refused with the
-numbers before anything loads: fix it, a rerun cannot help); 143 stopped by SIGTERM after a checkpoint
-(resumable). (3 is evaluation's: a checkpoint that cannot be served.)
+numbers before anything loads: fix it, a rerun cannot help); 4 a checkpoint or the export did not fit on its
+volume (the partial one deleted, the last complete checkpoint intact: make room, a rerun resumes); 143 stopped
+by SIGTERM after a checkpoint (resumable). (3 is evaluation's: a checkpoint that cannot be served.)
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    from longalign_trainer.contract import EXIT_BAD_INPUT, EXIT_OK, report_bad_input, write_summary
+    from longalign_trainer.contract import (
+        EXIT_BAD_INPUT,
+        EXIT_OK,
+        EXIT_VOLUME_FULL,
+        report_bad_input,
+        report_stop,
+        write_summary,
+    )
     from longalign_trainer.train.config import InputError, check_inputs, load_config
 
     lead = os.environ.get("RANK", "0") == "0"
@@ -48,11 +56,14 @@ def run(args: argparse.Namespace) -> int:
     except InputError as exc:
         return report_bad_input("train", str(exc)) if pod_lead else EXIT_BAD_INPUT
     from longalign_trainer.train.recipe import Recipe
+    from longalign_trainer.train.volume_space import VolumeFull
 
     try:
         summary = Recipe(cfg).run()
     except InputError as exc:  # found while reading the data or refused by the memory estimate: every rank agrees
         return report_bad_input("train", str(exc), cfg.termination_message_path) if pod_lead else EXIT_BAD_INPUT
+    except VolumeFull as exc:  # whichever ranks' writes failed say so (the others wait to be stopped)
+        return report_stop("train", str(exc), "volume_full", EXIT_VOLUME_FULL, cfg.termination_message_path)
     except Exception as exc:
         if lead:
             write_summary(

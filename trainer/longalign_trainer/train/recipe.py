@@ -41,6 +41,7 @@ from longalign_trainer.train import (
     resharding,
     sequence_parallel,
     tiled_mlp,
+    volume_space,
 )
 from longalign_trainer.train.batching import StepSampler
 from longalign_trainer.train.config import TrainConfig
@@ -446,18 +447,27 @@ class Recipe:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         dist.barrier()
-        self.engine.save_checkpoint(str(tmp), tag=STATE_TAG, save_latest=False)
-        torch.save(
-            {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.cuda else None},
-            tmp / f"rng-rank{self.rank}.pt",
+        previous = self.latest_checkpoint()
+        keep = self.cfg.keep_checkpoints
+        fix = (
+            f"keep_checkpoints={keep}: the volume holds {keep} checkpoints and the one being written; enlarge it or "
+            f"lower keep_checkpoints. The last complete checkpoint ({previous or 'none yet'}) is intact: a rerun "
+            "resumes from it."
         )
-        dist.barrier()
-        if self.rank == 0:
-            (tmp / "trainer_state.json").write_text(
-                json.dumps(
-                    {"sampler": self.sampler.state_dict(), "losses": self.losses, "tokens_seen": self.tokens_seen}
-                )
+        with volume_space.room_for(f"checkpoint {name}", tmp, previous, fix):
+            self.engine.save_checkpoint(str(tmp), tag=STATE_TAG, save_latest=False)
+            torch.save(
+                {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if self.cuda else None},
+                tmp / f"rng-rank{self.rank}.pt",
             )
+            dist.barrier()
+            if self.rank == 0:
+                (tmp / "trainer_state.json").write_text(
+                    json.dumps(
+                        {"sampler": self.sampler.state_dict(), "losses": self.losses, "tokens_seen": self.tokens_seen}
+                    )
+                )
+        if self.rank == 0:
             os.replace(tmp, final)
             _atomic_write(self.ckpt_root / "latest", name)
             for old in sorted(self.ckpt_root.glob("step-*"))[: -self.cfg.keep_checkpoints]:
@@ -513,8 +523,13 @@ class Recipe:
             module = self.engine.module
             module.config._attn_implementation = "sdpa"  # our kernel is a training concern
             module.config.use_cache = True
-            module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
+            fix = (
+                f"Enlarge it; the final checkpoint ({self.last_checkpoint}) is intact: a rerun exports from it "
+                "without training again."
+            )
+            with volume_space.room_for("the model export", tmp, out if out.exists() else None, fix):
+                module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp)
             make_readable(tmp)
             shutil.rmtree(out, ignore_errors=True)
             os.replace(tmp, out)
