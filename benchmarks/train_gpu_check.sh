@@ -43,7 +43,7 @@ for zero in (2, 3):
     out.mkdir()
     (out / "train.yaml").write_text(yaml.safe_dump({
         "model_path": str(work / "model"), "data": data, "output_dir": str(out), "max_tokens_per_pack": 2048,
-        "strategy": "packing", "global_batch_size": 32, "epochs": 3, "learning_rate": 2e-3, "warmup_ratio": 0.1,
+        "strategy": "packing", "global_batch_size": 32, "epochs": 4, "learning_rate": 2e-3, "warmup_ratio": 0.1,
         "zero_stage": zero, "bf16": True, "checkpoint_every_steps": 4, "progress_interval_s": 0,
         "termination_message_path": str(out / "summary.json")}))
 PY
