@@ -450,9 +450,9 @@ class Recipe:
         previous = self.latest_checkpoint()
         keep = self.cfg.keep_checkpoints
         fix = (
-            f"keep_checkpoints={keep}: the volume holds {keep} checkpoints and the one being written; enlarge it or "
-            f"lower keep_checkpoints. The last complete checkpoint ({previous or 'none yet'}) is intact: a rerun "
-            "resumes from it."
+            f"keep_checkpoints={keep}: the volume holds {keep} checkpoint{'s' * (keep > 1)} and the one being "
+            f"written; enlarge it or lower keep_checkpoints. The last complete checkpoint ({previous or 'none yet'}) "
+            "is intact: a rerun resumes from it."
         )
         with volume_space.room_for(f"checkpoint {name}", tmp, previous, fix):
             self.engine.save_checkpoint(str(tmp), tag=STATE_TAG, save_latest=False)
