@@ -281,8 +281,11 @@ def fault(pods: tuple[PodView, ...], nodes: Mapping[str, str] | None) -> Fault |
             return Fault(DISRUPTIONS.get(reason, reason), f"pod {pod.name}: {message or reason}", pod)
     for pod in pods:
         if pod.phase == "Failed":
-            detail = f"pod {pod.name} exited with code {pod.exit_code}"
-            if pod.termination_message:
+            detail = f"pod {pod.name} exited with code {stated_exit_code(pod)}"
+            error = _stated(pod).get("error")
+            if isinstance(error, str):  # the stage's own words, whole (the summary's JSON would cut them short)
+                detail += f": {error}"
+            elif pod.termination_message:
                 detail += "; last output: " + pod.termination_message.strip()[-500:]
             return Fault("OOMKilled" if pod.exit_reason == "OOMKilled" else "ContainerFailed", detail, pod)
     for pod in unfinished:
@@ -291,14 +294,19 @@ def fault(pods: tuple[PodView, ...], nodes: Mapping[str, str] | None) -> Fault |
     return None
 
 
-def stated_exit_code(pod: PodView) -> int | None:
-    """How a failed pod's stage command ended: the exit code its summary states (a training pod's container
-    exits with torchrun's 1 whatever its workers returned), else the container's own."""
+def _stated(pod: PodView) -> dict[str, Any]:
+    """The summary a pod's stage command left as its termination message; empty when it left plain output."""
     try:
         summary = json.loads(pod.termination_message or "")
     except ValueError:
-        summary = None
-    stated = summary.get("exit_code") if isinstance(summary, dict) else None
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def stated_exit_code(pod: PodView) -> int | None:
+    """How a failed pod's stage command ended: the exit code its summary states (a training pod's container
+    exits with torchrun's 1 whatever its workers returned), else the container's own."""
+    stated = _stated(pod).get("exit_code")
     return stated if isinstance(stated, int) else pod.exit_code
 
 
@@ -593,13 +601,8 @@ def _expire(obs: Observed, p: Plan) -> None:
 def _summary(job: JobView) -> dict[str, Any] | None:
     """The stage's summary: the termination message of its first pod (index 0 for a pod group)."""
     for pod in sorted(job.pods, key=lambda x: x.name):
-        if pod.termination_message:
-            try:
-                value = json.loads(pod.termination_message)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                return value
+        if summary := _stated(pod):
+            return summary
     return None
 
 

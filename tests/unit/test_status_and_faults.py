@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -205,6 +206,19 @@ def test_nodes_not_watched_are_no_signal():
             ),
             "ContainerFailed",
             "pod r-train-1-0 exited with code 1; last output: Traceback ...\nRuntimeError: NCCL timeout",
+        ),
+        (  # a stage's summary: its error whole, and the exit code it states (torchrun's container exits 1)
+            PodView(
+                "r-train-1-1",
+                "Failed",
+                termination_message=json.dumps(
+                    {"ok": False, "status": "volume_full", "exit_code": 4, "error": "checkpoint step-8 did not fit"}
+                ),
+                exit_code=1,
+                exit_reason="Error",
+            ),
+            "VolumeFull",
+            "pod r-train-1-1 exited with code 4: checkpoint step-8 did not fit",
         ),
         (
             PodView("r-train-1-0", "Failed", exit_code=137, exit_reason="OOMKilled"),
