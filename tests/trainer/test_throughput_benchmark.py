@@ -11,26 +11,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_smoke_run_prints_the_table_and_the_kernel_profile(tmp_path):
-    out = tmp_path / "result.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "trainer")}
+def run_benchmark(script: str, out: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """benchmarks/SCRIPT with ARGS, its JSON result to OUT, as a user starts it (ENV added); it must exit 0."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "train_throughput.py"),
-            "--smoke",
-            "--profile",
-            "--strategies",
-            "naive,ours_packing_weighted",
-            "--json",
-            str(out),
-        ],
-        env=env,
+        [sys.executable, str(ROOT / "benchmarks" / script), *args, "--json", str(out)],
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_smoke_run_prints_the_table_and_the_kernel_profile(tmp_path):
+    out = tmp_path / "result.json"
+    proc = run_benchmark(
+        "train_throughput.py",
+        out,
+        "--smoke",
+        "--profile",
+        "--strategies",
+        "naive,ours_packing_weighted",
+        PYTHONPATH=str(ROOT / "trainer"),
+    )
     assert "kernel time by kind" in proc.stdout
     rows = {
         line.split()[0]: line.split()
@@ -49,28 +53,20 @@ def test_the_product_benchmark_runs_longalign_train_beside_a_peer_and_a_refusal(
     """train_product.py's CPU smoke mode: `longalign train` with its defaults under torchrun, a variant, a peer,
     and a config that must be refused before loading."""
     out = tmp_path / "result.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "train_product.py"),
-            "--smoke",
-            "--variants",
-            "zero_stage=3",
-            "--peers",
-            "hf_packing",
-            "--refuse",
-            "zero_stage=3,offload_optimizer=true",
-            "--work",
-            str(tmp_path / "work"),
-            "--json",
-            str(out),
-        ],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = run_benchmark(
+        "train_product.py",
+        out,
+        "--smoke",
+        "--variants",
+        "zero_stage=3",
+        "--peers",
+        "hf_packing",
+        "--refuse",
+        "zero_stage=3,offload_optimizer=true",
+        "--work",
+        str(tmp_path / "work"),
+        OMP_NUM_THREADS="1",
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     refusal, defaults, zero3, peer = result["rows"]
     assert refusal["rc"] == 2 and "this config cannot fit" in refusal["message"] and "host memory" in refusal["message"]
