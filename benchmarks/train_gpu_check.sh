@@ -1,5 +1,7 @@
 # `longalign train` itself on one GPU: torchrun + DeepSpeed (ZeRO-2 and ZeRO-3, bf16) on the tiny model, with the
-# attention backend `auto` picks there; checks each run's summary (ok, loss falling) and that its export loads.
+# attention backend `auto` picks there; checks each run's summary (ok, loss falling) and that its export loads, then
+# times the first step of a rerun that finds the first run's compiled kernels (as a retried training pod finds
+# them in the folder the operator gives it, TORCHINDUCTOR_CACHE_DIR on the run's volume).
 # For a GPU machine whose image has torch but not DeepSpeed or pydantic (the device tool's):
 #
 #   bash benchmarks/train_gpu_check.sh fetch        # here, after `make test` set up .venv: wheels into .dswhl/
@@ -48,7 +50,8 @@ for zero in (2, 3):
         "termination_message_path": str(out / "summary.json")}))
 PY
     for zero in 2 3; do
-        torchrun --nproc_per_node 1 -m longalign_trainer.cli train --config "$work/zero$zero/train.yaml" \
+        TORCHINDUCTOR_CACHE_DIR="$work/zero$zero/compile-cache" \
+            torchrun --nproc_per_node 1 -m longalign_trainer.cli train --config "$work/zero$zero/train.yaml" \
             >"$work/zero$zero/log" 2>&1 || { tail -30 "$work/zero$zero/log"; return 1; }
         python3 - "$work/zero$zero" <<'PY'
 import json
@@ -63,6 +66,21 @@ print(f"ZeRO-{s['zero_stage']}: {s['steps']} steps, loss {s['first_loss']:.2f} -
       f"attention {s['attention_backend']}, export {s['export']} loads")
 PY
     done
+    # ZeRO-2 again from scratch, its checkpoints, export and logs gone, its compile cache kept: the first step
+    # (compilation included) of both runs.
+    local again="$work/zero2"
+    cp "$again/train-log-rank0.jsonl" "$work/cold-log.jsonl"
+    rm -rf "$again/checkpoints" "$again/model" "$again"/train-log-rank*.jsonl
+    TORCHINDUCTOR_CACHE_DIR="$again/compile-cache" \
+        torchrun --nproc_per_node 1 -m longalign_trainer.cli train --config "$again/train.yaml" \
+        >"$again/log-warm" 2>&1 || { tail -30 "$again/log-warm"; return 1; }
+    python3 - "$work/cold-log.jsonl" "$again/train-log-rank0.jsonl" <<'PY'
+import json
+import sys
+
+cold, warm = (json.loads(open(path).readline())["seconds"] for path in sys.argv[1:])
+print(f"first step: {cold:.2f} s with an empty compile cache, {warm:.2f} s with the first run's")
+PY
 }
 
 case "${1:-}" in

@@ -22,6 +22,7 @@ from longalign_operator.spec import (
     GROUP,
     KIND,
     MOUNTS,
+    POD_NAME_ENV,
     TRAINING_GRACE_S,
     VERSION,
     LongAlignRunSpec,
@@ -77,6 +78,11 @@ def attempt_name(run: str, stage: str, attempt: int) -> str:
     return f"{run}-{STAGE_SHORT[stage]}-{attempt}"
 
 
+def output_dir(run: Run) -> str:
+    """The run's folder on its checkpoints volume: training's checkpoints and export, the stages' logs."""
+    return f"{MOUNTS['checkpoints']}/{run.name}"
+
+
 def teacher_name(run: str) -> str:
     """Name of the teacher servers' StatefulSet and headless Service."""
     return f"{run}-teacher"
@@ -127,6 +133,27 @@ def _volumes(spec: LongAlignRunSpec, config_map: str | None) -> tuple[list[dict[
 def _env(options: PodOptions) -> list[dict[str, Any]]:
     """The user's variables of a stage's pods, as EnvVar objects."""
     return [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in options.env or []]
+
+
+COMPILE_CACHES = {
+    "training": ("TORCHINDUCTOR_CACHE_DIR", "compile-cache/training"),
+    "evaluation": ("VLLM_CACHE_ROOT", "compile-cache/evaluation"),
+    "teacher": ("VLLM_CACHE_ROOT", f"compile-cache/$({POD_NAME_ENV})"),
+}
+"""The variable that places each compiler's cache, and the folder under the run's output folder."""
+
+
+def compile_cache_env(run: Run, consumer: str, options: PodOptions) -> list[dict[str, Any]]:
+    """Where the compilers in a stage's pods keep what they built: on the run's checkpoints volume, which outlives
+    the pods (their defaults, in /tmp and ~/.cache, go with the container), so a retried or preempted attempt
+    does not compile again: torch.compile's fused kernels in training's first step, vLLM's model before it
+    serves. A teacher pod has a folder of its own (its stable name); a training attempt's pods share one
+    (Inductor writes its entries atomically). Nothing when the user's pod env sets the variable."""
+    variable, folder = COMPILE_CACHES[consumer]
+    if any(e.name == variable for e in options.env or []):
+        return []
+    own_name = [{"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    return [*(own_name if POD_NAME_ENV in folder else []), {"name": variable, "value": f"{output_dir(run)}/{folder}"}]
 
 
 def _resources(options: PodOptions, gpus: int) -> dict[str, Any]:
@@ -212,18 +239,18 @@ def stage_config(run: Run, stage: str, attempt: int) -> dict[str, Any]:
         exclude_none=True,
     )
     body = merge(body, section.settings or {})
-    output_dir, data_dir = f"{MOUNTS['checkpoints']}/{run.name}", f"{MOUNTS['data']}/{run.name}"
+    data_dir = f"{MOUNTS['data']}/{run.name}"
     # Stages hand over through the volumes: generation writes DATA/data.jsonl, training exports OUTPUT/model.
     if stage == "training" and "datasetPath" not in body:
         body["datasetPath"] = f"{data_dir}/data.jsonl"
     if stage == "evaluation" and "checkpointPath" not in body:
-        body["checkpointPath"] = f"{output_dir}/model"
+        body["checkpointPath"] = f"{output_dir(run)}/model"
     return {
         "stage": stage,
         "run": run.name,
         "attempt": attempt,
         "baseModelPath": spec.base_model_path,
-        "outputDir": output_dir,
+        "outputDir": output_dir(run),
         "resultsDir": f"{MOUNTS['results']}/{run.name}",
         "dataDir": data_dir,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
@@ -331,6 +358,7 @@ def training_job(run: Run, attempt: int, stop_s: float | None = None) -> dict[st
                 "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
             },
         },
+        *compile_cache_env(run, "training", t.pod),
     ]
     # Static rendezvous: the pod of index 0 hosts the store because of its index. (c10d's backend decides by
     # resolving MASTER_ADDR, the pod's own DNS name, which its headless Service may not publish yet when the
@@ -394,7 +422,7 @@ def teacher_objects(run: Run) -> list[dict[str, Any]]:
         "--enable-prefix-caching",
     ]
     ports = [{"name": "http", "containerPort": VLLM_PORT}]
-    env = _env(dg.pod)
+    env = [*compile_cache_env(run, "teacher", dg.pod), *_env(dg.pod)]
     probe: dict[str, Any] = {"httpGet": {"path": "/health", "port": VLLM_PORT}}
     if nodes > 1:
         group = [
@@ -502,7 +530,9 @@ def stage_objects(run: Run, stage: str, attempt: int, stop_s: float | None = Non
     elif stage == "training":
         objects += [training_service(run), training_job(run, attempt, stop_s)]
     else:
-        objects.append(single_pod_job(run, stage, attempt, gpus=run.spec.evaluation.gpus, env=judge_env(run)))
+        ev = run.spec.evaluation
+        env = [*judge_env(run), *compile_cache_env(run, "evaluation", ev.pod)]
+        objects.append(single_pod_job(run, stage, attempt, gpus=ev.gpus, env=env))
     return objects
 
 

@@ -49,7 +49,9 @@ RENDEZVOUS_ENV = (
     "LOCAL_WORLD_SIZE",
 )
 """Set by the operator on training pods (torchrun's rendezvous); a user variable of the same name breaks it."""
-RESERVED_ENV = (*OPERATOR_ENV, *RENDEZVOUS_ENV, "POD_INDEX")
+POD_NAME_ENV = "LONGALIGN_POD_NAME"
+"""The pod's own name (the downward API), which a teacher pod's compile cache folder is named by."""
+RESERVED_ENV = (*OPERATOR_ENV, *RENDEZVOUS_ENV, "POD_INDEX", POD_NAME_ENV)
 """Every variable the operator sets on some stage pod: no stage's ``pod.env`` may name one."""
 GPU_RESOURCE = "nvidia.com/gpu"
 MOUNTS = {
@@ -477,8 +479,8 @@ def _pod_rules(stage: str, attr: str) -> list[Rule]:
         Rule(
             env,
             f"!({_has(env)}) || self.{env}.all(e, !(e.name in {_cel_list(RESERVED_ENV)}))",
-            f"must not set {', '.join(RESERVED_ENV)}: the operator sets them (the stage contract and "
-            "torchrun's rendezvous)",
+            f"must not set {', '.join(RESERVED_ENV)}: the operator sets them (the stage contract, torchrun's "
+            "rendezvous, a teacher pod's index and name)",
             lambda s: all(e.name not in RESERVED_ENV for e in env_of(s)),
         ),
         Rule(

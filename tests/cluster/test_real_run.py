@@ -371,6 +371,11 @@ def test_6_an_unreachable_judge_fails_the_evaluation_attempt_without_a_score_and
     summary = run["status"]["stages"]["evaluation"]["summary"]
     assert summary["reused"] > 0  # the answers of attempt 1 were kept, only the judging was redone
     assert 1 <= run["status"]["results"]["longBenchChatScore"] <= 10
+    # attempt 2's vLLM loaded the model that attempt 1 compiled, kept on the run's volume, instead of compiling it
+    folder = f"/checkpoints/{NAME}/compile-cache/evaluation/"
+    logs = real_run.volume("checkpoints") / NAME
+    assert f"saved AOT compiled function to {folder}" in (logs / "vllm-server.log.prev").read_text()
+    assert f"Directly load AOT compilation from path {folder}" in (logs / "vllm-server.log").read_text()
 
 
 def test_7_the_run_reports_what_longalign_run_reports_and_its_story(real_run):

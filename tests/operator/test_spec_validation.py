@@ -138,8 +138,9 @@ def pod(**options) -> dict:
 
 RESERVED = (
     "must not set LONGALIGN_TERMINATION_MESSAGE_PATH, LONGALIGN_TEACHER_URL, LONGALIGN_JUDGE_API_KEY, "
-    "MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NNODES, NODE_RANK, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE, POD_INDEX: "
-    "the operator sets them (the stage contract and torchrun's rendezvous)"
+    "MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NNODES, NODE_RANK, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE, POD_INDEX, "
+    "LONGALIGN_POD_NAME: the operator sets them (the stage contract, torchrun's rendezvous, a teacher pod's index "
+    "and name)"
 )
 SECRET = (
     "LONGALIGN_JUDGE_API_KEY and OPENAI_API_KEY hold secrets: set them with valueFrom.secretKeyRef, never as "

@@ -483,3 +483,35 @@ def test_a_single_node_teacher_runs_vllm_directly():
     container = builders.teacher_objects(run)[0]["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+
+
+def env_of(obj: dict) -> list[dict]:
+    return obj["spec"]["template"]["spec"]["containers"][0]["env"]
+
+
+def test_compiled_kernels_and_models_are_kept_on_the_checkpoints_volume_unless_the_user_places_them():
+    run = make_run(
+        dataGeneration={"teacher": {"modelPath": "/models/t", "replicas": 2}},
+        evaluation={"needle": {}},
+    )
+    # A retried or preempted attempt finds what the last one compiled: the folders outlive the pods.
+    [training] = [o for o in builders.stage_objects(run, "training", 2) if o["kind"] == "Job"]
+    assert {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/checkpoints/r/compile-cache/training"} in env_of(training)
+    evaluation = builders.stage_objects(run, "evaluation", 2)[-1]
+    assert {"name": "VLLM_CACHE_ROOT", "value": "/checkpoints/r/compile-cache/evaluation"} in env_of(evaluation)
+    # Each teacher pod has a folder of its own, by its stable name (defined before the path that uses it).
+    teacher = [(e["name"], e.get("value", e.get("valueFrom"))) for e in env_of(builders.teacher_objects(run)[0])]
+    assert teacher[:2] == [
+        ("LONGALIGN_POD_NAME", {"fieldRef": {"fieldPath": "metadata.name"}}),
+        ("VLLM_CACHE_ROOT", "/checkpoints/r/compile-cache/$(LONGALIGN_POD_NAME)"),
+    ]
+    mine = {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/scratch/inductor"}
+    placed = make_run(training={"datasetPath": "/data/d.jsonl", "pod": {"env": [mine]}})
+    assert [e for e in env_of(builders.training_job(placed, 1)) if e["name"] == "TORCHINDUCTOR_CACHE_DIR"] == [mine]
+    with pytest.raises(ValueError, match="LONGALIGN_POD_NAME"):
+        make_run(
+            dataGeneration={
+                "teacher": {"modelPath": "/models/t"},
+                "pod": {"env": [{"name": "LONGALIGN_POD_NAME", "value": "x"}]},
+            }
+        )
