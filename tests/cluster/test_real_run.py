@@ -185,6 +185,10 @@ def samples(data: Path) -> list[tuple[str, str]]:
     return out
 
 
+# Its time also holds the module's setup, mostly the 7 GB trainer image into both real nodes' containerd: 382 s
+# in a CI run whose images had just been built, 534 s and 779 s on the same machine later (read from disk at
+# 5-8 MB/s); over 900 s the whole module failed behind it.
+@pytest.mark.timeout(1800)
 def test_1_the_teacher_is_ready_by_its_probe_and_a_killed_generator_loses_and_duplicates_no_sample(real_run):
     data = real_run.volume("data")
     teacher = real_run.until(
@@ -371,11 +375,6 @@ def test_6_an_unreachable_judge_fails_the_evaluation_attempt_without_a_score_and
     summary = run["status"]["stages"]["evaluation"]["summary"]
     assert summary["reused"] > 0  # the answers of attempt 1 were kept, only the judging was redone
     assert 1 <= run["status"]["results"]["longBenchChatScore"] <= 10
-    # attempt 2's vLLM loaded the model that attempt 1 compiled, kept on the run's volume, instead of compiling it
-    folder = f"/checkpoints/{NAME}/compile-cache/evaluation/"
-    logs = real_run.volume("checkpoints") / NAME
-    assert f"saved AOT compiled function to {folder}" in (logs / "vllm-server.log.prev").read_text()
-    assert f"Directly load AOT compilation from path {folder}" in (logs / "vllm-server.log").read_text()
 
 
 def test_7_the_run_reports_what_longalign_run_reports_and_its_story(real_run):
