@@ -20,6 +20,14 @@ fetch() {
     du -sh .dswhl
 }
 
+# `longalign train` on the config in folder $1, logging to $1/$2, with the folder's compile cache (as the operator
+# gives a training pod one on the run's volume).
+train_in() {
+    TORCHINDUCTOR_CACHE_DIR="$1/compile-cache" \
+        torchrun --nproc_per_node 1 -m longalign_trainer.cli train --config "$1/train.yaml" \
+        >"$1/$2" 2>&1 || { tail -30 "$1/$2"; return 1; }
+}
+
 run() {
     if [ -d .fa3 ]; then
         # shellcheck source=/dev/null
@@ -50,9 +58,7 @@ for zero in (2, 3):
         "termination_message_path": str(out / "summary.json")}))
 PY
     for zero in 2 3; do
-        TORCHINDUCTOR_CACHE_DIR="$work/zero$zero/compile-cache" \
-            torchrun --nproc_per_node 1 -m longalign_trainer.cli train --config "$work/zero$zero/train.yaml" \
-            >"$work/zero$zero/log" 2>&1 || { tail -30 "$work/zero$zero/log"; return 1; }
+        train_in "$work/zero$zero" log
         python3 - "$work/zero$zero" <<'PY'
 import json
 import sys
@@ -71,9 +77,7 @@ PY
     local again="$work/zero2"
     cp "$again/train-log-rank0.jsonl" "$work/cold-log.jsonl"
     rm -rf "$again/checkpoints" "$again/model" "$again"/train-log-rank*.jsonl
-    TORCHINDUCTOR_CACHE_DIR="$again/compile-cache" \
-        torchrun --nproc_per_node 1 -m longalign_trainer.cli train --config "$again/train.yaml" \
-        >"$again/log-warm" 2>&1 || { tail -30 "$again/log-warm"; return 1; }
+    train_in "$again" log-warm
     python3 - "$work/cold-log.jsonl" "$again/train-log-rank0.jsonl" <<'PY'
 import json
 import sys

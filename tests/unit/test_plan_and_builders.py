@@ -38,6 +38,11 @@ def observe(run: Run, status=None, jobs=(), now=T0, missing=()) -> Observed:
     )
 
 
+def env_of(obj: dict) -> list[dict]:
+    """The environment of the first container of a Job's or StatefulSet's pods."""
+    return obj["spec"]["template"]["spec"]["containers"][0]["env"]
+
+
 def advance(run: Run, status: dict, jobs=(), now=T0):
     p = plan(observe(run, status, jobs, now))
     return p, p.status.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -473,8 +478,7 @@ def test_a_multi_node_teacher_replica_is_a_ray_group_led_by_its_first_pod():
     assert service["spec"]["publishNotReadyAddresses"] is True
     assert {p["port"] for p in service["spec"]["ports"]} == {builders.VLLM_PORT, builders.RAY_PORT}
     generator = builders.stage_objects(run, "dataGeneration", 1)[-1]
-    env = generator["spec"]["template"]["spec"]["containers"][0]["env"]
-    urls = next(e["value"] for e in env if e["name"] == "LONGALIGN_TEACHER_URL").split(",")
+    urls = next(e["value"] for e in env_of(generator) if e["name"] == "LONGALIGN_TEACHER_URL").split(",")
     assert [u.split(".")[0] for u in urls] == ["http://r-teacher-0", "http://r-teacher-2"]
 
 
@@ -483,10 +487,6 @@ def test_a_single_node_teacher_runs_vllm_directly():
     container = builders.teacher_objects(run)[0]["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
-
-
-def env_of(obj: dict) -> list[dict]:
-    return obj["spec"]["template"]["spec"]["containers"][0]["env"]
 
 
 def test_compiled_kernels_and_models_are_kept_on_the_checkpoints_volume_unless_the_user_places_them():
