@@ -269,8 +269,8 @@ def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: i
         else:
             host = build_pack([seqs[i] for i in mb])
             weights = loss_weights(host.targets, host.seq_index, counts[b], world, strategy != "ours_packing")
-            pack, weights = host.to(device), weights.to(device)
-            with linear_loss.targets(pack.targets, compiled=args.fused_ops and device.type == "cuda"):
+            pack, rows, weights = host.to(device), linear_loss.loss_rows(host.targets).to(device), weights.to(device)
+            with linear_loss.targets(pack.targets, rows, compiled=args.fused_ops and device.type == "cuda"):
                 token_loss = model(**pack.as_model_inputs()).logits[0]
             loss = weighted_loss(token_loss, weights)
         loss.backward()

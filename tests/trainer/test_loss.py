@@ -141,6 +141,25 @@ def test_chunked_linear_loss_equals_the_whole_one_with_its_gradients(compiled):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
 
 
+def test_the_head_computes_logits_only_for_the_rows_that_take_a_loss():
+    """A prompt token's logits are never computed: the head's matmul work (forward, its recomputation, both
+    gradients) scales with the answer tokens, not the pack's; a pack without any answer token (a rank's filler)
+    still gives a loss to run the backward pass through."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    hidden = torch.randn(40, 16, requires_grad=True)
+    weight = torch.randn(VOCAB, 16, requires_grad=True)
+    targets = torch.randint(0, VOCAB, (40,))
+    targets[6:] = IGNORE_INDEX
+    with FlopCounterMode(display=False) as counter:
+        per_token_linear_loss(hidden, weight, targets, chunk=4).sum().backward()
+    assert counter.get_total_flops() == 4 * (2 * 6 * 16 * VOCAB)  # 6 rows of 40
+
+    none = per_token_linear_loss(hidden, weight, torch.full((40,), IGNORE_INDEX))
+    none.sum().backward()
+    assert none.tolist() == [0.0] * 40
+
+
 def test_the_loss_inside_the_head_equals_the_loss_of_the_logits_with_its_gradients():
     """linear_loss: the LM head returns per-token losses chunk by chunk, never the full logits; the same losses
     and parameter gradients as the cross-entropy of the model's own logits."""

@@ -4,9 +4,11 @@ A causal LM's head turns ``T`` hidden states into ``T × vocab`` logits; at 64k 
 for a 32k vocabulary and 16 GiB for Llama-3's 128k, and the same again for their gradient, which is most of
 the memory a 64k pack needs beyond the layers' activations. ``apply(model)`` makes the LM head, inside
 ``targets(...)``, return each position's cross-entropy instead of its logits, computed a chunk of rows at a
-time (each chunk's logits recomputed in the backward pass): the head's weight is still used by the head
-module itself, so ZeRO-3 gathers it around the forward and backward passes as for any layer. Outside
-``targets(...)`` (generation, evaluation) the head returns logits as before.
+time (each chunk's logits recomputed in the backward pass), and only for the rows that have a target: a
+prompt token takes no loss, so its logits are never computed (in LongAlign's data most tokens are prompt, the
+long document; for Llama-3.1-8B the head with its recomputation is 9 % of a token's matmul work). The head's
+weight is still used by the head module itself, so ZeRO-3 gathers it around the forward and backward passes as
+for any layer. Outside ``targets(...)`` (generation, evaluation) the head returns logits as before.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     import torch
 
 ROWS_PER_CHUNK_ELEMENTS = 1 << 28  # chunk rows × vocabulary: 1 GiB of fp32 logits per chunk at most
-_targets: contextvars.ContextVar[tuple[torch.Tensor, bool] | None] = contextvars.ContextVar(
+_targets: contextvars.ContextVar[tuple[torch.Tensor, torch.Tensor | None, bool] | None] = contextvars.ContextVar(
     "longalign_loss_targets", default=None
 )
 
@@ -38,14 +40,26 @@ def apply(model: torch.nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def targets(next_tokens: torch.Tensor, compiled: bool = False) -> Iterator[None]:
+def targets(next_tokens: torch.Tensor, rows: torch.Tensor | None = None, compiled: bool = False) -> Iterator[None]:
     """Inside: the patched model's ``.logits`` is ``[1, T]`` per-token losses for these targets (``[T]``,
-    IGNORE_INDEX = no loss, 0 there); ``compiled``: the cross-entropy through ``torch.compile`` (GPUs)."""
-    token = _targets.set((next_tokens, compiled))
+    IGNORE_INDEX = no loss, 0 there); ``rows``: ``loss_rows(next_tokens)``, computed on the host so that the GPU
+    is not waited for (else found on the targets' device); ``compiled``: the cross-entropy through
+    ``torch.compile`` (GPUs)."""
+    token = _targets.set((next_tokens, rows, compiled))
     try:
         yield
     finally:
         _targets.reset(token)
+
+
+def loss_rows(next_tokens: torch.Tensor) -> torch.Tensor:
+    """The positions that take a loss (a target other than IGNORE_INDEX).
+
+    >>> import torch
+    >>> loss_rows(torch.tensor([5, IGNORE_INDEX, 7, 8, IGNORE_INDEX])).tolist()
+    [0, 2, 3]
+    """
+    return (next_tokens != IGNORE_INDEX).nonzero().squeeze(1)
 
 
 def per_token_linear_loss(
@@ -54,18 +68,24 @@ def per_token_linear_loss(
     next_tokens: torch.Tensor,
     compiled: bool = False,
     chunk: int | None = None,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """fp32 cross-entropy of ``hidden [T, h] @ weight [V, h]ᵀ`` against ``next_tokens [T]``, chunk by chunk."""
+    """fp32 cross-entropy of ``hidden [T, h] @ weight [V, h]ᵀ`` against ``next_tokens [T]``, chunk by chunk over
+    the ``rows`` that take a loss (``loss_rows``), 0 elsewhere."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
-    rows = chunk or rows_per_chunk(weight.shape[0])
+    if rows is None:
+        rows = loss_rows(next_tokens)
+    picked, picked_targets = hidden.index_select(0, rows), next_tokens.index_select(0, rows)
+    per_chunk = chunk or rows_per_chunk(weight.shape[0])
     ce = fused_ops.compiled(_cross_entropy) if compiled else _cross_entropy
     parts = [
         checkpoint(_chunk_loss, h, weight, t, ce, use_reentrant=False)
-        for h, t in zip(torch.split(hidden, rows), torch.split(next_tokens, rows), strict=True)
+        for h, t in zip(torch.split(picked, per_chunk), torch.split(picked_targets, per_chunk), strict=True)
     ]
-    return torch.cat(parts)
+    losses = torch.cat(parts) if parts else picked.new_zeros(0, dtype=torch.float32)
+    return torch.zeros(next_tokens.shape[0], dtype=losses.dtype, device=losses.device).index_copy(0, rows, losses)
 
 
 def rows_per_chunk(vocab: int) -> int:
@@ -92,10 +112,10 @@ def _head_forward(self: torch.nn.Linear, hidden_states: torch.Tensor) -> torch.T
     wanted = _targets.get()
     if wanted is None:
         return torch_linear(hidden_states, self.weight, self.bias)
-    next_tokens, compiled = wanted
+    next_tokens, rows, compiled = wanted
     if getattr(self, "bias", None) is not None:
         raise ValueError("the fused loss supports LM heads without bias")
-    return per_token_linear_loss(hidden_states[0], self.weight, next_tokens, compiled)[None]
+    return per_token_linear_loss(hidden_states[0], self.weight, next_tokens, compiled, rows=rows)[None]
 
 
 def torch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -329,15 +329,16 @@ class Recipe:
                 )
                 for p in packs
             ]
+            mine = [sequence_parallel.local_pack(p, self.sp) for p in packs]
             on_gpu = [
-                (sequence_parallel.local_pack(p, self.sp).to(self.device), w.to(self.device))
-                for p, w in zip(packs, weights, strict=True)
+                (p.to(self.device), linear_loss.loss_rows(p.targets).to(self.device), w.to(self.device))
+                for p, w in zip(mine, weights, strict=True)
             ]
             local = torch.zeros((), dtype=torch.float64, device=self.device)
-            for mine, mine_weights in on_gpu:  # the whole pack without SP
-                with linear_loss.targets(mine.targets, compiled=cfg.fused_ops and self.cuda):
-                    token_loss = engine(**mine.as_model_inputs()).logits[0]  # per token: the head computes the loss
-                loss = weighted_loss(token_loss, mine_weights)
+            for pack, rows, pack_weights in on_gpu:  # the whole pack without SP
+                with linear_loss.targets(pack.targets, rows, compiled=cfg.fused_ops and self.cuda):
+                    token_loss = engine(**pack.as_model_inputs()).logits[0]  # per token: the head computes the loss
+                loss = weighted_loss(token_loss, pack_weights)
                 engine.backward(loss, scale_wrt_gas=False)
                 local += loss.detach().double()
             engine.step()
