@@ -87,6 +87,7 @@ def vllm_server(tiny_model_dir, tmp_path_factory):
         tiny_model_dir,
         served_name="tiny",
         max_model_len=SERVER_CONTEXT,
+        extra_args=["--enforce-eager"],  # a tiny model: no torch.compile (30 s of each start here)
         log_path=tmp_path_factory.mktemp("vllm") / "server.log",
     )
     with server:

@@ -125,6 +125,7 @@ def judge_objects(image: str) -> list[dict]:
         "bfloat16",
         "--api-key",
         "$(JUDGE_API_KEY)",
+        "--enforce-eager",  # a tiny model: no torch.compile, a faster start
     ]
     container = {
         "name": "vllm",

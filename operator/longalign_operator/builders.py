@@ -420,6 +420,7 @@ def teacher_objects(run: Run) -> list[dict[str, Any]]:
         "--port",
         str(VLLM_PORT),
         "--enable-prefix-caching",
+        *teacher.extra_args,
     ]
     ports = [{"name": "http", "containerPort": VLLM_PORT}]
     env = [*compile_cache_env(run, "teacher", dg.pod), *_env(dg.pod)]

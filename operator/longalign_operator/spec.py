@@ -10,6 +10,7 @@ Field names are camelCase on the wire (as Kubernetes users expect) and snake_cas
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -52,6 +53,18 @@ RENDEZVOUS_ENV = (
 POD_NAME_ENV = "LONGALIGN_POD_NAME"
 """The pod's own name (the downward API), which a teacher pod's compile cache folder is named by."""
 RESERVED_ENV = (*OPERATOR_ENV, *RENDEZVOUS_ENV, "POD_INDEX", POD_NAME_ENV)
+TEACHER_FLAGS = (
+    "model",
+    "served-model-name",
+    "max-model-len",
+    "tensor-parallel-size",
+    "pipeline-parallel-size",
+    "distributed-executor-backend",
+    "port",
+)
+"""The vLLM flags of a teacher pod's command that the teacher's fields set (the last two: a multi-node replica)."""
+TEACHER_FLAG_PATTERN = "^(-tp|-pp|--(" + "|".join(f.replace("-", "[-_]") for f in TEACHER_FLAGS) + "))(=.*)?$"
+"""An argument that sets one of ``TEACHER_FLAGS`` (vLLM also takes underscores and -tp/-pp), for CEL and Python."""
 """Every variable the operator sets on some stage pod: no stage's ``pod.env`` may name one."""
 GPU_RESOURCE = "nvidia.com/gpu"
 MOUNTS = {
@@ -153,6 +166,11 @@ class Teacher(Model):
     max_model_len: int = Field(default=65536, ge=1024, le=MAX_TOKENS)
     image: str | None = None
     """vLLM image; default: the run's image."""
+    extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(default_factory=list, max_length=64)
+    """More vLLM server arguments, after the operator's own, e.g. ``["--gpu-memory-utilization", "0.85"]`` or
+    ``["--enforce-eager"]`` (no torch.compile and CUDA graphs: a faster start, slower tokens); not the flags the
+    fields above set: --model, --served-model-name, --max-model-len, --tensor-parallel-size, --port and, for a
+    multi-node replica, --pipeline-parallel-size and --distributed-executor-backend."""
 
 
 class ShortDataMix(Model):
@@ -353,6 +371,16 @@ RULES: list[Rule] = [
         f"!{DATAGEN_ON} || {_has('dataGeneration.teacher')}",
         "required when dataGeneration is enabled: the model (on the models volume) that writes the data",
         lambda s: not s.data_generation.enabled or s.data_generation.teacher is not None,
+    ),
+    Rule(
+        "dataGeneration.teacher.extraArgs",
+        f"!({_has('dataGeneration.teacher.extraArgs')})"
+        f" || self.dataGeneration.teacher.extraArgs.all(a, !a.matches('{TEACHER_FLAG_PATTERN}'))",
+        "must not set --" + ", --".join(TEACHER_FLAGS) + ": the operator sets them from the teacher's modelPath, "
+        "servedName, maxModelLen, gpusPerReplica and nodesPerReplica (set those instead)",
+        lambda s: (
+            (t := s.data_generation.teacher) is None or not any(re.match(TEACHER_FLAG_PATTERN, a) for a in t.extra_args)
+        ),
     ),
     Rule(
         "dataGeneration.maxDocumentTokens",

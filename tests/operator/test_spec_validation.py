@@ -285,6 +285,20 @@ REFUSED_SAYING = [
         ),
     ),
     (
+        "teacher-arg-of-the-operators-own",
+        spec_with(training={}, dataGeneration={"teacher": {**TEACHER, "extraArgs": ["--enforce-eager", "-tp=4"]}}),
+        "spec.dataGeneration.teacher.extraArgs",
+        "must not set --model, --served-model-name, --max-model-len, --tensor-parallel-size, --pipeline-parallel-size, "
+        "--distributed-executor-backend, --port: the operator sets them from the teacher's modelPath, servedName, "
+        "maxModelLen, gpusPerReplica and nodesPerReplica (set those instead)",
+    ),
+    (
+        "teacher-context-through-an-arg",
+        spec_with(training={}, dataGeneration={"teacher": {**TEACHER, "extraArgs": ["--max_model_len", "8192"]}}),
+        "spec.dataGeneration.teacher.extraArgs",
+        "the operator sets them from the teacher's modelPath",
+    ),
+    (
         "label-of-the-operators-own",
         training_with(**pod(labels={"longalign.dev/run": "other"})),
         "spec.training.pod.labels",
@@ -324,6 +338,24 @@ GOOD_SPECS = [
     (
         "evaluate-existing-checkpoint",
         spec_with(training={"enabled": False}, evaluation={"checkpointPath": "/checkpoints/final", "needle": {}}),
+    ),
+    (
+        "teacher-with-more-vllm-args",
+        spec_with(
+            training={},
+            dataGeneration={
+                "teacher": {
+                    **TEACHER,
+                    "extraArgs": [
+                        "--enforce-eager",
+                        "--model-impl",
+                        "transformers",
+                        "--gpu-memory-utilization",
+                        "0.85",
+                    ],
+                }
+            },
+        ),
     ),
     ("zero3-offload", spec_with(training={**VALID["training"], "deepspeed": {"offloadParams": True}})),
     ("two-million-tokens-over-2-gpus", training_with(maxTokensPerPack=2_097_152, sequenceParallelSize=2)),

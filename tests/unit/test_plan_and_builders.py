@@ -489,6 +489,15 @@ def test_a_single_node_teacher_runs_vllm_directly():
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
 
 
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_the_teachers_extra_args_reach_its_vllm_server_after_the_operators_own(nodes):
+    extra = ["--enforce-eager", "--gpu-memory-utilization", "0.85"]
+    run = make_run(dataGeneration={"teacher": {"modelPath": "/models/t", "nodesPerReplica": nodes, "extraArgs": extra}})
+    command = builders.teacher_objects(run)[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[-3:] == extra
+    assert command.index("--enable-prefix-caching") < command.index("--enforce-eager")
+
+
 def test_compiled_kernels_and_models_are_kept_on_the_checkpoints_volume_unless_the_user_places_them():
     run = make_run(
         dataGeneration={"teacher": {"modelPath": "/models/t", "replicas": 2}},

@@ -10,6 +10,7 @@ Settings that only make sense on one machine ride in one annotation, which the o
       annotations:
         longalign.dev/local-run: |
           judgeModelPath: /models/tiny-llama   # serve the judge with a local vLLM instead of judge.endpoint
+          judgeExtraArgs: [--enforce-eager]    # more arguments of that server
 
 (The stage commands' own settings are the spec's, ``spec.<stage>.settings``, the same in a cluster.)
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from longalign_operator.builders import Run
 from longalign_operator.spec import GROUP, KIND, VERSION, Model, SpecError, parse
@@ -39,6 +40,8 @@ class LocalOptions(Model):
     judge_model_path: str | None = None
     """Serve the judge from this model folder (a spec path, e.g. /models/x) with a local vLLM server, instead
     of calling ``evaluation.judge.endpoint``; no API key is needed then."""
+    judge_extra_args: list[str] = Field(default_factory=list)
+    """More arguments of that local judge's vLLM server, e.g. ``["--enforce-eager"]``."""
 
     @model_validator(mode="before")
     @classmethod

@@ -151,11 +151,13 @@ class LocalStages:
                 teacher.served_name,
                 teacher.max_model_len,
                 folder / "teacher-vllm.log",
+                teacher.extra_args,
             ) as url:
                 yield Services(env={TEACHER_URL_ENV: url})
         elif stage == "evaluation" and spec.evaluation.judge is not None and self.options.judge_model_path:
             name = spec.evaluation.judge.model
-            with vllm(self.volumes.local(self.options.judge_model_path), name, None, folder / "judge-vllm.log") as url:
+            judge_model = self.volumes.local(self.options.judge_model_path)
+            with vllm(judge_model, name, None, folder / "judge-vllm.log", self.options.judge_extra_args) as url:
                 yield Services(env={JUDGE_KEY_ENV: LOCAL_JUDGE_KEY}, section={"judge": {"endpoint": url}})
         else:
             yield Services()
@@ -175,12 +177,16 @@ class ServiceError(RuntimeError):
 
 
 @contextlib.contextmanager
-def vllm(model: str, served_name: str, max_model_len: int | None, log_path: Path) -> Iterator[str]:
+def vllm(
+    model: str, served_name: str, max_model_len: int | None, log_path: Path, extra_args: list[str]
+) -> Iterator[str]:
     """A local vLLM server for ``model``; yields its OpenAI base URL and stops it afterwards."""
     from longalign_trainer.vllm_server import VLLMServer, VLLMServerError
 
     print(f"starting vLLM for {model} (log: {log_path})", flush=True)
-    server = VLLMServer(model, served_name=served_name, max_model_len=max_model_len, log_path=log_path)
+    server = VLLMServer(
+        model, served_name=served_name, max_model_len=max_model_len, extra_args=extra_args, log_path=log_path
+    )
     try:
         server.start()
     except VLLMServerError as e:
