@@ -53,6 +53,7 @@ RENDEZVOUS_ENV = (
 POD_NAME_ENV = "LONGALIGN_POD_NAME"
 """The pod's own name (the downward API), which a teacher pod's compile cache folder is named by."""
 RESERVED_ENV = (*OPERATOR_ENV, *RENDEZVOUS_ENV, "POD_INDEX", POD_NAME_ENV)
+"""Every variable the operator sets on some stage pod: no stage's ``pod.env`` may name one."""
 TEACHER_FLAGS = (
     "model",
     "served-model-name",
@@ -62,10 +63,10 @@ TEACHER_FLAGS = (
     "distributed-executor-backend",
     "port",
 )
-"""The vLLM flags of a teacher pod's command that the teacher's fields set (the last two: a multi-node replica)."""
+"""The vLLM flags of a teacher pod's command that the teacher's fields set (the pipeline and executor ones: a
+multi-node replica's, added by ``longalign teacher-server``)."""
 TEACHER_FLAG_PATTERN = "^(-tp|-pp|--(" + "|".join(f.replace("-", "[-_]") for f in TEACHER_FLAGS) + "))(=.*)?$"
 """An argument that sets one of ``TEACHER_FLAGS`` (vLLM also takes underscores and -tp/-pp), for CEL and Python."""
-"""Every variable the operator sets on some stage pod: no stage's ``pod.env`` may name one."""
 GPU_RESOURCE = "nvidia.com/gpu"
 MOUNTS = {
     "models": "/models",

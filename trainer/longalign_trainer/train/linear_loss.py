@@ -84,7 +84,7 @@ def per_token_linear_loss(
         checkpoint(_chunk_loss, h, weight, t, ce, use_reentrant=False)
         for h, t in zip(torch.split(picked, per_chunk), torch.split(picked_targets, per_chunk), strict=True)
     ]
-    losses = torch.cat(parts) if parts else picked.new_zeros(0, dtype=torch.float32)
+    losses = torch.cat(parts)  # one empty part when no row takes a loss: the backward pass still runs
     return torch.zeros(next_tokens.shape[0], dtype=losses.dtype, device=losses.device).index_copy(0, rows, losses)
 
 
