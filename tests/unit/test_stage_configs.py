@@ -9,8 +9,9 @@ import pytest
 
 from longalign_operator import builders
 from longalign_operator.builders import Run
-from longalign_operator.spec import parse
+from longalign_operator.spec import Teacher, parse
 from longalign_trainer.datagen.config import load_config as load_datagen
+from longalign_trainer.datagen.stage_config import SPEC_TEACHER_KEYS
 from longalign_trainer.train.config import load_config as load_train
 
 SPEC = parse(
@@ -19,7 +20,12 @@ SPEC = parse(
         "baseModelPath": "/models/llama-8b",
         "storage": {"models": {"claimName": "m"}, "data": {"claimName": "d"}, "checkpoints": {"claimName": "c"}},
         "dataGeneration": {
-            "teacher": {"modelPath": "/models/teacher", "replicas": 2, "maxModelLen": 32768},
+            "teacher": {
+                "modelPath": "/models/teacher",
+                "replicas": 2,
+                "maxModelLen": 32768,
+                "extraArgs": ["--enforce-eager"],
+            },
             "samplesPerDocument": 2,
             "shortData": {"path": "/data/short.jsonl", "ratio": 0.5},
         },
@@ -67,6 +73,12 @@ def test_data_generation_reads_the_operators_config(tmp_path, monkeypatch):
     dumped = json.loads(cfg.model_dump_json())
     assert dumped["output_dir"] == "/data/r1"
     assert len(dumped["teacher"]["base_urls"]) == 2 and dumped["questions_kept"] == 2
+
+
+def test_every_teacher_field_of_the_spec_is_one_the_data_generation_stage_knows():
+    """The stage passes a teacher key it does not know on as a setting of its own, which it then refuses (exit 2):
+    a new spec field missing here would fail the data generation of every run that sets it."""
+    assert {field.alias for field in Teacher.model_fields.values()} == SPEC_TEACHER_KEYS
 
 
 def test_evaluation_reads_the_operators_config(tmp_path):

@@ -24,7 +24,16 @@ from longalign_trainer.contract import TEACHER_URL_ENV
 COMPARISON = "comparison"
 CONCURRENCY_PER_REPLICA = 32
 # The spec's teacher fields; any other key in the teacher section is the stage's own teacher setting.
-SPEC_TEACHER_KEYS = {"modelPath", "servedName", "replicas", "gpusPerReplica", "nodesPerReplica", "maxModelLen", "image"}
+SPEC_TEACHER_KEYS = {
+    "modelPath",
+    "servedName",
+    "replicas",
+    "gpusPerReplica",
+    "nodesPerReplica",
+    "maxModelLen",
+    "image",
+    "extraArgs",
+}
 
 
 def is_envelope(raw: dict) -> bool:
