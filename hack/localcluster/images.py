@@ -81,7 +81,7 @@ IMAGES: dict[str, Recipe] = {
 
 def local_reference(name: str) -> str:
     """The stable name under which the local cluster's nodes also know image ``name``, whatever its key
-    (``LocalCluster.load_image`` tags it): what the shipped examples name, e.g. tiny-cluster.yaml's image."""
+    (the nodes' store tags it: nodestore.py): what the shipped examples name, e.g. tiny-cluster.yaml's image."""
     return f"localhost/longalign-{name}:local"
 
 

@@ -3,7 +3,7 @@
 The kubelet registers the Node itself, authenticated by a client certificate as ``system:node:<name>``
 (so the Node authorizer and NodeRestriction apply to it), serves its API (logs, exec) on its InternalIP with a
 certificate the cluster CA signed, and accepts only clients that CA signed, authorized by the apiserver.
-Its pods run for real; their images come from ``ctr images import`` into this node's containerd.
+Its pods run for real; its containerd starts on a copy of the nodes' image store (``nodestore.py``).
 
 Workarounds this machine kind needs, none visible to what a user deploys:
 - ``runc-wrapper``: the VM gives root no CAP_SYS_RESOURCE, so a negative ``oom_score_adj`` (the kubelet asks
@@ -76,25 +76,6 @@ class RealNode:
         if check and proc.returncode != 0:
             raise RuntimeError(f"ctr {' '.join(args)} on {self.name} failed: {proc.stderr.strip()}")
         return proc
-
-    @property
-    def blobs(self) -> Path:
-        """containerd's content store: one file per blob, named by its digest."""
-        return self.dir / "containerd" / "root" / "io.containerd.content.v1.content" / "blobs" / "sha256"
-
-    def import_image(self, archive: Path, share_blobs_of: RealNode | None = None) -> None:
-        """Import an image archive (docker or OCI) into this node's containerd, where its kubelet finds it.
-
-        With ``share_blobs_of`` (a node that imported it already), that node's blobs are hard-linked into this
-        node's content store first: the import finds them present and writes only the unpacked layers, which
-        saves a copy of the image on the shared disk (6.9 GB for the trainer image)."""
-        if share_blobs_of is not None and share_blobs_of.blobs.is_dir():
-            self.blobs.mkdir(parents=True, exist_ok=True)
-            for blob in share_blobs_of.blobs.iterdir():
-                target = self.blobs / blob.name
-                if not target.exists():
-                    os.link(blob, target)
-        self.ctr("images", "import", str(archive))
 
 
 def state_root(slot: int) -> Path:

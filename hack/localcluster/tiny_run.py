@@ -48,7 +48,7 @@ def example() -> dict:
 def install_operator_chart(cluster: LocalCluster, namespace: str, release: str = "longalign") -> dict:
     """``helm install`` the chart with the operator image built here, its pod on a real node; returns the pod
     once Ready. The CRD is applied with kubectl first (the chart then leaves it alone)."""
-    repository, tag = cluster.load_image("operator").rsplit(":", 1)
+    repository, tag = cluster.node_image("operator").rsplit(":", 1)
     install_manifests(cluster)
     cluster.helm(
         "install",

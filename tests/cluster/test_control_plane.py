@@ -210,7 +210,7 @@ def test_a_cluster_with_a_real_node_stops_without_leaving_containers_mounts_or_n
             "run",
             "sleeper",
             "--image",
-            c.load_image("busybox"),
+            c.node_image("busybox"),
             "--image-pull-policy=Never",
             "--overrides",
             json.dumps({"spec": {"tolerations": [{"operator": "Exists"}]}}),

@@ -25,7 +25,7 @@ def busybox_pod(
     """A pod of the busybox test image on real node ``node`` running ``sh -c script``."""
     container = {
         "name": "main",
-        "image": cluster.load_image("busybox"),
+        "image": cluster.node_image("busybox"),
         "imagePullPolicy": "Never",
         "command": ["sh", "-c", script],
         "volumeMounts": [{"name": claim, "mountPath": f"/{claim}"} for claim in volumes],

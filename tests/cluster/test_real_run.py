@@ -128,8 +128,6 @@ def fault_run_resource() -> dict:
 @pytest.fixture(scope="module")
 def real_run(cluster: LocalCluster):
     t0 = time.monotonic()
-    cluster.load_image("trainer-cpu")
-    print(f"\ntrainer image on the real nodes in {time.monotonic() - t0:.0f} s", flush=True)
     cluster.kubectl("create", "namespace", NAMESPACE)
     wait_for(
         lambda: cluster.kubectl("get", "sa", "default", "-n", NAMESPACE, check=False).returncode == 0,
@@ -185,10 +183,6 @@ def samples(data: Path) -> list[tuple[str, str]]:
     return out
 
 
-# Its time also holds the module's setup, mostly the 7 GB trainer image into both real nodes' containerd: 382 s
-# in a CI run whose images had just been built, 534 s and 779 s on the same machine later (read from disk at
-# 5-8 MB/s); over 900 s the whole module failed behind it.
-@pytest.mark.timeout(1800)
 def test_1_the_teacher_is_ready_by_its_probe_and_a_killed_generator_loses_and_duplicates_no_sample(real_run):
     data = real_run.volume("data")
     teacher = real_run.until(
@@ -302,7 +296,6 @@ def preempting_job(name: str, seconds: int) -> dict:
 def test_4_kueue_preempts_training_which_checkpoints_its_step_on_sigterm_and_resumes_from_it(real_run):
     cluster, checkpoints = real_run.cluster, real_run.volume("checkpoints")
     real_run.until("training attempt 3 running", lambda _: resumed_from(real_run, 3))
-    cluster.load_image("busybox")
     cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(preempting_job("urgent", 15)))
     periodic = checkpoint_step(checkpoints)
     stage = real_run.until(
