@@ -24,7 +24,7 @@ def cluster(tmp_path_factory) -> LocalCluster:
 
 @pytest.fixture
 def namespace(cluster: LocalCluster, request) -> str:
-    """A namespace of its own for one test, deleted (and waited for) afterwards."""
+    """A namespace of its own for one test, deleted afterwards (its pods waited for)."""
     base = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
     name = f"{base}-{uuid.uuid4().hex[:5]}"
     cluster.kubectl("create", "namespace", name)
@@ -35,12 +35,12 @@ def namespace(cluster: LocalCluster, request) -> str:
         f"the default ServiceAccount in {name}",
     )
     yield name
+    # The namespace goes in the background (the namespace controller's passes take 5-10 s); what a later test could
+    # meet is its pods, holding their nodes' resources until they are gone: forced, they go at once. A terminating
+    # namespace takes no new pods, so no Job of it makes one again.
     cluster.kubectl("delete", "namespace", name, "--wait=false")
-    wait_for(
-        lambda: cluster.kubectl("get", "namespace", name, check=False).returncode != 0,
-        120,
-        f"namespace {name} to be deleted",
-    )
+    cluster.kubectl("delete", "pods", "--all", "-n", name, "--force", "--grace-period=0", check=False)
+    wait_for(lambda: not cluster.get("pods", "-n", name)["items"], 60, f"the pods of namespace {name} to be gone")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -120,6 +120,9 @@ def fault_run_resource() -> dict:
     # one document at a time, each committed at once: the generator is surely mid-way when it is killed
     resource["spec"]["dataGeneration"]["settings"]["engine"]["concurrency"] = 1
     resource["spec"]["dataGeneration"]["settings"]["flush_interval_s"] = 0.1
+    # the judge is unreachable on purpose in test 6: a short retry budget fails that attempt in seconds, not the
+    # default's ~30 s per request (5 retries, backoff 1 s doubling)
+    resource["spec"]["evaluation"]["settings"]["engine"].update({"max_retries": 2, "backoff_max_s": 2})
     resource["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": QUEUE}
     resource["spec"]["workloadPriorityClass"] = "team-low"
     return resource

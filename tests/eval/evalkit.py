@@ -32,6 +32,7 @@ def eval_config(tmp_path: Path, model_dir: Path, model_url: str | None, judge_ur
             "path": str(model_dir),
             "served_name": "tiny",
             "max_tokens": 24,
+            "extra_args": ["--enforce-eager"],  # a tiny model: no torch.compile (~30 s of each start here)
             **({"base_url": model_url} if model_url else {}),
         },
         "judge": {"base_url": judge_url, "model": "tiny", "constrain": "regex", "max_tokens": 8, "attempts": 3},
