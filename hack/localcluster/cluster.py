@@ -4,7 +4,8 @@ nodes, and real CPU nodes that run pods.
 The parts, each in a module of its own: ``pki`` (certificates), ``etcd``, ``apiserver``, ``controller_manager``,
 ``scheduler``, ``kwok`` (the simulated nodes), ``network`` (a bridge and a network namespace per real node),
 ``realnode`` (containerd + kubelet), ``kube_proxy``, ``coredns``, ``kueue`` (optional). ``build.sh`` builds
-the binaries from Go modules; ``images.py`` builds the images the real nodes run.
+the binaries from Go modules; ``images.py`` builds the images the real nodes run, ``nodestore.py`` imports them
+once into the store every real node's containerd starts from.
 
 Every process is started in its own process group with a parent-death signal, and ``stop()`` ends them in
 reverse order with a timeout, so nothing outlives the cluster even when a test run is killed.
