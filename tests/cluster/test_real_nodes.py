@@ -1,13 +1,16 @@
-"""Real nodes run real pods: containers, logs, exec, a pod network across nodes, Services, DNS and volumes."""
+"""Real nodes run real pods: containers, logs, exec, a pod network across nodes, Services, DNS, volumes, and images
+from one store."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
-from localcluster import LocalCluster, wait_for
+from localcluster import LocalCluster, nodestore, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -148,3 +151,25 @@ def test_a_kubelet_has_only_the_rights_of_its_own_node(cluster: LocalCluster):
     refused = cluster.kubectl("get", "secrets", "-A", *as_node, check=False)
     assert refused.returncode != 0 and "Forbidden" in refused.stderr
     cluster.kubectl("label", "node", node.name, "example.com/touched-")
+
+
+def test_the_nodes_share_their_images_layers_but_not_what_each_node_changes(cluster: LocalCluster):
+    """Both nodes start on hard links of one image store (nodestore.py): an image tagged on one node is not on the
+    other, nor in the store's database, while the image layers on disk are the store's own files."""
+    first, second = cluster.real_nodes
+    store = nodestore.ensure_store().root
+    database = Path("io.containerd.metadata.v1.bolt/meta.db")
+    before = hashlib.sha256((store / database).read_bytes()).hexdigest()
+    tag = f"localhost/only-on-{first.name}:{uuid.uuid4().hex[:6]}"
+    first.ctr("images", "tag", cluster.node_image("busybox"), tag)
+    try:
+        assert tag in first.ctr("images", "ls", "-q").stdout.split()
+        assert tag not in second.ctr("images", "ls", "-q").stdout.split()
+    finally:
+        first.ctr("images", "rm", tag)
+    assert hashlib.sha256((store / database).read_bytes()).hexdigest() == before
+    blobs = Path("io.containerd.content.v1.content/blobs/sha256")
+    shared = [b.name for b in (store / blobs).iterdir()]
+    for node in (first, second):
+        root = node.dir / "containerd" / "root"
+        assert shared and all((root / blobs / n).stat().st_ino == (store / blobs / n).stat().st_ino for n in shared)
