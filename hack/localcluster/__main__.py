@@ -20,7 +20,6 @@ from pathlib import Path
 
 from localcluster import tiny_run
 from localcluster.cluster import LocalCluster, bin_dir
-from localcluster.images import IMAGES
 from localcluster.operator_process import install_manifests
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     ) as cluster:
         print(f"cluster ready in {time.monotonic() - t0:.1f} s; kubeconfig: {cluster.kubeconfig}")
         print(cluster.kubectl("get", "nodes", "-o", NODE_COLUMNS).stdout, end="")
-        for name in IMAGES if cluster.real_nodes else ():
-            print(f"image {name} on the real nodes: {cluster.node_image(name)}", flush=True)
+        for name, reference in cluster.node_store.references.items() if cluster.node_store else ():
+            print(f"image {name} on the real nodes: {reference}", flush=True)
         if args.command == "demo":
             demo_run(cluster)
         else:

@@ -85,21 +85,21 @@ class LocalCluster:
         self.api_port = 0
         self.network: BridgeNetwork | None = None
         self._procs = Processes(self.dir)
-        self._images: dict[str, str] = {}  # name -> reference, of the images on the real nodes
+        self.node_store: nodestore.Store | None = None
+        """The image store the real nodes started from (``nodestore.py``); None without real nodes."""
         self._kubelet_args: tuple[PKI, str, str] | None = None  # (pki, apiserver URL, DNS address), for restarts
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def start(self, timeout: float = 90.0) -> LocalCluster:
         """Start every component and return once all nodes are Ready and schedulable."""
-        store = None
         if self.real_node_count:
             realnode.check_host()
-            store = nodestore.ensure_store()  # may build images first: not part of the start's timeout
+            self.node_store = nodestore.ensure_store()  # may build images first: not part of the start's timeout
         deadline = time.monotonic() + timeout
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             pki = PKI(self.dir / "pki")
-            if store:
+            if self.node_store:
                 self.network = BridgeNetwork()
             etcd_port = start_etcd(self._procs, self.bin, self.dir / "etcd")
             self._wait(lambda: self._http_ok(f"http://127.0.0.1:{etcd_port}/health"), deadline, "etcd")
@@ -135,8 +135,8 @@ class LocalCluster:
                         }
                     ),
                 )
-            if store:
-                self._start_real_nodes(store, pki, api.url, deadline)
+            if self.node_store:
+                self._start_real_nodes(self.node_store, pki, api.url, deadline)
             self._wait(self._nodes_schedulable, deadline, "the nodes (Ready, not-ready taint removed)")
             for node in self.real_nodes:
                 self.advertise_gpus(node.name)
@@ -168,7 +168,6 @@ class LocalCluster:
             realnode.start_containerd(self._procs, node, store.references["pause"], wrapper)
         for node in self.real_nodes:
             realnode.wait_for_containerd(self._procs, node, deadline - time.monotonic())
-        self._images = dict(store.references)
         self._kubelet_args = (pki, server, dns.address)
         for node in self.real_nodes:
             realnode.start_kubelet(self._procs, self.bin, pki, node, server, dns.address)
@@ -235,7 +234,7 @@ class LocalCluster:
         if self.network:
             realnode.remove_state(realnode.state_root(self.network.slot))
         self.real_nodes = []
-        self._images.clear()
+        self.node_store = None
         if self.network:
             self.network.close()
             self.network = None
@@ -310,9 +309,10 @@ class LocalCluster:
         ``Never``). Every image of ``images.IMAGES`` is there from the start (the nodes' store, nodestore.py),
         also as ``images.local_reference(name)`` (``localhost/longalign-<name>:local``), the name the shipped
         examples use."""
-        if name not in self._images:
-            raise ValueError(f"no image {name!r} on the real nodes: they hold {', '.join(self._images) or 'none'}")
-        return self._images[name]
+        references = self.node_store.references if self.node_store else {}
+        if name not in references:
+            raise ValueError(f"no image {name!r} on the real nodes: they hold {', '.join(references) or 'none'}")
+        return references[name]
 
     def set_log(self, namespace: str, pod: str, lines: list[str], container: str | None = None) -> None:
         """Make ``kubectl logs`` of a simulated pod print ``lines``, stamped now (call again to replace them).

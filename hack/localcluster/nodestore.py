@@ -29,10 +29,10 @@ from pathlib import Path
 
 from localcluster import images
 from localcluster.process import Processes, wait_for
+from localcluster.realnode import CONTAINERD_NAMESPACE, UNUSED_SNAPSHOTTERS
 
 STORED = tuple(images.IMAGES)
 """What a store holds unless told otherwise: every image of the project (the tests' pods run each of them)."""
-NAMESPACE = "k8s.io"  # the kubelet's (CRI's) containerd namespace
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,7 @@ def _import(built: list[images.BuiltImage], root: Path) -> None:
 version = 2
 root = "{root}"
 state = "{Path(run) / "state"}"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
-                    "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-                    "io.containerd.snapshotter.v1.aufs"]
+disabled_plugins = ["io.containerd.grpc.v1.cri", {UNUSED_SNAPSHOTTERS}]
 [grpc]
   address = "{socket}"
 [ttrpc]
@@ -89,7 +87,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 """)
         procs = Processes(Path(run))
         procs.spawn("containerd", ["containerd", "--config", str(config)])
-        ctr = ["ctr", "--address", str(socket), "--namespace", NAMESPACE]
+        ctr = ["ctr", "--address", str(socket), "--namespace", CONTAINERD_NAMESPACE]
 
         def up() -> bool:
             procs.check()

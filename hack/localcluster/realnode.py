@@ -33,6 +33,11 @@ CNI_BIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 TAINT = "longalign.dev/real-node"  # real nodes take only pods that tolerate it, so KWOK's pods never land there
 LABEL = {"type": "real"}  # KWOK's nodes carry type=kwok
 STATE_ROOT = Path("/run/longalign")
+CONTAINERD_NAMESPACE = "k8s.io"  # the kubelet's (CRI's) containerd namespace
+UNUSED_SNAPSHOTTERS = ", ".join(
+    f'"io.containerd.snapshotter.v1.{name}"' for name in ("btrfs", "zfs", "devmapper", "aufs")
+)
+"""containerd's snapshotters besides overlayfs, disabled (as TOML list items): they only log errors here."""
 
 RUNC_WRAPPER = """\
 #!/bin/sh
@@ -67,7 +72,7 @@ class RealNode:
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run ``ctr`` against this node's containerd, in the Kubernetes namespace."""
         proc = subprocess.run(
-            ["ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args],
+            ["ctr", "--address", str(self.socket), "--namespace", CONTAINERD_NAMESPACE, *args],
             capture_output=True,
             text=True,
             timeout=600,
@@ -140,8 +145,7 @@ def start_containerd(procs: Processes, node: RealNode, pause_image: str, wrapper
 version = 2
 root = "{d / "root"}"
 state = "{d / "state"}"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
-                    "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+disabled_plugins = [{UNUSED_SNAPSHOTTERS}]
 [grpc]
   address = "{node.socket}"
 [ttrpc]

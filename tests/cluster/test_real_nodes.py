@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from localcluster import LocalCluster, nodestore, wait_for
+from localcluster import LocalCluster, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -157,7 +157,8 @@ def test_the_nodes_share_their_images_layers_but_not_what_each_node_changes(clus
     """Both nodes start on hard links of one image store (nodestore.py): an image tagged on one node is not on the
     other, nor in the store's database, while the image layers on disk are the store's own files."""
     first, second = cluster.real_nodes
-    store = nodestore.ensure_store().root
+    assert cluster.node_store
+    store = cluster.node_store.root
     database = Path("io.containerd.metadata.v1.bolt/meta.db")
     before = hashlib.sha256((store / database).read_bytes()).hexdigest()
     tag = f"localhost/only-on-{first.name}:{uuid.uuid4().hex[:6]}"
