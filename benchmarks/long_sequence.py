@@ -216,12 +216,10 @@ def refusal(need: dict | None, gpu_bytes: int, host_bytes: int | None) -> str | 
 
 
 def flops(model, length: int) -> float:
-    """Training FLOPs of one step (the trainer's count: recomputation not included)."""
-    from longalign_trainer.train.recipe import training_flops
+    """Training FLOPs of one step (the trainer's count, every token taking a loss; recomputation not included)."""
+    from longalign_trainer.train.recipe import model_shape, training_flops
 
-    cfg = model.config
-    non_embedding = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
-    return training_flops(non_embedding, cfg.num_hidden_layers, cfg.hidden_size, [length])
+    return training_flops(model_shape(model), [length], loss_tokens=length)
 
 
 def main() -> int:

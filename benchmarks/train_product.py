@@ -9,9 +9,10 @@ them), then runs, each in a process of its own (one GPU, so every row has the GP
 * ``longalign train`` rows: the defaults (ZeRO stage and checkpointing chosen by what fits) and each
   ``--variants`` override (``zero_stage=3``, ``checkpoint_keeps=attention``, ...), one epoch, 64k packs,
   96 sequences per step; from each run's summary and step log: tokens/s over the whole epoch (the first step
-  and its compilation included) and over the steady steps (all but the first), MFU against 989 TFLOP/s (the
-  FLOP count of train_throughput.py) over both, peak GPU memory against the trainer's memory estimate,
-  packing efficiency against the set's bound, and what the defaults chose;
+  and its compilation included) and over the steady steps (all but the first), MFU against 989 TFLOP/s over both (the
+  step log's: the trainer's FLOP count, the LM head's only for the tokens that take a loss; train_throughput.py's
+  peers count the head for every token, as their heads compute it), peak GPU memory against the trainer's
+  memory estimate, packing efficiency against the set's bound, and what the defaults chose;
 * ``--peers`` rows: train_throughput.py strategies (hf_packing, hf_liger, ours_packing_weighted) on the
   same sequence lengths and shape (``--lengths``: the set's, as the trainer tokenized them; random tokens);
   their tokens/s count only their forward and backward passes after untimed warm-up steps (no optimizer step,
@@ -59,7 +60,6 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "trainer")]
 from train_throughput import SHAPES, synthetic_lengths  # noqa: E402
 
 SHAPES_EXTRA = {"8b-full": (4096, 32, 32, 8, 14336, 128256), "smoke": (128, 2, 2, 1, 256, 4096)}
-PEAK = 989e12
 # The trainer's processes import this checkout's sources (an installed longalign wheel gives only its metadata).
 ENV = {
     **os.environ,
@@ -180,21 +180,14 @@ def parse_overrides(text: str) -> dict:
     return {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in text.split(",") if kv)}
 
 
-def flops(model: Path, lengths: list[int]) -> float:
-    """train_throughput.py's count: 6·non-embedding params·tokens + 6·layers·hidden·Σ s²."""
-    from transformers import AutoConfig
-
-    from longalign_trainer.train.memory_estimate import ModelShape
-
-    cfg = AutoConfig.from_pretrained(model)
-    shape = ModelShape.from_config(cfg)
-    non_embedding = shape.params - shape.vocab * shape.hidden
-    return 6.0 * non_embedding * sum(lengths) + 6.0 * shape.layers * shape.hidden * sum(s * s for s in lengths)
+def time_weighted_mfu(steps: list[dict]) -> float | None:
+    """The MFU of these step-log records together (each step's weighted by its time)."""
+    if any(r.get("mfu") is None for r in steps):
+        return None
+    return sum(r["mfu"] * r["seconds"] for r in steps) / sum(r["seconds"] for r in steps)
 
 
-def run_product(
-    work: Path, name: str, model: Path, data: Path, args, overrides: dict, total_flops: float, profile: bool = False
-) -> dict:
+def run_product(work: Path, name: str, model: Path, data: Path, args, overrides: dict, profile: bool = False) -> dict:
     """One ``longalign train`` run under torchrun; its figures from the summary and the step log (``profile``:
     through train_profiled.py instead, its row where the steady steps' time went)."""
     import yaml
@@ -256,12 +249,9 @@ def run_product(
         {
             "tokens_per_s": s["tokens_per_s"],
             "steady_tokens_per_s": sum(r["tokens"] for r in steady) / sum(r["seconds"] for r in steady),
-            "mfu_989": total_flops / train_s / PEAK,
-            "steady_mfu_989": (  # per step against the trainer's peak (989 on GPUs; none on CPU)
-                sum(r["mfu"] * r["seconds"] for r in steady) / sum(r["seconds"] for r in steady)
-                if all(r.get("mfu") is not None for r in steady)
-                else None
-            ),
+            # per step against the trainer's peak (989 on GPUs; none on CPU), the trainer's FLOP count
+            "mfu_989": time_weighted_mfu(steps),
+            "steady_mfu_989": time_weighted_mfu(steady),
             "peak_gib": s["peak_gpu_gib"],
             "estimate_gib": s["memory_estimate"]["gpu_gib"],
             "packing_efficiency": s["packing_efficiency"],
@@ -271,6 +261,7 @@ def run_product(
             "chosen_by_fit": s["chosen_by_fit"],
             "setting": s["description"],
             "steps": s["steps"],
+            "first_step_s": round(steps[0]["seconds"], 1),
             "attention": s["attention_backend"],
             "train_s": round(train_s, 1),
         }
@@ -436,13 +427,12 @@ def main() -> int:
         "setup_s": round(time.monotonic() - t0, 1),
     }
     print(json.dumps(env), flush=True)
-    total_flops = flops(model, kept)
     if args.profile:
-        rows.append(run_product(work, "profiled", model, work / "set.jsonl", args, {}, total_flops, profile=True))
+        rows.append(run_product(work, "profiled", model, work / "set.jsonl", args, {}, profile=True))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "profile"}), flush=True)
     variants = [(v.replace("=", "-").replace(",", "+"), parse_overrides(v)) for v in args.variants.split(";") if v]
     for name, overrides in variants[:1] if longs else [("defaults", {}), *variants]:
-        rows.append(run_product(work, name, model, work / "set.jsonl", args, overrides, total_flops))
+        rows.append(run_product(work, name, model, work / "set.jsonl", args, overrides))
         print(json.dumps(rows[-1]), flush=True)
         if longs and not rows[-1].get("error"):
             rows += long_rows(work, name, model, overrides)

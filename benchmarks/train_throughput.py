@@ -396,14 +396,14 @@ def kernel_times(prof, cuda: bool) -> tuple[dict[str, float], list[tuple[float, 
 
 
 def kernel_time_table(prof, cuda: bool) -> str:
-    """GPU kernel time (on CPU: op time) by kind, and the 10 dearest kernels (host-side CUDA calls left out)."""
+    """GPU kernel time (on CPU: op time) by kind, and the 20 dearest kernels (host-side CUDA calls left out)."""
     kinds, kernels = kernel_times(prof, cuda)
     total = sum(kinds.values()) or 1.0
     lines = [f"kernel time by kind (total {total / 1e6:.1f} s):"]
     lines += [
         f"  {k:<20}{t / 1e6:>8.1f} s {100 * t / total:>5.1f} %" for k, t in sorted(kinds.items(), key=lambda x: -x[1])
     ]
-    lines += [f"  {t / 1e6:>8.2f} s {n:>7}×  {name}" for t, n, name in sorted(kernels, reverse=True)[:10]]
+    lines += [f"  {t / 1e6:>8.2f} s {n:>7}×  {name}" for t, n, name in sorted(kernels, reverse=True)[:20]]
     return "\n".join(lines)
 
 

@@ -5,14 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longalign_trainer.train import attention, checkpointing, tiled_mlp
+from longalign_trainer.train import attention, checkpointing, fused_ops, tiled_mlp
 from longalign_trainer.train.packing import build_pack
 
 
 def pack_gradients(
-    tiny_model, keep: str | None, layers: int | None = None, offload: bool = False, tile: int | None = None
+    tiny_model,
+    keep: str | None,
+    layers: int | None = None,
+    offload: bool = False,
+    tile: int | None = None,
+    whole_layers: bool = False,
 ) -> tuple[float, dict[str, torch.Tensor]]:
-    """The loss of one pack and every parameter's gradient, with the given checkpointing and MLP tiling."""
+    """The loss of one pack and every parameter's gradient, with the given checkpointing and MLP tiling (and
+    with ``whole_layers``, fused_ops' compiled layers)."""
     from transformers import AutoModelForCausalLM
 
     attention.register("sdpa_block_diagonal", "cpu")
@@ -27,6 +33,11 @@ def pack_gradients(
         assert offloaded == [offload] * model.config.num_hidden_layers
     if tile is not None:
         assert tiled_mlp.apply(model, tile) == model.config.num_hidden_layers
+    if whole_layers:
+        fused_ops.apply(model, whole_layers=True)
+        compiled = [getattr(m, "_compiled_call_impl", None) is not None for m in checkpointing.decoder_layers(model)]
+        checkpointed = [m.gradient_checkpointing for m in checkpointing.decoder_layers(model)]
+        assert compiled == [not c for c in checkpointed]
     torch.manual_seed(0)
     pack = build_pack([(s, s) for s in (torch.randint(10, 4000, (n,)).tolist() for n in (30, 9, 51))])
     loss = model(**pack.as_model_inputs()).logits.square().mean()
@@ -54,6 +65,50 @@ def test_offloaded_checkpoints_and_tiled_mlp_compute_the_plain_loss_and_gradient
     assert got_loss == pytest.approx(loss, rel=1e-6)
     for name, grad in plain.items():
         torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_compiled_whole_layers_compute_the_plain_loss_and_gradients_and_leave_checkpointed_layers_be(
+    tiny_model, monkeypatch
+):
+    """fused_ops' ``whole_layers``: every layer that is not checkpointed runs through torch.compile (Inductor, as on
+    GPUs) with the packed attention outside its graph; a checkpointed layer keeps the per-module kernels (run
+    eagerly here). The pack's loss and every gradient are those of the plain model."""
+    monkeypatch.setattr(fused_ops, "compiled", lambda fn: fn)
+    loss, plain = pack_gradients(tiny_model, None)
+    got_loss, got = pack_gradients(tiny_model, "nothing", layers=1, whole_layers=True)  # the first checkpointed
+    assert got_loss == pytest.approx(loss, rel=1e-5)
+    for name, grad in plain.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    "settings, layers",
+    [
+        ({}, 8),
+        ({"checkpoint_layers": 2}, 6),
+        ({"checkpoint_layers": None}, 0),  # every layer checkpointed
+        ({"zero_stage": 3}, 0),
+        ({"cuda": False}, 0),
+        ({"compile_layers": False}, 0),
+        ({"tiled_mlp": True}, 0),
+        ({"gradient_checkpointing": False, "checkpoint_layers": None}, 8),
+    ],
+)
+def test_the_layers_compiled_whole_are_those_not_checkpointed_where_compiling_applies(settings, layers):
+    from types import SimpleNamespace
+
+    from longalign_trainer.train.config import TrainConfig
+    from longalign_trainer.train.recipe import Recipe
+
+    cfg_keys = {"compile_layers", "tiled_mlp", "gradient_checkpointing"}
+    cfg = TrainConfig.model_validate(
+        {"model_path": "m", "data": [{"path": "a.jsonl"}], "output_dir": "o"}
+        | {k: v for k, v in settings.items() if k in cfg_keys}
+    )
+    state = {"cuda": True, "zero_stage": 2, "checkpoint_layers": 0} | {
+        k: v for k, v in settings.items() if k not in cfg_keys
+    }
+    assert Recipe._compiled_layers(SimpleNamespace(cfg=cfg, **state), 8) == layers
 
 
 @pytest.mark.parametrize("elements", [1, 90 * 64, 3 << 29, (1 << 31) + 4097])

@@ -37,6 +37,12 @@ BASE = {"model_path": "m", "data": [{"path": "a.jsonl"}], "output_dir": "out"}
         ({"data": []}, "data: List should have at least 1 item"),
         ({"data": [{"path": "a.jsonl", "ratio": -1}]}, "data.0.ratio: Input should be greater than 0"),
         ({"zero_stage": 2, "offload_params": True}, "offload_params: needs zero_stage 3"),
+        (
+            {"zero_stage": 3, "compile_layers": True},
+            "compile_layers: true cannot apply with zero_stage 3 (it gathers each layer's parameters in module hooks",
+        ),
+        ({"tiled_mlp": True, "compile_layers": True}, "compile_layers: true cannot apply with tiled_mlp"),
+        ({"fused_ops": False, "compile_layers": True}, "compile_layers: true cannot apply with fused_ops: false"),
         ({"adam_betas": [0.9, 1.5]}, "adam_betas: Value error, both betas must be in [0, 1)"),
         ({"learning_rte": 1e-5}, "learning_rte: Extra inputs are not permitted"),
     ],

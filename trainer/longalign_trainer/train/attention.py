@@ -72,15 +72,22 @@ def available_backends(device_type: str) -> list[str]:
 
 def register(backend: str = "auto", device_type: str = "cpu") -> str:
     """Register ``longalign_packed`` with transformers using ``backend`` (or the best one); return its name."""
-    from transformers import AttentionInterface
-
     usable = available_backends(device_type)
     chosen = usable[0] if backend == "auto" else backend
     if chosen not in usable:
         raise ValueError(f"attention_backend: {chosen!r} is not usable on {device_type} (usable: {usable})")
     _chosen["backend"] = chosen
-    AttentionInterface.register(NAME, packed_attention_forward)
+    install(packed_attention_forward)
     return chosen
+
+
+def install(forward) -> None:
+    """Make ``forward`` transformers' ``longalign_packed`` attention, run outside any compiled graph (``fused_ops``'
+    whole layers break their graph there): each backend is its own kernel, or compiles itself (``flex``)."""
+    import torch
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NAME, torch.compiler.disable(forward))
 
 
 def chosen_backend() -> str:

@@ -176,6 +176,14 @@ class TrainConfig(BaseModel):
             "cross-entropy, on GPUs (see train/fused_ops.py)"
         ),
     )
+    compile_layers: bool | None = Field(
+        None,
+        description=(
+            "compile each decoder layer that is not checkpointed whole (norms, SwiGLU, rotary embedding and "
+            "residual additions fused; attention and matmuls as before; see train/fused_ops.py); unset: on GPUs "
+            "with fused_ops under ZeRO 1-2 without tiled_mlp; true: the same, refused where it cannot apply"
+        ),
+    )
     attention_backend: Literal[
         "auto", "flash_attn_3", "cudnn", "flash_attn", "torch_varlen", "flex", "sdpa_block_diagonal"
     ] = Field("auto", description="kernel for packed attention; auto picks the fastest available (see attention.py)")
@@ -213,6 +221,18 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.offload_params and self.zero_stage not in (3, None):
             raise ValueError("offload_params: needs zero_stage 3")
+        if self.compile_layers:
+            conflict = (
+                "zero_stage 3 (it gathers each layer's parameters in module hooks, which a compiled layer cannot run)"
+                if self.zero_stage == 3
+                else "fused_ops: false (the compiled layers are fused_ops' kernels)"
+                if not self.fused_ops
+                else "tiled_mlp (its MLP runs tile by tile outside any graph)"
+                if self.tiled_mlp
+                else None
+            )
+            if conflict:
+                raise ValueError(f"compile_layers: true cannot apply with {conflict}; leave compile_layers unset")
         if self.offload_checkpoints and not self.gradient_checkpointing:
             raise ValueError("offload_checkpoints: needs gradient_checkpointing (it offloads the checkpoints)")
         if self.offload_checkpoints and self.checkpoint_keeps not in (None, "nothing"):

@@ -53,14 +53,17 @@ H100_DENSE_BF16_TFLOPS = 989.0
 STATE_TAG = "state"  # DeepSpeed's sub-folder inside one checkpoint
 
 
-def training_flops(non_embedding_params: int, layers: int, hidden: int, seq_lengths) -> float:
-    """FLOPs of one forward+backward: 6·N·tokens + 6·layers·hidden·Σ s_i² (causal attention per sequence).
+def training_flops(shape: dict, seq_lengths, loss_tokens: int) -> float:
+    """FLOPs of one forward+backward that the loss needs: 6·(parameters besides the embeddings)·tokens, the
+    LM head's 6·head·loss_tokens (``linear_loss`` computes logits only for the rows that take a loss), and
+    6·layers·hidden·Σ s_i² (causal attention per sequence). ``shape``: ``model_shape``'s.
 
-    >>> training_flops(10, 2, 4, [3, 1])
-    720.0
+    >>> training_flops({"body_params": 10, "head_params": 2, "layers": 2, "hidden": 4}, [3, 1], loss_tokens=2)
+    744.0
     """
     tokens = sum(seq_lengths)
-    return 6.0 * non_embedding_params * tokens + 6.0 * layers * hidden * sum(s * s for s in seq_lengths)
+    attention = 6.0 * shape["layers"] * shape["hidden"] * sum(s * s for s in seq_lengths)
+    return 6.0 * shape["body_params"] * tokens + 6.0 * shape["head_params"] * loss_tokens + attention
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
@@ -138,6 +141,7 @@ class Recipe:
         # its recomputation, which selective checkpointing's op-by-op replay refuses: it gets full checkpointing.
         self.checkpoint_keeps = self.memory.checkpoint_keeps if self.zero_stage < 3 else "nothing"
         self.checkpoint_layers = self.memory.checkpoint_layers
+        self.compiled_layers = self._compiled_layers(shape.layers)
         self.setting = self._setting(shape, gpu_bytes)
         if self.rank == 0:
             _log_line(self.setting["description"])
@@ -188,11 +192,11 @@ class Recipe:
             cfg.model_path, attn_implementation=attention.NAME, dtype=torch.bfloat16 if self.bf16 else torch.float32
         )
         model.config.use_cache = False
-        self.model_shape = _model_shape(model)
+        self.model_shape = model_shape(model)
         if cfg.gradient_checkpointing:
             checkpointing.enable(model, self.checkpoint_keeps, self.checkpoint_layers, cfg.offload_checkpoints)
         if cfg.fused_ops and self.cuda:
-            fused_ops.apply(model)
+            fused_ops.apply(model, whole_layers=self.compiled_layers > 0)
         if cfg.tiled_mlp:
             tiled_mlp.apply(model)
         linear_loss.apply(model)
@@ -220,6 +224,19 @@ class Recipe:
                 )
         self._trim_log(self.sampler.position)
 
+    def _compiled_layers(self, layers: int) -> int:
+        """How many decoder layers ``fused_ops`` compiles whole: those not checkpointed, where it can."""
+        cfg = self.cfg
+        if (
+            not (cfg.fused_ops and self.cuda and cfg.compile_layers is not False)
+            or self.zero_stage == 3
+            or cfg.tiled_mlp
+        ):
+            return 0
+        if not cfg.gradient_checkpointing:
+            return layers
+        return 0 if self.checkpoint_layers is None else max(0, layers - self.checkpoint_layers)
+
     def _setting(self, shape: memory_estimate.ModelShape, gpu_bytes: int | None) -> dict:
         """What this attempt trains with, as chosen at start (where the config leaves it open, by the memory
         estimate): every progress line carries it, the summary repeats it, ``description`` says it for people."""
@@ -241,12 +258,14 @@ class Recipe:
             "zero_stage": self.zero_stage,
             "checkpoint_keeps": self.checkpoint_keeps if cfg.gradient_checkpointing else None,
             "checkpoint_layers": self.checkpoint_layers if cfg.gradient_checkpointing else None,
+            "compiled_layers": self.compiled_layers,
             "chosen_by_fit": chosen,
             "memory_estimate": {
                 **self.memory_estimate.as_dict(),
                 **({"gpu_memory_gib": round(gpu_bytes / 2**30, 1)} if gpu_bytes is not None else {}),
             },
             "description": f"{description}, {self.backend} attention"
+            + (f", {self.compiled_layers} layers compiled whole" if self.compiled_layers else "")
             + (f"; chosen by fit: {', '.join(chosen)}" if chosen else ""),
         }
 
@@ -355,12 +374,7 @@ class Recipe:
             self.slowest_step_s = max(self.slowest_step_s, elapsed)
             mfu = None
             if peak:
-                flops = training_flops(
-                    self.model_shape["non_embedding_params"],
-                    self.model_shape["layers"],
-                    self.model_shape["hidden"],
-                    lengths,
-                )
+                flops = training_flops(self.model_shape, lengths, counts.target_tokens)
                 mfu = flops / elapsed / (peak * 1e12 * self.world)
             step_peak = torch.cuda.max_memory_allocated() if self.cuda else None
             self._log_step(plan.step, step_loss, float(local), counts, sum(lengths), elapsed, mfu, step_peak)
@@ -602,16 +616,23 @@ class Recipe:
             self.cleanup()
 
 
-def _model_shape(model) -> dict:
-    """Sizes for the FLOP count: parameters besides the input embedding (the LM head counted), layers, hidden."""
+def model_shape(model) -> dict:
+    """Sizes for the FLOP count: parameters besides the embeddings (``body_params``), the LM head's (counted
+    even when tied to the input embedding: its matmul runs either way), layers, hidden."""
 
     def numel(p):  # under ZeRO-3 a partitioned parameter keeps its full size in ds_numel
         return getattr(p, "ds_numel", p.numel())
 
-    embed = numel(model.get_input_embeddings().weight)
+    embed, head = (numel(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()))
+    tied = model.get_input_embeddings().weight is model.get_output_embeddings().weight
     total = sum(numel(p) for p in model.parameters())
     cfg = model.config
-    return {"non_embedding_params": total - embed, "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size}
+    return {
+        "body_params": total - embed - (0 if tied else head),
+        "head_params": head,
+        "layers": cfg.num_hidden_layers,
+        "hidden": cfg.hidden_size,
+    }
 
 
 def _logged_step(line: str) -> int:

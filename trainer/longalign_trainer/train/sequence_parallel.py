@@ -212,13 +212,10 @@ def local_pack(pack: Pack, lay: Layout) -> Pack:
 def register(lay: Layout) -> None:
     """Route ``longalign_packed`` attention through ``lay``'s scheme over its group (after
     ``attention.register``, whose kernel choice it keeps). Does nothing without SP."""
-    from transformers import AttentionInterface
-
     if lay.group is None:
         return
     _group[0] = lay.group
-    forward = ulysses_attention_forward if lay.attention == "ulysses" else allgather_kv_attention_forward
-    AttentionInterface.register(attention.NAME, forward)
+    attention.install(ulysses_attention_forward if lay.attention == "ulysses" else allgather_kv_attention_forward)
 
 
 def ulysses_attention_forward(module, query, key, value, *args, **kwargs):
