@@ -221,18 +221,8 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.offload_params and self.zero_stage not in (3, None):
             raise ValueError("offload_params: needs zero_stage 3")
-        if self.compile_layers:
-            conflict = (
-                "zero_stage 3 (it gathers each layer's parameters in module hooks, which a compiled layer cannot run)"
-                if self.zero_stage == 3
-                else "fused_ops: false (the compiled layers are fused_ops' kernels)"
-                if not self.fused_ops
-                else "tiled_mlp (its MLP runs tile by tile outside any graph)"
-                if self.tiled_mlp
-                else None
-            )
-            if conflict:
-                raise ValueError(f"compile_layers: true cannot apply with {conflict}; leave compile_layers unset")
+        if self.compile_layers and (conflict := self.compile_layers_conflict(self.zero_stage)):
+            raise ValueError(f"compile_layers: true cannot apply with {conflict}; leave compile_layers unset")
         if self.offload_checkpoints and not self.gradient_checkpointing:
             raise ValueError("offload_checkpoints: needs gradient_checkpointing (it offloads the checkpoints)")
         if self.offload_checkpoints and self.checkpoint_keeps not in (None, "nothing"):
@@ -247,6 +237,19 @@ class TrainConfig(BaseModel):
                 f"ratio: set on some files but not on {missing}; give every file a ratio, or none to use every record"
             )
         return self
+
+    def compile_layers_conflict(self, zero_stage: int | None) -> str | None:
+        """What keeps whole compiled layers (``compile_layers``) from applying under this config at ``zero_stage``
+        (the configured or the chosen one), or None."""
+        if zero_stage == 3:
+            return (
+                "zero_stage 3 (it gathers each layer's parameters in module hooks, which a compiled layer cannot run)"
+            )
+        if not self.fused_ops:
+            return "fused_ops: false (the compiled layers are fused_ops' kernels)"
+        if self.tiled_mlp:
+            return "tiled_mlp (its MLP runs tile by tile outside any graph)"
+        return None
 
     @property
     def checkpoints(self) -> Path:

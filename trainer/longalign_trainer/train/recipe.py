@@ -227,11 +227,7 @@ class Recipe:
     def _compiled_layers(self, layers: int) -> int:
         """How many decoder layers ``fused_ops`` compiles whole: those not checkpointed, where it can."""
         cfg = self.cfg
-        if (
-            not (cfg.fused_ops and self.cuda and cfg.compile_layers is not False)
-            or self.zero_stage == 3
-            or cfg.tiled_mlp
-        ):
+        if not self.cuda or cfg.compile_layers is False or cfg.compile_layers_conflict(self.zero_stage):
             return 0
         if not cfg.gradient_checkpointing:
             return layers
@@ -623,13 +619,12 @@ def model_shape(model) -> dict:
     def numel(p):  # under ZeRO-3 a partitioned parameter keeps its full size in ds_numel
         return getattr(p, "ds_numel", p.numel())
 
-    embed, head = (numel(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()))
-    tied = model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     total = sum(numel(p) for p in model.parameters())
     cfg = model.config
     return {
-        "body_params": total - embed - (0 if tied else head),
-        "head_params": head,
+        "body_params": total - numel(embed) - (0 if head is embed else numel(head)),
+        "head_params": numel(head),
         "layers": cfg.num_hidden_layers,
         "hidden": cfg.hidden_size,
     }
