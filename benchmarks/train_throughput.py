@@ -65,7 +65,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from longalign_trainer.train import attention, checkpointing, fused_ops, linear_loss  # noqa: E402
 from longalign_trainer.train.batching import StepSampler  # noqa: E402
 from longalign_trainer.train.loss import count_step, loss_weights, weighted_loss  # noqa: E402
-from longalign_trainer.train.packing import IGNORE_INDEX, build_pack  # noqa: E402
+from longalign_trainer.train.packing import IGNORE_INDEX, build_pack, target_tokens  # noqa: E402
 
 PEAK_DENSE, PEAK_MEASURED = 989e12, 790e12
 STRATEGIES = ("naive", "hf_packing", "hf_liger", "ours_packing", "ours_packing_weighted", "ours_sorted")
@@ -241,15 +241,14 @@ def run_strategy(strategy: str, seqs, lengths, args, device, rank: int, world: i
         opt.zero_grad(set_to_none=True)
         steps += 1
 
-    # The counts of each global batch (for the loss) come from its packs, known before it starts.
-    batches: dict[int, list] = {}
-    for b, mb in plan:
-        batches.setdefault(b, []).append(mb)
+    # The counts of each global batch (for the loss) come from every rank's plan, known before it starts.
     counts = {}
     if strategy.startswith("ours"):
-        for b, mbs in batches.items():
-            packs = [build_pack([seqs[i] for i in mb]) for mb in mbs if mb]
-            counts[b] = count_step([(pk.targets, pk.seq_index) for pk in packs])
+        batches: dict[int, list] = {}
+        for r in range(world):
+            for b, mb in micro_batches_for(strategy, seqs, lengths, args, r, world):
+                batches.setdefault(b, []).append([target_tokens(seqs[i][1]) for i in mb])
+        counts = {b: count_step(mbs) for b, mbs in batches.items()}
 
     def micro_step(b, mb):
         if strategy == "naive":

@@ -12,7 +12,7 @@ from gloo_ranks import run_two_ranks
 from longalign_trainer.train.batching import StepSampler
 from longalign_trainer.train.linear_loss import per_token_linear_loss
 from longalign_trainer.train.loss import count_step, loss_weights, weighted_loss
-from longalign_trainer.train.packing import IGNORE_INDEX, build_pack
+from longalign_trainer.train.packing import IGNORE_INDEX, build_pack, target_tokens
 
 VOCAB = 50
 
@@ -57,13 +57,14 @@ def reference(seqs, seed: int, weighting: bool, layout) -> float:
     return float(torch.stack(pack_means).mean())
 
 
-def rank_loss(seqs, seed, weighting, micro_batches, world_size) -> float:
-    """What one rank backpropagates over its micro-batches (the recipe's arithmetic)."""
-    packs = [build_pack([seqs[i] for i in mb]) for mb in micro_batches]
-    counts = count_step([(p.targets, p.seq_index) for p in packs])
+def rank_loss(seqs, seed, weighting, layout, rank: int) -> float:
+    """What rank ``rank`` backpropagates over its micro-batches of ``layout`` (every rank's micro-batches), by the
+    recipe's arithmetic: the step's counts from the whole layout, as every rank knows it."""
+    counts = count_step([target_tokens(seqs[i][1]) for i in mb] for micro_batches in layout for mb in micro_batches)
+    packs = [build_pack([seqs[i] for i in mb]) for mb in layout[rank]]
     total = 0.0
     for p in packs:
-        weights = loss_weights(p.targets, p.seq_index, counts, world_size, weighting)
+        weights = loss_weights(p.targets, p.seq_index, counts, len(layout), weighting)
         total += float(weighted_loss(per_token_loss(fixed_logits(p, seed), p.targets), weights))
     return total
 
@@ -75,7 +76,7 @@ LAYOUT = [[[0, 1, 2], [3]], [[4, 5, 6, 7]]]  # rank 0: two packs; rank 1: one pa
 def test_one_rank_any_packing_gives_the_reference(weighting):
     seqs = make_sequences(0)
     layout = [[mb for rank in LAYOUT for mb in rank]]
-    assert rank_loss(seqs, 0, weighting, layout[0], 1) == pytest.approx(reference(seqs, 0, weighting, layout), rel=1e-6)
+    assert rank_loss(seqs, 0, weighting, layout, 0) == pytest.approx(reference(seqs, 0, weighting, layout), rel=1e-6)
 
 
 def test_weighting_stays_exact_when_steps_take_whole_packs_of_the_set():
@@ -91,8 +92,23 @@ def test_weighting_stays_exact_when_steps_take_whole_packs_of_the_set():
         members = [i for mb in micro_batches for i in mb]
         seen += members
         expected = reference([seqs[i] for i in members], 0, True, None)
-        assert rank_loss(seqs, 0, True, micro_batches, 1) == pytest.approx(expected, rel=1e-6)
+        assert rank_loss(seqs, 0, True, plan.per_rank, 0) == pytest.approx(expected, rel=1e-6)
     assert sorted(seen) == sorted(list(range(len(lengths))) * 2)
+
+
+def test_the_counts_from_the_plan_are_those_of_the_packs_targets():
+    """M, K and the target tokens counted from each sequence's labels, as every rank counts them from the plan,
+    are what the built packs' shifted targets hold: a sequence whose only label is its first token takes no loss,
+    nor does a micro-batch of such sequences or a filler."""
+    seqs = [*make_sequences(2), ([4, 5, 6], [4, IGNORE_INDEX, IGNORE_INDEX]), ([7, 8], [IGNORE_INDEX, 8])]
+    layout = [[(0, 1), (2,), ()], [(3, 4, 5), (8,)], [(6, 7, 9)]]
+    counts = count_step([target_tokens(seqs[i][1]) for i in mb] for rank in layout for mb in rank)
+    packs = [build_pack([seqs[i] for i in mb]) for rank in layout for mb in rank if mb]
+    valid = [p.targets != IGNORE_INDEX for p in packs]
+    assert counts.target_tokens == sum(int(v.sum()) for v in valid)
+    assert counts.sequences == sum(len(set(p.seq_index[v].tolist())) for p, v in zip(packs, valid, strict=True))
+    assert counts.micro_batches == sum(bool(v.any()) for v in valid) == 4
+    assert counts.sequences == 9  # ten sequences, sequence 8 (its label on its first token) takes no loss
 
 
 def test_weighting_on_differs_from_plain_packing():
@@ -106,7 +122,7 @@ def _worker(rank: int, port: int, weighting: bool, out):
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         seqs = make_sequences(0)
-        local = torch.tensor(rank_loss(seqs, 0, weighting, LAYOUT[rank], world_size=2), dtype=torch.float64)
+        local = torch.tensor(rank_loss(seqs, 0, weighting, LAYOUT, rank), dtype=torch.float64)
         dist.all_reduce(local)  # DeepSpeed averages gradients over ranks: the step loss is the mean
         out[rank] = float(local) / 2
     finally:

@@ -54,7 +54,9 @@ def load_model(path):
 def step(model, lay, world: int):
     """One step's loss and gradients on this rank, as the recipe computes them."""
     packs = make_packs(0, lay.size)
-    counts = count_step([(p.targets, p.seq_index) for p in packs] if lay.rank == 0 else [])
+    counts = count_step(
+        [[int((p.targets[p.seq_index == i] != IGNORE_INDEX).sum()) for i in range(p.num_sequences)] for p in packs]
+    )
     total = torch.zeros((), dtype=torch.float64)
     for pack in packs:
         mine = sequence_parallel.local_pack(pack, lay)

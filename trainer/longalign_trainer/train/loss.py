@@ -9,8 +9,9 @@ micro-batches per rank, with data-parallel gradients *averaged* over the W ranks
                       = Σ_t CE_t / T_mb · W / K                   (weighting off: T_mb = its target tokens)
     step loss         = (1/W) Σ_ranks Σ_micro-batches loss        = (1/M) Σ_i L_i / N_i    (Eq. 2)
 
-M and K are all-reduced over the ranks, so no rank needs to know the others' data. With one sequence per
-micro-batch (naive and sorted batching), on and off give the same result, as the paper notes.
+M and K come from the step's plan, which every rank knows (train/batching.py), so a rank counts them alone: no
+collective, and no wait for the GPU before the step's first forward pass. With one sequence per micro-batch
+(naive and sorted batching), on and off give the same result, as the paper notes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from longalign_trainer.train.packing import IGNORE_INDEX
 
 if TYPE_CHECKING:  # torch is imported where tensors are made
     import torch
-    from torch.distributed import ProcessGroup
 
 
 @dataclass(frozen=True)
@@ -35,29 +35,20 @@ class StepCounts:
     target_tokens: int
 
 
-def count_step(
-    micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], group: ProcessGroup | None = None
-) -> StepCounts:
-    """``StepCounts`` of the global batch; ``micro_batches`` are this rank's ``(targets, seq_index)`` pairs.
+def count_step(micro_batches: Iterable[Iterable[int]]) -> StepCounts:
+    """``StepCounts`` of a global batch: ``micro_batches`` are all its micro-batches (every rank's), each given as
+    the target tokens of its sequences (``packing.target_tokens``); an empty one is a filler.
 
-    Sums over the data-parallel ranks when ``torch.distributed`` is initialised (one small all-reduce).
+    >>> count_step([[3, 0], [5], [], [0]])
+    StepCounts(sequences=2, micro_batches=2, target_tokens=8)
     """
-    import torch
-    import torch.distributed as dist
-
-    local = torch.zeros(3, dtype=torch.float64)
-    for targets, seq_index in micro_batches:
-        valid = targets != IGNORE_INDEX
-        if valid.any():
-            local[0] += int((torch.bincount(seq_index[valid]) > 0).sum())  # linear, unlike unique()'s sort
-            local[1] += 1
-            local[2] += valid.sum()
-    if dist.is_available() and dist.is_initialized():
-        device = "cuda" if dist.get_backend(group) == "nccl" else "cpu"
-        local = local.to(device)
-        dist.all_reduce(local, group=group)
-    m, k, t = (int(x) for x in local.cpu().tolist())
-    return StepCounts(sequences=m, micro_batches=k, target_tokens=t)
+    sequences = micro = tokens = 0
+    for batch in micro_batches:
+        counted = [n for n in batch if n > 0]
+        sequences += len(counted)
+        micro += bool(counted)
+        tokens += sum(counted)
+    return StepCounts(sequences=sequences, micro_batches=micro, target_tokens=tokens)
 
 
 def loss_weights(

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported where tensors are built: planning packs needs none
+    import numpy as np
     import torch
 
 IGNORE_INDEX = -100
@@ -110,15 +111,15 @@ class Pack:
         return lengths
 
     def to(self, device: torch.device | str) -> Pack:
-        """This pack with all tensors on ``device``."""
+        """This pack with all tensors on ``device`` (``to_device``)."""
         return Pack(
-            self.input_ids.to(device),
-            self.targets.to(device),
-            self.position_ids.to(device),
-            self.seq_index.to(device),
-            self.cu_seqlens.to(device),
+            to_device(self.input_ids, device),
+            to_device(self.targets, device),
+            to_device(self.position_ids, device),
+            to_device(self.seq_index, device),
+            to_device(self.cu_seqlens, device),
             self.max_seqlen,
-            None if self.cu_seqlens_k is None else self.cu_seqlens_k.to(device),
+            None if self.cu_seqlens_k is None else to_device(self.cu_seqlens_k, device),
             self.max_seqlen_k,
         )
 
@@ -137,6 +138,27 @@ class Pack:
             "max_length_q": self.max_seqlen,
             "max_length_k": self.max_seqlen if self.max_seqlen_k is None else self.max_seqlen_k,
         }
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` on ``device``; from the CPU to a GPU through pinned memory, without waiting: the copy queues behind
+    the work already on the GPU, so the next step's inputs can be sent while the GPU still runs this one."""
+    import torch
+
+    if tensor.device.type == "cpu" and torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def target_tokens(labels: Sequence[int] | np.ndarray) -> int:
+    """How many tokens of a sequence take a loss: those whose next token has a label (``build_pack``'s targets).
+
+    >>> target_tokens([-100, -100, 7, 8]), target_tokens([5, -100])
+    (2, 0)
+    """
+    import numpy as np
+
+    return int(np.count_nonzero(np.asarray(labels[1:]) != IGNORE_INDEX))
 
 
 def build_pack(sequences: Sequence[tuple[Sequence[int], Sequence[int]]]) -> Pack:

@@ -3,7 +3,8 @@
 Every rank of a ``torchrun`` group (or a single local process) runs this. Each optimizer step:
 
 1. the sampler hands this rank its micro-batches of the step (the same global plan on every rank);
-2. the step's counts (sequences M, micro-batches K) are all-reduced, so loss weighting needs no global view;
+2. the step's counts (sequences M, micro-batches K) come from that global plan, counted by each rank alone; the
+   step's packs and loss weights are queued for the GPU while it still runs the step before;
 3. every micro-batch is one pack through ``longalign_packed`` attention; its weighted loss is backpropagated
    unscaled (DeepSpeed runs with caller-owned gradient accumulation: ``step()`` is the boundary). With
    sequence parallelism the ranks of an SP group share each pack, each running its slice of the tokens
@@ -46,8 +47,8 @@ from longalign_trainer.train import (
 from longalign_trainer.train.batching import StepSampler
 from longalign_trainer.train.config import TrainConfig
 from longalign_trainer.train.data import REJECTED_FILE, load_examples
-from longalign_trainer.train.loss import count_step, loss_weights, weighted_loss
-from longalign_trainer.train.packing import IGNORE_INDEX, Pack, build_pack
+from longalign_trainer.train.loss import StepCounts, count_step, loss_weights, weighted_loss
+from longalign_trainer.train.packing import IGNORE_INDEX, Pack, build_pack, target_tokens, to_device
 
 H100_DENSE_BF16_TFLOPS = 989.0
 STATE_TAG = "state"  # DeepSpeed's sub-folder inside one checkpoint
@@ -166,6 +167,7 @@ class Recipe:
             log=_log_line,
             rejected_path=cfg.output_dir / REJECTED_FILE,
         )
+        self.target_tokens = [target_tokens(e.labels) for e in self.examples]
         self.sampler = StepSampler(
             [len(e) for e in self.examples],
             strategy=cfg.strategy,
@@ -305,6 +307,32 @@ class Recipe:
             pack = build_pack([(self.examples[i].input_ids, self.examples[i].labels) for i in micro_batch])
         return sequence_parallel.pad_pack(pack, self.sp.size, self.pad_id)
 
+    def prepare_step(self, step: int) -> tuple[StepCounts, list] | None:
+        """Step ``step``'s counts, and this rank's packs with their loss rows and weights queued for the GPU (None
+        past the last step). Under SP a rank takes its slice of each pack."""
+        if step >= self.sampler.total_steps:
+            return None
+        plan = self.sampler.plan(step)
+        packs = [self.make_pack(mb) for mb in self.sampler.my_micro_batches(plan)]
+        counts = count_step([self.target_tokens[i] for i in mb] for rank in plan.per_rank for mb in rank)
+        weights = [
+            loss_weights(
+                p.targets,
+                p.seq_index,
+                counts,
+                self.world,
+                self.cfg.loss_weighting,
+                part=sequence_parallel.token_slice(p.num_tokens, self.sp),
+            )
+            for p in packs
+        ]
+        mine = [sequence_parallel.local_pack(p, self.sp) for p in packs]
+        on_gpu = [
+            (p.to(self.device), to_device(linear_loss.loss_rows(p.targets), self.device), to_device(w, self.device))
+            for p, w in zip(mine, weights, strict=True)
+        ]
+        return counts, on_gpu
+
     def train(self) -> None:
         """The loop: for every step, forward/backward each micro-batch, then one optimizer step."""
         import torch
@@ -323,32 +351,14 @@ class Recipe:
             reporter.announce(self.sampler.position)
         self.start, self.run_tokens = time.monotonic(), 0
         peak = cfg.peak_tflops_per_device or (H100_DENSE_BF16_TFLOPS if self.cuda else None)
+        upcoming = self.prepare_step(self.sampler.position)  # the plan that the sampler yields next
         for plan in self.sampler:
             t0 = time.monotonic()
             if self.cuda:  # each step's own peak goes to the step log, the run's to the summary
                 self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated())
                 torch.cuda.reset_peak_memory_stats()
-            packs = [self.make_pack(mb) for mb in self.sampler.my_micro_batches(plan)]
-            # The ranks of an SP group hold the same packs: the first of them counts them for the step.
-            counts = count_step([(p.targets, p.seq_index) for p in packs] if self.sp.rank == 0 else [])
-            # The step's packs and loss weights go to the GPU before its first forward pass: from there on the loop
-            # only queues work, never waiting for the GPU between passes. Under SP a rank takes its slice of each.
-            weights = [
-                loss_weights(
-                    p.targets,
-                    p.seq_index,
-                    counts,
-                    self.world,
-                    cfg.loss_weighting,
-                    part=sequence_parallel.token_slice(p.num_tokens, self.sp),
-                )
-                for p in packs
-            ]
-            mine = [sequence_parallel.local_pack(p, self.sp) for p in packs]
-            on_gpu = [
-                (p.to(self.device), linear_loss.loss_rows(p.targets).to(self.device), w.to(self.device))
-                for p, w in zip(mine, weights, strict=True)
-            ]
+            assert upcoming is not None
+            counts, on_gpu = upcoming
             local = torch.zeros((), dtype=torch.float64, device=self.device)
             for pack, rows, pack_weights in on_gpu:  # the whole pack without SP
                 with linear_loss.targets(pack.targets, rows, compiled=cfg.fused_ops and self.cuda):
@@ -358,9 +368,12 @@ class Recipe:
                 local += loss.detach().double()
             engine.step()
             # One all-reduce gives the step loss and whether any rank was asked to stop.
-            flag = torch.tensor(float(self.stop_requested), dtype=torch.float64, device=self.device)
+            # (torch.full, not torch.tensor: a copy from the host would wait for the GPU to finish the step.)
+            flag = torch.full((), float(self.stop_requested), dtype=torch.float64, device=self.device)
             reduced = torch.stack([local, flag])
             dist.all_reduce(reduced)
+            # The next step's packs are built and queued for the GPU while it still runs this one.
+            upcoming = self.prepare_step(self.sampler.position)
             step_loss, stop = float(reduced[0]) / self.world, bool(reduced[1] > 0)
             self.losses.append(step_loss)
             lengths = [len(self.examples[i]) for rank in plan.per_rank for mb in rank for i in mb]
