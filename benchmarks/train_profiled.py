@@ -7,7 +7,9 @@ each phase of a step timed between CUDA synchronisations: building the packs on 
 the optimizer step (clipping, AdamW on the fp32 master weights, the bf16 copy back); what is left of a step's
 wall time (counts, the loss all-reduce, logging) is "rest". The GPU kernels of every step but the first (its
 compilation) are recorded with torch.profiler and summed by kind, as train_throughput.py ``--profile`` does
-for the plain loop. Synchronising and profiling slow the run a little: its figures are shares, not speed.
+for the plain loop, and laid on one timeline: how long the GPU ran no kernel between the first recorded one and
+the last (``gpu_idle_s``; ``gpu_busy`` is the rest's share of that span; the kernels' summed time can differ from
+it where kernels overlap). Synchronising and profiling slow the run a little: its figures are shares, not speed.
 
     python -m torch.distributed.run --nproc_per_node 1 benchmarks/train_profiled.py --config train.yaml --json out.json
 """
@@ -42,6 +44,24 @@ def timed(fn, phase: str, totals: dict[str, float], sync):
         return out
 
     return wrapper
+
+
+def gpu_timeline(prof) -> tuple[float, float]:
+    """Seconds from the first recorded GPU kernel's start to the last one's end, and of those, seconds in which
+    at least one kernel ran (overlapping kernels counted once)."""
+    from torch.autograd import DeviceType
+
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA)
+    if not spans:
+        return 0.0, 0.0
+    busy, (start, end) = 0.0, spans[0]
+    for s, e in spans[1:]:
+        if s > end:
+            busy += end - start
+            start = s
+        end = max(end, e)
+    busy += end - start
+    return (max(e for _, e in spans) - spans[0][0]) / 1e6, busy / 1e6
 
 
 def main() -> int:
@@ -87,13 +107,19 @@ def main() -> int:
     phases["rest"] = wall - sum(phases.values())
     table = kernel_time_table(profiler, cuda)
     kernel_s = sum(kernel_times(profiler, cuda)[0].values()) / 1e6
+    span_s, busy_s = gpu_timeline(profiler) if cuda else (0.0, 0.0)
+    timeline = (
+        {"gpu_span_s": round(span_s, 2), "gpu_idle_s": round(span_s - busy_s, 3), "gpu_busy": round(busy_s / span_s, 4)}
+        if span_s
+        else {}
+    )
     result = {
         "steady_steps": len(steady),
         "steady_wall_s": round(wall, 2),
         "tokens": sum(r["tokens"] for _, r in steady),
         "phases_s": {k: round(v, 3) for k, v in phases.items()},
         "gpu_kernel_s": round(kernel_s, 2),
-        "gpu_busy": round(kernel_s / wall, 3) if wall else None,
+        **timeline,
         "kernels": table,
         "zero_stage": recipe.zero_stage,
         "checkpoint_keeps": recipe.checkpoint_keeps,
