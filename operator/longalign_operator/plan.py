@@ -268,7 +268,8 @@ def fault(pods: tuple[PodView, ...], nodes: Mapping[str, str] | None) -> Fault |
 
     In order of cause: a pod's node was deleted or stopped reporting (NodeLost); Kubernetes is ending a pod
     (eviction, preemption, its node's pods garbage-collected: the DisruptionTarget condition); a container
-    failed (its exit code and last output); a pod was deleted before it finished (PodDeleted).
+    failed (its exit code and last output; a pod whose summary states a stop no retry can fix, before pods that
+    failed because their peers went); a pod was deleted before it finished (PodDeleted).
     """
     unfinished = [pod for pod in pods if pod.phase not in ("Succeeded", "Failed")]
     for pod in unfinished:
@@ -279,15 +280,16 @@ def fault(pods: tuple[PodView, ...], nodes: Mapping[str, str] | None) -> Fault |
         if pod.disruption is not None and pod.phase != "Succeeded":
             reason, message = pod.disruption
             return Fault(DISRUPTIONS.get(reason, reason), f"pod {pod.name}: {message or reason}", pod)
-    for pod in pods:
-        if pod.phase == "Failed":
-            detail = f"pod {pod.name} exited with code {stated_exit_code(pod)}"
-            error = _stated(pod).get("error")
-            if isinstance(error, str):  # the stage's own words, whole (the summary's JSON would cut them short)
-                detail += f": {error}"
-            elif pod.termination_message:
-                detail += "; last output: " + pod.termination_message.strip()[-500:]
-            return Fault("OOMKilled" if pod.exit_reason == "OOMKilled" else "ContainerFailed", detail, pod)
+    failed = [pod for pod in pods if pod.phase == "Failed"]
+    if failed:
+        pod = min(failed, key=lambda pod: stated_exit_code(pod) not in TERMINAL_EXIT_CODES)  # stable: else pod order
+        detail = f"pod {pod.name} exited with code {stated_exit_code(pod)}"
+        error = _stated(pod).get("error")
+        if isinstance(error, str):  # the stage's own words, whole (the summary's JSON would cut them short)
+            detail += f": {error}"
+        elif pod.termination_message:
+            detail += "; last output: " + pod.termination_message.strip()[-500:]
+        return Fault("OOMKilled" if pod.exit_reason == "OOMKilled" else "ContainerFailed", detail, pod)
     for pod in unfinished:
         if pod.deleted:
             return Fault("PodDeleted", f"pod {pod.name} was deleted before it finished", pod)

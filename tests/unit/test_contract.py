@@ -93,6 +93,27 @@ def test_summary_round_trips_through_the_termination_message_file(tmp_path):
     assert json.loads(path.read_text()) == summary
 
 
+def test_a_stop_another_rank_stated_since_this_one_started_is_kept_over_its_consequence(tmp_path):
+    """Rank 1 finds the volume full and states it; rank 0 then fails in a collective because rank 1 is gone:
+    the pod's summary must keep the cause (exit code 4, no retry), not the lead's generic error (a retry)."""
+    import os
+    import time
+
+    from longalign_trainer.contract import report_stop
+
+    path = tmp_path / "termination-log"
+    started = time.time()
+    report_stop("train", "checkpoint step-8 did not fit", "volume_full", 4, path)
+    consequence = {"stage": "train", "ok": False, "error": "DistBackendError: Connection closed by peer"}
+    write_summary(consequence, path, keep_stop_since=started)
+    assert json.loads(path.read_text())["status"] == "volume_full"
+    os.utime(path, (started - 60, started - 60))  # the same stop left by an earlier run: replaced
+    write_summary(consequence, path, keep_stop_since=started)
+    assert json.loads(path.read_text()) == consequence
+    write_summary({"stage": "train", "ok": True}, path)  # without keep_stop_since, the summary is replaced whole
+    assert json.loads(path.read_text()) == {"stage": "train", "ok": True}
+
+
 def test_an_oversized_summary_keeps_its_scalars_and_names_what_it_left_out():
     summary = {
         "stage": "eval",

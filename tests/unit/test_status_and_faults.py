@@ -244,6 +244,28 @@ def test_a_failed_job_names_its_pods_cause_not_backoff_limit_exceeded(pod, reaso
     assert not p.delete  # the failed Job and its pods stay for `kubectl logs`
 
 
+def test_of_the_failed_pods_the_one_stating_a_stop_is_the_cause_not_those_whose_peers_went():
+    run = make_run(training={"datasetPath": "/data/d.jsonl", "backoffLimit": 0})
+    _, status = advance(run, {})
+    peer_gone = PodView(
+        "r-train-1-0",
+        "Failed",
+        termination_message=json.dumps({"ok": False, "error": "DistBackendError: Connection closed by peer"}),
+        exit_code=1,
+    )
+    full = PodView(
+        "r-train-1-1",
+        "Failed",
+        termination_message=json.dumps({"ok": False, "status": "volume_full", "exit_code": 4, "error": "no room"}),
+        exit_code=1,
+    )
+    failed = JobView("r-train-1", "Failed", "BackoffLimitExceeded", "backoff limit", pods=(peer_gone, full))
+    _, status = advance(run, status, [failed])
+    training = status["stages"]["training"]
+    assert (training["state"], training["reason"]) == ("Failed", "VolumeFull")
+    assert training["message"] == "pod r-train-1-1 exited with code 4: no room"
+
+
 def test_a_pod_that_failed_in_a_job_not_yet_failed_waits_for_the_job():
     run = make_run()
     _, status = advance(run, {})

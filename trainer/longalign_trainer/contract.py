@@ -213,15 +213,27 @@ def encode_summary(summary: dict[str, Any]) -> str:
         del kept[largest]
 
 
-def write_summary(summary: dict[str, Any], path: Path | None = None) -> Path:
+def write_summary(summary: dict[str, Any], path: Path | None = None, keep_stop_since: float | None = None) -> Path:
     """Write the stage's final summary where Kubernetes reads the termination message; return the path.
-    Processes of one pod that report at once (ranks whose writes failed alike) replace it whole, one at a time."""
+    Processes of one pod that report at once (ranks whose writes failed alike) replace it whole, one at a time.
+
+    With ``keep_stop_since`` (a ``time.time()``), a summary stating a stop (``status``: bad input, a full
+    volume) that was written at or after that time is kept: another process of the pod stated the cause, and
+    what this one reports (a peer gone from a collective) follows from it."""
     import fcntl
 
     path = path or termination_message_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:  # truncated under the lock, not by opening
+    with path.open("a+") as f:  # truncated under the lock, not by opening
         fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        if keep_stop_since is not None and os.fstat(f.fileno()).st_mtime >= keep_stop_since:
+            try:
+                earlier = json.loads(f.read() or "null")
+            except ValueError:
+                earlier = None
+            if isinstance(earlier, dict) and "status" in earlier:
+                return path
         f.seek(0)
         f.truncate()
         f.write(encode_summary(summary))

@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     """Validate the config and inputs, run the recipe, write the summary, print the closing line."""
     import os
     import sys
+    import time
 
     from longalign_trainer.contract import (
         EXIT_BAD_INPUT,
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from longalign_trainer.train.config import InputError, check_inputs, load_config
 
+    started = time.time()
     lead = os.environ.get("RANK", "0") == "0"
     # Every pod states a bad input in its own summary: torchrun exits 1 whatever its workers returned, so the
     # summary is where the operator reads that no retry can help.
@@ -65,10 +67,11 @@ def run(args: argparse.Namespace) -> int:
     except VolumeFull as exc:  # whichever ranks' writes failed say so (the others wait to be stopped)
         return report_stop("train", str(exc), "volume_full", EXIT_VOLUME_FULL, cfg.termination_message_path)
     except Exception as exc:
-        if lead:
+        if lead:  # a stop another rank of this pod stated since it started (a full volume) is the cause: kept
             write_summary(
                 {"stage": "train", "ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]},
                 cfg.termination_message_path,
+                keep_stop_since=started,
             )
         raise
     if summary.get("preempted"):
